@@ -1,0 +1,5 @@
+"""``python -m piman`` runs the CLI."""
+
+from piman.cli.app import main
+
+main()

@@ -1,0 +1,104 @@
+"""``piman config check``: validate a configuration and show what it means."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.table import Table
+
+from piman.cli.common import EXIT_BAD_INPUT, HostsOption, console, report_config_error
+from piman.config import Config, load_config
+from piman.errors import ConfigError
+
+__all__ = ["register"]
+
+config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True)
+
+
+@config_app.command("check")
+def check(
+    file: Annotated[Path, typer.Argument(help="The configuration file (piman or seed format).")],
+    hosts: HostsOption = None,
+    show_yaml: Annotated[
+        bool, typer.Option("--yaml", help="Also print the equivalent piman-format YAML.")
+    ] = False,
+) -> None:
+    """Validate FILE and print the normalised configuration; exit 2 with one line per problem.
+
+    Accepts piman's format and the original piman's (private_number, server_address, switches
+    with swtich_N_address and pi_addresses).
+
+    Example: piman config check piman.yaml --hosts hosts.csv
+    """
+    try:
+        config = load_config(file, hosts=hosts)
+    except ConfigError as err:
+        report_config_error(err)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    show(config)
+    if show_yaml:
+        console.print(yaml.safe_dump(as_yaml(config), sort_keys=False), markup=False)
+
+
+def as_yaml(config: Config) -> dict[str, object]:
+    """The configuration in piman's own format, defaults left out."""
+    data = config.model_dump(mode="json", exclude_defaults=True, by_alias=True)
+    return {k: v for k, v in data.items() if v not in (None, [], {})}
+
+
+def show(config: Config) -> None:
+    m = config.manager
+    console.print(
+        f"[bold]manager[/bold] {m.address}  network {m.effective_network}  "
+        f"interface {m.interface or '-'}  http {m.http}  data {m.data_dir}"
+    )
+    sections = [
+        f"dhcp {config.dhcp.mode if config.dhcp else 'off'}",
+        f"tftp {'on' if config.tftp and config.tftp.enabled else 'off'}",
+        f"monitoring {'on' if config.monitoring and config.monitoring.enabled else 'off'}",
+    ]
+    console.print("  ".join(sections))
+
+    switches = Table(title=f"{len(config.switches)} switches", title_justify="left")
+    for col in ("name", "address", "driver", "profile", "uplink", "nodes"):
+        switches.add_column(col)
+    for sw in config.switches:
+        count = sum(1 for n in config.nodes if n.switch in {sw.name, str(sw.address)})
+        switches.add_row(
+            sw.name,
+            str(sw.address or "-"),
+            sw.driver,
+            sw.profile if sw.driver == "snmp-poe" else "-",
+            str(sw.uplink_port or "-"),
+            str(count),
+        )
+    console.print(switches)
+
+    nodes = Table(title=f"{len(config.nodes)} nodes", title_justify="left")
+    for col in ("name", "switch", "port", "ip", "mac", "model", "serial"):
+        nodes.add_column(col)
+    for n in config.nodes:
+        nodes.add_row(
+            n.name,
+            n.switch or "-",
+            str(n.port or "-"),
+            str(n.ip or "-"),
+            n.mac or "-",
+            n.model or "-",
+            n.serial or "-",
+        )
+    console.print(nodes)
+    if config.hosts:
+        hosts = Table(title=f"{len(config.hosts)} other reservations", title_justify="left")
+        for col in ("mac", "ip", "hostname"):
+            hosts.add_column(col)
+        for h in config.hosts:
+            hosts.add_row(h.mac, str(h.ip), h.hostname or "-")
+        console.print(hosts)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(config_app, name="config")

@@ -1,0 +1,47 @@
+"""Configuration of monitoring: scraping, storage, alert rules and notification channels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from piman.config.types import Duration
+
+__all__ = ["MonitoringSettings", "RuleSettings"]
+
+
+class RuleSettings(BaseModel):
+    """One alert rule: ``<selector> <op> <number>`` held for ``for``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    alert: str
+    expr: str
+    for_: Duration = Field(default=0.0, alias="for")
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class MonitoringSettings(BaseModel):
+    """``monitoring:`` — the collector, its store, alerts and notifications."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    agent_port: int = Field(default=9110, ge=1, le=65535)
+    scrape_interval: Duration = 15.0
+    scrape_timeout: Duration | None = None  # default: 80 % of the interval
+    retention: Duration = 15 * 86400.0
+    rollup_retention: Duration = 400 * 86400.0
+    group_by: list[str] = Field(default_factory=lambda: ["alertname"])
+    group_wait: Duration = 30.0
+    group_interval: Duration = 300.0
+    repeat_interval: Duration = 4 * 3600.0
+    default_rules: bool = True
+    rules: list[RuleSettings] = Field(default_factory=list)
+    notify: list[str] = Field(default_factory=list)
+    webhooks: list[str] = Field(default_factory=list)
+    # The seed piman's monitoring.config thresholds (cpu, memory, disk, timeout …).
+    config: dict[str, Any] = Field(default_factory=dict)
+    forward_url: str | None = None

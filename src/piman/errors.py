@@ -1,0 +1,96 @@
+"""Errors of piman, grouped by meaning.
+
+Every error piman raises on purpose derives from :class:`PimanError`. The CLI turns them into one
+clear line and an exit code (2 for bad input, 1 for a failed operation); services log them.
+
+::
+
+    PimanError
+    ├── ConfigError                 bad configuration: file, field path, what was expected (exit 2)
+    ├── StoreError                  the database could not be opened, migrated or written
+    ├── NotFoundError               a named node, switch or object does not exist
+    ├── ProtocolError               a peer broke a wire protocol
+    │   └── MalformedPacket         (per codec; subclasses ValueError too) bytes that do not decode
+    ├── PowerError                  a power operation failed (see piman.power.base)
+    │   ├── PowerConnError          unreachable / timed out: worth retrying
+    │   └── PowerFatalError         authentication, unknown or read-only OID, bad settings: do not retry
+    └── NotifyError                 a notification could not be delivered (retried from the outbox)
+
+Codecs define their own ``MalformedPacket`` subclasses next to the packet types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "ConfigError",
+    "ConfigProblem",
+    "NotFoundError",
+    "NotifyError",
+    "PimanError",
+    "PowerConnError",
+    "PowerError",
+    "PowerFatalError",
+    "ProtocolError",
+    "StoreError",
+]
+
+
+class PimanError(Exception):
+    """Base of every error piman raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One thing wrong with a configuration: where, and what was expected."""
+
+    source: str  # file name as the user gave it
+    path: str  # field path such as ``switches[1].address``; empty for the whole file
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}: {self.path}" if self.path else self.source
+        return f"{where}: {self.message}"
+
+
+class ConfigError(PimanError):
+    """A configuration (YAML file, hosts.csv, command-line value) is not valid.
+
+    Holds every problem found, so a user can fix them all in one go.
+    """
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class StoreError(PimanError):
+    """The database could not be opened, migrated, read or written."""
+
+
+class NotFoundError(PimanError):
+    """A named object (node, switch, alert, environment) does not exist."""
+
+
+class ProtocolError(PimanError):
+    """A peer broke a wire protocol."""
+
+
+class PowerError(PimanError):
+    """A power operation failed on a switch or another power driver."""
+
+
+class PowerConnError(PowerError):
+    """The power device could not be reached or did not answer in time: worth retrying."""
+
+
+class PowerFatalError(PowerError):
+    """The power device refused the operation for a reason a retry will not fix.
+
+    Wrong credentials, an OID the device does not have, a read-only OID, invalid settings.
+    """
+
+
+class NotifyError(PimanError):
+    """A notification could not be delivered; the outbox retries it."""

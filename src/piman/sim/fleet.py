@@ -1,0 +1,124 @@
+"""The demo fleet: a generated configuration, the manager, virtual switches and virtual Pis.
+
+Everything listens on 127.0.0.1; nothing needs root. The configuration is written to
+``<root>/piman.yaml`` so that a user can read it and run other commands against it
+(``piman nodes -c <root>/piman.yaml``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from piman.config import Config, load_config
+from piman.manager import Manager
+from piman.sim.pi import VirtualPi, make_pi
+
+__all__ = ["DemoFleet", "build_demo_config", "free_port"]
+
+logger = logging.getLogger(__name__)
+
+SWITCHES = ("rack1", "rack2")
+PORTS_PER_SWITCH = 48
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port on 127.0.0.1 that is free now (TCP by default, UDP with SOCK_DGRAM)."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def build_demo_config(root: Path, nodes: int, http_port: int) -> tuple[dict[str, Any], list[VirtualPi]]:
+    """The demo's configuration mapping and its virtual Pis."""
+    if nodes > 2 * (PORTS_PER_SWITCH - 1):
+        per_switch = -(-nodes // 2)
+    else:
+        per_switch = PORTS_PER_SWITCH - 1
+    pis: list[VirtualPi] = []
+    for i in range(nodes):
+        switch = SWITCHES[0] if i < -(-nodes // 2) else SWITCHES[1]
+        port = (i if switch == SWITCHES[0] else i - (-(-nodes // 2))) + 1
+        host = 10 + i
+        ip = f"198.18.{host // 250}.{host % 250 + 2}"
+        pis.append(make_pi(i, switch, port, ip))
+    data: dict[str, Any] = {
+        "manager": {
+            "address": "198.18.0.1",
+            "network": "198.18.0.0/16",
+            "data_dir": str(root),
+            "http": f"127.0.0.1:{http_port}",
+        },
+        "switches": [
+            {
+                "name": name,
+                "address": f"198.18.255.{250 + k}",
+                "driver": "snmp-poe",
+                "profile": "rfc3621",
+                "ports": max(PORTS_PER_SWITCH, per_switch + 1),
+                "uplink_port": max(PORTS_PER_SWITCH, per_switch + 1),
+            }
+            for k, name in enumerate(SWITCHES)
+        ],
+        "nodes": [
+            {
+                "name": pi.name,
+                "switch": pi.switch,
+                "port": pi.port,
+                "mac": pi.mac,
+                "ip": pi.ip,
+                "serial": pi.serial,
+                "model": pi.model.value,
+            }
+            for pi in pis
+        ],
+    }
+    return data, pis
+
+
+class DemoFleet:
+    """``piman demo``: the manager plus a simulated fleet, until :meth:`stop`."""
+
+    def __init__(self, root: Path, *, nodes: int = 16, http_port: int = 8000) -> None:
+        self.root = root
+        data, self.pis = build_demo_config(root, nodes, http_port)
+        root.mkdir(parents=True, exist_ok=True)
+        self.config_path = root / "piman.yaml"
+        self.config_path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        self.config: Config = load_config(self.config_path)
+        self.manager = Manager(self.config)
+        self._stop = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        host, port = self.config.manager.http_host_port
+        return f"http://{host}:{port}/"
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.manager.stop()
+
+    async def run(self, on_ready: Callable[[str], None] | None = None) -> None:
+        """Run the manager and the simulated fleet until stopped."""
+        async with asyncio.TaskGroup() as group:
+            manager = group.create_task(self.manager.run(), name="manager")
+            ready = asyncio.create_task(self.manager.ready.wait())
+            done, _ = await asyncio.wait({manager, ready}, return_when=asyncio.FIRST_COMPLETED)
+            if ready not in done:
+                ready.cancel()
+                return
+            for pi in self.pis:  # until the power capability drives them, Pis start powered
+                pi.powered.set()
+            if on_ready is not None:
+                on_ready(self.url)
+            await self._stop.wait()
+            with contextlib.suppress(Exception):
+                self.manager.stop()

@@ -1,0 +1,121 @@
+"""Bring the store in line with the configuration, the source of truth for declared inventory.
+
+Declared fields (name, MAC, IP, switch, port, and serial/model when given) come from the config.
+Runtime fields (lifecycle state, power state, first/last seen, what was learnt on the wire) are kept.
+A node discovered on the wire (``pi-<mac>``) that the configuration now declares under a name is
+merged into the declared node, keeping its history. Nodes no longer in the config stay, undeclared.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+
+from piman.config.models import Config
+from piman.fleet.lifecycle import NodeState, PowerState
+from piman.store.db import Store
+from piman.store.repositories import utcnow
+from piman.store.tables import NodeRow, SwitchRow
+
+__all__ = ["ReconcileReport", "reconcile"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileReport:
+    switches_added: int
+    nodes_added: int
+    nodes_updated: int
+    nodes_merged: int
+    nodes_undeclared: int
+
+
+async def reconcile(store: Store, config: Config) -> ReconcileReport:
+    """Upsert the config's switches and nodes into the store, in one transaction."""
+    now = utcnow()
+    added_sw = added = updated = merged = undeclared = 0
+    async with store.session() as s:
+        switches = {r.name: r for r in (await s.scalars(select(SwitchRow))).all()}
+        for sw in config.switches:
+            row = switches.get(sw.name)
+            if row is None:
+                row = SwitchRow(name=sw.name, created_at=now)
+                s.add(row)
+                switches[sw.name] = row
+                added_sw += 1
+            row.address = str(sw.address) if sw.address is not None else None
+            row.driver = sw.driver
+            row.profile = sw.profile
+            row.declared = True
+            row.updated_at = now
+        declared_sw = {sw.name for sw in config.switches}
+        for name, row in switches.items():
+            if name not in declared_sw:
+                row.declared = False
+        await s.flush()
+
+        rows = {r.name: r for r in (await s.scalars(select(NodeRow))).all()}
+        by_mac = {r.mac: r for r in rows.values() if r.mac}
+        declared = {n.name for n in config.nodes}
+        # Free the (switch, port) and MAC slots that are about to move, so that the unique
+        # constraints never see two rows claiming one slot mid-transaction.
+        await s.execute(
+            update(NodeRow).where(NodeRow.name.not_in(declared)).values(switch_id=None, port=None)
+        )
+        for node in config.nodes:
+            row = rows.get(node.name)
+            twin = by_mac.get(node.mac) if node.mac else None
+            if twin is not None and twin is not row:
+                # The MAC belongs to another row: a discovered node now declared, or a MAC moved.
+                if row is None and not twin.declared:
+                    logger.info("node %s was discovered as %s: merging", node.name, twin.name)
+                    twin.name = node.name
+                    row = twin
+                    merged += 1
+                else:
+                    twin.mac = None
+                await s.flush()
+            if row is None:
+                row = NodeRow(
+                    name=node.name,
+                    state=NodeState.READY.value,
+                    power_state=PowerState.UNKNOWN.value,
+                    created_at=now,
+                )
+                s.add(row)
+                added += 1
+            else:
+                updated += 1
+            if row.state == NodeState.NEW.value:
+                row.state = NodeState.READY.value  # declared: commissioned by the operator
+            row.mac = node.mac
+            row.ip = str(node.ip) if node.ip is not None else None
+            row.switch_id = switches[node.switch].id if node.switch in switches else None
+            row.port = node.port
+            row.hostname = node.hostname
+            row.agent_url = node.agent_url
+            if node.serial is not None:
+                row.serial = node.serial
+            if node.model is not None:
+                row.model = node.model
+            row.declared = True
+            row.updated_at = now
+            rows[node.name] = row
+            if node.mac:
+                by_mac[node.mac] = row
+            await s.flush()
+        for name, row in rows.items():
+            if name not in declared and row.declared:
+                row.declared = False
+                undeclared += 1
+    report = ReconcileReport(added_sw, added, updated, merged, undeclared)
+    logger.info(
+        "inventory reconciled: %d switches added, %d nodes added, %d updated, %d merged, "
+        "%d no longer declared",
+        *(report.switches_added, report.nodes_added, report.nodes_updated),
+        *(report.nodes_merged, report.nodes_undeclared),
+    )
+    return report

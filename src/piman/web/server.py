@@ -1,0 +1,72 @@
+"""The HTTP service: FastAPI on uvicorn, inside the manager's event loop."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+from piman.config.types import parse_host_port
+from piman.errors import PimanError
+from piman.manager import ManagerContext
+from piman.web.app import create_app
+
+__all__ = ["HttpService", "bind_tcp"]
+
+logger = logging.getLogger(__name__)
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the manager owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    """A listening TCP socket, or a PimanError that says which address could not be used."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as err:
+        sock.close()
+        raise PimanError(f"cannot listen on {host}:{port} for HTTP: {err.strerror}") from err
+    sock.set_inheritable(True)
+    return sock
+
+
+class HttpService:
+    """Serves the REST API, the web UI, ``/metrics`` and ``/healthz``."""
+
+    name = "http"
+
+    def __init__(self, ctx: ManagerContext) -> None:
+        self.ctx = ctx
+        self.app = create_app(ctx)
+        self.host, self.port = parse_host_port(ctx.config.manager.http)
+        self.bound_port: int | None = None
+
+    async def serve(self) -> None:
+        sock = bind_tcp(self.host, self.port)
+        self.bound_port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+        )
+        server = _EmbeddedServer(config)
+        logger.info("HTTP on http://%s:%d/", self.host, self.bound_port)
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            server.should_exit = True
+            sock.close()

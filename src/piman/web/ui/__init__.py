@@ -1,0 +1,1 @@
+"""The web UI: server-rendered pages, no CDN, no third-party files."""
