@@ -1,31 +1,15 @@
 """Test-wide rules.
 
-* ``needs_root()`` / ``needs_tool(name)`` skip a test with a clear reason when this machine
-  cannot run it. Under ``PIMAN_REQUIRE_ROOT_TESTS=1`` (CI, as root) a skip is not allowed: the
-  session fails if any test was skipped.
+Tests call ``tests.support.needs_root()`` / ``needs_tool(name)`` to skip with a clear reason when
+this machine cannot run them. Under ``PIMAN_REQUIRE_ROOT_TESTS=1`` (CI, as root) a skip is not
+allowed: the session fails if any test was skipped.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 
-REQUIRE_ALL = os.environ.get("PIMAN_REQUIRE_ROOT_TESTS") == "1"
-
-
-def needs_root() -> None:
-    """Skip unless root (network namespaces, raw sockets, privileged ports)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces); run `make test` as root")
-
-
-def needs_tool(*names: str) -> None:
-    """Skip unless every named program is on PATH."""
-    missing = [n for n in names if shutil.which(n) is None]
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)} (installed by `make test` as root)")
+from tests.support import REQUIRE_ALL
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

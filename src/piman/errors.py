@@ -13,7 +13,7 @@ clear line and an exit code (2 for bad input, 1 for a failed operation); service
     │   └── MalformedPacket         (per codec; subclasses ValueError too) bytes that do not decode
     ├── PowerError                  a power operation failed (see piman.power.base)
     │   ├── PowerConnError          unreachable / timed out: worth retrying
-    │   └── PowerFatalError         authentication, unknown or read-only OID, bad settings: do not retry
+    │   └── PowerFatalError         bad credentials, unknown/read-only OID, bad settings: no retry
     └── NotifyError                 a notification could not be delivered (retried from the outbox)
 
 Codecs define their own ``MalformedPacket`` subclasses next to the packet types.

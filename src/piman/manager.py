@@ -73,26 +73,20 @@ def _http(ctx: ManagerContext) -> list[Service]:
 
 
 def _netboot(ctx: ManagerContext) -> list[Service]:
-    try:
-        from piman.netboot.service import build_services
-    except ImportError:  # the capability is not there yet
-        return []
+    from piman.netboot.service import build_services
+
     return build_services(ctx)
 
 
 def _power(ctx: ManagerContext) -> list[Service]:
-    try:
-        from piman.power.service import build_services
-    except ImportError:
-        return []
+    from piman.power.service import build_services
+
     return build_services(ctx)
 
 
 def _monitor(ctx: ManagerContext) -> list[Service]:
-    try:
-        from piman.monitor.service import build_services
-    except ImportError:
-        return []
+    from piman.monitor.service import build_services
+
     return build_services(ctx)
 
 

@@ -39,7 +39,9 @@ ConfigOption = Annotated[
 ]
 HostsOption = Annotated[
     Path | None,
-    typer.Option("--hosts", help="A hosts.csv of mac,ip[,hostname] reservations.", show_default=False),
+    typer.Option(
+        "--hosts", help="A hosts.csv of mac,ip[,hostname] reservations.", show_default=False
+    ),
 ]
 
 

@@ -20,7 +20,9 @@ def nodes(
     config: ConfigOption = None,
     url: Annotated[
         str | None,
-        typer.Option(help="A running manager's URL, e.g. http://127.0.0.1:8000", show_default=False),
+        typer.Option(
+            help="A running manager's URL, e.g. http://127.0.0.1:8000", show_default=False
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:

@@ -62,9 +62,7 @@ def demo(
         root = data_dir or Path(tmp)
         fleet = DemoFleet(root, nodes=nodes, http_port=port)
         setup_logging("INFO", root / "logs")
-        console.print(
-            f"[bold]piman demo[/bold]: {nodes} virtual Pis on 2 switches; data in {root}"
-        )
+        console.print(f"[bold]piman demo[/bold]: {nodes} virtual Pis on 2 switches; data in {root}")
         asyncio.run(_demo(fleet))
 
 
@@ -75,7 +73,9 @@ async def _demo(fleet: object) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, fleet.stop)
-    await fleet.run(on_ready=lambda url: console.print(f"web UI: [bold]{url}[/bold]  (Ctrl-C stops)"))
+    await fleet.run(
+        on_ready=lambda url: console.print(f"web UI: [bold]{url}[/bold]  (Ctrl-C stops)")
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -148,7 +148,9 @@ def parse_hosts_csv(text: str, source: str) -> tuple[list[dict[str, Any]], list[
             continue  # header
         if len(fields) not in (2, 3):
             problems.append(
-                ConfigProblem(source, where, f"expected mac,ip[,hostname], got {len(fields)} fields")
+                ConfigProblem(
+                    source, where, f"expected mac,ip[,hostname], got {len(fields)} fields"
+                )
             )
             continue
         try:

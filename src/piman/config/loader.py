@@ -45,7 +45,9 @@ def _read_text(path: Path, what: str) -> str:
     except FileNotFoundError:
         raise ConfigError([ConfigProblem(source, "", "no such file")]) from None
     except PermissionError:
-        raise ConfigError([ConfigProblem(source, "", "cannot be read (permission denied)")]) from None
+        raise ConfigError(
+            [ConfigProblem(source, "", "cannot be read (permission denied)")]
+        ) from None
     except OSError as err:
         raise ConfigError([ConfigProblem(source, "", f"cannot be read ({err.strerror})")]) from None
     if b"\x00" in raw:
@@ -86,7 +88,9 @@ def parse_config(
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([ConfigProblem(source, where, f"not valid YAML: {err.problem}")]) from None
+        raise ConfigError(
+            [ConfigProblem(source, where, f"not valid YAML: {err.problem}")]
+        ) from None
     except yaml.YAMLError as err:
         raise ConfigError([ConfigProblem(source, "", f"not valid YAML: {err}")]) from None
     if data is None:

@@ -1,8 +1,9 @@
 """The typed configuration tree of piman (DESIGN.md §2).
 
-Only ``manager`` is required; a section that is absent is off. Cross-field rules (unique names, MACs,
-addresses, ports; addresses inside the manager's network) are checked by :func:`check_inventory`, which
-returns every problem at once with its field path, so ``piman config check`` can list them all.
+Only ``manager`` is required; a section that is absent is off. Cross-field rules (unique names,
+MACs, addresses, ports; addresses inside the manager's network) are checked by
+:func:`check_inventory`, which returns every problem at once with its field path, so
+``piman config check`` can list them all.
 """
 
 from __future__ import annotations
@@ -181,9 +182,7 @@ def check_inventory(config: Config) -> list[tuple[str, str]]:
     network = config.manager.effective_network
     manager_ip = config.manager.address
     if config.manager.network is not None and manager_ip not in network:
-        problems.append(
-            ("manager.address", f"{manager_ip} is outside manager.network {network}")
-        )
+        problems.append(("manager.address", f"{manager_ip} is outside manager.network {network}"))
 
     switch_names: dict[str, int] = {}
     switch_addrs: dict[IPv4Address, int] = {}
@@ -314,7 +313,9 @@ def check_inventory(config: Config) -> list[tuple[str, str]]:
             )
         elif host.ip in seen_ips and seen_ips[host.ip] != owner:
             problems.append(
-                (f"{where}.ip", f"{host.ip} of {host.mac} is already the address of "
-                 f"{seen_ips[host.ip]}")
+                (
+                    f"{where}.ip",
+                    f"{host.ip} of {host.mac} is already the address of {seen_ips[host.ip]}",
+                )
             )
     return problems

@@ -13,7 +13,15 @@ from piman.config.types import Duration, HostPort
 __all__ = ["DhcpSettings", "PoolRange", "TftpSettings", "parse_pool"]
 
 # Raspberry Pi OUIs (PROTOCOLS.md §1); configurable because new ones appear.
-DEFAULT_PI_OUIS = ["b8:27:eb", "dc:a6:32", "e4:5f:01", "28:cd:c1", "d8:3a:dd", "2c:cf:67", "88:a2:9e"]
+DEFAULT_PI_OUIS = [
+    "b8:27:eb",
+    "dc:a6:32",
+    "e4:5f:01",
+    "28:cd:c1",
+    "d8:3a:dd",
+    "2c:cf:67",
+    "88:a2:9e",
+]
 
 
 class PoolRange(BaseModel):
@@ -48,7 +56,9 @@ def parse_pool(value: object) -> PoolRange | None:
     try:
         lo, hi = IPv4Address(first.strip()), IPv4Address(last.strip())
     except ValueError:
-        raise ValueError(f"{value!r} is not an address range (expected FIRST-LAST or none)") from None
+        raise ValueError(
+            f"{value!r} is not an address range (expected FIRST-LAST or none)"
+        ) from None
     if hi < lo:
         raise ValueError(f"{value!r}: the last address comes before the first")
     return PoolRange(first=lo, last=hi)

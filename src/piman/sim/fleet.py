@@ -37,7 +37,9 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return port
 
 
-def build_demo_config(root: Path, nodes: int, http_port: int) -> tuple[dict[str, Any], list[VirtualPi]]:
+def build_demo_config(
+    root: Path, nodes: int, http_port: int
+) -> tuple[dict[str, Any], list[VirtualPi]]:
     """The demo's configuration mapping and its virtual Pis."""
     if nodes > 2 * (PORTS_PER_SWITCH - 1):
         per_switch = -(-nodes // 2)

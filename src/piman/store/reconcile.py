@@ -1,7 +1,8 @@
 """Bring the store in line with the configuration, the source of truth for declared inventory.
 
 Declared fields (name, MAC, IP, switch, port, and serial/model when given) come from the config.
-Runtime fields (lifecycle state, power state, first/last seen, what was learnt on the wire) are kept.
+Runtime fields (lifecycle state, power state, first/last seen, what was learnt on the wire)
+are kept.
 A node discovered on the wire (``pi-<mac>``) that the configuration now declares under a name is
 merged into the declared node, keeping its history. Nodes no longer in the config stay, undeclared.
 """
@@ -40,21 +41,21 @@ async def reconcile(store: Store, config: Config) -> ReconcileReport:
     async with store.session() as s:
         switches = {r.name: r for r in (await s.scalars(select(SwitchRow))).all()}
         for sw in config.switches:
-            row = switches.get(sw.name)
-            if row is None:
-                row = SwitchRow(name=sw.name, created_at=now)
-                s.add(row)
-                switches[sw.name] = row
+            sw_row = switches.get(sw.name)
+            if sw_row is None:
+                sw_row = SwitchRow(name=sw.name, created_at=now)
+                s.add(sw_row)
+                switches[sw.name] = sw_row
                 added_sw += 1
-            row.address = str(sw.address) if sw.address is not None else None
-            row.driver = sw.driver
-            row.profile = sw.profile
-            row.declared = True
-            row.updated_at = now
+            sw_row.address = str(sw.address) if sw.address is not None else None
+            sw_row.driver = sw.driver
+            sw_row.profile = sw.profile
+            sw_row.declared = True
+            sw_row.updated_at = now
         declared_sw = {sw.name for sw in config.switches}
-        for name, row in switches.items():
+        for name, sw_row in switches.items():
             if name not in declared_sw:
-                row.declared = False
+                sw_row.declared = False
         await s.flush()
 
         rows = {r.name: r for r in (await s.scalars(select(NodeRow))).all()}

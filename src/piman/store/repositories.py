@@ -10,7 +10,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -113,7 +113,7 @@ class NodeRepository:
     def __init__(self, session: SessionFactory) -> None:
         self._session = session
 
-    def _select(self):  # type: ignore[no-untyped-def]
+    def _select(self) -> Select[NodeRow, str]:
         sw = aliased(SwitchRow)
         return select(NodeRow, sw.name).outerjoin(sw, NodeRow.switch_id == sw.id)
 
