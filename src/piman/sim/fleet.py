@@ -19,7 +19,10 @@ import yaml
 
 from piman.config import Config, load_config
 from piman.manager import Manager
+from piman.sim.agents import run_agents
+from piman.sim.netboot import run_netboot
 from piman.sim.pi import VirtualPi, make_pi
+from piman.sim.switch import run_switches
 
 __all__ = ["DemoFleet", "build_demo_config", "free_port"]
 
@@ -52,6 +55,8 @@ def build_demo_config(
         host = 10 + i
         ip = f"198.18.{host // 250}.{host % 250 + 2}"
         pis.append(make_pi(i, switch, port, ip))
+    for pi in pis:
+        pi.agent_port = free_port()
     data: dict[str, Any] = {
         "manager": {
             "address": "198.18.0.1",
@@ -59,6 +64,15 @@ def build_demo_config(
             "data_dir": str(root),
             "http": f"127.0.0.1:{http_port}",
         },
+        "dhcp": {
+            "mode": "authoritative",
+            "listen": f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}",
+            "pool": "198.18.200.10-198.18.200.250",
+            "router": "198.18.0.1",
+            "dns": ["198.18.0.1"],
+        },
+        "tftp": {"enabled": True, "listen": f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"},
+        "monitoring": {"scrape_interval": "5s", "group_wait": "5s"},
         "switches": [
             {
                 "name": name,
@@ -67,6 +81,15 @@ def build_demo_config(
                 "profile": "rfc3621",
                 "ports": max(PORTS_PER_SWITCH, per_switch + 1),
                 "uplink_port": max(PORTS_PER_SWITCH, per_switch + 1),
+                "snmp": {
+                    "version": "2c",
+                    "community": "private",
+                    "host": "127.0.0.1",
+                    "port": free_port(socket.SOCK_DGRAM),
+                },
+                "off_seconds": "1s",
+                "batch_size": 8,
+                "batch_interval": "1s",
             }
             for k, name in enumerate(SWITCHES)
         ],
@@ -79,6 +102,7 @@ def build_demo_config(
                 "ip": pi.ip,
                 "serial": pi.serial,
                 "model": pi.model.value,
+                "agent_url": f"http://127.0.0.1:{pi.agent_port}/metrics",
             }
             for pi in pis
         ],
@@ -119,8 +143,15 @@ class DemoFleet:
                 return
             for pi in self.pis:  # until the power capability drives them, Pis start powered
                 pi.powered.set()
+            sims = [
+                group.create_task(run_switches(self), name="sim-switches"),
+                group.create_task(run_netboot(self), name="sim-netboot"),
+                group.create_task(run_agents(self), name="sim-agents"),
+            ]
             if on_ready is not None:
                 on_ready(self.url)
             await self._stop.wait()
+            for task in sims:
+                task.cancel()
             with contextlib.suppress(Exception):
                 self.manager.stop()

@@ -33,6 +33,7 @@ class VirtualPi:
     switch: str
     port: int
     ip: str
+    agent_port: int = 0
     powered: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
