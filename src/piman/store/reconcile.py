@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from piman.config.models import Config
 from piman.fleet.lifecycle import NodeState, PowerState
@@ -59,25 +59,33 @@ async def reconcile(store: Store, config: Config) -> ReconcileReport:
         await s.flush()
 
         rows = {r.name: r for r in (await s.scalars(select(NodeRow))).all()}
-        by_mac = {r.mac: r for r in rows.values() if r.mac}
+        # MACs of discovered (undeclared) rows: a declared node claiming one absorbs that row.
+        by_mac = {r.mac: r for r in rows.values() if r.mac and not r.declared}
         declared = {n.name for n in config.nodes}
-        # Free the (switch, port) and MAC slots that are about to move, so that the unique
-        # constraints never see two rows claiming one slot mid-transaction.
-        await s.execute(
-            update(NodeRow).where(NodeRow.name.not_in(declared)).values(switch_id=None, port=None)
-        )
+        old_macs = {id(r): r.mac for r in rows.values()}
+        # Free every (switch, port) slot and the MACs of declared nodes first, so that the unique
+        # constraints never see two rows claiming one slot while nodes swap ports or MACs. Each
+        # declared node gets its own back from the configuration just below.
+        for existing in rows.values():
+            existing.switch_id = None
+            existing.port = None
+            if existing.declared:
+                existing.mac = None
+        await s.flush()
         for node in config.nodes:
             row = rows.get(node.name)
-            twin = by_mac.get(node.mac) if node.mac else None
+            twin = by_mac.pop(node.mac, None) if node.mac else None
             if twin is not None and twin is not row:
-                # The MAC belongs to another row: a discovered node now declared, or a MAC moved.
-                if row is None and not twin.declared:
-                    logger.info("node %s was discovered as %s: merging", node.name, twin.name)
+                logger.info("node %s was discovered as %s: merging", node.name, twin.name)
+                merged += 1
+                if row is None:
                     twin.name = node.name
                     row = twin
-                    merged += 1
-                else:
-                    twin.mac = None
+                else:  # keep what the wire taught us, drop the discovered row
+                    for attr in ("serial", "model", "vendor_class", "first_seen", "last_seen"):
+                        if getattr(row, attr) is None:
+                            setattr(row, attr, getattr(twin, attr))
+                    await s.delete(twin)
                 await s.flush()
             if row is None:
                 row = NodeRow(
@@ -105,13 +113,14 @@ async def reconcile(store: Store, config: Config) -> ReconcileReport:
             row.declared = True
             row.updated_at = now
             rows[node.name] = row
-            if node.mac:
-                by_mac[node.mac] = row
             await s.flush()
-        for name, row in rows.items():
-            if name not in declared and row.declared:
-                row.declared = False
+        claimed = {n.mac for n in config.nodes if n.mac}
+        for gone in {id(r): r for r in rows.values()}.values():
+            if gone.name not in declared and gone.declared and gone in s:
+                gone.declared = False
                 undeclared += 1
+                if old_macs.get(id(gone)) not in claimed:
+                    gone.mac = old_macs.get(id(gone))
     report = ReconcileReport(added_sw, added, updated, merged, undeclared)
     logger.info(
         "inventory reconciled: %d switches added, %d nodes added, %d updated, %d merged, "
