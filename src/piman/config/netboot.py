@@ -110,4 +110,5 @@ class TftpSettings(BaseModel):
     retransmit_timeout: Duration = 1.0
     max_retries: int = Field(default=5, ge=0)
     rate_limit: float = Field(default=50.0, gt=0)  # new requests per second per source
-    mtu: int = Field(default=1500, ge=576, le=65535)
+    mtu: int = Field(default=1500, ge=576, le=65535)  # blksize is capped to mtu - 32
+    max_windowsize: int = Field(default=64, ge=1, le=65535)  # RFC 7440 gains level out near 64

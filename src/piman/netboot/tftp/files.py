@@ -1,0 +1,229 @@
+"""What a TFTP transfer reads from: byte sources, safe path resolution and a small file cache.
+
+The application hook (:data:`Opener`) gets the requested path and the client's address and
+returns a :class:`ByteSource`, or ``None`` for "file not found"; it raises
+:class:`AccessViolation` to refuse. :func:`resolve_inside` is the only way paths from the wire
+become file-system paths: it refuses NUL bytes, backslashes, ``..`` components and over-long
+names, maps absolute names onto the root (like ``tftpd -s``), resolves symlinks and checks
+containment by path components (``Path.relative_to``), never by string prefix.
+
+:class:`FileCache` keeps small boot files in memory (Pis ask for the same few files again and
+again); larger files are read block by block with ``os.pread`` from one open descriptor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import stat
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from piman.errors import ProtocolError
+
+__all__ = [
+    "MAX_COMPONENT",
+    "MAX_PATH",
+    "AccessViolation",
+    "ByteSource",
+    "BytesSource",
+    "FileCache",
+    "FileSource",
+    "Opener",
+    "RootDirectory",
+    "netascii",
+    "resolve_inside",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_PATH = 512  # bytes in a requested name
+MAX_COMPONENT = 255  # bytes in one path component (NAME_MAX)
+
+
+class AccessViolation(ProtocolError):
+    """A requested path is not allowed (answered with TFTP error 2)."""
+
+
+class ByteSource(Protocol):
+    """A file being served: its size and random access to its bytes."""
+
+    @property
+    def size(self) -> int: ...
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes at ``offset`` (fewer only at the end)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the source holds (called once the transfer ends)."""
+        ...
+
+
+Opener = Callable[[str, tuple[str, int]], Awaitable[ByteSource | None]]
+"""The application hook: (requested path, client address) → a byte source or None."""
+
+
+class BytesSource:
+    """A source over bytes in memory (cached files, generated files)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self._data[offset : offset + length]
+
+    def close(self) -> None:
+        return None
+
+
+class FileSource:
+    """A source over an open file descriptor, read with ``os.pread`` (no shared offset)."""
+
+    __slots__ = ("_fd", "_size")
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd = fd
+        self._size = size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read(self, offset: int, length: int) -> bytes:
+        return os.pread(self._fd, length, offset)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def netascii(data: bytes) -> bytes:
+    """RFC 764 NVT ASCII as TFTP wants it: LF → CR LF, a bare CR → CR NUL."""
+    return data.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
+
+
+def resolve_inside(root: Path, name: str) -> Path:
+    """The file ``name`` names under ``root``; raises :class:`AccessViolation` if it escapes.
+
+    The result is fully resolved (symlinks followed) and may not exist: callers answer
+    "not found" then. ``root`` must already be resolved.
+    """
+    raw = name.encode("utf-8", "surrogateescape")
+    if b"\0" in raw:
+        raise AccessViolation("NUL byte in file name")
+    if "\\" in name:
+        raise AccessViolation("backslash in file name")
+    if len(raw) > MAX_PATH:
+        raise AccessViolation(f"file name of {len(raw)} bytes (limit {MAX_PATH})")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise AccessViolation("'..' in file name")
+    if any(len(p.encode("utf-8", "surrogateescape")) > MAX_COMPONENT for p in parts):
+        raise AccessViolation("over-long path component")
+    candidate = root.joinpath(*parts)
+    try:
+        resolved = candidate.resolve(strict=False)
+    except (OSError, RuntimeError) as err:  # symlink loops
+        raise AccessViolation(f"cannot resolve: {err}") from err
+    try:
+        resolved.relative_to(root)
+    except ValueError:
+        raise AccessViolation("path leaves the TFTP root") from None
+    return resolved
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    path: str
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+
+class FileCache:
+    """Opens files for transfers; keeps the contents of small ones in memory (LRU by bytes)."""
+
+    def __init__(self, *, max_file: int = 64 << 20, max_total: int = 256 << 20) -> None:
+        self.max_file = max_file
+        self.max_total = max_total
+        self._entries: OrderedDict[_Key, bytes] = OrderedDict()
+        self._total = 0
+
+    async def open(self, path: Path) -> ByteSource | None:
+        """A source for a regular file, or None when it does not exist / is not a file."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except IsADirectoryError:
+            return None
+        except OSError as err:
+            raise AccessViolation(f"cannot open: {err.strerror}") from err
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                os.close(fd)
+                return None
+            key = _Key(str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            cached = self._entries.get(key)
+            if cached is not None:
+                self._entries.move_to_end(key)
+                os.close(fd)
+                return BytesSource(cached)
+            if st.st_size > self.max_file:
+                return FileSource(fd, st.st_size)
+            data = await asyncio.to_thread(_read_all, fd, st.st_size)
+            os.close(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+        self._remember(key, data)
+        return BytesSource(data)
+
+    def _remember(self, key: _Key, data: bytes) -> None:
+        stale = [k for k in self._entries if k.path == key.path]
+        for k in stale:
+            self._total -= len(self._entries.pop(k))
+        self._entries[key] = data
+        self._total += len(data)
+        while self._total > self.max_total and len(self._entries) > 1:
+            _, old = self._entries.popitem(last=False)
+            self._total -= len(old)
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    chunks: list[bytes] = []
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(size - offset, 1 << 20), offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+class RootDirectory:
+    """The plain hook: serve files from one directory, path-safe, through a cache."""
+
+    def __init__(self, root: Path, cache: FileCache | None = None) -> None:
+        self.root = root.resolve()
+        self.cache = cache or FileCache()
+
+    async def __call__(self, name: str, client: tuple[str, int]) -> ByteSource | None:
+        return await self.cache.open(resolve_inside(self.root, name))

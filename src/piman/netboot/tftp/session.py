@@ -1,0 +1,335 @@
+"""One TFTP read transfer as a pure state machine: packets and time in, actions out.
+
+Theory of operation
+-------------------
+The server shell makes a :class:`TftpSession` for every request that reaches the listener and
+then either calls :meth:`~TftpSession.refuse` (write request, file not found, access violation)
+or :meth:`~TftpSession.start` with the byte source the application hook returned. From then on
+it feeds every packet from the client's TID to :meth:`~TftpSession.receive` and calls
+:meth:`~TftpSession.timer` when the last :class:`ArmTimer` deadline passes. Each call returns a
+list of actions, in order: :class:`Send` (one datagram, already encoded), :class:`ArmTimer`
+(replace the single deadline; a timer event before it is harmless) and :class:`Close` (the
+transfer is over; ``stats.outcome`` says how). Nothing here reads the clock or touches a socket.
+
+States: *negotiating* (an OACK was sent, waiting for ACK 0), *sending* (a window of DATA blocks
+is outstanding) and *closed*. Blocks are numbered absolutely inside the session (1, 2, …) and
+written on the wire modulo 65536, so the 16-bit number wraps to 0 after 65535 (what tftp-hpa,
+iPXE, U-Boot and the Pi firmware expect). An ACK is mapped to the absolute block in the
+outstanding window; an ACK that moves nothing (a duplicate, or one outside the window) is
+ignored: it never triggers a retransmission (no Sorcerer's Apprentice, RFC 1123 §4.2.3.1 — the
+Pi 4 re-ACKs duplicates). Retransmission happens only on timeout: the whole outstanding window
+(or the OACK) is sent again, up to ``max_retries`` times, then the session closes with outcome
+``timeout``. A new ACK slides the window: with windowsize W (RFC 7440) up to W blocks beyond the
+last acknowledged one are in flight, and only blocks never sent before are sent on an ACK.
+
+Options (RFC 2347): ``blksize`` (RFC 2348, 8–65464, capped to ``max_blksize``), ``timeout``
+(RFC 2349, 1–255 s), ``tsize`` (RFC 2349, the file size is returned) and ``windowsize``
+(RFC 7440, 1–65535, capped to ``max_windowsize``). Unknown options are left out of the OACK; a
+known option with a value that is not valid is refused with ERROR 8. An ERROR from the client
+with code 0 once block 1 was sent and before block 2 was acknowledged (the Pi's ``Early
+terminate`` after reading block 1) or with code 8 in answer to the OACK (a size query) ends the
+session with outcome ``probe``: it is a normal end, not a failure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from piman.netboot.tftp.files import ByteSource, BytesSource, netascii
+from piman.netboot.tftp.packets import (
+    MAX_BLOCK,
+    Ack,
+    Error,
+    ErrorCode,
+    OAck,
+    Options,
+    Packet,
+    Request,
+    encode,
+    encode_data,
+)
+
+__all__ = [
+    "MAX_BLKSIZE",
+    "Action",
+    "ArmTimer",
+    "Close",
+    "Outcome",
+    "Send",
+    "SessionSettings",
+    "SessionStats",
+    "TftpSession",
+]
+
+MAX_BLKSIZE = 65464  # RFC 2348
+DEFAULT_BLKSIZE = 512  # RFC 1350
+
+
+class Outcome(StrEnum):
+    """How a transfer ended (the ``outcome`` label of the transfer metrics)."""
+
+    OK = "ok"
+    PROBE = "probe"  # the client read block 1 (or the OACK) and stopped on purpose
+    NOT_FOUND = "not_found"
+    ACCESS_DENIED = "access_denied"
+    REFUSED = "refused"  # write request, bad mode, refused option
+    TIMEOUT = "timeout"  # the client stopped answering
+    ABORTED = "aborted"  # the client sent an ERROR mid-transfer
+    EXPIRED = "expired"  # the whole-transfer time limit passed
+    ERROR = "error"  # the server could not read the file
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send this datagram to the client."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ArmTimer:
+    """Call :meth:`TftpSession.timer` at (or after) this time; replaces any earlier deadline."""
+
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """The transfer is over; release its socket."""
+
+    outcome: Outcome
+
+
+Action = Send | ArmTimer | Close
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """Limits the server applies to every transfer."""
+
+    retransmit_timeout: float = 1.0
+    max_retries: int = 5
+    max_blksize: int = 1468
+    max_windowsize: int = 64
+    transfer_timeout: float | None = None  # None: no whole-transfer limit
+
+
+@dataclass(slots=True)
+class SessionStats:
+    """What a finished transfer logs and exports."""
+
+    peer: str
+    file: str
+    started: float
+    size: int | None = None
+    bytes: int = 0  # file bytes the client acknowledged
+    sent_bytes: int = 0  # payload bytes sent, retransmissions included
+    blocks: int = 0  # blocks the client acknowledged
+    retransmits: int = 0  # datagrams sent again after a timeout
+    blksize: int = DEFAULT_BLKSIZE
+    windowsize: int = 1
+    options: dict[str, str] = field(default_factory=dict)
+    ended: float | None = None
+    outcome: Outcome | None = None
+
+    @property
+    def duration(self) -> float:
+        return 0.0 if self.ended is None else self.ended - self.started
+
+
+class _Refusal(Exception):
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class TftpSession:
+    """A read transfer to one client TID; see the module docstring."""
+
+    def __init__(self, request: Request, peer: str, settings: SessionSettings, now: float) -> None:
+        self.request = request
+        self.settings = settings
+        self.stats = SessionStats(peer=peer, file=request.filename, started=now)
+        self.closed = False
+        self._source: ByteSource | None = None
+        self._oack: bytes | None = None  # pending OACK datagram until ACK 0 arrives
+        self._timeout = settings.retransmit_timeout
+        self._blksize = DEFAULT_BLKSIZE
+        self._window = 1
+        self._total = 0  # number of blocks in the file (the last one is short, maybe empty)
+        self._acked = 0
+        self._sent = 0
+        self._retries = 0
+        self._deadline = now
+
+    # -- entry points -------------------------------------------------------------------------
+
+    def refuse(self, code: ErrorCode, message: str, outcome: Outcome, now: float) -> list[Action]:
+        """Answer the request with an ERROR and close (not found, access violation …)."""
+        return self._fail(code, message, outcome, now)
+
+    def start(self, source: ByteSource, now: float) -> list[Action]:
+        """Begin the transfer of ``source``: an OACK, or block 1 when no option was accepted."""
+        mode = self.request.mode.lower()
+        if mode not in ("octet", "netascii"):
+            source.close()
+            return self._fail(
+                ErrorCode.ILLEGAL_OPERATION, f"unsupported mode {self.request.mode!r}",
+                Outcome.REFUSED, now,
+            )  # fmt: skip
+        if mode == "netascii":
+            converted = netascii(source.read(0, source.size))
+            source.close()
+            source = BytesSource(converted)
+        self._source = source
+        self.stats.size = source.size
+        try:
+            accepted = self._negotiate(source.size)
+        except _Refusal as refusal:
+            return self._fail(refusal.code, refusal.message, Outcome.REFUSED, now)
+        self._total = source.size // self._blksize + 1
+        self.stats.blksize = self._blksize
+        self.stats.windowsize = self._window
+        self.stats.options = dict(accepted)
+        if accepted:
+            self._oack = encode(OAck(accepted))
+            return [Send(self._oack), self._arm(now)]
+        return self._send_window(now)
+
+    def receive(self, packet: Packet, now: float) -> list[Action]:
+        """A packet from the client's TID."""
+        if self.closed:
+            return []
+        if isinstance(packet, Ack):
+            return self._on_ack(packet.block, now)
+        if isinstance(packet, Error):
+            return self._on_error(packet, now)
+        return []  # DATA, requests and OACKs have no meaning here: ignore them
+
+    def abort(self, outcome: Outcome, now: float) -> list[Action]:
+        """End the transfer without telling the client (it is gone, or the server stops)."""
+        if self.closed:
+            return []
+        return self._close(outcome, now)
+
+    def timer(self, now: float) -> list[Action]:
+        """The last armed deadline may have passed: retransmit, give up, or wait longer."""
+        if self.closed:
+            return []
+        limit = self.settings.transfer_timeout
+        if limit is not None and now >= self.stats.started + limit:
+            return self._fail(
+                ErrorCode.NOT_DEFINED, "transfer time limit reached", Outcome.EXPIRED, now
+            )
+        if now < self._deadline:
+            return [ArmTimer(self._deadline)]
+        self._retries += 1
+        if self._retries > self.settings.max_retries:
+            return self._close(Outcome.TIMEOUT, now)
+        actions: list[Action] = []
+        if self._oack is not None:
+            actions.append(Send(self._oack))
+            self.stats.retransmits += 1
+        else:
+            for n in range(self._acked + 1, self._sent + 1):
+                actions.append(Send(self._block(n)))
+                self.stats.retransmits += 1
+        actions.append(self._arm(now))
+        return actions
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _negotiate(self, size: int) -> Options:
+        accepted: list[tuple[str, str]] = []
+        seen: set[str] = set()
+        for name, value in self.request.options:
+            key = name.lower()
+            if key in seen:
+                continue
+            seen.add(key)
+            if key == "blksize":
+                asked = _number(name, value, 8, None)
+                self._blksize = min(asked, MAX_BLKSIZE, self.settings.max_blksize)
+                accepted.append((name, str(self._blksize)))
+            elif key == "timeout":
+                self._timeout = float(_number(name, value, 1, 255))
+                accepted.append((name, value.strip()))
+            elif key == "tsize":
+                _number(name, value, 0, None)
+                accepted.append((name, str(size)))
+            elif key == "windowsize":
+                asked = _number(name, value, 1, MAX_BLOCK)
+                self._window = min(asked, self.settings.max_windowsize)
+                accepted.append((name, str(self._window)))
+        return tuple(accepted)
+
+    def _on_ack(self, block: int, now: float) -> list[Action]:
+        if self._oack is not None:
+            if block != 0:
+                return []
+            self._oack = None
+            self._retries = 0
+            return self._send_window(now)
+        n = self._acked + ((block - self._acked) & MAX_BLOCK)
+        if n == self._acked or n > self._sent:
+            return []  # duplicate or out-of-window ACK: never answered
+        self._acked = n
+        self._retries = 0
+        self.stats.blocks = n
+        self.stats.bytes = min(n * self._blksize, self.stats.size or 0)
+        if n == self._total:
+            return self._close(Outcome.OK, now)
+        return self._send_window(now)
+
+    def _on_error(self, packet: Error, now: float) -> list[Action]:
+        probe = (packet.code == ErrorCode.NOT_DEFINED and self._sent >= 1 and self._acked <= 1) or (
+            packet.code == ErrorCode.OPTION_REFUSED and self._oack is not None
+        )
+        return self._close(Outcome.PROBE if probe else Outcome.ABORTED, now)
+
+    def _send_window(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        last = min(self._acked + self._window, self._total)
+        for n in range(self._sent + 1, last + 1):
+            actions.append(Send(self._block(n)))
+        self._sent = max(self._sent, last)
+        actions.append(self._arm(now))
+        return actions
+
+    def _block(self, n: int) -> bytes:
+        assert self._source is not None
+        payload = self._source.read((n - 1) * self._blksize, self._blksize)
+        self.stats.sent_bytes += len(payload)
+        return encode_data(n, payload)
+
+    def _arm(self, now: float) -> ArmTimer:
+        deadline = now + self._timeout
+        limit = self.settings.transfer_timeout
+        if limit is not None:
+            deadline = min(deadline, self.stats.started + limit)
+        self._deadline = deadline
+        return ArmTimer(deadline)
+
+    def _fail(self, code: ErrorCode, message: str, outcome: Outcome, now: float) -> list[Action]:
+        return [Send(encode(Error(code, message))), *self._close(outcome, now)]
+
+    def _close(self, outcome: Outcome, now: float) -> list[Action]:
+        self.closed = True
+        self.stats.ended = now
+        self.stats.outcome = outcome
+        if self._source is not None:
+            self._source.close()
+            self._source = None
+        return [Close(outcome)]
+
+
+def _number(name: str, value: str, low: int, high: int | None) -> int:
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 10:
+        raise _Refusal(ErrorCode.OPTION_REFUSED, f"option {name}={value!r} is not a number")
+    number = int(text)
+    if number < low or (high is not None and number > high):
+        raise _Refusal(ErrorCode.OPTION_REFUSED, f"option {name}={value} is out of range")
+    return number
