@@ -1,0 +1,114 @@
+"""`piman config check` and the CLI's promises: exit codes, one-line errors, help with examples."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from piman.cli.app import app
+
+SEED = """\
+private_number: 4
+server_address: 172.30.4.1
+subnet_mask: 255.255.255.0
+interface: ens4
+switch_count: 2
+switches:
+  - swtich_0_address: 172.30.4.254
+    pi_addresses: [172.30.4.13, 172.30.4.14]
+  - swtich_1_address: 172.30.4.128
+    pi_addresses: [172.30.4.2]
+"""
+
+runner = CliRunner()
+
+
+def piman(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "piman", *args],
+        capture_output=True,
+        text=True,
+        env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+
+
+def test_seed_config_prints_switches_and_nodes(tmp_path: Path) -> None:
+    (tmp_path / "piman.yaml").write_text(SEED)
+    (tmp_path / "hosts.csv").write_text("dc:a6:32:00:00:0d,172.30.4.13\n")
+    result = piman(
+        "config", "check", str(tmp_path / "piman.yaml"), "--hosts", str(tmp_path / "hosts.csv")
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "2 switches" in out
+    assert "3 nodes" in out
+    for text in ["switch0-pi01", "172.30.4.254", "172.30.4.13", "dc:a6:32:00:00:0d"]:
+        assert text in out
+
+
+def test_yaml_option_shows_the_equivalent_new_form(tmp_path: Path) -> None:
+    (tmp_path / "seed.yaml").write_text(SEED)
+    result = piman("config", "check", str(tmp_path / "seed.yaml"), "--yaml")
+    assert result.returncode == 0
+    assert "name: switch1-pi01" in result.stdout
+    assert "address: 172.30.4.1" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "piman.yaml: is empty"),
+        (b"\x00\x01\x02\xff", "piman.yaml: is a binary file"),
+        (SEED.replace("172.30.4.2]", "172.30.4.1, 172.30.4.2]").encode(), "manager's own address"),
+        (
+            b"manager: {address: 198.18.0.1}\nswitches:\n - {name: a, address: 198.18.0.2}\n"
+            b" - {name: b, address: '172.30.4.'}\n",
+            "piman.yaml: switches[1].address: '172.30.4.' is not an IPv4 address",
+        ),
+    ],
+)
+def test_bad_config_exits_2_with_one_line_and_no_traceback(
+    tmp_path: Path, content: bytes, expected: str
+) -> None:
+    path = tmp_path / "piman.yaml"
+    path.write_bytes(content)
+    result = piman("config", "check", str(path))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]
+    assert str(tmp_path) in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_file_exits_2(tmp_path: Path) -> None:
+    result = piman("config", "check", str(tmp_path / "absent.yaml"))
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("absent.yaml: no such file")
+
+
+def _commands(group: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = []
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):
+            found += _commands(cmd, (*prefix, name))
+        else:
+            found.append((*prefix, name))
+    return found
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    root = typer.main.get_command(app)
+    commands = _commands(root)
+    assert {("server",), ("demo",), ("nodes",), ("config", "check")} <= set(commands)
+    for command in commands:
+        result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, command
+        assert "Example" in result.output, f"piman {' '.join(command)} --help has no example"
