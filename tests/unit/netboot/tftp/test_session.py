@@ -1,0 +1,240 @@
+"""The transfer session driven through its public calls: packets and time in, actions out."""
+
+from __future__ import annotations
+
+from piman.netboot.tftp.files import BytesSource
+from piman.netboot.tftp.packets import (
+    Ack,
+    Data,
+    Error,
+    ErrorCode,
+    OAck,
+    Opcode,
+    Request,
+    decode,
+)
+from piman.netboot.tftp.session import (
+    Action,
+    ArmTimer,
+    Close,
+    Outcome,
+    Send,
+    SessionSettings,
+    TftpSession,
+)
+
+SETTINGS = SessionSettings(retransmit_timeout=1.0, max_retries=3, max_blksize=1468)
+
+
+def rrq(name: str = "f", mode: str = "octet", **options: str) -> Request:
+    return Request(Opcode.RRQ, name, mode, tuple(options.items()))
+
+
+def sent(actions: list[Action]) -> list[object]:
+    return [decode(a.data) for a in actions if isinstance(a, Send)]
+
+
+def closed(actions: list[Action]) -> Outcome | None:
+    return next((a.outcome for a in actions if isinstance(a, Close)), None)
+
+
+def start(data: bytes, request: Request | None = None, settings: SessionSettings = SETTINGS,
+          ) -> tuple[TftpSession, list[Action]]:  # fmt: skip
+    session = TftpSession(request or rrq(), "198.18.0.5:1234", settings, now=0.0)
+    return session, session.start(BytesSource(data), now=0.0)
+
+
+def fetch(session: TftpSession, first: list[Action], now: float = 0.0) -> bytes:
+    """Play a well-behaved lock-step/window client; returns the bytes received."""
+    out = bytearray()
+    actions = first
+    while True:
+        datas = [p for p in sent(actions) if isinstance(p, Data)]
+        oacks = [p for p in sent(actions) if isinstance(p, OAck)]
+        if closed(actions) is not None:
+            return bytes(out)
+        if oacks:
+            actions = session.receive(Ack(0), now)
+            continue
+        assert datas, actions
+        for d in datas:
+            out += d.data
+        actions = session.receive(Ack(datas[-1].block), now)
+
+
+def test_file_without_options_is_sent_in_512_byte_blocks_with_a_short_last_block() -> None:
+    data = bytes(range(256)) * 5  # 1280 bytes: 512 + 512 + 256
+    session, actions = start(data)
+    assert sent(actions) == [Data(1, data[:512])]
+    assert any(isinstance(a, ArmTimer) for a in actions)
+    assert fetch(session, actions) == data
+    assert session.stats.outcome is Outcome.OK
+    assert session.stats.blocks == 3
+    assert session.stats.bytes == 1280
+
+
+def test_file_of_exact_multiple_of_blksize_ends_with_an_empty_block() -> None:
+    session, _actions = start(b"x" * 1024)
+    assert session.receive(Ack(1), 0.1)[0] == Send(b"\x00\x03\x00\x02" + b"x" * 512)
+    last = session.receive(Ack(2), 0.2)
+    assert sent(last) == [Data(3, b"")]
+    assert closed(session.receive(Ack(3), 0.3)) is Outcome.OK
+
+
+def test_options_are_acknowledged_and_blksize_capped_to_the_mtu_limit() -> None:
+    session, actions = start(b"a" * 5000, rrq(tsize="0", blksize="8192", timeout="3"))
+    assert sent(actions) == [OAck((("tsize", "5000"), ("blksize", "1468"), ("timeout", "3")))]
+    actions = session.receive(Ack(0), 0.0)
+    assert sent(actions) == [Data(1, b"a" * 1468)]
+    assert actions[-1] == ArmTimer(3.0)  # the client's timeout option is used
+
+
+def test_unknown_options_are_left_out_of_the_oack() -> None:
+    _session, actions = start(b"a", rrq(multicast="", tsize="0"))
+    assert sent(actions) == [OAck((("tsize", "1"),))]
+
+
+def test_only_unknown_options_means_no_oack_at_all() -> None:
+    _session, actions = start(b"a", rrq(rollover="0"))
+    assert sent(actions) == [Data(1, b"a")]
+
+
+def test_invalid_option_value_is_refused_with_error_8() -> None:
+    for options in ({"blksize": "4"}, {"blksize": "big"}, {"timeout": "0"}, {"windowsize": "0"}):
+        _session, actions = start(b"a", rrq(**options))
+        (err,) = sent(actions)
+        assert isinstance(err, Error)
+        assert err.code == ErrorCode.OPTION_REFUSED
+        assert closed(actions) is Outcome.REFUSED
+
+
+def test_unsupported_mode_is_an_illegal_operation() -> None:
+    _session, actions = start(b"a", rrq(mode="mail"))
+    assert sent(actions)[0] == Error(ErrorCode.ILLEGAL_OPERATION, "unsupported mode 'mail'")
+    assert closed(actions) is Outcome.REFUSED
+
+
+def test_netascii_converts_line_ends_and_tsize_counts_converted_bytes() -> None:
+    session, actions = start(b"a\nb\rc", rrq(mode="NetASCII", tsize="0"))
+    assert sent(actions) == [OAck((("tsize", "7"),))]
+    assert fetch(session, actions) == b"a\r\nb\r\0c"
+
+
+def test_duplicate_ack_does_not_trigger_retransmit() -> None:
+    session, _actions = start(b"z" * 2000)
+    session.receive(Ack(1), 0.1)
+    assert session.receive(Ack(1), 0.2) == []
+    assert session.receive(Ack(1), 0.3) == []
+    assert session.stats.retransmits == 0
+
+
+def test_timeout_retransmits_the_outstanding_block_then_gives_up() -> None:
+    session, actions = start(b"z" * 2000)
+    assert session.timer(0.5) == [ArmTimer(1.0)]  # early timer: nothing sent
+    for attempt in range(1, 4):
+        actions = session.timer(float(attempt))
+        assert sent(actions) == [Data(1, b"z" * 512)]
+    assert closed(session.timer(4.0)) is Outcome.TIMEOUT
+    assert session.stats.retransmits == 3
+    assert session.closed
+    assert session.receive(Ack(1), 5.0) == []
+
+
+def test_progress_resets_the_retry_budget() -> None:
+    session, _ = start(b"z" * 5000)
+    for attempt in range(1, 4):
+        session.timer(float(attempt))
+    session.receive(Ack(1), 3.5)
+    assert sent(session.timer(4.5)) == [Data(2, b"z" * 512)]
+
+
+def test_oack_is_retransmitted_on_timeout_only() -> None:
+    session, _actions = start(b"z", rrq(tsize="0"))
+    assert session.receive(Ack(1), 0.5) == []  # not ACK 0: ignored
+    assert sent(session.timer(1.0)) == [OAck((("tsize", "1"),))]
+
+
+def test_windowsize_sends_a_window_and_slides_on_acks() -> None:
+    data = bytes(100) * 100  # 10000 bytes = 20 blocks of 512 (19 full + 1 of 272)
+    session, actions = start(data, rrq(windowsize="4"))
+    assert sent(actions) == [OAck((("windowsize", "4"),))]
+    first = sent(session.receive(Ack(0), 0.0))
+    assert [d.block for d in first] == [1, 2, 3, 4]  # type: ignore[attr-defined]
+    nxt = sent(session.receive(Ack(4), 0.1))
+    assert [d.block for d in nxt] == [5, 6, 7, 8]  # type: ignore[attr-defined]
+    # A client that ACKs inside the window only moves it: only new blocks go out.
+    assert [d.block for d in sent(session.receive(Ack(6), 0.2))] == [9, 10]  # type: ignore[attr-defined]
+    # On timeout, everything not yet acknowledged goes again.
+    again = sent(session.timer(1.2))
+    assert [d.block for d in again] == [7, 8, 9, 10]  # type: ignore[attr-defined]
+    assert session.stats.retransmits == 4
+
+
+def test_window_transfer_delivers_the_whole_file() -> None:
+    data = bytes(i % 251 for i in range(100_000))
+    session, actions = start(data, rrq(windowsize="16", blksize="1468"))
+    assert fetch(session, actions) == data
+    assert session.stats.windowsize == 16
+    assert session.stats.outcome is Outcome.OK
+
+
+def test_windowsize_is_capped() -> None:
+    settings = SessionSettings(max_windowsize=8)
+    _session, actions = start(b"a", rrq(windowsize="500"), settings)
+    assert sent(actions) == [OAck((("windowsize", "8"),))]
+
+
+def test_block_numbers_wrap_to_zero_after_65535() -> None:
+    data = b"q" * (8 * 65540)
+    session, _actions = start(data, rrq(blksize="8"))
+    session.receive(Ack(0), 0.0)
+    for n in range(1, 65536):
+        session.receive(Ack(n), 0.0)
+    nxt = sent(session.receive(Ack(0), 0.0))  # ACK of absolute block 65536
+    assert nxt == [Data(1, b"q" * 8)]  # absolute 65537
+    assert session.stats.blocks == 65536
+
+
+def test_early_terminate_after_block_1_is_a_probe() -> None:
+    session, actions = start(b"z" * 5000, rrq(tsize="0", blksize="1024"))
+    session.receive(Ack(0), 0.0)
+    actions = session.receive(Error(0, "Early terminate"), 0.1)
+    assert actions == [Close(Outcome.PROBE)]
+    assert session.stats.outcome is Outcome.PROBE
+
+
+def test_option_refusal_by_client_after_oack_is_a_probe() -> None:
+    session, _ = start(b"z" * 5000, rrq(tsize="0"))
+    assert closed(session.receive(Error(8, "size only"), 0.1)) is Outcome.PROBE
+
+
+def test_client_error_mid_transfer_is_an_abort() -> None:
+    session, _ = start(b"z" * 5000)
+    session.receive(Ack(1), 0.0)
+    session.receive(Ack(2), 0.0)
+    assert closed(session.receive(Error(3, "disk full"), 0.1)) is Outcome.ABORTED
+
+
+def test_refuse_sends_the_error_and_records_the_outcome() -> None:
+    session = TftpSession(rrq("missing"), "198.18.0.5:1234", SETTINGS, now=0.0)
+    actions = session.refuse(ErrorCode.FILE_NOT_FOUND, "file not found", Outcome.NOT_FOUND, 0.0)
+    assert sent(actions) == [Error(1, "file not found")]
+    assert session.stats.outcome is Outcome.NOT_FOUND
+
+
+def test_whole_transfer_limit_expires_the_session() -> None:
+    settings = SessionSettings(retransmit_timeout=5.0, transfer_timeout=2.0)
+    session, actions = start(b"z" * 5000, settings=settings)
+    assert actions[-1] == ArmTimer(2.0)
+    actions = session.timer(2.0)
+    assert isinstance(sent(actions)[0], Error)
+    assert closed(actions) is Outcome.EXPIRED
+
+
+def test_stats_record_duration_and_options() -> None:
+    session, _actions = start(b"z" * 600, rrq(blksize="1024"))
+    session.receive(Ack(0), 0.5)
+    session.receive(Ack(1), 1.5)
+    assert session.stats.duration == 1.5
+    assert session.stats.blksize == 1024
+    assert session.stats.peer == "198.18.0.5:1234"
