@@ -2,14 +2,48 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from piman.manager import ManagerContext, Service
 
-__all__ = ["build_services"]
+__all__ = ["Netboot", "build_services"]
+
+
+@dataclass
+class Netboot:
+    """``ctx.netboot``: the netboot servers that run (None when off)."""
+
+    dhcp: Any = None  # piman.netboot.dhcp.server.DhcpServer
+    tftp: Any = None
+
+
+def _dhcp(ctx: ManagerContext) -> list[Service]:
+    config = ctx.config
+    if config.dhcp is None or not config.dhcp.enabled:
+        return []
+    from piman.config.types import parse_host_port
+    from piman.netboot.dhcp.policy import PolicySettings
+    from piman.netboot.dhcp.server import DhcpServer
+
+    listen = parse_host_port(config.dhcp.listen) if config.dhcp.listen else ("0.0.0.0", 67)
+    server = DhcpServer(
+        PolicySettings.from_config(config),
+        journal_path=config.manager.data_dir / "dhcp" / "leases.journal",
+        listen=listen,
+        interface=config.manager.interface,
+        store=ctx.store,
+        metrics=ctx.metrics,
+    )
+    ctx.netboot.dhcp = server
+    return [server]
 
 
 def build_services(ctx: ManagerContext) -> list[Service]:
-    """The services this capability runs under the given configuration (none yet)."""
-    return []
+    """The services this capability runs under the given configuration."""
+    if ctx.netboot is None:
+        ctx.netboot = Netboot()
+    services: list[Service] = []
+    services.extend(_dhcp(ctx))
+    return services

@@ -1,0 +1,357 @@
+"""The DHCP server: a thin asyncio shell around :mod:`packets`, :mod:`policy` and :mod:`leases`.
+
+Theory of operation
+-------------------
+``datagram_received`` decodes (garbage is logged at WARNING with the peer and dropped), asks the
+policy, and queues the decision. A flusher task takes everything queued, appends the lease records
+to the journal with one ``fdatasync`` (group commit, in a worker thread while the loop keeps
+receiving), and only then sends the replies of that batch, so nothing a client was told is lost
+by a crash. Decisions without lease records (reservations, NAKs, INFORM) are sent at once.
+
+Where replies go (RFC 2131 §4.1): to the relay (``giaddr``) on port 67; NAKs broadcast; to
+``ciaddr`` when the client has one; broadcast when the client set the broadcast flag (or when
+there is no address to unicast to, as in proxy offers); otherwise unicast to ``yiaddr`` at
+``chaddr``: the kernel cannot ARP for an address nobody holds yet, so the server first writes the
+neighbour entry itself (``SIOCSARP`` on ``manager.interface``), as dnsmasq does. A client talking
+from a port other than 68 (the demo's virtual Pis, tests on loopback) is answered where it spoke
+from.
+
+Sightings: Pis, and clients whose MAC the store already knows, are recorded on the node
+(``store.nodes.record_sighting``) from a background task, at most once per
+:data:`SIGHTING_INTERVAL` per MAC unless what is learnt changes; an unknown Pi becomes a ``new``
+node. Other clients (laptops, perfdhcp's thousands) never create nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from piman.netboot.dhcp.leases import LeaseJournal, LeaseTable
+from piman.netboot.dhcp.packets import DhcpPacket, MalformedPacket, MessageType, decode, encode
+from piman.netboot.dhcp.policy import Decision, DhcpPolicy, Outcome, PolicySettings
+
+if TYPE_CHECKING:
+    from piman.store import Store
+
+__all__ = ["SIGHTING_INTERVAL", "DhcpServer", "reply_destination"]
+
+logger = logging.getLogger(__name__)
+
+SIGHTING_INTERVAL = 30.0
+SIOCSARP = 0x8955
+ATF_COM = 0x02
+ARPHRD_ETHER = 1
+_BROADCAST = "255.255.255.255"
+_ZERO = IPv4Address(0)
+_SIGHTING_QUEUE = 10_000
+_Learnt = tuple[str | None, str | None, str | None, str | None]  # ip, serial, model, vendor class
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    host: str
+    port: int
+    arp: bool = False  # write a neighbour entry yiaddr → chaddr before sending
+
+
+def reply_destination(request: DhcpPacket, reply: DhcpPacket, peer: tuple[str, int]) -> Destination:
+    """Where ``reply`` to ``request`` (received from ``peer``) must go (RFC 2131 §4.1)."""
+    if request.giaddr != _ZERO:
+        return Destination(str(request.giaddr), 67)
+    if peer[1] != 68 and peer[0] != "0.0.0.0":
+        return Destination(peer[0], peer[1])
+    if reply.message_type is MessageType.NAK:
+        return Destination(_BROADCAST, 68)
+    if request.ciaddr != _ZERO:
+        return Destination(str(request.ciaddr), 68)
+    if request.broadcast or reply.yiaddr == _ZERO:
+        return Destination(_BROADCAST, 68)
+    return Destination(str(reply.yiaddr), 68, arp=True)
+
+
+def _arpreq(ip: str, mac: bytes, device: str) -> bytes:
+    pa = struct.pack("=H2s4s8s", socket.AF_INET, b"\0\0", socket.inet_aton(ip), b"\0" * 8)
+    ha = struct.pack("=H14s", ARPHRD_ETHER, mac.ljust(14, b"\0"))
+    netmask = b"\0" * 16
+    return pa + ha + struct.pack("=i", ATF_COM) + netmask + device.encode()[:15].ljust(16, b"\0")
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        reg = registry if registry is not None else CollectorRegistry()
+        self.offers = Counter("piman_dhcp_offers", "DHCPOFFERs sent.", registry=reg)
+        self.acks = Counter("piman_dhcp_acks", "DHCPACKs sent (INFORM included).", registry=reg)
+        self.naks = Counter("piman_dhcp_naks", "DHCPNAKs sent.", registry=reg)
+        self.drops = Counter(
+            "piman_dhcp_drops", "DHCP messages dropped, by reason.", ["reason"], registry=reg
+        )
+        self.leases = Gauge("piman_dhcp_leases_active", "Addresses held now.", registry=reg)
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, server: DhcpServer) -> None:
+        self.server = server
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.server.received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        logger.debug("[dhcp] socket error: %s", exc)
+
+
+class DhcpServer:
+    """``dhcp`` service: run with :meth:`serve` until cancelled."""
+
+    name = "dhcp"
+
+    def __init__(
+        self,
+        settings: PolicySettings,
+        *,
+        journal_path: Path,
+        listen: tuple[str, int] = ("0.0.0.0", 67),
+        interface: str | None = None,
+        store: Store | None = None,
+        metrics: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.listen = listen
+        self.interface = interface
+        self.store = store
+        self.journal = LeaseJournal(journal_path)
+        self.policy: DhcpPolicy | None = None
+        self.metrics = _Metrics(metrics)
+        self.metrics.leases.set_function(self._active_leases)
+        self.bound: tuple[str, int] | None = None
+        self.ready = asyncio.Event()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._batch: list[tuple[DhcpPacket, Decision, tuple[str, int]]] = []
+        self._wake = asyncio.Event()
+        self._sightings: asyncio.Queue[tuple[str, _Learnt]] = asyncio.Queue(_SIGHTING_QUEUE)
+        self._seen: dict[str, tuple[float, _Learnt]] = {}
+        self._known_macs: set[str] = set()
+        self._warned: dict[str, float] = {}
+
+    def _active_leases(self) -> float:
+        return float(self.policy.table.active(time.time())) if self.policy else 0.0
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def _socket(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            if self.interface:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.interface.encode())
+            sock.bind(self.listen)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    async def serve(self) -> None:
+        leases = await asyncio.to_thread(self.journal.load)
+        table = LeaseTable(self.settings.pool, self.settings.excluded())
+        for lease in leases:
+            table.apply(lease)
+        self.policy = DhcpPolicy(self.settings, table)
+        if self.store is not None:
+            self._known_macs = {n.mac for n in await self.store.nodes.list() if n.mac}
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Protocol(self), sock=self._socket()
+        )
+        self._transport = transport
+        self.bound = transport.get_extra_info("sockname")
+        logger.info(
+            "[dhcp] %s mode on %s:%d%s, %d leases loaded from %s",
+            self.settings.mode,
+            *self.listen,
+            f" (interface {self.interface})" if self.interface else "",
+            len(table),
+            self.journal.path,
+        )
+        self.ready.set()
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._flusher())
+                group.create_task(self._record_sightings())
+        finally:
+            self.ready.clear()
+            transport.close()
+            self._transport = None
+            self.journal.close()
+
+    # --- receiving -----------------------------------------------------------------------------
+
+    def _warn(self, peer: tuple[str, int], size: int, err: MalformedPacket) -> None:
+        """WARNING for garbage, at most once a second per peer (DEBUG for the rest)."""
+        now = time.monotonic()
+        level = logging.DEBUG
+        if now - self._warned.get(peer[0], 0.0) >= 1.0:
+            self._warned[peer[0]] = now
+            if len(self._warned) > 10_000:
+                self._warned.clear()
+            level = logging.WARNING
+        logger.log(
+            level, "[dhcp peer=%s:%d] dropping a malformed packet (%d bytes): %s", *peer, size, err
+        )
+
+    def received(self, data: bytes, peer: tuple[str, int]) -> None:
+        """One datagram from ``peer``: decode, decide, queue or send. Never raises."""
+        try:
+            packet = decode(data)
+        except MalformedPacket as err:
+            self.metrics.drops.labels("malformed").inc()
+            self._warn(peer, len(data), err)
+            return
+        assert self.policy is not None
+        try:
+            decision = self.policy.handle(packet, time.time())
+        except Exception:  # a policy bug must not take the server down
+            self.metrics.drops.labels("error").inc()
+            logger.exception("[dhcp peer=%s:%d mac=%s] policy failed", *peer, packet.mac)
+            return
+        logger.debug(
+            "[dhcp mac=%s xid=%08x] %s → %s %s (%s)",
+            packet.mac,
+            packet.xid,
+            packet.message_type.name if packet.message_type else "BOOTP",
+            decision.outcome.value,
+            decision.address or "",
+            decision.reason,
+        )
+        self._note_sighting(packet, decision)
+        if decision.reply is None:
+            if decision.outcome is Outcome.IGNORED and not decision.leases:
+                self.metrics.drops.labels("ignored").inc()
+            if decision.leases:
+                self._batch.append((packet, decision, peer))
+                self._wake.set()
+            return
+        if decision.leases:
+            self._batch.append((packet, decision, peer))
+            self._wake.set()
+        else:
+            self._dispatch(packet, decision, peer)
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._batch = self._batch, []
+            if not batch:
+                continue
+            records = [lease for _, d, _ in batch for lease in d.leases]
+            try:
+                await asyncio.to_thread(self.journal.append, records)
+            except OSError as err:
+                logger.error("[dhcp] lease journal %s: %s; replies dropped", self.journal.path, err)  # noqa: TRY400
+                self.metrics.drops.labels("journal").inc(len(batch))
+                continue
+            for packet, decision, peer in batch:
+                self._dispatch(packet, decision, peer)
+            assert self.policy is not None
+            table = self.policy.table
+            if self.journal.needs_compaction(len(table.by_mac)):
+                live = table.live(time.time())
+                try:
+                    await asyncio.to_thread(self.journal.compact, live)
+                except OSError as err:
+                    logger.error("[dhcp] compacting %s: %s", self.journal.path, err)  # noqa: TRY400
+
+    # --- sending -------------------------------------------------------------------------------
+
+    def _dispatch(self, packet: DhcpPacket, decision: Decision, peer: tuple[str, int]) -> None:
+        if decision.reply is None:
+            return
+        if decision.delay > 0:
+            asyncio.get_running_loop().call_later(
+                decision.delay, self._send, packet, decision.reply, peer
+            )
+        else:
+            self._send(packet, decision.reply, peer)
+
+    def _send(self, request: DhcpPacket, reply: DhcpPacket, peer: tuple[str, int]) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        dest = reply_destination(request, reply, peer)
+        if dest.arp:
+            if self.interface and len(request.chaddr) == 6:
+                try:
+                    fcntl.ioctl(
+                        transport.get_extra_info("socket").fileno(),
+                        SIOCSARP,
+                        _arpreq(dest.host, request.chaddr, self.interface),
+                    )
+                except OSError as err:
+                    logger.warning("[dhcp mac=%s] cannot set ARP entry: %s", request.mac, err)
+                    dest = Destination(_BROADCAST, 68)
+            else:
+                dest = Destination(_BROADCAST, 68)
+        try:
+            transport.sendto(encode(reply), (dest.host, dest.port))
+        except OSError as err:
+            self.metrics.drops.labels("send").inc()
+            logger.warning("[dhcp mac=%s] cannot send to %s: %s", request.mac, dest.host, err)
+            return
+        mtype = reply.message_type
+        if mtype is MessageType.OFFER:
+            self.metrics.offers.inc()
+        elif mtype is MessageType.ACK:
+            self.metrics.acks.inc()
+        elif mtype is MessageType.NAK:
+            self.metrics.naks.inc()
+
+    # --- sightings -----------------------------------------------------------------------------
+
+    def _note_sighting(self, packet: DhcpPacket, decision: Decision) -> None:
+        if self.store is None or len(packet.chaddr) != 6:
+            return
+        mac = packet.mac
+        if decision.identity is None and mac not in self._known_macs:
+            return
+        ident = decision.identity
+        learnt: _Learnt = (
+            str(decision.address) if decision.address else None,
+            ident.serial if ident else None,
+            ident.model.value if ident else None,
+            packet.options.vendor_class,
+        )
+        now = time.monotonic()
+        last = self._seen.get(mac)
+        if last is not None and last[1] == learnt and now - last[0] < SIGHTING_INTERVAL:
+            return
+        self._seen[mac] = (now, learnt)
+        with contextlib.suppress(asyncio.QueueFull):
+            self._sightings.put_nowait((mac, learnt))
+
+    async def _record_sightings(self) -> None:
+        while True:
+            mac, (ip, serial, model, vendor_class) = await self._sightings.get()
+            if self.store is None:
+                continue
+            try:
+                await self.store.nodes.record_sighting(
+                    mac, ip=ip, serial=serial, model=model, vendor_class=vendor_class
+                )
+                self._known_macs.add(mac)
+            except Exception:  # the store may be briefly unavailable; DHCP goes on
+                logger.exception("[dhcp mac=%s] could not record the sighting", mac)
