@@ -37,6 +37,7 @@ class SnmpSettings(BaseModel):
     community: SecretStr = SecretStr("private")
     user: str | None = None
     context: str = ""
+    vlan: int | None = Field(default=None, ge=1, le=4094)  # Cisco: community "private@<vlan>"
     auth: SecretRef | None = None
     priv: SecretRef | None = None
     timeout: Duration = 1.0
@@ -65,9 +66,14 @@ class SwitchSettings(BaseModel):
     off_seconds: Duration = 2.0
     batch_size: int = Field(default=4, ge=1)
     batch_interval: Duration = 5.0
+    # How long to wait, after switching a port on, for the PSE to report deliveringPower.
+    detect_timeout: Duration = 10.0
     # Driver-specific settings (argv template for ``command``, URL for ``webhook`` …).
     command: list[str] | None = None
     webhook_url: str | None = None
+    webhook_token: SecretStr | None = None  # sent as "Authorization: Bearer <token>"
+    ssh_user: str = "pi"  # ssh-reboot: who logs in; the node's ip is the host
+    ssh_key_file: Path | None = None
 
     @field_validator("name")
     @classmethod
