@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from piman.config.types import Duration
 
@@ -21,6 +21,16 @@ class RuleSettings(BaseModel):
     for_: Duration = Field(default=0.0, alias="for")
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("alert", "expr")
+    @classmethod
+    def _check_rule(cls, value: str, info: ValidationInfo) -> str:
+        from piman.monitor.rules import RuleError, check_field
+
+        try:
+            return check_field(info.field_name or "", value)
+        except RuleError as err:
+            raise ValueError(str(err)) from None
 
 
 class MonitoringSettings(BaseModel):

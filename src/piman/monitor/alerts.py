@@ -1,0 +1,494 @@
+"""Alert states and notification groups (pure core), and the evaluator service (thin shell).
+
+Theory of operation. Every ``scrape_interval`` the :class:`AlertService` asks the time-series
+store for each rule's selector at ``now`` and hands the samples to :class:`AlertBook`, which keeps
+one :class:`Alert` per (rule, label set):
+
+=============  ==========================  ==========================================
+state          condition true              condition false (or series gone)
+=============  ==========================  ==========================================
+(none)         pending (firing if for=0)   (none)
+pending        firing once ``for`` held    dropped (never notified)
+firing         firing                      resolved (``endsAt`` = now)
+resolved       pending/firing again        kept until its resolution was notified
+=============  ==========================  ==========================================
+
+:meth:`AlertBook.flush` then applies Alertmanager's grouping: alerts that are firing, or resolved
+but not yet notified, and not silenced, fall into groups by the values of ``group_by``. A new group
+waits ``group_wait``; after that it is looked at every ``group_interval`` and notified when
+something is new (an alert that fires or resolves), or re-notified after ``repeat_interval`` when it
+is still firing. A notification carries the whole group.
+
+Each notification has an idempotency key made of each alert's fingerprint, state and start time
+(plus the time for a repeat), so a receiver that sees the same key twice knows it is a redelivery.
+
+Catch-up: the time of the last evaluation is saved; at start, the service replays the gap
+(:func:`replay_times`, :func:`samples_at`) over the stored samples, with time running as it
+did then, and marks what it sends ``late``.
+
+The book never reads the clock; the service passes ``now`` in and saves each tick's changes
+(alert states, groups, history, outbox rows) in one transaction.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from piman.monitor.rules import Matcher, Rule, Selector, fingerprint, matches, parse_matchers
+from piman.store.alert_tables import AlertGroupRow, AlertStateRow, TickChanges, from_ts, to_ts
+
+__all__ = [
+    "Alert",
+    "AlertBook",
+    "AlertState",
+    "Group",
+    "GroupSettings",
+    "Notification",
+    "Sample",
+    "SampleSource",
+    "Series",
+    "Silence",
+    "replay_times",
+    "samples_at",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class AlertState(enum.StrEnum):
+    PENDING = "pending"
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One series' value at evaluation time."""
+
+    labels: Mapping[str, str]
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One series' stored points ``(time, value)``, oldest first."""
+
+    labels: Mapping[str, str]
+    points: Sequence[tuple[float, float]]
+
+
+class SampleSource(Protocol):
+    """What the evaluator needs of the time-series store."""
+
+    async def instant(self, selector: Selector, at: float) -> list[Sample]:
+        """Each matching series' newest value at or before ``at`` (within a short lookback)."""
+
+    async def series(self, selector: Selector, start: float, end: float) -> list[Series]:
+        """Each matching series' points with ``start <= time <= end``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Silence:
+    id: str
+    matchers: tuple[Matcher, ...]
+    starts_at: float
+    ends_at: float
+
+    def mutes(self, labels: Mapping[str, str], now: float) -> bool:
+        return self.starts_at <= now < self.ends_at and matches(self.matchers, labels)
+
+    @classmethod
+    def of(cls, record: Any) -> Silence:
+        return cls(record.id, parse_matchers(record.matchers), record.starts_at, record.ends_at)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSettings:
+    group_by: tuple[str, ...] = ("alertname",)
+    group_wait: float = 30.0
+    group_interval: float = 300.0
+    repeat_interval: float = 4 * 3600.0
+
+
+@dataclass(slots=True)
+class Alert:
+    fingerprint: str
+    rule: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    state: AlertState
+    active_at: float  # when the condition became true (start of pending)
+    fired_at: float | None = None  # startsAt
+    resolved_at: float | None = None  # endsAt
+    value: float = 0.0
+    late: bool = False
+
+    @property
+    def starts_at(self) -> float:
+        return self.fired_at if self.fired_at is not None else self.active_at
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "rule": self.rule,
+            "labels": json.dumps(self.labels, sort_keys=True),
+            "annotations": json.dumps(self.annotations, sort_keys=True),
+            "state": self.state.value,
+            "active_at": from_ts(self.active_at),
+            "fired_at": from_ts(self.fired_at),
+            "resolved_at": from_ts(self.resolved_at),
+            "value": self.value,
+            "late": self.late,
+        }
+
+    @classmethod
+    def of_row(cls, row: AlertStateRow) -> Alert:
+        return cls(
+            row.fingerprint,
+            row.rule,
+            json.loads(row.labels),
+            json.loads(row.annotations),
+            AlertState(row.state),
+            row.active_at.timestamp(),
+            to_ts(row.fired_at),
+            to_ts(row.resolved_at),
+            row.value,
+            row.late,
+        )
+
+
+@dataclass(slots=True)
+class Group:
+    key: str
+    labels: dict[str, str]
+    created_at: float
+    next_flush_at: float
+    last_flush_at: float | None = None
+    sent: frozenset[tuple[str, str, float]] = frozenset()
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "labels": json.dumps(self.labels, sort_keys=True),
+            "created_at": from_ts(self.created_at),
+            "next_flush_at": from_ts(self.next_flush_at),
+            "last_flush_at": from_ts(self.last_flush_at),
+            "sent": json.dumps(sorted(self.sent)),
+        }
+
+    @classmethod
+    def of_row(cls, row: AlertGroupRow) -> Group:
+        return cls(
+            row.key,
+            json.loads(row.labels),
+            row.created_at.timestamp(),
+            row.next_flush_at.timestamp(),
+            to_ts(row.last_flush_at),
+            frozenset((fp, st, float(t)) for fp, st, t in json.loads(row.sent)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NotifiedAlert:
+    fingerprint: str
+    status: str  # firing | resolved
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: float
+    ends_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One group's notification: what every receiver is sent."""
+
+    key: str  # idempotency key
+    group_key: str
+    group_labels: dict[str, str]
+    alerts: tuple[NotifiedAlert, ...]
+    at: float
+    late: bool = False
+    repeat: bool = False
+
+    @property
+    def status(self) -> str:
+        return "firing" if any(a.status == "firing" for a in self.alerts) else "resolved"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "group_key": self.group_key,
+            "group_labels": self.group_labels,
+            "at": self.at,
+            "late": self.late,
+            "repeat": self.repeat,
+            "alerts": [
+                {
+                    "fingerprint": a.fingerprint,
+                    "status": a.status,
+                    "labels": a.labels,
+                    "annotations": a.annotations,
+                    "starts_at": a.starts_at,
+                    "ends_at": a.ends_at,
+                }
+                for a in self.alerts
+            ],
+        }
+
+
+_TEMPLATE = re.compile(r"\{\{\s*\$?(labels\.)?([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
+
+
+def render(template: str, labels: Mapping[str, str], value: float) -> str:
+    """``{{ node }}``, ``{{ $labels.node }}``, ``{{ value }}`` / ``{{ $value }}`` filled in."""
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(2)
+        if name == "value" and not m.group(1):
+            return f"{value:g}"
+        return labels.get(name, "")
+
+    return _TEMPLATE.sub(sub, template)
+
+
+def _key(parts: Iterable[tuple[str, str, float]], suffix: str = "") -> str:
+    items = sorted(parts)
+    if len(items) == 1 and not suffix:
+        fp, state, start = items[0]
+        return f"{fp}:{state}:{start:.3f}"
+    h = hashlib.sha256()
+    for fp, state, start in items:
+        h.update(f"{fp}:{state}:{start:.3f};".encode())
+    return f"g{h.hexdigest()[:24]}{suffix}"
+
+
+class AlertBook:
+    """Every alert and group, and the transitions between their states. Pure: time passed in."""
+
+    def __init__(self, settings: GroupSettings) -> None:
+        self.settings = settings
+        self.alerts: dict[str, Alert] = {}
+        self.groups: dict[str, Group] = {}
+        self._changes = TickChanges()
+        self._dirty_alerts: set[str] = set()
+        self._dirty_groups: set[str] = set()
+
+    def restore(self, alerts: Iterable[Alert], groups: Iterable[Group]) -> None:
+        self.alerts = {a.fingerprint: a for a in alerts}
+        self.groups = {g.key: g for g in groups}
+
+    # Evaluation -------------------------------------------------------------------------------
+
+    def evaluate(
+        self, rule: Rule, samples: Iterable[Sample], now: float, *, late: bool = False
+    ) -> list[tuple[Alert, str, str]]:
+        """Apply one rule's samples at ``now``; returns ``(alert, from, to)`` transitions."""
+        moves: list[tuple[Alert, str, str]] = []
+        seen: set[str] = set()
+        for sample in samples:
+            if not rule.test(sample.value):
+                continue
+            labels = {k: v for k, v in sample.labels.items() if k != "__name__"}
+            labels.update(rule.labels)
+            labels["alertname"] = rule.name
+            fp = fingerprint(labels)
+            seen.add(fp)
+            annotations = {k: render(v, labels, sample.value) for k, v in rule.annotations.items()}
+            alert = self.alerts.get(fp)
+            if alert is None or alert.state is AlertState.RESOLVED:
+                # A resolved alert not yet notified is replaced by the new episode.
+                alert = Alert(fp, rule.name, labels, annotations, AlertState.PENDING, now)
+                self.alerts[fp] = alert
+                moves.append((alert, "inactive", "pending"))
+            alert.value = sample.value
+            alert.annotations = annotations
+            self._dirty_alerts.add(fp)
+            if alert.state is AlertState.PENDING and now - alert.active_at >= rule.for_:
+                alert.state = AlertState.FIRING
+                alert.fired_at = now
+                alert.late = late
+                moves.append((alert, "pending", "firing"))
+                self._history(alert, now, late)
+        for fp, alert in list(self.alerts.items()):
+            if alert.rule != rule.name or fp in seen:
+                continue
+            if alert.state is AlertState.PENDING:
+                del self.alerts[fp]
+                self._dirty_alerts.discard(fp)
+                self._changes.deleted_alerts.append(fp)
+                moves.append((alert, "pending", "inactive"))
+            elif alert.state is AlertState.FIRING:
+                alert.state = AlertState.RESOLVED
+                alert.resolved_at = now
+                alert.late = late
+                self._dirty_alerts.add(fp)
+                moves.append((alert, "firing", "resolved"))
+                self._history(alert, now, late)
+        return moves
+
+    def drop_rules_except(self, names: set[str]) -> None:
+        """Forget alerts of rules that are no longer configured (resolving them silently)."""
+        for fp, alert in list(self.alerts.items()):
+            if alert.rule not in names:
+                del self.alerts[fp]
+                self._changes.deleted_alerts.append(fp)
+
+    def _history(self, alert: Alert, now: float, late: bool) -> None:
+        self._changes.history.append(
+            {
+                "at": from_ts(now),
+                "fingerprint": alert.fingerprint,
+                "rule": alert.rule,
+                "labels": json.dumps(alert.labels, sort_keys=True),
+                "state": alert.state.value,
+                "value": alert.value,
+                "late": late,
+            }
+        )
+
+    # Grouping ---------------------------------------------------------------------------------
+
+    def group_of(self, labels: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+        by = self.settings.group_by
+        if "..." in by:
+            chosen = dict(labels)
+        else:
+            chosen = {k: labels[k] for k in by if k in labels}
+        inner = ",".join(f'{k}="{v}"' for k, v in sorted(chosen.items()))
+        return "{}:{" + inner + "}", chosen
+
+    def flush(
+        self, now: float, silences: Sequence[Silence] = (), *, late: bool = False
+    ) -> list[Notification]:
+        """Group, apply timers and silences; the notifications due at ``now``."""
+        members: dict[str, list[Alert]] = {}
+        for alert in self.alerts.values():
+            if alert.state is AlertState.PENDING:
+                continue
+            if any(s.mutes(alert.labels, now) for s in silences):
+                continue
+            key, labels = self.group_of(alert.labels)
+            members.setdefault(key, []).append(alert)
+            if key not in self.groups:
+                self.groups[key] = Group(key, labels, now, now + self.settings.group_wait)
+                self._dirty_groups.add(key)
+        out: list[Notification] = []
+        for key, group in list(self.groups.items()):
+            alerts = members.get(key, [])
+            if not alerts:
+                del self.groups[key]
+                self._dirty_groups.discard(key)
+                self._changes.deleted_groups.append(key)
+                continue
+            if now < group.next_flush_at:
+                continue
+            note = self._flush_group(group, alerts, now, late)
+            group.next_flush_at = now + self.settings.group_interval
+            self._dirty_groups.add(key)
+            if note is not None:
+                out.append(note)
+        return out
+
+    def _flush_group(
+        self, group: Group, alerts: list[Alert], now: float, late: bool
+    ) -> Notification | None:
+        entries = {(a.fingerprint, a.state.value, a.starts_at) for a in alerts}
+        new = entries - group.sent
+        firing = any(a.state is AlertState.FIRING for a in alerts)
+        repeat = (
+            not new
+            and firing
+            and group.last_flush_at is not None
+            and now - group.last_flush_at >= self.settings.repeat_interval
+        )
+        if not new and not repeat:
+            self._drop_notified_resolved(alerts, group.sent)
+            return None
+        ordered = sorted(alerts, key=lambda a: (a.state is not AlertState.FIRING, a.starts_at))
+        note = Notification(
+            key=_key(entries, f":r{now:.0f}" if repeat else ""),
+            group_key=group.key,
+            group_labels=dict(group.labels),
+            alerts=tuple(
+                NotifiedAlert(
+                    a.fingerprint,
+                    "firing" if a.state is AlertState.FIRING else "resolved",
+                    dict(a.labels),
+                    dict(a.annotations),
+                    a.starts_at,
+                    a.resolved_at,
+                )
+                for a in ordered
+            ),
+            at=now,
+            late=late
+            or any(a.late for a in alerts if (a.fingerprint, a.state.value, a.starts_at) in new),
+            repeat=repeat,
+        )
+        group.sent = frozenset(entries)
+        group.last_flush_at = now
+        self._drop_notified_resolved(alerts, group.sent)
+        return note
+
+    def _drop_notified_resolved(
+        self, alerts: list[Alert], sent: frozenset[tuple[str, str, float]]
+    ) -> None:
+        for a in alerts:
+            if a.state is AlertState.RESOLVED and (a.fingerprint, "resolved", a.starts_at) in sent:
+                self.alerts.pop(a.fingerprint, None)
+                self._dirty_alerts.discard(a.fingerprint)
+                self._changes.deleted_alerts.append(a.fingerprint)
+
+    # Persistence ------------------------------------------------------------------------------
+
+    def take_changes(self) -> TickChanges:
+        """What changed since the last call, as rows for :meth:`AlertRepository.save`."""
+        changes = self._changes
+        changes.alerts = [self.alerts[fp].row() for fp in self._dirty_alerts if fp in self.alerts]
+        changes.groups = [self.groups[k].row() for k in self._dirty_groups if k in self.groups]
+        deleted = set(changes.deleted_alerts) - set(self.alerts)
+        changes.deleted_alerts = sorted(deleted)
+        changes.deleted_groups = sorted(set(changes.deleted_groups) - set(self.groups))
+        self._changes = TickChanges()
+        self._dirty_alerts.clear()
+        self._dirty_groups.clear()
+        return changes
+
+    def snapshot(self) -> list[Alert]:
+        """Pending and firing alerts, most severe and oldest first (for the UI and API)."""
+        live = [replace(a) for a in self.alerts.values() if a.state is not AlertState.RESOLVED]
+        return sorted(live, key=lambda a: (a.state is not AlertState.FIRING, a.active_at))
+
+
+# Catch-up ---------------------------------------------------------------------------------------
+
+
+def replay_times(series: Iterable[Series], start: float, end: float, step: float) -> list[float]:
+    """Evaluation times for a gap: each stored sample time in ``(start, end)``, one per step."""
+    slots: dict[int, float] = {}
+    for s in series:
+        for t, _v in s.points:
+            if start < t < end:
+                slot = int((t - start) // step) if step > 0 else 0
+                slots[slot] = max(slots.get(slot, t), t)
+    return sorted(slots.values())
+
+
+def samples_at(series: Iterable[Series], at: float, lookback: float) -> list[Sample]:
+    """Each series' newest point at or before ``at``, if not older than ``lookback``."""
+    out: list[Sample] = []
+    for s in series:
+        best: tuple[float, float] | None = None
+        for t, v in s.points:
+            if t <= at and (best is None or t >= best[0]):
+                best = (t, v)
+        if best is not None and at - best[0] <= lookback:
+            out.append(Sample(s.labels, best[1]))
+    return out

@@ -1,0 +1,288 @@
+"""The alert evaluator service: the thin asyncio shell around the pure AlertBook.
+
+Every ``interval`` it reads each rule's samples from the time-series store at ``now``, advances the
+book, and saves the tick's changes — alert states, groups, history and the notifications for every
+receiver's outbox — in one transaction, then wakes the notifier. At start it restores the book
+from the store and, when the last evaluation is older than two intervals, replays the gap over
+the stored samples (:meth:`AlertService.catch_up`), marking what it sends late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Gauge
+
+from piman.errors import PimanError
+from piman.monitor.alerts import (
+    Alert,
+    AlertBook,
+    AlertState,
+    Group,
+    GroupSettings,
+    Notification,
+    Sample,
+    SampleSource,
+    Series,
+    Silence,
+    replay_times,
+    samples_at,
+)
+from piman.monitor.rules import Matcher, Rule, Selector, matches
+from piman.store.alert_tables import AlertRepository
+
+__all__ = ["AlertService", "HistoryEntry", "MetricsReader", "QuerySource"]
+
+logger = logging.getLogger(__name__)
+
+LAST_EVALUATED = "last_evaluated_at"
+MAX_CATCH_UP = 24 * 3600.0
+
+
+class _Point(Protocol):
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+    @property
+    def value(self) -> float: ...
+
+
+class _Stored(Protocol):
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+    @property
+    def points(self) -> Sequence[tuple[float, float]]: ...
+
+
+class MetricsReader(Protocol):
+    """The part of :class:`piman.monitor.query.MetricsQuery` the evaluator uses."""
+
+    async def latest(
+        self,
+        metric: str,
+        matchers: Mapping[str, str] | None = None,
+        *,
+        at: float | None = None,
+        lookback: float = 300.0,
+    ) -> Sequence[_Point]: ...
+
+    async def range(
+        self,
+        metric: str,
+        matchers: Mapping[str, str] | None,
+        start: float,
+        end: float,
+        step: float | None = None,
+    ) -> Sequence[_Stored]: ...
+
+
+class QuerySource:
+    """A :class:`SampleSource` over the time-series store's query interface.
+
+    The store matches labels by equality only; ``!=``, ``=~`` and ``!~`` matchers are applied here.
+    """
+
+    def __init__(self, query: MetricsReader, lookback: float) -> None:
+        self.query = query
+        self.lookback = lookback
+
+    @staticmethod
+    def _split(selector: Selector) -> tuple[dict[str, str] | None, list[Matcher]]:
+        equal = {m.label: m.value for m in selector.matchers if m.op == "="}
+        rest = [m for m in selector.matchers if m.op != "="]
+        return equal or None, rest
+
+    async def instant(self, selector: Selector, at: float) -> list[Sample]:
+        equal, rest = self._split(selector)
+        rows = await self.query.latest(selector.metric, equal, at=at, lookback=self.lookback)
+        return [Sample(r.labels, r.value) for r in rows if matches(rest, r.labels)]
+
+    async def series(self, selector: Selector, start: float, end: float) -> list[Series]:
+        equal, rest = self._split(selector)
+        rows = await self.query.range(selector.metric, equal, start, end)
+        return [Series(r.labels, list(r.points)) for r in rows if matches(rest, r.labels)]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    at: float
+    rule: str
+    labels: dict[str, str]
+    state: str
+    value: float
+    late: bool
+
+    @property
+    def node(self) -> str:
+        return self.labels.get("node", "")
+
+
+class AlertService:
+    """Evaluates the rules every ``interval`` and queues notifications. ``serve()`` runs it."""
+
+    name = "alerts"
+
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        repo: AlertRepository,
+        source: SampleSource,
+        settings: GroupSettings,
+        *,
+        interval: float,
+        receivers: Sequence[str] = (),
+        wake: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        lookback: float | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.rules = list(rules)
+        self.repo = repo
+        self.source = source
+        self.settings = settings
+        self.interval = interval
+        self.receivers = list(receivers)
+        self.wake = wake
+        self.clock = clock
+        self.lookback = lookback if lookback is not None else max(3 * interval, 60.0)
+        self.book = AlertBook(settings)
+        self.recent: list[HistoryEntry] = []
+        self.last_evaluated: float | None = None
+        self._gauge = (
+            Gauge("piman_alerts", "Alerts by state.", ["state"], registry=registry)
+            if registry is not None
+            else None
+        )
+
+    # What the UI, API and CLI read ------------------------------------------------------------
+
+    def active(self) -> list[Alert]:
+        return self.book.snapshot()
+
+    def firing(self) -> list[Alert]:
+        return [a for a in self.active() if a.state is AlertState.FIRING]
+
+    def pending(self) -> list[Alert]:
+        return [a for a in self.active() if a.state is AlertState.PENDING]
+
+    # Life cycle -------------------------------------------------------------------------------
+
+    async def start(self) -> list[Notification]:
+        """Restore the book from the store, then catch up on the gap since the last tick."""
+        rows, groups, meta = await self.repo.load()
+        self.book = AlertBook(self.settings)
+        self.book.restore([Alert.of_row(r) for r in rows], [Group.of_row(g) for g in groups])
+        self.book.drop_rules_except({r.name for r in self.rules})
+        self.recent = [
+            HistoryEntry(h.at.timestamp(), h.rule, json.loads(h.labels), h.state, h.value, h.late)
+            for h in await self.repo.history(20)
+        ]
+        last = float(meta[LAST_EVALUATED]) if LAST_EVALUATED in meta else None
+        self.last_evaluated = last
+        now = self.clock()
+        logger.info(
+            "alerts: restored %d alert(s), %d group(s); last evaluation %s",
+            len(rows),
+            len(groups),
+            "never" if last is None else f"{now - last:.0f} s ago",
+        )
+        if last is not None and now - last > 2 * self.interval:
+            return await self.catch_up(last, now)
+        return []
+
+    async def serve(self) -> None:
+        await self.start()
+        while True:
+            now = self.clock()
+            try:
+                await self.tick(now)
+            except PimanError as err:
+                logger.warning("alerts: evaluation at %.0f failed: %s", now, err)
+            await asyncio.sleep(max(0.0, now + self.interval - self.clock()))
+
+    async def _silences(self) -> list[Silence]:
+        out = []
+        for record in await self.repo.silences():
+            try:
+                out.append(Silence.of(record))
+            except ValueError:
+                logger.warning("alerts: ignoring silence %s with bad matchers", record.id)
+        return out
+
+    async def tick(self, now: float) -> list[Notification]:
+        """One evaluation of every rule at ``now``; returns the notifications queued."""
+        silences = await self._silences()
+        for rule in self.rules:
+            try:
+                samples = await self.source.instant(rule.selector, now)
+            except Exception as err:  # noqa: BLE001 - a store hiccup must not resolve alerts
+                logger.warning(
+                    "alerts: cannot read %s: %s; rule %s skipped", rule.selector, err, rule.name
+                )
+                continue
+            self.book.evaluate(rule, samples, now)
+        notes = self.book.flush(now, silences)
+        await self._save(notes, now)
+        return notes
+
+    async def catch_up(self, since: float, now: float) -> list[Notification]:
+        """Replay ``(since, now)`` over the stored samples; notifications are marked late."""
+        start = max(since, now - MAX_CATCH_UP)
+        data: dict[str, list[Series]] = {}
+        for rule in self.rules:
+            try:
+                data[rule.name] = await self.source.series(
+                    rule.selector, start - self.lookback, now
+                )
+            except Exception as err:  # noqa: BLE001
+                logger.warning("alerts: catch-up cannot read %s: %s", rule.selector, err)
+        times = replay_times(
+            [s for series in data.values() for s in series], start, now, self.interval
+        )
+        logger.info("alerts: catching up on %.0f s (%d evaluation(s))", now - start, len(times))
+        silences = await self._silences()
+        notes: list[Notification] = []
+        for t in times:
+            for rule in self.rules:
+                if rule.name in data:
+                    samples = samples_at(data[rule.name], t, self.lookback)
+                    self.book.evaluate(rule, samples, t, late=True)
+            notes.extend(self.book.flush(t, silences, late=True))
+        await self._save(notes, times[-1] if times else since)
+        return notes
+
+    async def _save(self, notes: Sequence[Notification], now: float) -> None:
+        changes = self.book.take_changes()
+        for note in notes:
+            payload = note.to_json()
+            for receiver in self.receivers:
+                changes.outbox.append((receiver, note.key, payload, now))
+        changes.meta[LAST_EVALUATED] = repr(now)
+        await self.repo.save(changes)
+        self.last_evaluated = now
+        for h in changes.history:
+            self.recent.insert(
+                0,
+                HistoryEntry(
+                    h["at"].timestamp(),
+                    h["rule"],
+                    json.loads(h["labels"]),
+                    h["state"],
+                    h["value"],
+                    h["late"],
+                ),
+            )
+        del self.recent[20:]
+        if self._gauge is not None:
+            live = self.active()
+            for state in (AlertState.PENDING, AlertState.FIRING):
+                self._gauge.labels(state.value).set(sum(1 for a in live if a.state is state))
+        if notes:
+            logger.info("alerts: queued %d notification(s)", len(notes))
+            if self.wake is not None:
+                self.wake()

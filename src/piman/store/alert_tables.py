@@ -1,0 +1,366 @@
+"""Tables of the alert evaluator and the notifier, and the repository over them.
+
+- ``alert_states``: one row per (rule, label set) that is pending, firing, or resolved but not yet
+  notified — what a restarted manager needs so it neither re-pages nor forgets a ``for`` timer.
+- ``alert_groups``: Alertmanager-style notification groups (timers and what was last sent).
+- ``alert_history``: every transition to firing or resolved, for ``piman alerts`` and the UI.
+- ``alert_silences``: matchers with an expiry.
+- ``alert_outbox``: notifications waiting for (or delivered to) each receiver, in order.
+- ``alert_meta``: small key/values (the time of the last evaluation, for catch-up).
+
+The evaluator saves a whole tick in one transaction (:meth:`AlertRepository.save`), so the alert
+states and the outbox rows they produce are written together or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    delete,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from piman.errors import NotFoundError, StoreError
+from piman.store.tables import Base, UtcDateTime
+
+__all__ = [
+    "AlertGroupRow",
+    "AlertHistoryRow",
+    "AlertMetaRow",
+    "AlertRepository",
+    "AlertStateRow",
+    "OutboxItem",
+    "OutboxRow",
+    "SilenceRecord",
+    "SilenceRow",
+    "TickChanges",
+    "from_ts",
+    "to_ts",
+]
+
+SessionFactory = Callable[[], AbstractAsyncContextManager[AsyncSession]]
+
+
+def from_ts(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+def to_ts(dt: datetime | None) -> float | None:
+    return None if dt is None else dt.timestamp()
+
+
+class AlertStateRow(Base):
+    __tablename__ = "alert_states"
+
+    fingerprint: Mapped[str] = mapped_column(String(32), primary_key=True)
+    rule: Mapped[str] = mapped_column(String(128))
+    labels: Mapped[str] = mapped_column(Text)
+    annotations: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    active_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    fired_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    resolved_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    value: Mapped[float] = mapped_column(Float)
+    late: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class AlertGroupRow(Base):
+    __tablename__ = "alert_groups"
+
+    key: Mapped[str] = mapped_column(String(512), primary_key=True)
+    labels: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    next_flush_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_flush_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    sent: Mapped[str] = mapped_column(Text)
+
+
+class AlertHistoryRow(Base):
+    __tablename__ = "alert_history"
+    __table_args__ = (Index("ix_alert_history_at", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    fingerprint: Mapped[str] = mapped_column(String(32))
+    rule: Mapped[str] = mapped_column(String(128))
+    labels: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    value: Mapped[float] = mapped_column(Float)
+    late: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class SilenceRow(Base):
+    __tablename__ = "alert_silences"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    matchers: Mapped[str] = mapped_column(Text)
+    starts_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    ends_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    created_by: Mapped[str] = mapped_column(String(128))
+    comment: Mapped[str] = mapped_column(Text)
+
+
+class OutboxRow(Base):
+    __tablename__ = "alert_outbox"
+    __table_args__ = (
+        UniqueConstraint("receiver", "key", name="uq_alert_outbox_receiver_key"),
+        Index("ix_alert_outbox_pending", "receiver", "delivered_at", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    receiver: Mapped[str] = mapped_column(String(1024))
+    key: Mapped[str] = mapped_column(String(255))
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class AlertMetaRow(Base):
+    __tablename__ = "alert_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+@dataclass(frozen=True, slots=True)
+class SilenceRecord:
+    id: str
+    matchers: str  # as the user wrote them, normalised: a="x",b=~"y"
+    starts_at: float
+    ends_at: float
+    created_by: str
+    comment: str
+
+    def active(self, now: float) -> bool:
+        return self.starts_at <= now < self.ends_at
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    id: int
+    receiver: str
+    key: str
+    payload: dict[str, Any]
+    created_at: float
+    attempts: int
+    next_attempt_at: float
+    delivered_at: float | None
+    last_error: str | None
+
+
+@dataclass(slots=True)
+class TickChanges:
+    """What one evaluation tick changed, saved in one transaction."""
+
+    alerts: list[dict[str, Any]] = field(default_factory=list)  # AlertStateRow columns
+    deleted_alerts: list[str] = field(default_factory=list)
+    groups: list[dict[str, Any]] = field(default_factory=list)  # AlertGroupRow columns
+    deleted_groups: list[str] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)  # AlertHistoryRow columns
+    outbox: list[tuple[str, str, dict[str, Any], float]] = field(default_factory=list)
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+def _silence(row: SilenceRow) -> SilenceRecord:
+    return SilenceRecord(
+        row.id,
+        row.matchers,
+        row.starts_at.timestamp(),
+        row.ends_at.timestamp(),
+        row.created_by,
+        row.comment,
+    )
+
+
+def _item(row: OutboxRow) -> OutboxItem:
+    return OutboxItem(
+        row.id,
+        row.receiver,
+        row.key,
+        json.loads(row.payload),
+        row.created_at.timestamp(),
+        row.attempts,
+        row.next_attempt_at.timestamp(),
+        to_ts(row.delivered_at),
+        row.last_error,
+    )
+
+
+class AlertRepository:
+    """Alert states, groups, history, silences and the outbox. Every method is one transaction."""
+
+    def __init__(self, session: SessionFactory) -> None:
+        self._session = session
+
+    async def load(self) -> tuple[list[AlertStateRow], list[AlertGroupRow], dict[str, str]]:
+        """Everything the evaluator restores at start."""
+        async with self._session() as s:
+            alerts = list((await s.scalars(select(AlertStateRow))).all())
+            groups = list((await s.scalars(select(AlertGroupRow))).all())
+            meta = {m.key: m.value for m in (await s.scalars(select(AlertMetaRow))).all()}
+        return alerts, groups, meta
+
+    async def save(self, changes: TickChanges) -> None:
+        try:
+            async with self._session() as s:
+                for values in changes.alerts:
+                    await s.merge(AlertStateRow(**values))
+                if changes.deleted_alerts:
+                    await s.execute(
+                        delete(AlertStateRow).where(
+                            AlertStateRow.fingerprint.in_(changes.deleted_alerts)
+                        )
+                    )
+                for values in changes.groups:
+                    await s.merge(AlertGroupRow(**values))
+                if changes.deleted_groups:
+                    await s.execute(
+                        delete(AlertGroupRow).where(AlertGroupRow.key.in_(changes.deleted_groups))
+                    )
+                for values in changes.history:
+                    s.add(AlertHistoryRow(**values))
+                for receiver, key, payload, at in changes.outbox:
+                    when = from_ts(at)
+                    s.add(
+                        OutboxRow(
+                            receiver=receiver,
+                            key=key,
+                            payload=json.dumps(payload, sort_keys=True),
+                            created_at=when,
+                            next_attempt_at=when,
+                            attempts=0,
+                        )
+                    )
+                for key, value in changes.meta.items():
+                    await s.merge(AlertMetaRow(key=key, value=value))
+        except SQLAlchemyError as err:
+            raise StoreError(f"cannot save alert states: {err}") from err
+
+    async def history(self, limit: int = 50) -> list[AlertHistoryRow]:
+        async with self._session() as s:
+            query = select(AlertHistoryRow).order_by(AlertHistoryRow.id.desc()).limit(limit)
+            return list((await s.scalars(query)).all())
+
+    async def states(self) -> list[AlertStateRow]:
+        async with self._session() as s:
+            return list((await s.scalars(select(AlertStateRow))).all())
+
+    # Silences ---------------------------------------------------------------------------------
+
+    async def silences(self, *, now: float | None = None) -> list[SilenceRecord]:
+        """Every silence (newest first), or only those active at ``now``."""
+        async with self._session() as s:
+            query = select(SilenceRow).order_by(SilenceRow.starts_at.desc())
+            if now is not None:
+                at = from_ts(now)
+                query = query.where(SilenceRow.starts_at <= at, SilenceRow.ends_at > at)
+            return [_silence(r) for r in (await s.scalars(query)).all()]
+
+    async def add_silence(self, silence: SilenceRecord) -> None:
+        async with self._session() as s:
+            s.add(
+                SilenceRow(
+                    id=silence.id,
+                    matchers=silence.matchers,
+                    starts_at=from_ts(silence.starts_at),
+                    ends_at=from_ts(silence.ends_at),
+                    created_by=silence.created_by,
+                    comment=silence.comment,
+                )
+            )
+
+    async def expire_silence(self, silence_id: str, now: float) -> SilenceRecord:
+        """End a silence now; NotFoundError if no silence has that id (or a unique prefix)."""
+        async with self._session() as s:
+            rows = (
+                await s.scalars(select(SilenceRow).where(SilenceRow.id.startswith(silence_id)))
+            ).all()
+            if len(rows) != 1:
+                what = "no silence" if not rows else f"{len(rows)} silences"
+                raise NotFoundError(f"{what} with id {silence_id!r}")
+            row = rows[0]
+            if row.ends_at.timestamp() > now:
+                row.ends_at = from_ts(now) or row.ends_at
+            return _silence(row)
+
+    # Outbox -----------------------------------------------------------------------------------
+
+    async def next_pending(self, receiver: str) -> OutboxItem | None:
+        """The oldest undelivered notification for a receiver (delivery is in order)."""
+        async with self._session() as s:
+            row = await s.scalar(
+                select(OutboxRow)
+                .where(OutboxRow.receiver == receiver, OutboxRow.delivered_at.is_(None))
+                .order_by(OutboxRow.id)
+                .limit(1)
+            )
+            return None if row is None else _item(row)
+
+    async def mark_delivered(self, item_id: int, at: float) -> None:
+        async with self._session() as s:
+            await s.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id == item_id)
+                .values(delivered_at=from_ts(at), attempts=OutboxRow.attempts + 1, last_error=None)
+            )
+
+    async def mark_failed(self, item_id: int, error: str, next_at: float) -> None:
+        async with self._session() as s:
+            await s.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id == item_id)
+                .values(
+                    next_attempt_at=from_ts(next_at),
+                    attempts=OutboxRow.attempts + 1,
+                    last_error=error[:2000],
+                )
+            )
+
+    async def outbox(self, *, pending_only: bool = False, limit: int = 100) -> list[OutboxItem]:
+        async with self._session() as s:
+            query = select(OutboxRow).order_by(OutboxRow.id.desc()).limit(limit)
+            if pending_only:
+                query = query.where(OutboxRow.delivered_at.is_(None))
+            return [_item(r) for r in (await s.scalars(query)).all()]
+
+    async def pending_counts(self) -> dict[str, int]:
+        async with self._session() as s:
+            rows = await s.execute(
+                select(OutboxRow.receiver, func.count())
+                .where(OutboxRow.delivered_at.is_(None))
+                .group_by(OutboxRow.receiver)
+            )
+            return {r: int(n) for r, n in rows.all()}
+
+    async def prune(self, before: float, receivers: Sequence[str] = ()) -> None:
+        """Drop delivered outbox rows and history older than ``before``."""
+        del receivers
+        async with self._session() as s:
+            at = from_ts(before)
+            await s.execute(
+                delete(OutboxRow).where(
+                    OutboxRow.delivered_at.is_not(None), OutboxRow.created_at < at
+                )
+            )
+            await s.execute(delete(AlertHistoryRow).where(AlertHistoryRow.at < at))
