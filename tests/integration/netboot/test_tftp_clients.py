@@ -1,0 +1,354 @@
+"""piman's TFTP server against real clients on 127.0.0.1: tftp-hpa, atftp and curl.
+
+Every fetch is compared by SHA-256 with the file on disk; traversal attempts get the error code
+a user sees; a client that stops ACKing is cleaned up; garbage leaves the server answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from piman.config.netboot import TftpSettings
+from piman.netboot.tftp.files import RootDirectory
+from piman.netboot.tftp.server import TftpServer
+from piman.netboot.tftp.session import Outcome
+from tests.support import needs_tool
+
+SIZES = {"empty": 0, "one-block": 512, "small": 1468 * 3 + 7, "big": 3_000_017}
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    base = tmp_path / "root"
+    (base / "sub").mkdir(parents=True)
+    for name, size in SIZES.items():
+        (base / name).write_bytes(os.urandom(size))
+    (base / "sub" / "nested.bin").write_bytes(os.urandom(70_000))
+    (base / "text.txt").write_bytes(b"line one\nline two\r\nbare cr\rend\n" * 100)
+    (tmp_path / "root-private").mkdir()
+    (tmp_path / "root-private" / "secret").write_bytes(b"secret")
+    (base / "escape").symlink_to(tmp_path / "root-private" / "secret")
+    return base
+
+
+class Running:
+    def __init__(self, server: TftpServer, registry: CollectorRegistry) -> None:
+        self.server = server
+        self.registry = registry
+
+    @property
+    def port(self) -> int:
+        assert self.server.address is not None
+        return self.server.address[1]
+
+    async def settle(self) -> None:
+        """Wait until no transfer is open (bounded, no timing assertion)."""
+        async with asyncio.timeout(30):
+            while self.server.transfers:  # noqa: ASYNC110 - polling the server's table
+                await asyncio.sleep(0.02)
+
+    def outcomes(self) -> list[Outcome | None]:
+        return [s.outcome for s in self.server.history]
+
+
+async def start_server(root: Path, **settings: object) -> tuple[Running, asyncio.Task[None]]:
+    registry = CollectorRegistry()
+    server = TftpServer(
+        RootDirectory(root),
+        TftpSettings.model_validate({"rate_limit": 10_000, **settings}),
+        listen=("127.0.0.1", 0),
+        registry=registry,
+    )
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(5):
+        await server.ready.wait()
+    return Running(server, registry), task
+
+
+@pytest.fixture
+async def tftpd(root: Path) -> AsyncIterator[Running]:
+    running, task = await start_server(root)
+    try:
+        yield running
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def run(*cmd: str, stdin: bytes | None = None, cwd: Path | None = None) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=cwd,
+    )
+    async with asyncio.timeout(60):
+        out, _ = await proc.communicate(stdin)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
+
+
+@pytest.mark.parametrize("name", list(SIZES))
+@pytest.mark.parametrize("mode", ["binary", "octet-verbose"])
+async def test_tftp_hpa_fetches_identical_bytes(
+    tftpd: Running, root: Path, tmp_path: Path, name: str, mode: str
+) -> None:
+    needs_tool("tftp")
+    out = tmp_path / "out"
+    if mode == "binary":
+        cmd = ["tftp", "127.0.0.1", str(tftpd.port), "-m", "binary", "-c", "get", name, str(out)]
+    else:
+        cmd = ["tftp", "-v", "-m", "octet", "127.0.0.1", str(tftpd.port), "-c", "get", name,
+               str(out)]  # fmt: skip
+    code, text = await run(*cmd)
+    assert code == 0, text
+    assert sha(out) == sha(root / name)
+    await tftpd.settle()
+    assert tftpd.outcomes() == [Outcome.OK]
+
+
+async def test_tftp_hpa_netascii_round_trips_text(
+    tftpd: Running, root: Path, tmp_path: Path
+) -> None:
+    needs_tool("tftp")
+    out = tmp_path / "text.out"
+    script = f"ascii\nget text.txt {out}\nquit\n".encode()
+    code, text = await run("tftp", "127.0.0.1", str(tftpd.port), stdin=script)
+    assert code == 0, text
+    assert out.read_bytes() == (root / "text.txt").read_bytes()
+
+
+@pytest.mark.parametrize("blksize", [8, 512, 1024, 1468, 8192])
+async def test_curl_fetches_identical_bytes_with_blksize(
+    tftpd: Running, root: Path, tmp_path: Path, blksize: int
+) -> None:
+    needs_tool("curl")
+    out = tmp_path / "out"
+    url = f"tftp://127.0.0.1:{tftpd.port}/sub/nested.bin"
+    code, text = await run("curl", "-sS", "-o", str(out), url, "--tftp-blksize", str(blksize))
+    assert code == 0, text
+    assert sha(out) == sha(root / "sub" / "nested.bin")
+    await tftpd.settle()
+    (stats,) = tftpd.server.history
+    assert stats.outcome is Outcome.OK
+    # curl asks for blksize (and tsize); the server caps it to MTU - 32.
+    assert stats.blksize == min(blksize, 1468) or blksize == 512
+
+
+async def test_curl_without_options(tftpd: Running, root: Path, tmp_path: Path) -> None:
+    needs_tool("curl")
+    out = tmp_path / "out"
+    url = f"tftp://127.0.0.1:{tftpd.port}/big"
+    code, text = await run("curl", "-sS", "-o", str(out), url, "--tftp-no-options")
+    assert code == 0, text
+    assert sha(out) == sha(root / "big")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["blksize 1468", "windowsize 16", "tsize 0"],
+        ["blksize 512", "windowsize 1"],
+        ["blksize 1024", "windowsize 8"],
+        ["blksize 1468", "windowsize 32", "timeout 2"],
+        ["tsize 0"],
+    ],
+)
+async def test_atftp_fetches_identical_bytes_with_options(
+    tftpd: Running, root: Path, tmp_path: Path, options: list[str]
+) -> None:
+    needs_tool("atftp")
+    out = tmp_path / "out"
+    args = [a for opt in options for a in ("--option", opt)]
+    code, text = await run(
+        "atftp", *args, "-g", "-r", "big", "-l", str(out), "127.0.0.1", str(tftpd.port)
+    )
+    assert code == 0, text
+    assert sha(out) == sha(root / "big")
+    await tftpd.settle()
+    (stats,) = tftpd.server.history
+    assert stats.outcome is Outcome.OK
+    window = next((int(o.split()[1]) for o in options if o.startswith("windowsize")), 1)
+    assert stats.windowsize == window
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("../root-private/secret", "Error code 2"),
+        ("sub/../../root-private/secret", "Error code 2"),
+        ("escape", "Error code 2"),
+        ("sub\\..\\..\\x", "Error code 2"),
+        ("/etc/passwd", "Error code 1"),
+        ("no-such-file", "Error code 1"),
+    ],
+)
+async def test_traversal_attempts_fail_with_the_right_error(
+    tftpd: Running, tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str, message: str
+) -> None:
+    needs_tool("tftp")
+    out = tmp_path / "out"
+    caplog.set_level(logging.WARNING, logger="piman.netboot.tftp")
+    script = f"binary\nget {name} {out}\nquit\n".encode()
+    _, text = await run("tftp", "127.0.0.1", str(tftpd.port), stdin=script)
+    assert message in text
+    assert not out.exists() or out.read_bytes() == b""
+    if message == "Error code 2":
+        assert any("refused path" in r.getMessage() and "127.0.0.1" in r.getMessage()
+                   for r in caplog.records)  # fmt: skip
+
+
+async def test_write_requests_are_refused(tftpd: Running, root: Path, tmp_path: Path) -> None:
+    needs_tool("tftp")
+    local = tmp_path / "upload"
+    local.write_bytes(b"data")
+    script = f"binary\nput {local} upload\nquit\n".encode()
+    _, text = await run("tftp", "127.0.0.1", str(tftpd.port), stdin=script)
+    assert "Error code 2" in text
+    assert not (root / "upload").exists()
+
+
+def _client() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
+
+
+async def _recv(sock: socket.socket, wait: float = 5.0) -> tuple[bytes, tuple[str, int]]:
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(wait):
+        return await loop.sock_recvfrom(sock, 70000)
+
+
+async def _drain(sock: socket.socket, quiet: float) -> list[bytes]:
+    """Every datagram until none came for ``quiet`` seconds."""
+    got: list[bytes] = []
+    while True:
+        try:
+            data, _ = await _recv(sock, wait=quiet)
+        except TimeoutError:
+            return got
+        got.append(data)
+
+
+async def test_client_that_stops_acking_is_cleaned_up(root: Path) -> None:
+    running, task = await start_server(root, retransmit_timeout=0.2, max_retries=2)
+    sock = _client()
+    try:
+        sock.sendto(b"\x00\x01big\x00octet\x00", ("127.0.0.1", running.port))
+        blocks = [struct.unpack("!HH", data[:4]) for data in await _drain(sock, quiet=3.0)]
+        # Block 1, then one copy per retry, never more: and the session is gone.
+        assert blocks == [(3, 1)] * 3
+        assert running.server.transfers == {}
+        assert running.outcomes() == [Outcome.TIMEOUT]
+        assert running.registry.get_sample_value(
+            "piman_tftp_transfers_total", {"outcome": "timeout"}
+        ) == 1  # fmt: skip
+        assert running.registry.get_sample_value("piman_tftp_retransmits_total") == 2
+    finally:
+        sock.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_early_terminate_after_block_1_counts_as_a_probe(tftpd: Running) -> None:
+    sock = _client()
+    try:
+        sock.sendto(b"\x00\x01big\x00octet\x00tsize\x000\x00blksize\x001024\x00",
+                    ("127.0.0.1", tftpd.port))  # fmt: skip
+        oack, tid = await _recv(sock)
+        assert oack == b"\x00\x06tsize\x003000017\x00blksize\x001024\x00"
+        sock.sendto(b"\x00\x04\x00\x00", tid)
+        block1, _ = await _recv(sock)
+        assert block1[:4] == b"\x00\x03\x00\x01"
+        assert len(block1) == 4 + 1024
+        sock.sendto(b"\x00\x05\x00\x00Early terminate\x00", tid)
+        await tftpd.settle()
+        assert tftpd.outcomes() == [Outcome.PROBE]
+        assert tftpd.registry.get_sample_value(
+            "piman_tftp_transfers_total", {"outcome": "probe"}
+        ) == 1  # fmt: skip
+    finally:
+        sock.close()
+
+
+async def test_each_transfer_gets_its_own_port(tftpd: Running) -> None:
+    sock = _client()
+    try:
+        sock.sendto(b"\x00\x01small\x00octet\x00", ("127.0.0.1", tftpd.port))
+        _, tid1 = await _recv(sock)
+        sock.sendto(b"\x00\x01big\x00octet\x00", ("127.0.0.1", tftpd.port))
+        _, tid2 = await _recv(sock)
+        assert len({tid1[1], tid2[1], tftpd.port}) == 3
+    finally:
+        sock.close()
+
+
+async def test_malformed_storm_leaves_the_server_answering(
+    tftpd: Running, root: Path, tmp_path: Path
+) -> None:
+    needs_tool("curl")
+    rng = __import__("random").Random(7)
+    sock = _client()
+    try:
+        garbage = [
+            b"",
+            b"\x00",
+            b"\x00\x09",
+            b"\x00\x04\x00\x01",  # ACK to the listener
+            b"\x00\x01no-nul",
+            b"\x00\x01f\x00octet\x00blksize\x00",
+            b"\x00\x05",
+        ]
+        for i in range(3000):
+            payload = garbage[i % len(garbage)] if i % 2 else rng.randbytes(rng.randrange(0, 600))
+            if payload[:2] in (b"\x00\x01", b"\x00\x02") and i % 2 == 0:
+                payload = b"\xff" + payload[1:]
+            sock.sendto(payload, ("127.0.0.1", tftpd.port))
+            if i % 200 == 0:
+                await asyncio.sleep(0)
+    finally:
+        sock.close()
+    out = tmp_path / "out"
+    code, text = await run("curl", "-sS", "-o", str(out), f"tftp://127.0.0.1:{tftpd.port}/big")
+    assert code == 0, text
+    assert sha(out) == sha(root / "big")
+    dropped = tftpd.registry.get_sample_value(
+        "piman_tftp_dropped_requests_total", {"reason": "malformed"}
+    )  # fmt: skip
+    assert dropped is not None
+    assert dropped > 0
+
+
+async def test_rate_limit_drops_excess_requests_from_one_source(root: Path) -> None:
+    running, task = await start_server(root, rate_limit=1)
+    sock = _client()
+    try:
+        for _ in range(5):
+            sock.sendto(b"\x00\x01no-such\x00octet\x00", ("127.0.0.1", running.port))
+        answers = await _drain(sock, quiet=1.0)
+        assert len(answers) == 1
+        assert answers[0].startswith(b"\x00\x05\x00\x01")  # file not found
+        assert running.registry.get_sample_value(
+            "piman_tftp_dropped_requests_total", {"reason": "rate_limited"}
+        ) == 4  # fmt: skip
+    finally:
+        sock.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
