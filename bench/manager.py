@@ -37,7 +37,8 @@ def config_text(data_dir: Path, port: int, nodes: int) -> str:
     for i in range(nodes):
         lines.append(
             f"  - {{name: n{i:04d}, switch: rack1, port: {i + 1}, "
-            f'mac: "dc:a6:32:00:{i >> 8:02x}:{i & 0xFF:02x}", ip: 198.18.{1 + i // 250}.{1 + i % 250}}}'
+            f'mac: "dc:a6:32:00:{i >> 8:02x}:{i & 0xFF:02x}", '
+            f"ip: 198.18.{1 + i // 250}.{1 + i % 250}}}"
         )
     return "\n".join(lines) + "\n"
 

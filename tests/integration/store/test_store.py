@@ -220,3 +220,28 @@ async def test_undeclared_node_keeps_its_mac(store: Store, tmp_path: Path) -> No
     assert (a.declared, a.mac) == (False, "dc:a6:32:00:00:01")
     again = await store.nodes.record_sighting("dc:a6:32:00:00:01")
     assert again.name == "a"
+
+
+async def test_tables_match_the_migrations(store: Store) -> None:
+    """The SQLAlchemy models and the Alembic migrations describe the same schema."""
+    import importlib
+    import pkgutil
+
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    import piman.store
+    from piman.store.tables import Base
+
+    for module in pkgutil.iter_modules(piman.store.__path__):
+        if "tables" in module.name:
+            importlib.import_module(f"piman.store.{module.name}")
+
+    def diff(conn: Any) -> list[Any]:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        return list(compare_metadata(context, Base.metadata))
+
+    async with store.engine.connect() as conn:
+        differences = await conn.run_sync(diff)
+    differences = [d for d in differences if not (d[0] == "remove_table" and "alembic" in str(d))]
+    assert differences == []
