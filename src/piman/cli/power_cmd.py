@@ -1,0 +1,291 @@
+"""``piman restart`` (the seed's command) and ``piman power on|off|cycle|status|map``.
+
+Both work from the configuration alone, with no manager running: they switch ports themselves
+and write the audit log and power states into the store. ``--overlay`` (or ``$PIMAN_OVERLAY``)
+lays a partial piman-format YAML over the configuration — how a seed-format file gets SNMP
+settings such as ``snmp.host``/``port`` or a ``data_dir``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from piman.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    ConfigOption,
+    console,
+    err_console,
+    fail,
+    load,
+    report_config_error,
+)
+from piman.config.models import Config
+from piman.errors import ConfigError, NotFoundError, PimanError, StoreError
+from piman.power.controller import Action, Outcome, PowerController, Target
+
+__all__ = ["register"]
+
+OverlayOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--overlay",
+        help="A partial piman YAML laid over the config (default: $PIMAN_OVERLAY), e.g. to give "
+        "seed-format switches snmp.host/port/community.",
+        show_default=False,
+    ),
+]
+PROGRESS_MIN = 4  # show a progress bar from this many targets on
+
+power_app = typer.Typer(
+    help="Switch nodes on and off through their switch ports; show and map ports.",
+    no_args_is_help=True,
+)
+
+
+def _config(config: Path | None, overlay: Path | None) -> Config:
+    from piman.power.overlay import load_overlay
+
+    cfg = load(config)
+    path = overlay or (
+        Path(os.environ["PIMAN_OVERLAY"]) if os.environ.get("PIMAN_OVERLAY") else None
+    )
+    if path is None:
+        return cfg
+    try:
+        return load_overlay(cfg, path)
+    except ConfigError as err:
+        report_config_error(err)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _describe(o: Outcome) -> str:
+    if o.reading is None:
+        return o.action if o.action != "cycle" else "cycled"
+    parts = [o.reading.admin.value]
+    if o.reading.detection is not None:
+        parts.append(o.reading.detection)
+    if o.reading.watts is not None:
+        parts.append(f"{o.reading.watts:g} W")
+    return ", ".join(parts)
+
+
+async def _run(
+    cfg: Config, action: Action, resolve: Callable[[PowerController], list[Target]]
+) -> list[Outcome]:
+    from piman.store import Store, reconcile
+
+    store: Store | None = Store(cfg.database_url)
+    try:
+        assert store is not None
+        await store.open()
+        await reconcile(store, cfg)
+    except StoreError as err:
+        err_console.print(f"warning: no audit log ({err})", markup=False, soft_wrap=True)
+        store = None
+    progress = Progress(
+        TextColumn(f"power {action}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
+    )
+    task = progress.add_task("", total=None)
+
+    def advance(o: Outcome) -> None:
+        progress.update(task, advance=1, description=o.target.label)
+
+    controller = PowerController(cfg, store=store, actor=_actor(), on_outcome=advance)
+    try:
+        try:
+            targets = resolve(controller)
+        except NotFoundError as err:
+            fail(str(err), EXIT_BAD_INPUT)
+        progress.update(task, total=len(targets))
+        if len(targets) >= PROGRESS_MIN:
+            progress.start()
+        try:
+            return await controller.run(action, targets, actor=_actor())
+        finally:
+            progress.stop()
+    finally:
+        await controller.close()
+        if store is not None:
+            await store.close()
+
+
+def _actor() -> str:
+    return f"cli:{os.environ.get('SUDO_USER') or os.environ.get('USER') or 'unknown'}"
+
+
+def _report(outcomes: Sequence[Outcome], action: Action) -> None:
+    failed = [o for o in outcomes if not o.ok]
+    if action == "status":
+        table = Table(title=f"{len(outcomes)} ports", title_justify="left")
+        for col in ("node", "switch:port", "admin", "detection", "watts"):
+            table.add_column(col)
+        for o in outcomes:
+            r = o.reading
+            table.add_row(
+                o.target.node or "-",
+                o.target.where,
+                r.admin.value if r else "error",
+                (r.detection or "-") if r else "-",
+                f"{r.watts:g}" if r and r.watts is not None else "-",
+            )
+        console.print(table)
+    else:
+        for o in outcomes:
+            if o.ok:
+                console.print(f"{o.target.label} ({o.target.where}): {_describe(o)}", markup=False)
+    for o in failed:
+        name = f"{o.target.node} ({o.target.where})" if o.target.node else o.target.where
+        err_console.print(f"error: {name}: {o.error}", markup=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _power(action: Action, targets: list[str], config: Path | None, overlay: Path | None) -> None:
+    cfg = _config(config, overlay)
+    if not targets:
+        fail("name at least one target: a node, switch:port, or all", EXIT_BAD_INPUT)
+    outcomes = asyncio.run(_run(cfg, action, lambda c: c.resolve(targets)))
+    if not outcomes:
+        fail("no targets: no node has a switch port", EXIT_BAD_INPUT)
+    _report(outcomes, action)
+
+
+TargetsArg = Annotated[
+    list[str], typer.Argument(help="Node names, switch:port (switch by name or address), or all.")
+]
+
+
+@power_app.command("on")
+def power_on(
+    targets: TargetsArg, config: ConfigOption = None, overlay: OverlayOption = None
+) -> None:
+    """Switch ports on (staggered per switch) and wait until they deliver power.
+
+    Example: piman power on rack1-pi02 rack1:5
+    """
+    _power("on", targets, config, overlay)
+
+
+@power_app.command("off")
+def power_off(
+    targets: TargetsArg, config: ConfigOption = None, overlay: OverlayOption = None
+) -> None:
+    """Switch ports off (never a switch's uplink_port) and check that they read back off.
+
+    Example: piman power off all
+    """
+    _power("off", targets, config, overlay)
+
+
+@power_app.command("cycle")
+def power_cycle(
+    targets: TargetsArg, config: ConfigOption = None, overlay: OverlayOption = None
+) -> None:
+    """Power-cycle: off, wait off_seconds, on (staggered), then check the ports deliver power.
+
+    Example: piman power cycle rack1-pi02
+    """
+    _power("cycle", targets, config, overlay)
+
+
+@power_app.command("status")
+def power_status(
+    targets: TargetsArg, config: ConfigOption = None, overlay: OverlayOption = None
+) -> None:
+    """Show each port's admin state, PSE detection status and power draw.
+
+    Example: piman power status all
+    """
+    _power("status", targets, config, overlay)
+
+
+@power_app.command("map")
+def power_map(
+    switch: Annotated[str, typer.Argument(help="Switch name or address.")],
+    config: ConfigOption = None,
+    overlay: OverlayOption = None,
+) -> None:
+    """Walk the switch's BRIDGE-MIB: which known MAC sits on which port; print config fixes.
+
+    Example: piman power map rack1
+    """
+    from piman.power.bridge import FdbEntry, compare, read_fdb, yaml_fixes
+    from piman.power.snmp import SnmpClient, SnmpTarget
+
+    cfg = _config(config, overlay)
+    sw = cfg.switch(switch)
+    if sw is None:
+        fail(f"no switch named or at {switch!r}", EXIT_BAD_INPUT)
+    if sw.driver != "snmp-poe":
+        fail(f"switch {sw.name!r} uses driver {sw.driver}; mapping needs SNMP", EXIT_BAD_INPUT)
+
+    async def walk() -> list[FdbEntry]:
+        address = str(sw.address) if sw.address is not None else None
+        client = SnmpClient(SnmpTarget.from_settings(sw.name, address, sw.snmp, vlan=sw.snmp.vlan))
+        try:
+            return await read_fdb(client)
+        finally:
+            await client.close()
+
+    try:
+        entries = asyncio.run(walk())
+    except PimanError as err:
+        fail(str(err))
+    rows = compare(cfg, sw, entries)
+    table = Table(title=f"{sw.name}: {len(entries)} MACs learnt", title_justify="left")
+    for col in ("mac", "node", "seen on port", "config port", "status"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r.mac,
+            r.node or "-",
+            str(r.seen_port) if r.seen_port is not None else "-",
+            str(r.configured_port) if r.configured_port is not None else "-",
+            r.status,
+        )
+    console.print(table)
+    fixes = yaml_fixes(sw, rows)
+    if fixes:
+        console.print("\nTo match the switch, change these entries under `nodes:`:")
+        for line in fixes:
+            console.print(line, markup=False, highlight=False)
+
+
+def restart(
+    switch: Annotated[str, typer.Argument(help="Switch name or address.")],
+    pis: Annotated[list[str], typer.Argument(help="Pi numbers (= switch ports).")],
+    config: ConfigOption = None,
+    overlay: OverlayOption = None,
+) -> None:
+    """Power-cycle Pis by switch and Pi number (= port), as the original piman did.
+
+    Example: piman restart 172.30.4.254 2 3
+    """
+    cfg = _config(config, overlay)
+    ports = []
+    for pi in pis:
+        if not pi.isdigit() or int(pi) < 1:
+            fail(f"{pi!r} is not a Pi number (a switch port, 1 or more)", EXIT_BAD_INPUT)
+        ports.append(int(pi))
+    outcomes = asyncio.run(_run(cfg, "cycle", lambda c: [c.target(switch, port) for port in ports]))
+    _report(outcomes, "cycle")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("restart")(restart)
+    app.add_typer(power_app, name="power")
