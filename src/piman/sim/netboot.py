@@ -14,7 +14,7 @@ import logging
 import random
 import socket
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from piman.fleet.models import PiModel
 from piman.netboot.dhcp.packets import (
@@ -45,7 +45,7 @@ NETBOOT_INTERVAL = 60.0  # a demo Pi "reboots" and netboots again this often
 def option97(model: PiModel, mac: str, serial: str, revision: int, *, big_endian: bool) -> bytes:
     """Option 97 of a Pi 4/5 (``00`` + magic + revision + MAC low 4 bytes + serial)."""
     magic = b"RPi5" if model.family == 5 else b"RPi4"
-    order = "big" if big_endian else "little"
+    order: Literal["big", "little"] = "big" if big_endian else "little"
     if big_endian:
         magic = magic[::-1]
     return (
