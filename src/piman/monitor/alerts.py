@@ -37,12 +37,28 @@ import hashlib
 import json
 import logging
 import re
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from piman.monitor.rules import Matcher, Rule, Selector, fingerprint, matches, parse_matchers
-from piman.store.alert_tables import AlertGroupRow, AlertStateRow, TickChanges, from_ts, to_ts
+from piman.monitor.rules import (
+    Matcher,
+    Rule,
+    RuleError,
+    Selector,
+    fingerprint,
+    matches,
+    parse_matchers,
+)
+from piman.store.alert_tables import (
+    AlertGroupRow,
+    AlertStateRow,
+    SilenceRecord,
+    TickChanges,
+    from_ts,
+    to_ts,
+)
 
 __all__ = [
     "Alert",
@@ -55,6 +71,7 @@ __all__ = [
     "SampleSource",
     "Series",
     "Silence",
+    "make_silence",
     "replay_times",
     "samples_at",
 ]
@@ -107,6 +124,33 @@ class Silence:
     @classmethod
     def of(cls, record: Any) -> Silence:
         return cls(record.id, parse_matchers(record.matchers), record.starts_at, record.ends_at)
+
+
+def make_silence(
+    matchers: str | Sequence[str],
+    *,
+    now: float,
+    duration: float,
+    created_by: str = "piman",
+    comment: str = "",
+    starts_at: float | None = None,
+) -> SilenceRecord:
+    """A new silence record; RuleError for bad matchers, ValueError for a bad duration."""
+    text = matchers if isinstance(matchers, str) else ",".join(matchers)
+    parsed = parse_matchers(text)
+    if not parsed:
+        raise RuleError("a silence needs at least one matcher, e.g. alertname=NodeDown")
+    if duration <= 0:
+        raise ValueError("a silence must last more than 0 s")
+    start = now if starts_at is None else starts_at
+    return SilenceRecord(
+        id=str(uuid.uuid4()),
+        matchers=",".join(str(m) for m in parsed),
+        starts_at=start,
+        ends_at=start + duration,
+        created_by=created_by,
+        comment=comment,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,13 +13,13 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from piman.errors import PimanError
+from piman.errors import ConfigError, ConfigProblem, PimanError
 from piman.monitor.alerts import (
     Alert,
     AlertBook,
@@ -34,10 +34,22 @@ from piman.monitor.alerts import (
     replay_times,
     samples_at,
 )
-from piman.monitor.rules import Matcher, Rule, Selector, matches
+from piman.monitor.notify import Notifier, build_receivers
+from piman.monitor.rules import Matcher, Rule, RuleError, Selector, default_rules, matches
 from piman.store.alert_tables import AlertRepository
 
-__all__ = ["AlertService", "HistoryEntry", "MetricsReader", "QuerySource"]
+if TYPE_CHECKING:
+    from piman.manager import ManagerContext
+
+__all__ = [
+    "AlertService",
+    "Alerting",
+    "HistoryEntry",
+    "MetricsReader",
+    "QuerySource",
+    "build_alerting",
+    "configured_rules",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +152,8 @@ class AlertService:
         clock: Callable[[], float] = time.time,
         lookback: float | None = None,
         registry: CollectorRegistry | None = None,
+        ready: Callable[[], Awaitable[object]] | None = None,
+        fresh: Callable[[], float] | None = None,
     ) -> None:
         self.rules = list(rules)
         self.repo = repo
@@ -150,6 +164,9 @@ class AlertService:
         self.wake = wake
         self.clock = clock
         self.lookback = lookback if lookback is not None else max(3 * interval, 60.0)
+        self.ready = ready
+        self.fresh = fresh
+        self.started_at = 0.0
         self.book = AlertBook(settings)
         self.recent: list[HistoryEntry] = []
         self.last_evaluated: float | None = None
@@ -174,6 +191,9 @@ class AlertService:
 
     async def start(self) -> list[Notification]:
         """Restore the book from the store, then catch up on the gap since the last tick."""
+        if self.ready is not None:
+            await self.ready()
+        self.started_at = self.clock()
         rows, groups, meta = await self.repo.load()
         self.book = AlertBook(self.settings)
         self.book.restore([Alert.of_row(r) for r in rows], [Group.of_row(g) for g in groups])
@@ -217,6 +237,13 @@ class AlertService:
     async def tick(self, now: float) -> list[Notification]:
         """One evaluation of every rule at ``now``; returns the notifications queued."""
         silences = await self._silences()
+        if self.fresh is not None and self.fresh() < self.started_at:
+            # The store has not been written since we started (a restarted manager before its
+            # first scrape): "no sample" would wrongly resolve what fires. Wait for data.
+            logger.debug("alerts: no scrape since start; rules not evaluated at %.0f", now)
+            notes = self.book.flush(now, silences)
+            await self._save(notes, self.last_evaluated or now)
+            return notes
         for rule in self.rules:
             try:
                 samples = await self.source.instant(rule.selector, now)
@@ -286,3 +313,90 @@ class AlertService:
             logger.info("alerts: queued %d notification(s)", len(notes))
             if self.wake is not None:
                 self.wake()
+
+
+@dataclass(slots=True)
+class Alerting:
+    """The alerting half of monitoring: what the API, the UI and the service list share."""
+
+    service: AlertService
+    notifier: Notifier
+    repo: AlertRepository
+    rules: list[Rule]
+
+
+def configured_rules(monitoring: Any) -> list[Rule]:
+    """Built-in defaults (unless ``default_rules: false``) then the configured rules.
+
+    A configured rule with the name of a default replaces it.
+    """
+    mine = [Rule.of(r) for r in monitoring.rules]
+    names = {r.name for r in mine}
+    defaults = default_rules(monitoring.config) if monitoring.default_rules else []
+    return [r for r in defaults if r.name not in names] + mine
+
+
+def external_url(config: Any) -> str:
+    if config.manager.external_url:
+        return str(config.manager.external_url)
+    host, port = config.manager.http_host_port
+    if host in ("0.0.0.0", "::", ""):
+        host = str(config.manager.address)
+    return f"http://{host}:{port}"
+
+
+def build_alerting(
+    ctx: ManagerContext,
+    query: MetricsReader,
+    *,
+    ready: Callable[[], Awaitable[object]] | None = None,
+    fresh: Callable[[], float] | None = None,
+) -> Alerting:
+    """Evaluator + notifier over the time-series store; adds the alerts API router to ctx.
+
+    ``ready`` is awaited before the first evaluation (the store is open); ``fresh`` returns the
+    time of the store's last write, so no rule is evaluated before the first scrape after start.
+    """
+    from piman.web.api.alerts import router
+
+    monitoring = ctx.config.monitoring
+    if monitoring is None:
+        raise ConfigError([ConfigProblem("config", "monitoring", "alerting needs monitoring")])
+    try:
+        rules = configured_rules(monitoring)
+    except RuleError as err:
+        raise ConfigError([ConfigProblem("config", "monitoring.config", str(err))]) from None
+    repo = AlertRepository(ctx.store.session)
+    receivers = build_receivers(
+        monitoring.notify, monitoring.webhooks, external_url=external_url(ctx.config)
+    )
+    sent = Counter(
+        "piman_notifications",
+        "Notification delivery attempts by receiver and result.",
+        ["receiver", "result"],
+        registry=ctx.metrics,
+    )
+
+    def count(receiver: str, ok: bool) -> None:
+        sent.labels(receiver.split(":", 1)[0], "delivered" if ok else "failed").inc()
+
+    notifier = Notifier(repo, receivers, on_result=count)
+    service = AlertService(
+        rules,
+        repo,
+        QuerySource(query, max(3 * monitoring.scrape_interval, 60.0)),
+        GroupSettings(
+            tuple(monitoring.group_by),
+            monitoring.group_wait,
+            monitoring.group_interval,
+            monitoring.repeat_interval,
+        ),
+        interval=monitoring.scrape_interval,
+        receivers=[r.name for r in receivers],
+        wake=notifier.wake,
+        registry=ctx.metrics,
+        ready=ready,
+        fresh=fresh,
+    )
+    ctx.routers.append(router)
+    return Alerting(service, notifier, repo, rules)

@@ -1,0 +1,285 @@
+"""``piman alerts``: what fires and what is pending, recent history, and silences.
+
+Every command asks a running manager with ``--url``, or reads and writes the store directly
+(silences written to the store are picked up by a running manager on its next evaluation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import httpx
+import typer
+from rich.table import Table
+
+from piman.cli.common import EXIT_BAD_INPUT, ConfigOption, console, fail, load
+from piman.config.types import parse_duration
+from piman.errors import NotFoundError, PimanError
+
+__all__ = ["register"]
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="alerts",
+    help="Firing and pending alerts, recent history, and silences.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option(help="A running manager's URL, e.g. http://127.0.0.1:8000", show_default=False),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _api(method: str, url: str, path: str, body: Any = None) -> Any:
+    try:
+        response = httpx.request(method, url.rstrip("/") + "/api/v1" + path, json=body, timeout=10)
+    except httpx.HTTPError as err:
+        fail(f"cannot reach the manager at {url}: {err}")
+    if response.status_code in (404, 422):
+        detail = response.json().get("detail", response.text)
+        fail(str(detail), EXIT_BAD_INPUT)
+    if not response.is_success:
+        fail(f"{url} answered {response.status_code}: {response.text[:200]}")
+    return response.json()
+
+
+def _with_store(config: Path | None, fn: Callable[[Any], Awaitable[T]]) -> T:
+    from piman.store import Store
+    from piman.store.alert_tables import AlertRepository
+
+    cfg = load(config)
+
+    async def run() -> T:
+        store = Store(cfg.database_url)
+        await store.open()
+        try:
+            return await fn(AlertRepository(store.session))
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except NotFoundError as err:
+        fail(str(err), EXIT_BAD_INPUT)
+    except PimanError as err:
+        fail(str(err))
+
+
+def _when(value: Any) -> str:
+    if not value:
+        return "-"
+    if isinstance(value, int | float):
+        when = datetime.fromtimestamp(value, UTC)
+    elif isinstance(value, datetime):
+        when = value
+    else:
+        when = datetime.fromisoformat(str(value))
+    return when.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+async def _store_alerts(repo: Any, history: int) -> dict[str, Any]:
+    states = await repo.states()
+    rows = await repo.history(history) if history else []
+    return {
+        "alerts": [
+            {
+                "fingerprint": s.fingerprint,
+                "alertname": s.rule,
+                "state": s.state,
+                "labels": json.loads(s.labels),
+                "annotations": json.loads(s.annotations),
+                "active_at": s.active_at.isoformat(),
+                "starts_at": s.fired_at.isoformat() if s.fired_at else None,
+                "value": s.value,
+                "late": s.late,
+            }
+            for s in states
+            if s.state in ("pending", "firing")
+        ],
+        "history": [
+            {
+                "at": h.at.isoformat(),
+                "alertname": h.rule,
+                "state": h.state,
+                "labels": json.loads(h.labels),
+                "value": h.value,
+                "late": h.late,
+            }
+            for h in rows
+        ],
+    }
+
+
+@app.callback()
+def alerts(
+    ctx: typer.Context,
+    config: ConfigOption = None,
+    url: UrlOption = None,
+    history: Annotated[int, typer.Option(help="How many history entries to show.")] = 10,
+    as_json: JsonOption = False,
+) -> None:
+    """List firing and pending alerts and recent history (fired / resolved).
+
+    With --url, asks a running manager; otherwise reads the store.
+
+    Example: piman alerts --url http://127.0.0.1:8000
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if url:
+        data = _api("GET", url, f"/alerts?history={history}")
+    else:
+        data = _with_store(config, lambda repo: _store_alerts(repo, history))
+    if as_json:
+        console.print_json(json.dumps(data, default=str))
+        return
+    active = sorted(data["alerts"], key=lambda a: (a["state"] != "firing", a["active_at"]))
+    table = Table(title=f"{len(active)} active alerts", title_justify="left")
+    for col in ("state", "alert", "node", "value", "since", "summary"):
+        table.add_column(col)
+    for a in active:
+        state = a["state"] + (" (silenced)" if a.get("silenced_by") else "")
+        table.add_row(
+            state,
+            a["alertname"],
+            a["labels"].get("node", "-"),
+            f"{a['value']:g}",
+            _when(a["starts_at"] or a["active_at"]),
+            a["annotations"].get("summary", ""),
+        )
+    console.print(table)
+    if data["history"]:
+        hist = Table(title="recent history", title_justify="left")
+        for col in ("at", "alert", "node", "state", "value"):
+            hist.add_column(col)
+        for h in data["history"]:
+            hist.add_row(
+                _when(h["at"]),
+                h["alertname"],
+                h["labels"].get("node", "-"),
+                h["state"] + (" (late)" if h.get("late") else ""),
+                f"{h['value']:g}",
+            )
+        console.print(hist)
+
+
+@app.command("silence")
+def silence(
+    matchers: Annotated[list[str], typer.Argument(help='Label matchers, e.g. node="rack1-02"')],
+    duration: Annotated[str, typer.Option("--for", help="How long, e.g. 30m, 2h, 1d.")] = "2h",
+    comment: Annotated[str, typer.Option(help="Why (shown in `piman alerts silences`).")] = "",
+    by: Annotated[str, typer.Option("--by", help="Who silences.")] = "cli",
+    config: ConfigOption = None,
+    url: UrlOption = None,
+) -> None:
+    """Silence the alerts whose labels match every matcher, for a while.
+
+    Matchers: name=value, name!=value, name=~regex, name!~regex.
+
+    Example: piman alerts silence alertname=NodeDown node=~"rack1-.*" --for 2h --comment "rewiring"
+    """
+    from piman.monitor.alerts import make_silence
+    from piman.monitor.rules import RuleError
+
+    try:
+        seconds = parse_duration(duration)
+        record = make_silence(
+            matchers, now=time.time(), duration=seconds, created_by=by, comment=comment
+        )
+    except (RuleError, ValueError) as err:
+        fail(str(err), EXIT_BAD_INPUT)
+    if url:
+        body = {
+            "matchers": record.matchers,
+            "duration": duration,
+            "comment": comment,
+            "created_by": by,
+        }
+        made = _api("POST", url, "/silences", body)
+        console.print(f"silence {made['id']} until {_when(made['ends_at'])}: {made['matchers']}")
+        return
+
+    async def add(repo: Any) -> None:
+        await repo.add_silence(record)
+
+    _with_store(config, add)
+    console.print(f"silence {record.id} until {_when(record.ends_at)}: {record.matchers}")
+
+
+@app.command("silences")
+def silences(
+    show_all: Annotated[bool, typer.Option("--all", help="Include expired silences.")] = False,
+    config: ConfigOption = None,
+    url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List silences (active and pending; --all adds expired ones).
+
+    Example: piman alerts silences --all
+    """
+    now = time.time()
+    if url:
+        rows = _api("GET", url, "/silences")
+    else:
+        from piman.web.api.alerts import SilenceOut
+
+        records = _with_store(config, lambda repo: repo.silences())
+        rows = [SilenceOut.of(r, now).model_dump(mode="json") for r in records]
+    if not show_all:
+        rows = [r for r in rows if r["state"] != "expired"]
+    if as_json:
+        console.print_json(json.dumps(rows, default=str))
+        return
+    table = Table(title=f"{len(rows)} silences", title_justify="left")
+    for col in ("id", "state", "matchers", "until", "by", "comment"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["id"][:8],
+            r["state"],
+            r["matchers"],
+            _when(r["ends_at"]),
+            r["created_by"],
+            r["comment"],
+        )
+    console.print(table)
+
+
+@app.command("expire")
+def expire(
+    silence_id: Annotated[str, typer.Argument(help="The silence's id (or a unique prefix).")],
+    config: ConfigOption = None,
+    url: UrlOption = None,
+) -> None:
+    """End a silence now.
+
+    Example: piman alerts expire 3f2a9c1e
+    """
+    if url:
+        made = _api("DELETE", url, f"/silences/{silence_id}")
+        console.print(f"silence {made['id']} expired")
+        return
+
+    async def run(repo: Any) -> Any:
+        return await repo.expire_silence(silence_id, time.time())
+
+    record = _with_store(config, run)
+    console.print(f"silence {record.id} expired")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="alerts")
