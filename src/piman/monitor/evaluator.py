@@ -187,6 +187,41 @@ class AlertService:
     def pending(self) -> list[Alert]:
         return [a for a in self.active() if a.state is AlertState.PENDING]
 
+    def panel(self) -> dict[str, Any]:
+        """Display-ready rows for the web UI's alerts panel (local time, formatted values)."""
+
+        def when(ts: float | None) -> str:
+            return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+        return {
+            "active": [
+                {
+                    "fingerprint": a.fingerprint,
+                    "state": a.state.value,
+                    "alertname": a.rule,
+                    "node": a.labels.get("node", ""),
+                    "value": f"{a.value:g}",
+                    "since": when(a.fired_at if a.fired_at is not None else a.active_at),
+                    "summary": a.annotations.get("summary", ""),
+                    "late": a.late,
+                }
+                for a in self.active()
+            ],
+            "history": [
+                {
+                    "at": when(h.at),
+                    "alertname": h.rule,
+                    "node": h.node,
+                    "state": h.state,
+                    "value": f"{h.value:g}",
+                    "late": h.late,
+                }
+                for h in self.recent[:10]
+            ],
+            "rules": len(self.rules),
+            "last_evaluated": when(self.last_evaluated) or None,
+        }
+
     # Life cycle -------------------------------------------------------------------------------
 
     async def start(self) -> list[Notification]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -172,17 +173,27 @@ class WebhookReceiver:
 _HEADER_SCHEMES = ("mailto", "mailtos", "json", "jsons", "form", "forms", "xml", "xmls")
 
 
+def _apprise() -> Any:
+    """Import apprise, muting the DeprecationWarning its plugins raise on import (imghdr)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import apprise
+    return apprise
+
+
 class AppriseReceiver:
     """Sends through one apprise URL, in a worker thread (apprise is synchronous)."""
 
     def __init__(self, url: str, *, timeout: float = 60.0) -> None:
-        import apprise
-
+        apprise = _apprise()
         self.url = url
         self.name = f"apprise:{url}"
         self.timeout = timeout
         probe = apprise.Apprise()
-        if not probe.add(url):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # plugins load lazily, on add()
+            known = probe.add(url)
+        if not known:
             scheme = url.split("://", 1)[0]
             raise ValueError(f"apprise does not understand this URL (scheme {scheme!r})")
 
@@ -194,10 +205,11 @@ class AppriseReceiver:
         return f"{self.url}{sep}{quote('+X-Piman-Idempotency-Key')}={quote(key, safe='')}"
 
     def _send(self, title: str, body: str, key: str) -> bool:
-        import apprise
-
+        apprise = _apprise()
         sender = apprise.Apprise()
-        sender.add(self._url_for(key))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            sender.add(self._url_for(key))
         return bool(sender.notify(title=title, body=body))
 
     async def send(self, payload: Mapping[str, Any], key: str) -> None:
