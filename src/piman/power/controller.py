@@ -151,6 +151,7 @@ class PowerController:
         self.on_outcome = on_outcome
         self._drivers: dict[str, PowerDriver] = {}
         self._locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self._limits: dict[str, asyncio.Semaphore] = {}
 
     # ----------------------------------------------------------------- targets
 
@@ -243,7 +244,6 @@ class PowerController:
         results: dict[tuple[str, int], Outcome],
     ) -> None:
         switch = targets[0].switch
-        limit = asyncio.Semaphore(PER_SWITCH_CONCURRENCY)
 
         async def finish(
             t: Target, ok: bool, reading: PortReading | None, error: str | None
@@ -262,8 +262,7 @@ class PowerController:
             return
 
         async def step(t: Target, state: PowerState) -> PortReading | None:
-            async with limit:
-                return await self._set_and_check(driver, t, state, actor)
+            return await self._set_and_check(driver, t, state, actor)
 
         async def guarded(t: Target, work: Awaitable[None]) -> None:
             try:
@@ -274,8 +273,7 @@ class PowerController:
         if action == "status":
 
             async def status(t: Target) -> None:
-                async with limit:
-                    reading = await self._retry(t, lambda: driver.get_port(t.port))
+                reading = await self._retry(t, lambda: driver.get_port(t.port))
                 await finish(t, True, reading, None)
 
             async with asyncio.TaskGroup() as group:
@@ -379,9 +377,12 @@ class PowerController:
         return reading
 
     async def _retry(self, t: Target, call: Callable[[], Awaitable[T]]) -> T:
+        """Call the driver (at most PER_SWITCH_CONCURRENCY calls in flight per switch)."""
+        limit = self._limits.setdefault(t.switch.name, asyncio.Semaphore(PER_SWITCH_CONCURRENCY))
         for attempt in range(len(self.retry_delays) + 1):
             try:
-                return await call()
+                async with limit:
+                    return await call()
             except PowerFatalError as err:
                 raise _Failed(str(err)) from err
             except PowerConnError as err:
