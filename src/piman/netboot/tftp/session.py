@@ -33,6 +33,7 @@ session with outcome ``probe``: it is a normal end, not a failure.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -154,6 +155,7 @@ class TftpSession:
         self.stats = SessionStats(peer=peer, file=request.filename, started=now)
         self.closed = False
         self._source: ByteSource | None = None
+        self._read: Callable[[int, int], bytes] = _nothing
         self._oack: bytes | None = None  # pending OACK datagram until ACK 0 arrives
         self._timeout = settings.retransmit_timeout
         self._blksize = DEFAULT_BLKSIZE
@@ -162,7 +164,10 @@ class TftpSession:
         self._acked = 0
         self._sent = 0
         self._retries = 0
+        self._resent_bytes = 0
         self._deadline = now
+        limit = settings.transfer_timeout
+        self._limit = None if limit is None else now + limit  # whole-transfer deadline
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -184,6 +189,7 @@ class TftpSession:
             source.close()
             source = BytesSource(converted)
         self._source = source
+        self._read = source.read
         self.stats.size = source.size
         try:
             accepted = self._negotiate(source.size)
@@ -197,6 +203,12 @@ class TftpSession:
             self._oack = encode(OAck(accepted))
             return [Send(self._oack), self._arm(now)]
         return self._send_window(now)
+
+    def receive_ack(self, block: int, now: float) -> list[Action]:
+        """Same as ``receive(Ack(block), now)``, without building the packet (the hot path)."""
+        if self.closed:
+            return []
+        return self._on_ack(block, now)
 
     def receive(self, packet: Packet, now: float) -> list[Action]:
         """A packet from the client's TID."""
@@ -234,7 +246,9 @@ class TftpSession:
             self.stats.retransmits += 1
         else:
             for n in range(self._acked + 1, self._sent + 1):
-                actions.append(Send(self._block(n)))
+                block = self._block(n)
+                actions.append(Send(block))
+                self._resent_bytes += len(block) - 4
                 self.stats.retransmits += 1
         actions.append(self._arm(now))
         return actions
@@ -277,8 +291,6 @@ class TftpSession:
             return []  # duplicate or out-of-window ACK: never answered
         self._acked = n
         self._retries = 0
-        self.stats.blocks = n
-        self.stats.bytes = min(n * self._blksize, self.stats.size or 0)
         if n == self._total:
             return self._close(Outcome.OK, now)
         return self._send_window(now)
@@ -290,6 +302,11 @@ class TftpSession:
         return self._close(Outcome.PROBE if probe else Outcome.ABORTED, now)
 
     def _send_window(self, now: float) -> list[Action]:
+        if self._window == 1 and self._sent == self._acked:  # lock-step: the hot path
+            n = self._sent = self._acked + 1
+            blksize = self._blksize
+            data = encode_data(n, self._read((n - 1) * blksize, blksize))
+            return [Send(data), self._arm(now)]
         actions: list[Action] = []
         last = min(self._acked + self._window, self._total)
         for n in range(self._sent + 1, last + 1):
@@ -299,16 +316,12 @@ class TftpSession:
         return actions
 
     def _block(self, n: int) -> bytes:
-        assert self._source is not None
-        payload = self._source.read((n - 1) * self._blksize, self._blksize)
-        self.stats.sent_bytes += len(payload)
-        return encode_data(n, payload)
+        return encode_data(n, self._read((n - 1) * self._blksize, self._blksize))
 
     def _arm(self, now: float) -> ArmTimer:
         deadline = now + self._timeout
-        limit = self.settings.transfer_timeout
-        if limit is not None:
-            deadline = min(deadline, self.stats.started + limit)
+        if self._limit is not None and deadline > self._limit:
+            deadline = self._limit
         self._deadline = deadline
         return ArmTimer(deadline)
 
@@ -317,12 +330,21 @@ class TftpSession:
 
     def _close(self, outcome: Outcome, now: float) -> list[Action]:
         self.closed = True
-        self.stats.ended = now
-        self.stats.outcome = outcome
+        stats = self.stats
+        stats.ended = now
+        stats.outcome = outcome
+        if stats.size is not None:
+            stats.blocks = self._acked
+            stats.bytes = min(self._acked * self._blksize, stats.size)
+            stats.sent_bytes = min(self._sent * self._blksize, stats.size) + self._resent_bytes
         if self._source is not None:
             self._source.close()
             self._source = None
         return [Close(outcome)]
+
+
+def _nothing(offset: int, length: int) -> bytes:
+    return b""
 
 
 def _number(name: str, value: str, low: int, high: int | None) -> int:

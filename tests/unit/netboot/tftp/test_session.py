@@ -192,7 +192,11 @@ def test_block_numbers_wrap_to_zero_after_65535() -> None:
         session.receive(Ack(n), 0.0)
     nxt = sent(session.receive(Ack(0), 0.0))  # ACK of absolute block 65536
     assert nxt == [Data(1, b"q" * 8)]  # absolute 65537
-    assert session.stats.blocks == 65536
+    for n in range(1, 5):
+        session.receive(Ack(n), 0.0)
+    assert closed(session.receive(Ack(5), 0.0)) is Outcome.OK  # the empty block 65541
+    assert session.stats.blocks == 65541
+    assert session.stats.bytes == len(data)
 
 
 def test_early_terminate_after_block_1_is_a_probe() -> None:

@@ -1,0 +1,186 @@
+"""TFTP throughput: piman vs dnsmasq vs tftpd-hpa on loopback, 1 client and 50 concurrent.
+
+Usage: ``.venv/bin/python bench/tftp.py [--repeat N] [--quick]`` (as root: dnsmasq always
+listens on port 69). Files are a Pi 4 boot set of random bytes: start4.elf 2.2 MB, kernel8.img
+8 MB and a 30 MB initramfs. Lock-step transfers use curl (``--tftp-blksize``), window transfers
+use atftp (``--option "windowsize N"``; neither anchor supports RFC 7440, so windowsize rows
+compare piman with itself). Every fetched file is checked by size. Each cell is the best of
+``--repeat`` runs (wall time of the client processes). Ratios are anchor time / piman time, so
+> 1.0 means piman is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+FILES = {"start4.elf": 2_228_224, "kernel8.img": 8_388_608, "initramfs8": 30_000_000}
+
+PIMAN_SERVER = """
+import asyncio, sys
+from pathlib import Path
+from piman.config.netboot import TftpSettings
+from piman.netboot.tftp.files import RootDirectory
+from piman.netboot.tftp.server import TftpServer
+
+async def main() -> None:
+    settings = TftpSettings(rate_limit=1e6, mtu=1500)
+    server = TftpServer(RootDirectory(Path(sys.argv[1])), settings,
+                        listen=("127.0.0.1", int(sys.argv[2])))
+    await server.serve()
+
+asyncio.run(main())
+"""
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def process(cmd: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited at start: {' '.join(cmd)}")
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def curl(port: int, name: str, blksize: int, out: Path) -> list[str]:
+    url = f"tftp://127.0.0.1:{port}/{name}"
+    cmd = ["curl", "-sS", "-o", str(out), url]
+    return [*cmd, "--tftp-blksize", str(blksize)] if blksize != 512 else cmd
+
+
+def atftp(port: int, name: str, blksize: int, window: int, out: Path) -> list[str]:
+    opts = ["--option", f"blksize {blksize}"]
+    if window > 1:
+        opts += ["--option", f"windowsize {window}"]
+    return ["atftp", *opts, "-g", "-r", name, "-l", str(out), "127.0.0.1", str(port)]
+
+
+def timed(cmds: list[list[str]], outs: list[Path], size: int) -> float:
+    """Run the client commands at once; the wall time until the last one ends."""
+    for out in outs:
+        out.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in cmds]
+    failed = [p for p in procs if p.wait(300) != 0]
+    elapsed = time.perf_counter() - t0
+    if failed:
+        raise RuntimeError(f"client failed: {failed[0].args}: {failed[0].stderr!r}")
+    for out in outs:
+        if out.stat().st_size != size:
+            raise RuntimeError(f"{out}: {out.stat().st_size} bytes, expected {size}")
+    for p in procs:
+        if p.stderr:
+            p.stderr.close()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="fewer rows")
+    args = parser.parse_args()
+    for tool in ("curl", "atftp", "dnsmasq", "in.tftpd"):
+        if shutil.which(tool, path=os.environ["PATH"] + ":/usr/sbin") is None:
+            raise SystemExit(f"needs {tool}")
+    work = Path(tempfile.mkdtemp(prefix="piman-bench-tftp-"))
+    try:
+        run(work, args.repeat, args.quick)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(work: Path, repeat: int, quick: bool) -> None:
+    root = work / "root"
+    root.mkdir()
+    for name, size in FILES.items():
+        (root / name).write_bytes(os.urandom(size))
+    outdir = work / "out"
+    outdir.mkdir()
+    ports = {"piman": free_udp_port(), "dnsmasq": 69, "tftpd-hpa": free_udp_port()}
+    servers = {
+        "piman": [sys.executable, "-c", PIMAN_SERVER, str(root), str(ports["piman"])],
+        "dnsmasq": [
+            "dnsmasq", "--keep-in-foreground", "--port=0", "--enable-tftp",
+            f"--tftp-root={root}", "--listen-address=127.0.0.1", "--bind-interfaces",
+            "--tftp-max=1000", f"--pid-file={work / 'dnsmasq.pid'}", "--conf-file=/dev/null",
+            "--user=root",
+        ],
+        "tftpd-hpa": ["in.tftpd", "-L", "-a", f"127.0.0.1:{ports['tftpd-hpa']}", "-s", str(root),
+                      "-u", "root"],
+    }  # fmt: skip
+    lockstep: list[tuple[str, int, int]] = []  # (file, blksize, clients)
+    for blksize in (512, 1024, 1468):
+        lockstep.append(("initramfs8", blksize, 1))
+    if not quick:
+        lockstep += [("start4.elf", 1024, 1), ("kernel8.img", 1468, 1)]
+    lockstep += [("start4.elf", 1468, 50), ("start4.elf", 1024, 50)]
+    if not quick:
+        lockstep += [("kernel8.img", 1468, 50)]
+    windows = [1, 8, 16, 32]
+
+    results: dict[tuple[str, str], float] = {}
+    for server, cmd in servers.items():
+        with process(cmd):
+            for name, blksize, clients in lockstep:
+                outs = [outdir / f"{server}-{i}" for i in range(clients)]
+                cmds = [curl(ports[server], name, blksize, o) for o in outs]
+                best = min(timed(cmds, outs, FILES[name]) for _ in range(repeat))
+                results[(server, f"{name} bs={blksize} x{clients} (curl)")] = best
+                print(f"  {server:9s} {name} bs={blksize} x{clients}: {best:.3f} s", flush=True)
+            if server == "piman":
+                for window in windows:
+                    for clients in (1, 50) if window in (1, 16) else (1,):
+                        outs = [outdir / f"w-{i}" for i in range(clients)]
+                        name = "initramfs8" if clients == 1 else "start4.elf"
+                        cmds = [atftp(ports[server], name, 1468, window, o) for o in outs]
+                        best = min(timed(cmds, outs, FILES[name]) for _ in range(repeat))
+                        label = f"{name} bs=1468 ws={window} x{clients} (atftp)"
+                        results[(server, label)] = best
+                        print(f"  {server:9s} {label}: {best:.3f} s", flush=True)
+
+    print()
+    print(f"{'scenario':44s} {'dnsmasq':>8s} {'tftpd-hpa':>9s} {'piman':>8s} "
+          f"{'×dnsmasq':>9s} {'×tftpd':>7s}")  # fmt: skip
+    for name, blksize, clients in lockstep:
+        label = f"{name} bs={blksize} x{clients} (curl)"
+        d, h, p = (results[(s, label)] for s in ("dnsmasq", "tftpd-hpa", "piman"))
+        print(f"{label:44s} {d:8.3f} {h:9.3f} {p:8.3f} {d / p:9.2f} {h / p:7.2f}")
+    print()
+    print(f"{'piman windowsize (RFC 7440)':44s} {'time s':>8s} {'MB/s':>9s} {'×ws=1':>8s}")
+    for clients in (1, 50):
+        name = "initramfs8" if clients == 1 else "start4.elf"
+        base = results[("piman", f"{name} bs=1468 ws=1 x{clients} (atftp)")]
+        for window in windows:
+            label = f"{name} bs=1468 ws={window} x{clients} (atftp)"
+            if ("piman", label) not in results:
+                continue
+            t = results[("piman", label)]
+            mbps = FILES[name] * clients / t / 1e6
+            print(f"{label:44s} {t:8.3f} {mbps:9.1f} {base / t:8.2f}")
+
+
+if __name__ == "__main__":
+    main()
