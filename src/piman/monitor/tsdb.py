@@ -384,10 +384,14 @@ class Tsdb:
         assert db is not None
         ids = ",".join(str(s.id) for s in found) or "NULL"
         first = int(start) // width * width
-        buckets = ",".join(str(b) for b in range(first, int(end) + 1, width)) or "NULL"
+        if (end - first) / width <= 5000:  # seek each (bucket, series) pair
+            buckets = ",".join(str(b) for b in range(first, int(end) + 1, width)) or "NULL"
+            where = f"bucket IN ({buckets})"
+        else:  # long ranges: scan the bucket range
+            where = f"bucket BETWEEN {first} AND {int(end)}"
         out: dict[int, list[tuple[float, float]]] = {}
         cur = db.execute(
-            f"SELECT bucket, series_id, avg FROM {table} WHERE bucket IN ({buckets})"
+            f"SELECT bucket, series_id, avg FROM {table} WHERE {where}"
             f" AND series_id IN ({ids}) ORDER BY bucket"
         )
         for bucket, sid, value in cur:
@@ -412,14 +416,21 @@ class Tsdb:
         if not found:
             return []
         lookback = DEFAULT_LOOKBACK
-        if start >= self.last_write - self.retention:  # raw samples still kept
+        raw_cut = self.last_write - self.retention if self.last_write else -math.inf
+        if start - lookback >= raw_cut:  # raw samples are still kept for the whole range
             points = await self._on_reader(self._points, found, start - lookback, end)
         else:
             table, width = ("rollup_1h", 3600) if (step or 0) >= 3600 else ("rollup_1m", 60)
             lookback = max(lookback, 2.0 * width)
+            low = max(start - width, self.last_write - self.rollup_retention)
             points = await self._on_reader(
-                self._rollup_points, table, width, found, start - width, end
+                self._rollup_points, table, width, found, low, min(end, raw_cut)
             )
+            if end >= raw_cut:
+                recent = await self._on_reader(self._points, found, raw_cut, end)
+                for sid, pts in recent.items():
+                    kept = [p for p in points.get(sid, []) if p[0] < raw_cut]
+                    points[sid] = kept + pts
         out = []
         for s in found:
             pts = points.get(s.id, [])
