@@ -210,11 +210,18 @@ class SnmpClient:
         self._transport: Any = None
         self._context: Any = None
         self._auth_failure: str | None = None
+        self._setup_lock = asyncio.Lock()
         self.messages = 0  # requests handed to the engine (each may be resent on timeout)
 
     async def _setup(self) -> Any:
         if self._engine is not None:
             return self._hl
+        async with self._setup_lock:
+            if self._engine is None:
+                await self._build()
+        return self._hl
+
+    async def _build(self) -> None:
         from pysnmp.error import PySnmpError
         from pysnmp.hlapi.v3arch import asyncio as hl
 
@@ -244,7 +251,6 @@ class SnmpClient:
             self._on_sm_failure, "rfc3412.prepareDataElements:sm-failure"
         )
         self._hl = hl
-        return hl
 
     def _on_sm_failure(self, _engine: Any, _point: str, variables: Any, _ctx: Any) -> None:
         info = variables.get("statusInformation") or {}
@@ -379,3 +385,6 @@ class SnmpClient:
         engine, self._engine = self._engine, None
         if engine is not None:
             engine.close_dispatcher()
+            # The datagram transport closes its socket on the next loop iterations.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
