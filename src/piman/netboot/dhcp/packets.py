@@ -124,7 +124,7 @@ _OPTION_FIELDS = {f.name for f in fields(Options)}
 
 def mac_text(raw: bytes) -> str:
     """``b"\\xdc\\xa6\\x32..."`` → ``"dc:a6:32:…"``."""
-    return ":".join(f"{b:02x}" for b in raw)
+    return raw.hex(":")
 
 
 def mac_bytes(mac: str) -> bytes:
@@ -281,9 +281,9 @@ def decode(data: bytes) -> DhcpPacket:
 
 def _value_bytes(code: int, kind: str, value: Any) -> bytes:
     if kind == "ip":
-        return IPv4Address(value).packed
+        return bytes(value.packed)
     if kind == "ips":
-        return b"".join(IPv4Address(a).packed for a in value)
+        return b"".join(a.packed for a in value)
     if kind == "str":
         return str(value).encode("latin-1")
     if kind == "u32":

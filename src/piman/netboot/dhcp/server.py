@@ -2,11 +2,12 @@
 
 Theory of operation
 -------------------
-``datagram_received`` decodes (garbage is logged at WARNING with the peer and dropped), asks the
-policy, and queues the decision. A flusher task takes everything queued, appends the lease records
-to the journal with one ``fdatasync`` (group commit, in a worker thread while the loop keeps
-receiving), and only then sends the replies of that batch, so nothing a client was told is lost
-by a crash. Decisions without lease records (reservations, NAKs, INFORM) are sent at once.
+The socket's reader drains pending datagrams; each is decoded (garbage is logged at WARNING
+with the peer and dropped), handed to the policy, and its decision queued. A flusher task takes
+everything queued, appends the lease records to the journal with one ``fdatasync`` (group
+commit, in a worker thread while the loop keeps receiving), and only then sends the replies of
+that batch, so nothing a client was told is lost by a crash. Decisions without lease records
+(reservations, NAKs, INFORM) are sent at once.
 
 Where replies go (RFC 2131 §4.1): to the relay (``giaddr``) on port 67; NAKs broadcast; to
 ``ciaddr`` when the client has one; broadcast when the client set the broadcast flag (or when
@@ -51,11 +52,14 @@ logger = logging.getLogger(__name__)
 
 SIGHTING_INTERVAL = 30.0
 SIOCSARP = 0x8955
+SO_RCVBUFFORCE = 33  # Linux <asm-generic/socket.h>
 ATF_COM = 0x02
 ARPHRD_ETHER = 1
 _BROADCAST = "255.255.255.255"
 _ZERO = IPv4Address(0)
 _SIGHTING_QUEUE = 10_000
+_READ_BURST = 64
+_RCVBUF = 8 << 20
 _Learnt = tuple[str | None, str | None, str | None, str | None]  # ip, serial, model, vendor class
 
 
@@ -100,17 +104,6 @@ class _Metrics:
         self.leases = Gauge("piman_dhcp_leases_active", "Addresses held now.", registry=reg)
 
 
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, server: DhcpServer) -> None:
-        self.server = server
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.server.received(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        logger.debug("[dhcp] socket error: %s", exc)
-
-
 class DhcpServer:
     """``dhcp`` service: run with :meth:`serve` until cancelled."""
 
@@ -136,7 +129,7 @@ class DhcpServer:
         self.metrics.leases.set_function(self._active_leases)
         self.bound: tuple[str, int] | None = None
         self.ready = asyncio.Event()
-        self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
         self._batch: list[tuple[DhcpPacket, Decision, tuple[str, int]]] = []
         self._wake = asyncio.Event()
         self._sightings: asyncio.Queue[tuple[str, _Learnt]] = asyncio.Queue(_SIGHTING_QUEUE)
@@ -154,8 +147,10 @@ class DhcpServer:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            try:  # a deep queue absorbs bursts (mass power-on); FORCE needs CAP_NET_ADMIN
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, _RCVBUF)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
             if self.interface:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.interface.encode())
             sock.bind(self.listen)
@@ -174,11 +169,10 @@ class DhcpServer:
         if self.store is not None:
             self._known_macs = {n.mac for n in await self.store.nodes.list() if n.mac}
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Protocol(self), sock=self._socket()
-        )
-        self._transport = transport
-        self.bound = transport.get_extra_info("sockname")
+        sock = self._socket()
+        self._sock = sock
+        self.bound = sock.getsockname()
+        loop.add_reader(sock.fileno(), self._readable)
         logger.info(
             "[dhcp] %s mode on %s:%d%s, %d leases loaded from %s",
             self.settings.mode,
@@ -194,8 +188,9 @@ class DhcpServer:
                 group.create_task(self._record_sightings())
         finally:
             self.ready.clear()
-            transport.close()
-            self._transport = None
+            loop.remove_reader(sock.fileno())
+            sock.close()
+            self._sock = None
             self.journal.close()
 
     # --- receiving -----------------------------------------------------------------------------
@@ -213,6 +208,21 @@ class DhcpServer:
             level, "[dhcp peer=%s:%d] dropping a malformed packet (%d bytes): %s", *peer, size, err
         )
 
+    def _readable(self) -> None:
+        """Drain the socket (up to a bound, to stay fair to other tasks)."""
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(_READ_BURST):
+            try:
+                data, peer = sock.recvfrom(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                logger.debug("[dhcp] receive error: %s", err)
+                return
+            self.received(data, peer)
+
     def received(self, data: bytes, peer: tuple[str, int]) -> None:
         """One datagram from ``peer``: decode, decide, queue or send. Never raises."""
         try:
@@ -228,15 +238,16 @@ class DhcpServer:
             self.metrics.drops.labels("error").inc()
             logger.exception("[dhcp peer=%s:%d mac=%s] policy failed", *peer, packet.mac)
             return
-        logger.debug(
-            "[dhcp mac=%s xid=%08x] %s → %s %s (%s)",
-            packet.mac,
-            packet.xid,
-            packet.message_type.name if packet.message_type else "BOOTP",
-            decision.outcome.value,
-            decision.address or "",
-            decision.reason,
-        )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "[dhcp mac=%s xid=%08x] %s → %s %s (%s)",
+                packet.mac,
+                packet.xid,
+                packet.message_type.name if packet.message_type else "BOOTP",
+                decision.outcome.value,
+                decision.address or "",
+                decision.reason,
+            )
         self._note_sighting(packet, decision)
         if decision.reply is None:
             if decision.outcome is Outcome.IGNORED and not decision.leases:
@@ -289,15 +300,15 @@ class DhcpServer:
             self._send(packet, decision.reply, peer)
 
     def _send(self, request: DhcpPacket, reply: DhcpPacket, peer: tuple[str, int]) -> None:
-        transport = self._transport
-        if transport is None:
+        sock = self._sock
+        if sock is None:
             return
         dest = reply_destination(request, reply, peer)
         if dest.arp:
             if self.interface and len(request.chaddr) == 6:
                 try:
                     fcntl.ioctl(
-                        transport.get_extra_info("socket").fileno(),
+                        sock.fileno(),
                         SIOCSARP,
                         _arpreq(dest.host, request.chaddr, self.interface),
                     )
@@ -307,7 +318,7 @@ class DhcpServer:
             else:
                 dest = Destination(_BROADCAST, 68)
         try:
-            transport.sendto(encode(reply), (dest.host, dest.port))
+            sock.sendto(encode(reply), (dest.host, dest.port))
         except OSError as err:
             self.metrics.drops.labels("send").inc()
             logger.warning("[dhcp mac=%s] cannot send to %s: %s", request.mac, dest.host, err)
