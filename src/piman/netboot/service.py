@@ -40,10 +40,32 @@ def _dhcp(ctx: ManagerContext) -> list[Service]:
     return [server]
 
 
+def _tftp(ctx: ManagerContext) -> list[Service]:
+    config = ctx.config
+    if config.tftp is None or not config.tftp.enabled:
+        return []
+    from piman.config.types import parse_host_port
+    from piman.netboot.boottree import BootTree, check_boot_trees
+    from piman.netboot.tftp.server import TftpServer
+
+    check_boot_trees(config)  # logs a warning per file too large for the Pi firmware
+    listen = parse_host_port(config.tftp.listen) if config.tftp.listen else ("0.0.0.0", 69)
+    server = TftpServer(
+        BootTree(config, ctx.store),
+        config.tftp,
+        listen=listen,
+        interface=None if config.tftp.listen else config.manager.interface,
+        registry=ctx.metrics,
+    )
+    ctx.netboot.tftp = server
+    return [server]
+
+
 def build_services(ctx: ManagerContext) -> list[Service]:
     """The services this capability runs under the given configuration."""
     if ctx.netboot is None:
         ctx.netboot = Netboot()
     services: list[Service] = []
     services.extend(_dhcp(ctx))
+    services.extend(_tftp(ctx))
     return services
