@@ -167,6 +167,7 @@ class AlertService:
         self.ready = ready
         self.fresh = fresh
         self.started_at = 0.0
+        self.restored = asyncio.Event()  # set once the book was restored from the store
         self.book = AlertBook(settings)
         self.recent: list[HistoryEntry] = []
         self.last_evaluated: float | None = None
@@ -226,8 +227,6 @@ class AlertService:
 
     async def start(self) -> list[Notification]:
         """Restore the book from the store, then catch up on the gap since the last tick."""
-        if self.ready is not None:
-            await self.ready()
         self.started_at = self.clock()
         rows, groups, meta = await self.repo.load()
         self.book = AlertBook(self.settings)
@@ -239,6 +238,9 @@ class AlertService:
         ]
         last = float(meta[LAST_EVALUATED]) if LAST_EVALUATED in meta else None
         self.last_evaluated = last
+        self.restored.set()
+        if self.ready is not None:
+            await self.ready()  # the metrics store is open
         now = self.clock()
         logger.info(
             "alerts: restored %d alert(s), %d group(s); last evaluation %s",

@@ -6,6 +6,7 @@ the store directly, or both; the evaluator reads them on every tick.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import UTC, datetime
@@ -125,6 +126,10 @@ async def list_alerts(
     request: Request, history: Annotated[int, Query(ge=0, le=1000)] = 20
 ) -> AlertsOut:
     alerting = _alerting(request)
+    try:  # just after a start, wait for the evaluator to restore its state from the store
+        await asyncio.wait_for(alerting.service.restored.wait(), 10)
+    except TimeoutError:
+        raise HTTPException(503, "alerting is starting") from None
     repo = _repo(request)
     now = time.time()
     silences = [Silence.of(s) for s in await repo.silences(now=now)]
