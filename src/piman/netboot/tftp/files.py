@@ -161,6 +161,7 @@ class FileCache:
         self.max_file = max_file
         self.max_total = max_total
         self._entries: OrderedDict[_Key, bytes] = OrderedDict()
+        self._loading: dict[_Key, asyncio.Future[bytes]] = {}
         self._total = 0
 
     async def open(self, path: Path) -> ByteSource | None:
@@ -186,14 +187,26 @@ class FileCache:
                 return BytesSource(cached)
             if st.st_size > self.max_file:
                 return FileSource(fd, st.st_size)
-            data = await asyncio.to_thread(_read_all, fd, st.st_size)
-            os.close(fd)
+            loading = self._loading.get(key)
+            if loading is not None:  # another transfer is reading it: share that read
+                os.close(fd)
+                return BytesSource(await asyncio.shield(loading))
         except BaseException:
             with contextlib.suppress(OSError):
                 os.close(fd)
             raise
+        loading = asyncio.ensure_future(self._load(key, fd, st.st_size))
+        self._loading[key] = loading
+        return BytesSource(await asyncio.shield(loading))
+
+    async def _load(self, key: _Key, fd: int, size: int) -> bytes:
+        try:
+            data = await asyncio.to_thread(_read_all, fd, size)
+        finally:
+            os.close(fd)
+            del self._loading[key]
         self._remember(key, data)
-        return BytesSource(data)
+        return data
 
     def _remember(self, key: _Key, data: bytes) -> None:
         stale = [k for k in self._entries if k.path == key.path]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -99,3 +100,12 @@ async def test_cache_notices_changed_files_and_large_files_use_pread(tmp_path: P
 
 def test_netascii_conversion() -> None:
     assert netascii(b"a\nb\r\nc\r") == b"a\r\nb\r\0\r\nc\r\0"
+
+
+async def test_concurrent_opens_of_one_file_share_one_read(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"shared" * 1000)
+    cache = FileCache()
+    sources = await asyncio.gather(*(cache.open(path) for _ in range(20)))
+    assert all(s is not None and s.read(0, 6) == b"shared" for s in sources)
+    assert len({id(s._data) for s in sources if isinstance(s, BytesSource)}) == 1
