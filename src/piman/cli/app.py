@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from piman import __version__
-from piman.cli import alerts_cmd, common, config_cmd, nodes_cmd, power_cmd, server_cmd
+from piman.cli import alerts_cmd, common, config_cmd, export_cmd, nodes_cmd, power_cmd, server_cmd
 
 __all__ = ["app", "main"]
 
@@ -39,6 +39,7 @@ config_cmd.register(app)
 nodes_cmd.register(app)
 power_cmd.register(app)
 alerts_cmd.register(app)
+export_cmd.register(app)
 # Capability command groups register themselves here (power, alerts, agent, export …).
 
 
