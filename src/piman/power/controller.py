@@ -213,6 +213,13 @@ class PowerController:
             self._drivers[switch.name] = driver
         return driver
 
+    def driver_can_read(self, switch: SwitchSettings) -> bool:
+        """True when the switch's driver reads ports back (False also when it cannot be built)."""
+        try:
+            return self.driver(switch).has_readback
+        except PowerError:
+            return False
+
     async def close(self) -> None:
         drivers, self._drivers = list(self._drivers.values()), {}
         for driver in drivers:

@@ -118,7 +118,8 @@ async def test_uplink_port_is_never_switched_off(tmp_path: Path) -> None:
     fakes: dict[str, FakeSwitch] = {}
     c = controller(config, None, fakes, FakeClock())
     outcomes = await c.run("off", [c.target("rack1", 8), c.target("rack1", 7)])
-    assert not outcomes[0].ok and "uplink_port" in (outcomes[0].error or "")
+    assert not outcomes[0].ok
+    assert "uplink_port" in (outcomes[0].error or "")
     assert outcomes[1].ok
     assert fakes["rack1"].log == [("rack1", 7, "off")]
 
@@ -153,7 +154,8 @@ async def test_fatal_error_is_not_retried(tmp_path: Path) -> None:
     clock = FakeClock()
     c = controller(config, None, fakes, clock)
     [outcome] = await c.run("cycle", [c.target("rack1", 3)])
-    assert not outcome.ok and "read-only" in (outcome.error or "")
+    assert not outcome.ok
+    assert "read-only" in (outcome.error or "")
     assert clock.sleeps == []
 
 
@@ -165,7 +167,8 @@ async def test_switches_run_concurrently_each_with_its_own_stagger(
     fakes: dict[str, FakeSwitch] = {}
     c = controller(config, store, fakes, FakeClock())
     outcomes = await c.run("on", c.resolve(["all"]))
-    assert all(o.ok for o in outcomes) and len(outcomes) == 16
+    assert all(o.ok for o in outcomes)
+    assert len(outcomes) == 16
     at: dict[str, list[float]] = {}
     for e in await store.audit.list(action="port.on", limit=100):
         when = e.at if e.at.tzinfo else e.at.replace(tzinfo=EPOCH.tzinfo)

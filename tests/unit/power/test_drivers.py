@@ -32,7 +32,7 @@ def test_registry_refuses_duplicate_names() -> None:
 
 def test_registry_names_the_switch_for_an_unknown_driver() -> None:
     sw = SwitchSettings(name="rack1", driver="none")
-    with pytest.raises(PowerFatalError, match="rack1.*none"):
+    with pytest.raises(PowerFatalError, match=r"rack1.*none"):
         default_registry().build(sw, {})
 
 
@@ -51,8 +51,10 @@ def test_profiles_map_ports_to_oids_and_values(
 ) -> None:
     p = PROFILES[profile]
     assert p.admin_oid(group, port) == admin
-    assert p.value_for(PowerState.ON) == on and p.value_for(PowerState.OFF) == off
-    assert p.admin_state(on) is PowerState.ON and p.admin_state(off) is PowerState.OFF
+    assert p.value_for(PowerState.ON) == on
+    assert p.value_for(PowerState.OFF) == off
+    assert p.admin_state(on) is PowerState.ON
+    assert p.admin_state(off) is PowerState.OFF
     assert p.admin_state(77) is PowerState.UNKNOWN
 
 
@@ -70,13 +72,14 @@ def test_snmp_v3_keys_come_from_files_and_env_and_never_show(
         }
     )
     target = SnmpTarget.from_settings("rack1", "198.18.0.254", settings)
-    assert target.auth_key == "file-secret-1" and target.priv_key == "env-secret-22"
+    assert target.auth_key == "file-secret-1"
+    assert target.priv_key == "env-secret-22"
     assert target.auth_protocol == "sha512"
     assert "secret" not in repr(target)
 
 
 def test_snmp_bad_settings_are_fatal_and_name_the_switch() -> None:
-    with pytest.raises(PowerFatalError, match="rack1.*snmp.user"):
+    with pytest.raises(PowerFatalError, match=r"rack1.*snmp.user"):
         SnmpTarget.from_settings("rack1", "198.18.0.254", SnmpSettings(version="3"))
     short = SnmpSettings.model_validate({"version": "3", "user": "u", "auth": {"key": "short"}})
     with pytest.raises(PowerFatalError, match="8 characters"):
@@ -172,7 +175,7 @@ async def test_webhook_driver_posts_json_with_token() -> None:
 
 async def test_manual_and_ssh_reboot_tell_the_operator() -> None:
     nodes = {2: NodeSettings(name="lab-2", switch="bench", port=2, ip="198.18.0.12")}
-    with pytest.raises(ManualActionRequired, match="lab-2.*off by hand"):
+    with pytest.raises(ManualActionRequired, match=r"lab-2.*off by hand"):
         await ManualDriver(SwitchSettings(name="bench", driver="manual"), nodes).set_port(
             2, PowerState.OFF
         )
