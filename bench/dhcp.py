@@ -1,0 +1,209 @@
+"""DHCP DORA rate: piman vs dnsmasq under perfdhcp, in a network-namespace lab (needs root).
+
+For each server and each rate of a ladder, a fresh lab (server namespace 198.18.0.1/16, perfdhcp
+namespace 198.18.0.2/16, joined by a bridge) runs ``perfdhcp -4 -l eth0 -r RATE -p SECONDS
+-R 10000`` (perfdhcp acts as a relay: giaddr = its address, so replies are unicast back to it)
+and reads both exchanges' drop ratio and average delay. ``-W 2000000`` makes perfdhcp wait 2 s
+for the replies still in flight when the period ends (without it, those few count as drops for
+every server and every rate). piman runs as ``python -m piman server``
+with its durable lease journal (fdatasync before every reply batch); dnsmasq (the anchor) as
+TESTING.md gives it. The highest rate with 0 % drops is each server's result; the table ends with
+piman/dnsmasq ratios. The ladder stops at a server's first rate with drops.
+
+Usage: python bench/dhcp.py [--seconds 10] [--clients 10000]
+       [--piman-rates 200,1000,2000,3000,4000,5000] [--dnsmasq-rates 100,200,500,1000]
+The machine is shared: run it when idle, and read the numbers as one run's, not a constant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.integration.netlab import NetLab
+
+POOL_FIRST, POOL_LAST = "198.18.1.0", "198.18.100.255"
+
+
+@dataclass
+class Run:
+    server: str
+    rate: int
+    achieved: float
+    do_drops: float
+    ra_drops: float
+    do_delay: float
+    ra_delay: float
+
+    @property
+    def clean(self) -> bool:
+        return self.do_drops == 0 and self.ra_drops == 0
+
+
+def _section(text: str, name: str) -> str:
+    start = text.find(f"***Statistics for: {name}***")
+    return text[start:] if start >= 0 else ""
+
+
+def _number(pattern: str, text: str) -> float:
+    match = re.search(pattern, text)
+    return float(match.group(1)) if match else float("nan")
+
+
+def parse(server: str, rate: int, out: str) -> Run:
+    do, ra = _section(out, "DISCOVER-OFFER"), _section(out, "REQUEST-ACK")
+    return Run(
+        server,
+        rate,
+        _number(r"Rate: ([\d.]+)", out),
+        _number(r"drops ratio: ([\d.]+)", do),
+        _number(r"drops ratio: ([\d.]+)", ra),
+        _number(r"avg delay: ([\d.]+) ms", do),
+        _number(r"avg delay: ([\d.]+) ms", ra),
+    )
+
+
+def _lab() -> NetLab:
+    lab = NetLab(clients=1).__enter__()
+    lab.run(lab.server, "ip", "addr", "flush", "dev", "eth0")
+    lab.run(lab.server, "ip", "addr", "add", "198.18.0.1/16", "dev", "eth0")
+    lab.run(lab.clients[0], "ip", "addr", "add", "198.18.0.2/16", "dev", "eth0")
+    return lab
+
+
+def start_piman(lab: NetLab) -> None:
+    lab.start_manager(
+        {
+            "manager": {"network": "198.18.0.0/16", "log_level": "WARNING"},
+            "dhcp": {"pool": f"{POOL_FIRST}-{POOL_LAST}", "lease_time": "1h"},
+        }
+    )
+
+
+def start_dnsmasq(lab: NetLab) -> None:
+    lab.popen(
+        lab.server,
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--port=0",
+        "--interface=eth0",
+        "--bind-interfaces",
+        "--no-ping",
+        "--quiet-dhcp",
+        "--dhcp-authoritative",
+        f"--dhcp-range={POOL_FIRST},{POOL_LAST},1h",
+        "--dhcp-lease-max=100000",
+        f"--dhcp-leasefile={lab.tmp / 'dnsmasq.leases'}",
+        f"--pid-file={lab.tmp / 'dnsmasq.pid'}",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if lab.run(lab.server, "ss", "-Hlun", "sport", "= :67", check=False).stdout.strip():
+            return
+        time.sleep(0.1)
+    raise RuntimeError("dnsmasq did not start")
+
+
+def measure(server: str, rate: int, seconds: int, clients: int) -> Run:
+    lab = _lab()
+    try:
+        (start_piman if server == "piman" else start_dnsmasq)(lab)
+        out = lab.run(
+            lab.clients[0],
+            "perfdhcp",
+            "-4",
+            "-l",
+            "eth0",
+            "-r",
+            str(rate),
+            "-p",
+            str(seconds),
+            "-R",
+            str(clients),
+            check=False,
+            timeout=seconds + 60,
+        ).stdout
+        return parse(server, rate, out)
+    finally:
+        lab.close()
+
+
+def ladder(server: str, rates: list[int], seconds: int, clients: int) -> list[Run]:
+    runs = []
+    for rate in rates:
+        run = measure(server, rate, seconds, clients)
+        runs.append(run)
+        print(
+            f"  {server:8} {rate:6d}/s  drops {run.do_drops:.3f}% / {run.ra_drops:.3f}%  "
+            f"delay {run.do_delay:.2f} / {run.ra_delay:.2f} ms",
+            flush=True,
+        )
+        if not run.clean:
+            break
+    return runs
+
+
+def best(runs: list[Run]) -> Run | None:
+    clean = [r for r in runs if r.clean]
+    return max(clean, key=lambda r: r.rate) if clean else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=10_000)
+    parser.add_argument("--piman-rates", default="200,1000,2000,3000,4000,5000")
+    parser.add_argument("--dnsmasq-rates", default="100,200,500,1000")
+    args = parser.parse_args()
+    rates = {
+        "dnsmasq": [int(r) for r in args.dnsmasq_rates.split(",")],
+        "piman": [int(r) for r in args.piman_rates.split(",")],
+    }
+    print(f"perfdhcp, {args.clients} clients, {args.seconds} s per rate", flush=True)
+    results = {name: ladder(name, r, args.seconds, args.clients) for name, r in rates.items()}
+
+    print()
+    print(
+        "| server  | rate/s | achieved DORA/s | drops D-O | drops R-A "
+        "| delay D-O ms | delay R-A ms |"
+    )
+    print(
+        "|---------|-------:|----------------:|----------:|----------:|-------------:|-------------:|"
+    )
+    for runs in results.values():
+        for r in runs:
+            print(
+                f"| {r.server:7} | {r.rate:6d} | {r.achieved:15.0f} | {r.do_drops:8.3f}% | "
+                f"{r.ra_drops:8.3f}% | {r.do_delay:12.2f} | {r.ra_delay:12.2f} |"
+            )
+    anchor, ours = best(results["dnsmasq"]), best(results["piman"])
+    print()
+    print("| highest clean rate (0 % drops) | dnsmasq | piman | piman/dnsmasq |")
+    print("|---|---:|---:|---:|")
+    a_rate = anchor.rate if anchor else 0
+    o_rate = ours.rate if ours else 0
+    ratio = f"{o_rate / a_rate:.1f}x" if a_rate else "n/a"
+    print(f"| DORA/s | {a_rate} | {o_rate} | {ratio} |")
+    same = next((r for r in results["piman"] if anchor and r.rate == anchor.rate), None)
+    if anchor and same:
+        for label, a, o in (
+            (f"avg delay D-O at {anchor.rate}/s, ms", anchor.do_delay, same.do_delay),
+            (f"avg delay R-A at {anchor.rate}/s, ms", anchor.ra_delay, same.ra_delay),
+        ):
+            print(f"| {label} | {a:.2f} | {o:.2f} | {o / a:.2f}x |")
+    goal = "met" if o_rate >= 2000 else "NOT met"
+    print(f"\ngoal (piman >= 2,000 DORA/s clean with durable leases): {goal}")
+
+
+if __name__ == "__main__":
+    main()
