@@ -149,10 +149,11 @@ async def enqueue(repo: AlertRepository, receiver: str, notes: list[Notification
 
 
 async def run_until(notifier: Notifier, done: Any, limit: float = 60) -> None:
+    """Run the notifier until ``done()`` and its outbox has nothing pending."""
     task = asyncio.create_task(notifier.serve())
     try:
         async with asyncio.timeout(limit):
-            while not done():  # noqa: ASYNC110 - polling what a receiver got
+            while not done() or await notifier.repo.outbox(pending_only=True):  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
     finally:
         task.cancel()
@@ -253,7 +254,7 @@ async def test_receiver_down_then_up_gets_everything_once_in_order(
         notifier.wake()
         await hook.start()
         async with asyncio.timeout(30):
-            while len(hook.received) < len(notes):  # noqa: ASYNC110
+            while len(hook.received) < len(notes) or await repo.outbox(pending_only=True):  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
         await asyncio.sleep(0.3)  # nothing more may come
     finally:
