@@ -173,3 +173,29 @@ def test_a_storm_of_malformed_packets_leaves_the_server_answering(netlab: NetLab
     assert "malformed packet" in log
     assert "peer=198.18.0.30" in log
     assert "Traceback" not in log
+
+
+def test_option43_matches_dnsmasq_pxe_service_byte_for_byte(netlab: NetLab) -> None:
+    """The anchor: dnsmasq's ``pxe-service=0,"Raspberry Pi Boot"`` option 43 equals piman's."""
+    needs_tool("dnsmasq")
+    from piman.netboot.dhcp.pxe import pi_option43
+
+    netlab.popen(
+        netlab.server,
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--port=0",
+        "--interface=eth0",
+        "--bind-interfaces",
+        "--no-ping",
+        "--dhcp-range=198.18.0.150,198.18.0.160,1h",
+        "--pxe-service=0,Raspberry Pi Boot",  # argv: no shell quotes
+        f"--dhcp-leasefile={netlab.tmp / 'dnsmasq.leases'}",
+        f"--pid-file={netlab.tmp / 'dnsmasq.pid'}",
+    )
+    time.sleep(0.5)  # dnsmasq has no readiness signal
+    discover = pi_discover(PiModel.PI4, "dc:a6:32:00:00:0a", PI4_SERIAL, PI4_REV, xid=99)
+    offers = _offers(netlab.raw_dhcp(netlab.clients[0], encode(discover), 3), MessageType.OFFER)
+    assert len(offers) == 1
+    assert offers[0][1].options.vendor_specific == pi_option43() == PI_OPTION43
