@@ -1,9 +1,11 @@
-"""Demo: virtual Pis netbooting: DHCP (and TFTP when it exists) as their models do.
+"""Demo: virtual Pis netbooting: DHCP, then the TFTP request sequence of their model.
 
 The message builders here are what a Pi's boot ROM/EEPROM sends (PROTOCOLS.md §1); tests use
 them too. :func:`run_netboot` makes every powered virtual Pi of the demo do DHCP against
-``dhcp.listen`` on loopback (broadcast flag set, a UDP client on 127.0.0.1), so the manager
-records its sighting and its last-seen time moves on the web page.
+``dhcp.listen`` on loopback (broadcast flag set, a UDP client on 127.0.0.1), then fetch its
+model's boot files from ``tftp.listen`` (PROTOCOLS.md §2: the ``<serial>/`` probe that is cut
+short with ``Early terminate``, the files, in order), so the manager records its sighting and its
+last-seen time moves on the web page.
 """
 
 from __future__ import annotations
@@ -28,12 +30,21 @@ from piman.netboot.dhcp.packets import (
     encode,
     mac_bytes,
 )
+from piman.netboot.tftp import packets as tftp
 
 if TYPE_CHECKING:
     from piman.sim.fleet import DemoFleet
     from piman.sim.pi import VirtualPi
 
-__all__ = ["PI_VENDOR_CLASS", "option97", "pi_discover", "pi_request", "run_netboot"]
+__all__ = [
+    "PI_VENDOR_CLASS",
+    "option97",
+    "pi_discover",
+    "pi_request",
+    "run_netboot",
+    "tftp_fetch",
+    "tftp_sequence",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -144,15 +155,134 @@ async def netboot_once(pi: VirtualPi, target: tuple[str, int]) -> IPv4Address | 
         sock.close()
 
 
-async def _pi_loop(pi: VirtualPi, target: tuple[str, int]) -> None:
+# --- TFTP --------------------------------------------------------------------------------------
+
+_TSIZE: tuple[tuple[str, str], ...] = (("tsize", "0"),)
+_PI4_OPTS = (("tsize", "0"), ("blksize", "1468"))
+# (file, options, probe) after the prefix is known; PROTOCOLS.md §2.
+_FILES: dict[int, tuple[str, ...]] = {
+    3: (
+        "config.txt",
+        "start.elf",
+        "fixup.dat",
+        "cmdline.txt",
+        "bcm2710-rpi-3-b-plus.dtb",
+        "kernel8.img",
+    ),
+    4: (
+        "config.txt",
+        "pieeprom.sig",
+        "recovery.elf",
+        "start4.elf",
+        "fixup4.dat",
+        "cmdline.txt",
+        "bcm2711-rpi-4-b.dtb",
+        "overlays/overlay_map.dtb",
+        "kernel8.img",
+    ),
+    5: (
+        "config.txt",
+        "cmdline.txt",
+        "bcm2712-rpi-5-b.dtb",
+        "overlays/overlay_map.dtb",
+        "kernel_2712.img",
+    ),
+}
+
+
+async def tftp_fetch(
+    target: tuple[str, int],
+    filename: str,
+    options: tuple[tuple[str, str], ...] = (),
+    *,
+    probe: bool = False,
+    wait: float = 1.0,
+    retries: int = 3,
+) -> int | None:
+    """Read ``filename`` as a Pi does; the bytes received, or None on an error/timeout.
+
+    ``probe``: stop after block 1 with ERROR 0 ``Early terminate`` (an existence check).
+    """
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        last = tftp.encode(tftp.Request(tftp.Opcode.RRQ, filename, "octet", options))
+        dest, blksize, expected, total, tries = target, 512, 1, 0, 0
+        await loop.sock_sendto(sock, last, dest)
+        while True:
+            try:
+                async with asyncio.timeout(wait):
+                    data, peer = await loop.sock_recvfrom(sock, 65536)
+            except TimeoutError:
+                tries += 1
+                if tries > retries:
+                    return None
+                await loop.sock_sendto(sock, last, dest)
+                continue
+            try:
+                packet = tftp.decode(data)
+            except tftp.MalformedPacket:
+                continue
+            dest, tries = peer, 0
+            if isinstance(packet, tftp.Error):
+                return None
+            if isinstance(packet, tftp.OAck):
+                blksize = int(dict(packet.options).get("blksize", "512"))
+                last = tftp.encode(tftp.Ack(0))
+            elif isinstance(packet, tftp.Data):
+                if packet.block != expected:
+                    await loop.sock_sendto(sock, last, dest)
+                    continue
+                total += len(packet.data)
+                if probe:
+                    early = tftp.Error(tftp.ErrorCode.NOT_DEFINED, "Early terminate")
+                    await loop.sock_sendto(sock, tftp.encode(early), dest)
+                    return total
+                last = tftp.encode(tftp.Ack(packet.block))
+                if len(packet.data) < blksize:
+                    await loop.sock_sendto(sock, last, dest)
+                    return total
+                expected = (expected + 1) & 0xFFFF
+            await loop.sock_sendto(sock, last, dest)
+    finally:
+        sock.close()
+
+
+async def tftp_sequence(pi: VirtualPi, target: tuple[str, int]) -> dict[str, int | None]:
+    """The TFTP requests of ``pi``'s model, in order; file → bytes received (None: failed)."""
+    family = pi.model.family or 4
+    got: dict[str, int | None] = {}
+    if family == 3:
+        got["bootcode.bin"] = await tftp_fetch(target, "bootcode.bin")
+        got["bootsig.bin"] = await tftp_fetch(target, "bootsig.bin")
+        opts: tuple[tuple[str, str], ...] = _TSIZE
+    else:
+        opts = _PI4_OPTS
+    first = "config.txt" if family == 5 else ("start4.elf" if family == 4 else "start.elf")
+    probe_name = f"{pi.serial}/{first}"
+    got[probe_name] = await tftp_fetch(target, probe_name, opts, probe=family != 5)
+    prefix = f"{pi.serial}/" if got[probe_name] is not None else ""
+    for name in _FILES[family]:
+        got[prefix + name] = await tftp_fetch(target, prefix + name, opts)
+    return got
+
+
+async def _pi_loop(
+    pi: VirtualPi, target: tuple[str, int], tftp_target: tuple[str, int] | None
+) -> None:
     while True:
         await pi.powered.wait()
         try:
             address = await netboot_once(pi, target)
+            logger.debug("[sim pi=%s] DHCP gave %s", pi.name, address)
+            if address is not None and tftp_target is not None:
+                files = await tftp_sequence(pi, tftp_target)
+                logger.debug("[sim pi=%s] TFTP %s", pi.name, files)
         except OSError as err:
-            logger.warning("[sim pi=%s] DHCP failed: %s", pi.name, err)
+            logger.warning("[sim pi=%s] netboot failed: %s", pi.name, err)
             address = None
-        logger.debug("[sim pi=%s] DHCP gave %s", pi.name, address)
         pause = NETBOOT_INTERVAL if address is not None else 5.0
         await asyncio.sleep(pause * (0.5 + random.random()))
 
@@ -164,8 +294,15 @@ async def run_netboot(fleet: DemoFleet) -> None:
         return
     from piman.config.types import parse_host_port
 
-    host, port = parse_host_port(dhcp.listen)
-    target = ("127.0.0.1" if host in ("0.0.0.0", "") else host, port)
+    def loopback(listen: str) -> tuple[str, int]:
+        host, port = parse_host_port(listen)
+        return ("127.0.0.1" if host in ("0.0.0.0", "") else host, port)
+
+    tftp_conf = fleet.config.tftp
+    tftp_target = (
+        loopback(tftp_conf.listen) if tftp_conf and tftp_conf.enabled and tftp_conf.listen else None
+    )
+    target = loopback(dhcp.listen)
     async with asyncio.TaskGroup() as group:
         for pi in fleet.pis:
-            group.create_task(_pi_loop(pi, target))
+            group.create_task(_pi_loop(pi, target, tftp_target))
