@@ -31,13 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
-
 from piman.monitor.expfmt import MalformedText, format_sample, format_value, parse_series, scan
+from piman.monitor.fetch import StreamFetcher
 from piman.monitor.query import EVENT_FIELDS, EVENTS_JOB, SCRAPE_JOB
 from piman.monitor.tsdb import TargetBatch, Tsdb
 
-__all__ = ["Fetcher", "HttpxFetcher", "Scraper", "Target", "targets_for"]
+__all__ = ["Fetcher", "Scraper", "Target", "targets_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,29 +90,6 @@ class Fetcher(Protocol):
     async def get(self, url: str) -> tuple[int, str]: ...
 
     async def aclose(self) -> None: ...
-
-
-class HttpxFetcher:
-    """:class:`Fetcher` over one pooled ``httpx.AsyncClient`` (keep-alive, no compression)."""
-
-    def __init__(self, token: str | None = None, *, verify: bool = True) -> None:
-        headers = {"Accept-Encoding": "identity", "User-Agent": "piman-collector"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self._client = httpx.AsyncClient(
-            headers=headers,
-            verify=verify,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=10_000),
-            trust_env=False,
-            timeout=None,  # the scraper's asyncio.timeout is the deadline
-        )
-
-    async def get(self, url: str) -> tuple[int, str]:
-        response = await self._client.get(url)
-        return response.status_code, response.text
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
 
 @dataclass(slots=True)
@@ -212,7 +188,7 @@ class Scraper:
             if status != 200:
                 return None
             body = json.loads(text)
-        except (httpx.HTTPError, OSError, ValueError, TimeoutError):
+        except (OSError, EOFError, ValueError, TimeoutError):
             return None
         return body if isinstance(body, dict) else None
 
@@ -237,7 +213,7 @@ class Scraper:
         except MalformedText as err:
             logger.warning("[node=%s] scrape %s: bad body: %s", t.node, t.metrics_url, err)
             batch.samples = []
-        except (httpx.HTTPError, OSError, TimeoutError) as err:
+        except (OSError, EOFError, ValueError, TimeoutError) as err:
             logger.debug("[node=%s] scrape %s failed: %r", t.node, t.metrics_url, err)
         duration = time.perf_counter() - started
         scraped = float(len(batch.samples))
@@ -306,7 +282,7 @@ class Scraper:
     async def serve(self) -> None:
         own_fetcher = self.fetcher is None
         if self.fetcher is None:
-            self.fetcher = HttpxFetcher()
+            self.fetcher = StreamFetcher()
         epoch = time.time() // self.interval * self.interval
         try:
             while True:

@@ -17,8 +17,9 @@ Theory of operation
   ``retention``. ``events(node, ts, body)``: each node's latest ``/events`` JSON.
 - One transaction per scrape cycle (:meth:`Tsdb.write`), WAL, ``synchronous=NORMAL``. All
   writes run on one writer thread with its own connection; reads on a reader thread with
-  another connection (WAL lets them run side by side). The latest value of every series is
-  also kept in memory (two arrays indexed by series id) for :meth:`Tsdb.latest`.
+  another connection (WAL lets them run side by side). :meth:`Tsdb.latest` seeks the
+  samples of each node's scrapes within the lookback (cheaper than keeping every series'
+  latest value in memory on each write).
 
 Key order, measured (bench of 100,000 series = 200 nodes × 500, one insert per cycle, ts
 spread per node, Python 3.11 / SQLite 3.40 on this machine)::
@@ -41,7 +42,6 @@ import logging
 import math
 import sqlite3
 import time
-from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -135,8 +135,6 @@ class Tsdb:
         self._ids: dict[tuple[str, str, str, LabelTuple], int] = {}
         self._new: list[tuple[int, str, str, str, str, str]] = []
         self._next_id = 1
-        self._latest_ts = array("d")
-        self._latest_value = array("d")
         self._events: dict[str, dict[str, Any]] = {}
         self._writer: ThreadPoolExecutor | None = None
         self._reader: ThreadPoolExecutor | None = None
@@ -171,7 +169,6 @@ class Tsdb:
             items = tuple(sorted(json.loads(labels).items()))
             self._ids[(job, node, metric, items)] = sid
             self._next_id = max(self._next_id, sid + 1)
-        self._grow(self._next_id)
         for node, body in db.execute("SELECT node, body FROM events"):
             self._events[node] = json.loads(body)
         logger.info("tsdb opened %s with %d series", self.path, len(self._ids))
@@ -200,12 +197,6 @@ class Tsdb:
     async def _on_reader(self, fn: Any, *args: Any) -> Any:
         await self.ready.wait()
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn, *args)
-
-    def _grow(self, n: int) -> None:
-        missing = n - len(self._latest_ts)
-        if missing > 0:
-            self._latest_ts.extend([0.0] * missing)
-            self._latest_value.extend([math.nan] * missing)
 
     # -- write side --------------------------------------------------------------------------
 
@@ -236,18 +227,13 @@ class Tsdb:
     ) -> None:
         db = self._wdb
         assert db is not None, "Tsdb.open() first"
-        self._grow(self._next_id)
-        latest_ts, latest_value = self._latest_ts, self._latest_value
-        rows: list[tuple[int, int, float | None]] = []
+        rows: list[tuple[int, int, float]] = []
         scrapes = []
         events = []
         for batch in batches:
             ts_ms = int(batch.ts * 1000)
             scrapes.append((batch.node, ts_ms))
-            for sid, value in batch.samples:
-                rows.append((ts_ms, sid, None if value != value else value))  # NaN → NULL
-                latest_ts[sid] = batch.ts
-                latest_value[sid] = value
+            rows += [(ts_ms, sid, value) for sid, value in batch.samples]  # SQLite: NaN → NULL
             if batch.events is not None:
                 events.append((batch.node, batch.ts, json.dumps(batch.events)))
                 self._events[batch.node] = batch.events
@@ -339,15 +325,7 @@ class Tsdb:
     ) -> list[Sample]:
         """Newest sample of each matching series in ``(at - lookback, at]``."""
         found = await self._on_reader(self._find, metric, matchers)
-        if at is None or at >= self.last_write:
-            at = time.time() if at is None else at
-            out = []
-            for s in found:
-                if s.id < len(self._latest_ts):
-                    ts = self._latest_ts[s.id]
-                    if at - lookback < ts <= at:
-                        out.append(Sample(metric, s.labels, ts, self._latest_value[s.id]))
-            return out
+        at = time.time() if at is None else at
         points = await self._on_reader(self._points, found, at - lookback, at)
         return [
             Sample(metric, s.labels, pts[-1][0], pts[-1][1])

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from piman.monitor.scrape import Scraper, Target, _TargetState, targets_for
@@ -36,7 +35,7 @@ class FakeFetcher:
     async def get(self, url: str) -> tuple[int, str]:
         if url in self.slow:
             await asyncio.sleep(3600)
-        answer = self.answers.get(url, httpx.ConnectError("refused"))
+        answer = self.answers.get(url, ConnectionRefusedError("refused"))
         if isinstance(answer, Exception):
             raise answer
         return answer
