@@ -28,11 +28,13 @@ def _dhcp(ctx: ManagerContext) -> list[Service]:
     from piman.netboot.dhcp.server import DhcpServer
 
     listen = parse_host_port(config.dhcp.listen) if config.dhcp.listen else ("0.0.0.0", 67)
+    # Pinned to the provisioning interface, unless told to listen on loopback (tests, demo).
+    loopback = listen[0].startswith("127.")
     server = DhcpServer(
         PolicySettings.from_config(config),
         journal_path=config.manager.data_dir / "dhcp" / "leases.journal",
         listen=listen,
-        interface=config.manager.interface,
+        interface=None if loopback else config.manager.interface,
         store=ctx.store,
         metrics=ctx.metrics,
     )
