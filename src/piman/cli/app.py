@@ -5,7 +5,16 @@ from __future__ import annotations
 import typer
 
 from piman import __version__
-from piman.cli import alerts_cmd, common, config_cmd, export_cmd, nodes_cmd, power_cmd, server_cmd
+from piman.cli import (
+    agent_cmd,
+    alerts_cmd,
+    common,
+    config_cmd,
+    export_cmd,
+    nodes_cmd,
+    power_cmd,
+    server_cmd,
+)
 
 __all__ = ["app", "main"]
 
@@ -38,6 +47,7 @@ server_cmd.register(app)
 config_cmd.register(app)
 nodes_cmd.register(app)
 power_cmd.register(app)
+agent_cmd.register(app)
 alerts_cmd.register(app)
 export_cmd.register(app)
 # Capability command groups register themselves here (power, alerts, agent, export …).
