@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 
 import pytest
 
+from piman.config import load_config
 from piman.fleet.models import PiModel
 from piman.netboot.dhcp.packets import (
     BOOTREQUEST,
@@ -312,3 +314,33 @@ def test_pxe_clients_get_boot_file_by_architecture() -> None:
 
 def test_pi_vendor_class_constant_is_what_pis_send() -> None:
     assert PI_VENDOR_CLASS == "PXEClient:Arch:00000:UNDI:002001"
+
+
+def test_settings_from_config_take_nodes_and_hosts_csv(tmp_path: Path) -> None:
+    (tmp_path / "hosts.csv").write_text("b8:27:eb:00:00:21,198.18.0.21,pi21\n")
+    (tmp_path / "piman.yaml").write_text(
+        "manager: {address: 198.18.0.1, network: 198.18.0.0/24}\n"
+        "dhcp: {pool: 198.18.0.100-198.18.0.199, hosts_file: hosts.csv, router: 198.18.0.1,\n"
+        "       reply_delay: {b8:27:eb: 1s}, option43_padded_models: [pi3b]}\n"
+        "nodes: [{name: rack1-02, mac: 'dc:a6:32:00:00:02', ip: 198.18.0.12}]\n"
+    )
+    s = PolicySettings.from_config(load_config(tmp_path / "piman.yaml"))
+    assert s.reservations == {
+        "b8:27:eb:00:00:21": Reservation(IP("198.18.0.21"), "pi21"),
+        "dc:a6:32:00:00:02": Reservation(IP("198.18.0.12"), "rack1-02"),
+    }
+    assert s.pool == (int(IP("198.18.0.100")), int(IP("198.18.0.199")))
+    assert s.reply_delay == {"b8:27:eb": 1.0}
+    assert s.padded_models == frozenset({"pi3b"})
+    assert {int(IP("198.18.0.21")), int(IP("198.18.0.12")), int(SERVER)} <= s.excluded()
+    policy = DhcpPolicy(s)
+    assert dora(policy, "b8:27:eb:00:00:21") == IP("198.18.0.21")
+
+
+def test_pool_none_in_config_means_no_pool(tmp_path: Path) -> None:
+    (tmp_path / "piman.yaml").write_text(
+        "manager: {address: 198.18.0.1}\ndhcp: {pool: none, mode: proxy}\n"
+    )
+    s = PolicySettings.from_config(load_config(tmp_path / "piman.yaml"))
+    assert s.pool is None
+    assert s.mode == "proxy"
