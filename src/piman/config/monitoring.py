@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from piman.config.types import Duration
 
@@ -54,4 +55,7 @@ class MonitoringSettings(BaseModel):
     webhooks: list[str] = Field(default_factory=list)
     # The seed piman's monitoring.config thresholds (cpu, memory, disk, timeout …).
     config: dict[str, Any] = Field(default_factory=dict)
-    forward_url: str | None = None
+    forward_url: str | None = None  # VictoriaMetrics /api/v1/import/prometheus
+    # Agents started with a bearer token / TLS (piman agent --token, --tls-cert).
+    agent_token: SecretStr | None = None
+    agent_ca_file: Path | None = None  # CA for https agent_urls (default: system CAs)

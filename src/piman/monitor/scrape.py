@@ -297,6 +297,7 @@ class Scraper:
             tasks = [s.task for s in self._states.values() if s.task is not None]
             await asyncio.gather(*tasks, return_exceptions=True)
             self._states.clear()
-            if own_fetcher and self.fetcher is not None:
-                await self.fetcher.aclose()
-                self.fetcher = None
+            if self.fetcher is not None:
+                await self.fetcher.aclose()  # idle connections; the fetcher stays usable
+                if own_fetcher:
+                    self.fetcher = None

@@ -7,9 +7,11 @@ holds the long-lived objects the API, the UI and the alert evaluator share.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from piman.monitor.fetch import StreamFetcher
 from piman.monitor.scrape import Scraper, Target, targets_for
 from piman.monitor.snapshot import NodeSnapshots
 from piman.monitor.tsdb import Tsdb
@@ -66,11 +68,16 @@ def build_monitoring(ctx: ManagerContext, settings: MonitoringSettings) -> Monit
     async def targets() -> list[Target]:
         return targets_for(await ctx.store.nodes.list(), settings.agent_port)
 
+    token = settings.agent_token.get_secret_value() if settings.agent_token else None
+    context = None
+    if settings.agent_ca_file is not None:
+        context = ssl.create_default_context(cafile=str(settings.agent_ca_file))
     scraper = Scraper(
         tsdb,
         targets,
         interval=interval,
         timeout=settings.scrape_timeout,
+        fetcher=StreamFetcher(token, ssl_context=context),
         forward=settings.forward_url is not None,
     )
     monitor = Monitoring(settings=settings, tsdb=tsdb, scraper=scraper)

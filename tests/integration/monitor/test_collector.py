@@ -21,6 +21,7 @@ import pytest
 from tests.support import needs_tool
 
 PIMAN = [sys.executable, "-m", "piman"]
+TOKEN = "fleet-s3cret"
 
 
 def _free_port() -> int:
@@ -51,12 +52,15 @@ def agents() -> Iterator[list[int]]:
             [*PIMAN, "agent", "--port", str(p), "--listen", "127.0.0.1"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env={**os.environ, "PIMAN_AGENT_TOKEN": TOKEN},
         )
         for p in ports
     ]
     try:
         for p in ports:
             _wait_http(f"http://127.0.0.1:{p}/metrics")
+            # The agents insist on the token: the collector must send it.
+            assert httpx.get(f"http://127.0.0.1:{p}/metrics").status_code == 401
         yield ports
     finally:
         for proc in procs:
@@ -87,6 +91,7 @@ nodes:
 monitoring:
   scrape_interval: 1s
   scrape_timeout: 0.5s
+  agent_token: {TOKEN}
 """
     )
     return path
