@@ -62,9 +62,11 @@ _NUMBER = re.compile(r"[-+]?(?:0x[0-9a-fA-F]+|\d+(?:\.\d*)?)")
 def parse_reply(text: str) -> float:
     """The number in a vcgencmd reply: ``throttled=0x50005``, ``temp=47.2'C``,
     ``frequency(48)=1500398464``, ``volt=0.8500V``. Raises ValueError when there is none."""
-    _, sep, value = text.strip().partition("=")
+    key, sep, value = text.strip().partition("=")
     if not sep:
         raise ValueError(f"no '=' in vcgencmd reply {text!r}")
+    if key == "error":
+        raise ValueError(f"error in vcgencmd reply {text.strip()!r}")
     m = _NUMBER.match(value.strip())
     if m is None:
         raise ValueError(f"no number in vcgencmd reply {text!r}")
