@@ -352,3 +352,28 @@ async def test_rate_limit_drops_excess_requests_from_one_source(root: Path) -> N
         sock.close()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_failing_hook_is_an_error_answer_not_a_leaked_transfer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(name: str, client: tuple[str, int]) -> None:
+        raise RuntimeError("boom")
+
+    server = TftpServer(broken, TftpSettings(), listen=("127.0.0.1", 0))
+    task = asyncio.create_task(server.serve())
+    sock = _client()
+    try:
+        async with asyncio.timeout(5):
+            await server.ready.wait()
+        assert server.address is not None
+        sock.sendto(b"\x00\x01f\x00octet\x00", server.address)
+        answer, _ = await _recv(sock)
+        assert answer.startswith(b"\x00\x05\x00\x00")
+        assert server.transfers == {}
+        assert [s.outcome for s in server.history] == [Outcome.ERROR]
+        assert "boom" in caplog.text
+    finally:
+        sock.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

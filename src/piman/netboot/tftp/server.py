@@ -46,11 +46,12 @@ from piman.netboot.tftp.session import (
     TftpSession,
 )
 
-__all__ = ["LOG_EVERY", "TftpMetrics", "TftpServer"]
+__all__ = ["LOG_EVERY", "OPEN_TIMEOUT", "TftpMetrics", "TftpServer"]
 
 logger = logging.getLogger(__name__)
 
 LOG_EVERY = 10.0  # seconds between two WARNINGs about the same source's garbage
+OPEN_TIMEOUT = 10.0  # seconds the application hook may take to find a file
 _SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 _ACK = int(Opcode.ACK)
 _monotonic = time.monotonic  # what the asyncio loop's time() reads
@@ -153,7 +154,7 @@ class TftpServer:
         """Listen until cancelled; open transfers are closed on the way out."""
         loop = asyncio.get_running_loop()
         self._loop = loop
-        sock = self._socket(self.listen, bind_device=True)
+        sock = self._socket(self.listen, listener=True)
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Listener(self), sock=sock
         )  # fmt: skip
@@ -172,13 +173,13 @@ class TftpServer:
             for task in list(self._tasks):
                 task.cancel()
             for transfer in list(self.transfers.values()):
-                self._release(transfer)
+                self._finish(transfer)
 
-    def _socket(self, address: tuple[str, int], *, bind_device: bool) -> socket.socket:
+    def _socket(self, address: tuple[str, int], *, listener: bool) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
-            if bind_device:
+            if listener:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if self.interface is not None:
                 sock.setsockopt(
@@ -262,7 +263,7 @@ class TftpServer:
         session = transfer.session
         request = session.request
         try:
-            sock = self._socket((self.listen[0], 0), bind_device=False)
+            sock = self._socket((self.listen[0], 0), listener=False)
             try:
                 sock.connect(transfer.peer)
                 self._loop.add_reader(sock.fileno(), self._readable, transfer)
@@ -286,7 +287,8 @@ class TftpServer:
             )  # fmt: skip
             return
         try:
-            source = await self.opener(request.filename, transfer.peer)
+            async with asyncio.timeout(OPEN_TIMEOUT):
+                source = await self.opener(request.filename, transfer.peer)
         except AccessViolation as err:
             logger.warning(
                 "%s refused path %r: %s", transfer.log_prefix, request.filename, err
@@ -295,10 +297,15 @@ class TftpServer:
                 ErrorCode.ACCESS_VIOLATION, "access violation", Outcome.ACCESS_DENIED,
                 self._loop.time(),
             )  # fmt: skip
-        except OSError as err:
-            logger.error("%s cannot read %r: %s", transfer.log_prefix, request.filename, err)  # noqa: TRY400
+        except (OSError, TimeoutError) as err:
+            logger.error("%s cannot read %r: %r", transfer.log_prefix, request.filename, err)  # noqa: TRY400
             actions = session.refuse(
                 ErrorCode.NOT_DEFINED, "read error", Outcome.ERROR, self._loop.time()
+            )  # fmt: skip
+        except Exception:  # one request's failure must not leak its transfer
+            logger.exception("%s opening %r failed", transfer.log_prefix, request.filename)
+            actions = session.refuse(
+                ErrorCode.NOT_DEFINED, "server error", Outcome.ERROR, self._loop.time()
             )  # fmt: skip
         else:
             now = self._loop.time()
