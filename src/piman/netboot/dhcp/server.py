@@ -248,6 +248,17 @@ class DhcpServer:
                 decision.address or "",
                 decision.reason,
             )
+        ident = decision.identity
+        if ident is not None and decision.outcome in (Outcome.OFFER, Outcome.ACK):
+            # Pis are few and netboot rarely: worth a line at INFO each.
+            logger.info(
+                "[dhcp mac=%s model=%s serial=%s] %s %s",
+                packet.mac,
+                ident.model.value,
+                ident.serial or "?",
+                decision.outcome.value,
+                decision.address or "(proxy: boot options only)",
+            )
         self._note_sighting(packet, decision)
         if decision.reply is None:
             if decision.outcome is Outcome.IGNORED and not decision.leases:
