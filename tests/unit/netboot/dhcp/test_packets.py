@@ -179,3 +179,30 @@ def test_pi_option43_is_byte_exact() -> None:
     assert pi_option43() == expected
     padded = bytes.fromhex("0601030a04005058450917000014") + b"Raspberry Pi Boot   " + b"\xff"
     assert pi_option43(padded=True) == padded
+
+
+def test_public_names_of_the_dhcp_package() -> None:
+    import piman.netboot.dhcp as dhcp
+
+    assert dhcp.__all__ == [
+        "Decision",
+        "DhcpPacket",
+        "DhcpPolicy",
+        "Lease",
+        "LeaseJournal",
+        "LeaseState",
+        "LeaseTable",
+        "MalformedPacket",
+        "MessageType",
+        "Options",
+        "Outcome",
+        "PiIdentity",
+        "PolicySettings",
+        "Reservation",
+        "decode",
+        "encode",
+        "parse_option97",
+        "pi_identity",
+        "pi_option43",
+    ]
+    assert all(hasattr(dhcp, name) for name in dhcp.__all__)
