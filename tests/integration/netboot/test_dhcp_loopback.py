@@ -70,3 +70,19 @@ async def test_virtual_pis_get_addresses_and_leases_survive_a_restart(tmp_path: 
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_busy_port_is_one_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    import pytest
+
+    from piman.netboot.dhcp.server import DhcpServerError
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        server = DhcpServer(
+            _settings(), journal_path=tmp_path / "leases.journal", listen=busy.getsockname()
+        )
+        with pytest.raises(DhcpServerError, match=r"DHCP cannot listen on 127\.0\.0\.1:"):
+            await server.serve()

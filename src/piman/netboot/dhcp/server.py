@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from piman.errors import PimanError
 from piman.netboot.dhcp.leases import LeaseJournal, LeaseTable
 from piman.netboot.dhcp.packets import DhcpPacket, MalformedPacket, MessageType, decode, encode
 from piman.netboot.dhcp.policy import Decision, DhcpPolicy, Outcome, PolicySettings
@@ -46,7 +47,7 @@ from piman.netboot.dhcp.policy import Decision, DhcpPolicy, Outcome, PolicySetti
 if TYPE_CHECKING:
     from piman.store import Store
 
-__all__ = ["SIGHTING_INTERVAL", "DhcpServer", "reply_destination"]
+__all__ = ["SIGHTING_INTERVAL", "DhcpServer", "DhcpServerError", "reply_destination"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,10 @@ _SIGHTING_QUEUE = 10_000
 _READ_BURST = 64
 _RCVBUF = 8 << 20
 _Learnt = tuple[str | None, str | None, str | None, str | None]  # ip, serial, model, vendor class
+
+
+class DhcpServerError(PimanError):
+    """The DHCP server cannot run (its socket cannot be set up)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,9 +160,12 @@ class DhcpServer:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.interface.encode())
             sock.bind(self.listen)
             sock.setblocking(False)
-        except OSError:
+        except OSError as err:
             sock.close()
-            raise
+            where = f"{self.listen[0]}:{self.listen[1]}"
+            if self.interface:
+                where += f" on interface {self.interface}"
+            raise DhcpServerError(f"DHCP cannot listen on {where}: {err.strerror}") from err
         return sock
 
     async def serve(self) -> None:
@@ -169,7 +177,11 @@ class DhcpServer:
         if self.store is not None:
             self._known_macs = {n.mac for n in await self.store.nodes.list() if n.mac}
         loop = asyncio.get_running_loop()
-        sock = self._socket()
+        try:
+            sock = self._socket()
+        except DhcpServerError:
+            self.journal.close()
+            raise
         self._sock = sock
         self.bound = sock.getsockname()
         loop.add_reader(sock.fileno(), self._readable)
