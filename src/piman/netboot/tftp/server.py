@@ -336,7 +336,15 @@ class TftpServer:
         """A datagram from the client's TID."""
         assert self._loop is not None
         if len(data) == 4 and data[1] == _ACK and data[0] == 0:
-            actions = transfer.session.receive_ack((data[2] << 8) | data[3], _monotonic())
+            block = (data[2] << 8) | data[3]
+            now = _monotonic()
+            session = transfer.session
+            datagram = session.ack_lockstep(block, now)
+            if datagram is not None:
+                if self._send(transfer, datagram):
+                    self._arm(transfer, session.deadline)
+                return
+            actions = session.receive_ack(block, now)
         else:
             try:
                 packet = decode(data)
@@ -356,19 +364,26 @@ class TftpServer:
     def _run(self, transfer: _Transfer, actions: list[Send | ArmTimer | Close]) -> None:
         for action in actions:
             if type(action) is Send:
-                sock = transfer.sock
-                if sock is not None:
-                    try:
-                        sock.send(action.data)
-                    except (BlockingIOError, InterruptedError):
-                        pass  # socket buffer full: the datagram is lost, the timer resends
-                    except OSError as err:
-                        self.on_unreachable(transfer, err)
-                        return
+                if not self._send(transfer, action.data):
+                    return
             elif type(action) is ArmTimer:
                 self._arm(transfer, action.deadline)
             else:
                 self._finish(transfer)
+
+    def _send(self, transfer: _Transfer, data: bytes) -> bool:
+        """Send one datagram; False when the client is gone (the transfer is then finished)."""
+        sock = transfer.sock
+        if sock is None:
+            return True
+        try:
+            sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            pass  # socket buffer full: the datagram is lost, the timer resends it
+        except OSError as err:
+            self.on_unreachable(transfer, err)
+            return False
+        return True
 
     def _arm(self, transfer: _Transfer, deadline: float) -> None:
         transfer.deadline = deadline

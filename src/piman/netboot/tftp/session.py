@@ -204,6 +204,40 @@ class TftpSession:
             return [Send(self._oack), self._arm(now)]
         return self._send_window(now)
 
+    @property
+    def deadline(self) -> float:
+        """The current timer deadline (what the last :class:`ArmTimer` said, or later)."""
+        return self._deadline
+
+    def ack_lockstep(self, block: int, now: float) -> bytes | None:
+        """The hot path of a lock-step transfer, for shells that count microseconds.
+
+        When ``block`` acknowledges the one outstanding block and more blocks remain, this is
+        exactly ``receive_ack(block, now)`` — whose actions would be ``Send(next block)`` and
+        ``ArmTimer(deadline)`` — returned as the datagram alone; the deadline is then
+        :attr:`deadline`. In every other case it changes nothing and returns None: call
+        :meth:`receive_ack`.
+        """
+        sent = self._sent
+        if (
+            self._window != 1
+            or self._oack is not None
+            or self.closed
+            or sent != self._acked + 1
+            or sent >= self._total
+            or (block - sent) & MAX_BLOCK
+        ):
+            return None
+        n = self._sent = sent + 1
+        self._acked = sent
+        self._retries = 0
+        deadline = now + self._timeout
+        if self._limit is not None and deadline > self._limit:
+            deadline = self._limit
+        self._deadline = deadline
+        blksize = self._blksize
+        return encode_data(n, self._read(sent * blksize, blksize))
+
     def receive_ack(self, block: int, now: float) -> list[Action]:
         """Same as ``receive(Ack(block), now)``, without building the packet (the hot path)."""
         if self.closed:

@@ -242,3 +242,18 @@ def test_stats_record_duration_and_options() -> None:
     assert session.stats.duration == 1.5
     assert session.stats.blksize == 1024
     assert session.stats.peer == "198.18.0.5:1234"
+
+
+def test_lockstep_hot_path_matches_receive_ack() -> None:
+    data = bytes(i % 253 for i in range(5000))
+    fast, _ = start(data)
+    slow, _ = start(data)
+    assert fast.ack_lockstep(2, 0.1) is None  # not the outstanding block: no change
+    for n in range(1, 11):  # 10 blocks: 9 of 512 and one of 392
+        datagram = fast.ack_lockstep(n, float(n))
+        actions = slow.receive_ack(n, float(n))
+        if datagram is None:
+            assert fast.receive_ack(n, float(n)) == actions
+        else:
+            assert actions == [Send(datagram), ArmTimer(fast.deadline)]
+    assert fast.stats.outcome is slow.stats.outcome is Outcome.OK
