@@ -24,16 +24,18 @@ __all__ = ["LinuxNode"]
 
 logger = logging.getLogger(__name__)
 
-# node_exporter's defaults for the filesystem and diskstats collectors.
+# node_exporter's defaults for the filesystem, diskstats and netdev collectors, as Debian's
+# prometheus-node-exporter 1.5 (and so Raspberry Pi OS) ships them.
 _FS_TYPES_EXCLUDED = re.compile(
     r"^(autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs|"
     r"iso9660|mqueue|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs|squashfs|"
     r"erofs|sysfs|tracefs)$"
 )
 _MOUNTS_EXCLUDED = re.compile(
-    r"^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)"
+    r"^/(dev|proc|run|sys|mnt|media|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)"
 )
-_DISKS_EXCLUDED = re.compile(r"^(z?ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\d+n\d+p)\d+$")
+_DISKS_EXCLUDED = re.compile(r"^(ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\d+n\d+p)\d+$")
+_NETDEV_EXCLUDED = re.compile(r"^lo$")
 
 # /proc/diskstats field index → (name, type, scale, help)
 _DISK_FIELDS: tuple[tuple[int, str, str, float, str], ...] = (
@@ -278,7 +280,11 @@ class LinuxNode:
         return list(fams.values())
 
     def _netdev(self) -> list[MetricFamily]:
-        devices = procfs.parse_netdev(self._proc("net", "dev"))
+        devices = {
+            name: values
+            for name, values in procfs.parse_netdev(self._proc("net", "dev")).items()
+            if not _NETDEV_EXCLUDED.match(name)
+        }
         fams: list[MetricFamily] = []
         for offset, direction, fields in (
             (0, "receive", _NET_RECEIVE),
@@ -296,8 +302,9 @@ class LinuxNode:
         up = MetricFamily(
             "node_network_up", "gauge", "Value is 1 if operstate is 'up', 0 otherwise."
         )
-        for device in devices:
-            path = os.path.join(self.sys_root, "class", "net", device, "operstate")
+        net_class = os.path.join(self.sys_root, "class", "net")
+        for device in sorted(os.listdir(net_class)) if os.path.isdir(net_class) else []:
+            path = os.path.join(net_class, device, "operstate")
             try:
                 with open(path, encoding="utf-8") as f:
                     state = f.read().strip()
