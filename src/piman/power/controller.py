@@ -5,8 +5,8 @@ and a port, and the node hanging there when one is declared. Targets are grouped
 every switch runs concurrently; within a switch:
 
 1. ``off`` and the first half of ``cycle`` switch every target off at once (at most
-   :data:`PER_SWITCH_CONCURRENCY` requests in flight). A switch's ``uplink_port`` (where the
-   manager itself hangs) is refused, never sent.
+   :data:`PER_SWITCH_CONCURRENCY` driver calls in flight, or the driver's ``concurrency``).
+   A switch's ``uplink_port`` (where the manager itself hangs) is refused, never sent.
 2. ``cycle`` then waits ``off_seconds``.
 3. ``on`` and the second half of ``cycle`` switch targets on in batches of ``batch_size``, batch
    *i* starting ``i × batch_interval`` after the first, so that a rack of Pis does not ask for
@@ -385,7 +385,11 @@ class PowerController:
 
     async def _retry(self, t: Target, call: Callable[[], Awaitable[T]]) -> T:
         """Call the driver (at most PER_SWITCH_CONCURRENCY calls in flight per switch)."""
-        limit = self._limits.setdefault(t.switch.name, asyncio.Semaphore(PER_SWITCH_CONCURRENCY))
+        limit = self._limits.get(t.switch.name)
+        if limit is None:
+            driver = self._drivers.get(t.switch.name)
+            size = getattr(driver, "concurrency", PER_SWITCH_CONCURRENCY)
+            limit = self._limits[t.switch.name] = asyncio.Semaphore(size)
         for attempt in range(len(self.retry_delays) + 1):
             try:
                 async with limit:
@@ -415,6 +419,8 @@ class PowerController:
     async def _record(self, outcome: Outcome, actor: str) -> None:
         t = outcome.target
         level = logging.INFO if outcome.ok else logging.WARNING
+        if outcome.action == "status" and outcome.ok:
+            level = logging.DEBUG
         logger.log(
             level,
             "[switch=%s port=%d node=%s] power %s: %s",

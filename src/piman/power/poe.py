@@ -2,7 +2,8 @@
 
 The driver only translates: port number → OID (profile, ``group``, ``port_offset``), PowerState →
 value, raw readings → :class:`~piman.power.base.PortReading`. The SNMP conversation is
-:class:`~piman.power.snmp.SnmpClient`'s; retries and read-back are the controller's.
+:class:`~piman.power.snmp.SnmpClient`'s; retries and read-back are the controller's. Calls for
+many ports made at the same moment share one PDU (:mod:`piman.power.batching`).
 
 ``profile: auto`` probes the profiles of :data:`~piman.power.profiles.AUTO_ORDER` on the first
 port used (TP-Link first) and remembers the first that answers for the driver's lifetime.
@@ -19,8 +20,9 @@ from piman.config.power import SwitchSettings
 from piman.errors import PowerConnError, PowerFatalError
 from piman.fleet.lifecycle import PowerState
 from piman.power.base import PortReading
+from piman.power.batching import Coalescer
 from piman.power.profiles import AUTO_ORDER, PROFILES, Profile
-from piman.power.snmp import SnmpClient, SnmpTarget
+from piman.power.snmp import SnmpClient, SnmpTarget, SnmpValue
 
 __all__ = ["SnmpPoeDriver"]
 
@@ -28,12 +30,18 @@ logger = logging.getLogger(__name__)
 
 ClientFactory = Callable[[SnmpTarget], SnmpClient]
 
+# Ports per SNMP request: a SET carries one varbind per port, a GET up to three; both stay
+# well under the 1,472 bytes of one Ethernet frame, which every switch accepts.
+SET_BATCH = 24
+GET_BATCH = 16
+
 
 class SnmpPoeDriver:
     """PoE ports of one switch over SNMP (v1, v2c or v3)."""
 
     name = "snmp-poe"
     has_readback = True
+    concurrency = 256  # calls in flight; the coalescers turn them into a few PDUs
 
     def __init__(
         self,
@@ -50,6 +58,13 @@ class SnmpPoeDriver:
             None if switch.profile == "auto" else PROFILES[switch.profile]
         )
         self._probe_lock = asyncio.Lock()
+        self._set_on: Coalescer[int, None] = Coalescer(
+            lambda ports: self._set_many(PowerState.ON, ports), SET_BATCH
+        )
+        self._set_off: Coalescer[int, None] = Coalescer(
+            lambda ports: self._set_many(PowerState.OFF, ports), SET_BATCH
+        )
+        self._get: Coalescer[int, PortReading] = Coalescer(self._get_many, GET_BATCH)
 
     @property
     def has_detection(self) -> bool:
@@ -99,26 +114,75 @@ class SnmpPoeDriver:
         )
 
     async def set_port(self, port: int, state: PowerState) -> None:
-        profile = await self._resolve(port)
-        oid = profile.admin_oid(self.settings.group, self._index(port))
-        await self.client.set([(oid, profile.value_for(state))])
+        await self._resolve(port)
+        coalescer = self._set_on if state is PowerState.ON else self._set_off
+        await coalescer(port)
 
     async def get_port(self, port: int) -> PortReading:
-        profile = await self._resolve(port)
+        await self._resolve(port)
+        return await self._get(port)
+
+    async def _set_many(self, state: PowerState, ports: list[int]) -> dict[int, Exception | None]:
+        """One SET for many ports. SNMP SETs are atomic: if the switch refuses one varbind it
+        applies none, so on a refusal each port is set alone to find out which one failed."""
+        profile = self._profile
+        assert profile is not None
+        value = profile.value_for(state)
+        binds = [(profile.admin_oid(self.settings.group, self._index(p)), value) for p in ports]
+        if len(ports) > 1:
+            try:
+                await self.client.set(binds)
+            except PowerFatalError:
+                logger.info("[switch=%s] bulk SET refused; setting ports one by one", self.switch)
+            else:
+                return dict.fromkeys(ports)
+        out: dict[int, Exception | None] = {}
+        for port, bind in zip(ports, binds, strict=True):
+            try:
+                await self.client.set([bind])
+                out[port] = None
+            except PowerFatalError as err:
+                out[port] = err
+        return out
+
+    def _oids(self, port: int) -> tuple[str, str | None, str | None]:
+        profile = self._profile
+        assert profile is not None
         group, index = self.settings.group, self._index(port)
-        admin_oid = profile.admin_oid(group, index)
-        det_oid = profile.detection_oid(group, index)
-        watts_oid = profile.watts_oid(group, index)
-        oids = [o for o in (admin_oid, det_oid, watts_oid) if o is not None]
-        values = await self.client.get_optional(oids)
+        return (
+            profile.admin_oid(group, index),
+            profile.detection_oid(group, index),
+            profile.watts_oid(group, index),
+        )
+
+    async def _get_many(self, ports: list[int]) -> dict[int, PortReading | Exception]:
+        """One GET for the admin, detection and power readings of many ports."""
+        oids = [o for port in ports for o in self._oids(port) if o is not None]
+        try:
+            values = await self.client.get_optional(oids)
+        except PowerFatalError:
+            if len(ports) == 1:
+                raise
+            out: dict[int, PortReading | Exception] = {}
+            for port in ports:  # e.g. tooBig: ask port by port
+                try:
+                    out.update(await self._get_many([port]))
+                except PowerFatalError as err:
+                    out[port] = err
+            return out
+        return {port: self._reading(port, values) for port in ports}
+
+    def _reading(self, port: int, values: dict[str, SnmpValue | None]) -> PortReading | Exception:
+        profile = self._profile
+        assert profile is not None
+        admin_oid, det_oid, watts_oid = self._oids(port)
         raw_admin = values.get(admin_oid)
         if raw_admin is None:
-            raise PowerFatalError(
+            return PowerFatalError(
                 f"switch {self.switch!r} has no PoE port {port} at {admin_oid} "
-                f"(profile {profile.name}, group {group}, port_offset "
+                f"(profile {profile.name}, group {self.settings.group}, port_offset "
                 f"{self.settings.port_offset}); check those settings"
             )
-        admin = profile.admin_state(raw_admin)
         detection = None
         if det_oid is not None and values.get(det_oid) is not None:
             detection = profile.detection_name(values[det_oid])
@@ -126,12 +190,14 @@ class SnmpPoeDriver:
         raw_watts = values.get(watts_oid) if watts_oid is not None else None
         if isinstance(raw_watts, int):
             watts = round(raw_watts * profile.watts_scale, 3)
-        return PortReading(admin=admin, detection=detection, watts=watts)
+        return PortReading(admin=profile.admin_state(raw_admin), detection=detection, watts=watts)
 
     async def read_power_watts(self, port: int) -> float | None:
         return (await self.get_port(port)).watts
 
     async def close(self) -> None:
+        for coalescer in (self._set_on, self._set_off, self._get):
+            await coalescer.close()
         client, self._client = self._client, None
         if client is not None:
             try:

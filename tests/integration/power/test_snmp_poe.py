@@ -54,6 +54,7 @@ def sim() -> Iterator[Snmpsim]:
         "stack": rfc3621_records(4, group=2, offset=48),
         "searching": rfc3621_records(PORTS, detection={1: 2}),
         "public": [f"{RFC}.3.1.{p}|2|1" for p in range(1, PORTS + 1)],
+        "mixed": [*rfc3621_records(3), f"{RFC}.3.1.4|2|1", f"{RFC}.6.1.4|2|3"],
         "v3data": rfc3621_records(PORTS),
         "audit": rfc3621_records(PORTS),
     }
@@ -306,3 +307,39 @@ async def test_actions_go_to_the_audit_log_and_node_power_state(
     assert f"{RFC}.3.1.8" not in [oid for oid, _ in sim.sets()]
     assert snmpget(sim.port, "audit", f"{RFC}.3.1.2") == "2"
     await asyncio.sleep(0)
+
+
+async def test_one_read_only_port_does_not_sink_the_others(sim: Snmpsim, tmp_path: Path) -> None:
+    c = PowerController(config(tmp_path, {"snmp": snmp(sim, community="mixed")}))
+    before = len(sim.sets())
+    try:
+        outcomes = await c.run("off", [c.target("rack1", p) for p in (1, 2, 3, 4)])
+    finally:
+        await c.close()
+    assert [o.ok for o in outcomes] == [True, True, True, False]
+    assert "not writable" in (outcomes[3].error or "")
+    assert [snmpget(sim.port, "mixed", f"{RFC}.3.1.{p}") for p in (1, 2, 3, 4)] == [
+        "2",
+        "2",
+        "2",
+        "1",
+    ]
+    # One bulk SET of four varbinds was refused as a whole, then each port was set alone.
+    assert len(sim.sets()[before:]) >= 4
+
+
+async def test_a_rack_is_switched_with_a_few_pdus(sim: Snmpsim, tmp_path: Path) -> None:
+    c = PowerController(config(tmp_path, {"snmp": snmp(sim, community="audit")}))
+    try:
+        outcomes = await c.run("off", [c.target("rack1", p) for p in range(1, PORTS + 1)])
+        assert all(o.ok for o in outcomes)
+        driver = c.driver(c.config.switches[0])
+        messages = driver.client.messages  # type: ignore[attr-defined]
+        outcomes = await c.run("on", [c.target("rack1", p) for p in range(1, PORTS + 1)])
+        assert all(o.ok for o in outcomes)
+    finally:
+        await c.close()
+    assert messages == 2  # one SET for the 8 ports, one GET to read them back
+    assert [snmpget(sim.port, "audit", f"{RFC}.3.1.{p}") for p in range(1, PORTS + 1)] == [
+        "1"
+    ] * PORTS

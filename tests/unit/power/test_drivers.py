@@ -254,3 +254,24 @@ def test_mac_map_finds_moved_and_unknown_macs() -> None:
     assert yaml_fixes(sw, list(rows.values())) == [
         '  - {name: b, switch: rack1, port: 5, mac: "dc:a6:32:00:00:02"}'
     ]
+
+
+async def test_coalescer_turns_concurrent_calls_into_few_bulk_calls() -> None:
+    import asyncio
+
+    from piman.power.batching import Coalescer
+
+    seen: list[list[int]] = []
+
+    async def bulk(keys: list[int]) -> dict[int, str | Exception]:
+        seen.append(keys)
+        return {k: (ValueError(f"bad {k}") if k == 7 else f"v{k}") for k in keys}
+
+    c: Coalescer[int, str] = Coalescer(bulk, max_batch=4)
+    results = await asyncio.gather(*(c(k) for k in [1, 2, 3, 2, 5, 6, 7]), return_exceptions=True)
+    assert results[:6] == ["v1", "v2", "v3", "v2", "v5", "v6"]
+    assert isinstance(results[6], ValueError)
+    assert seen == [[1, 2, 3, 5], [6, 7]]
+    assert await c(9) == "v9"
+    assert seen[-1] == [9]
+    await c.close()
