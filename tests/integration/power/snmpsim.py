@@ -107,7 +107,7 @@ class Snmpsim:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_snmpsim(data: dict[str, list[str]], *, v3: bool = True) -> Snmpsim:
+def start_snmpsim(data: dict[str, list[str]], *, v3: bool | tuple[str, str] = True) -> Snmpsim:
     """Start snmpsimd serving one data file per community (and a v3 user); wait until it answers."""
     root = Path(tempfile.mkdtemp(prefix="piman-snmpsim-"))
     os.chmod(root, 0o755)
@@ -131,12 +131,13 @@ def start_snmpsim(data: dict[str, list[str]], *, v3: bool = True) -> Snmpsim:
         sim.log.touch()
         os.chmod(sim.log, 0o666)
     if v3:
+        auth, priv = v3 if isinstance(v3, tuple) else ("SHA256", "AES256")
         argv += [
             f"--v3-user={V3_USER}",
             f"--v3-auth-key={V3_AUTH}",
-            "--v3-auth-proto=SHA256",
+            f"--v3-auth-proto={auth}",
             f"--v3-priv-key={V3_PRIV}",
-            "--v3-priv-proto=AES256",
+            f"--v3-priv-proto={priv}",
         ]
     sim.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     community = next(iter(data))

@@ -56,6 +56,7 @@ def sim() -> Iterator[Snmpsim]:
         "public": [f"{RFC}.3.1.{p}|2|1" for p in range(1, PORTS + 1)],
         "mixed": [*rfc3621_records(3), f"{RFC}.3.1.4|2|1", f"{RFC}.6.1.4|2|3"],
         "v3data": rfc3621_records(PORTS),
+        "v1": rfc3621_records(PORTS),
         "audit": rfc3621_records(PORTS),
     }
     s = start_snmpsim(data)
@@ -343,3 +344,44 @@ async def test_a_rack_is_switched_with_a_few_pdus(sim: Snmpsim, tmp_path: Path) 
     assert [snmpget(sim.port, "audit", f"{RFC}.3.1.{p}") for p in range(1, PORTS + 1)] == [
         "1"
     ] * PORTS
+
+
+async def test_snmpv1_switches_a_port(sim: Snmpsim, tmp_path: Path) -> None:
+    c = PowerController(config(tmp_path, {"snmp": snmp(sim, version="1", community="v1")}))
+    try:
+        [o] = await c.run("cycle", [c.target("rack1", 2)])
+        [status] = await c.run("status", [c.target("rack1", PORTS)])
+    finally:
+        await c.close()
+    assert o.ok, o.error
+    assert status.ok, status.error
+    assert sim.sets()[-2:] == [(f"{RFC}.3.1.2", "<2>"), (f"{RFC}.3.1.2", "<1>")]
+
+
+@pytest.mark.parametrize(
+    ("sim_auth", "sim_priv", "auth", "priv"),
+    [("SHA", "AES", "sha", "aes128"), ("SHA512", "AES128", "sha512", "aes128")],
+)
+async def test_snmpv3_other_protocols(
+    tmp_path: Path, sim_auth: str, sim_priv: str, auth: str, priv: str
+) -> None:
+    needs_tool("snmpsimd")
+    s = start_snmpsim({"v3x": rfc3621_records(2)}, v3=(sim_auth, sim_priv))
+    try:
+        v3 = snmp(
+            s,
+            version="3",
+            user=V3_USER,
+            context="v3x",
+            auth={"protocol": auth, "key": V3_AUTH},
+            priv={"protocol": priv, "key": V3_PRIV},
+        )
+        c = PowerController(config(tmp_path, {"snmp": v3}))
+        try:
+            [o] = await c.run("off", [c.target("rack1", 1)])
+        finally:
+            await c.close()
+        assert o.ok, o.error
+        assert snmpget(s.port, "v3x", f"{RFC}.3.1.1") == "2"
+    finally:
+        s.stop()
