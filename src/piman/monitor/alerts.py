@@ -411,27 +411,37 @@ class AlertBook:
     def flush(
         self, now: float, silences: Sequence[Silence] = (), *, late: bool = False
     ) -> list[Notification]:
-        """Group, apply timers and silences; the notifications due at ``now``."""
+        """Group, apply timers and silences; the notifications due at ``now``.
+
+        A group lives while it has firing (or resolved, not yet notified) alerts, silenced or not,
+        so what it last sent is remembered across a silence: when the silence ends, an alert that
+        was already notified is not sent again before ``repeat_interval`` (as Alertmanager).
+        A silenced alert that resolves is forgotten without a notification.
+        """
         members: dict[str, list[Alert]] = {}
-        for alert in self.alerts.values():
+        for alert in list(self.alerts.values()):
             if alert.state is AlertState.PENDING:
                 continue
-            if any(s.mutes(alert.labels, now) for s in silences):
-                continue
             key, labels = self.group_of(alert.labels)
-            members.setdefault(key, []).append(alert)
+            audible = members.setdefault(key, [])
             if key not in self.groups:
                 self.groups[key] = Group(key, labels, now, now + self.settings.group_wait)
                 self._dirty_groups.add(key)
+            if not any(s.mutes(alert.labels, now) for s in silences):
+                audible.append(alert)
+            elif alert.state is AlertState.RESOLVED:
+                del self.alerts[alert.fingerprint]
+                self._dirty_alerts.discard(alert.fingerprint)
+                self._changes.deleted_alerts.append(alert.fingerprint)
         out: list[Notification] = []
         for key, group in list(self.groups.items()):
-            alerts = members.get(key, [])
-            if not alerts:
+            if key not in members:
                 del self.groups[key]
                 self._dirty_groups.discard(key)
                 self._changes.deleted_groups.append(key)
                 continue
-            if now < group.next_flush_at:
+            alerts = members[key]
+            if now < group.next_flush_at or not alerts:
                 continue
             note = self._flush_group(group, alerts, now, late)
             group.next_flush_at = now + self.settings.group_interval

@@ -23,6 +23,7 @@ Channels:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import warnings
@@ -162,9 +163,9 @@ class WebhookReceiver:
         try:
             response = await self._client.post(self.url, json=body, headers=headers)
         except httpx.HTTPError as err:
-            raise NotifyError(f"{self.url}: {type(err).__name__}: {err}") from err
+            raise NotifyError(f"{_safe(self.url)}: {type(err).__name__}: {err}") from err
         if not response.is_success:
-            raise NotifyError(f"{self.url} answered {response.status_code}")
+            raise NotifyError(f"{_safe(self.url)} answered {response.status_code}")
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -225,11 +226,22 @@ class AppriseReceiver:
 
 
 def _safe(url: str) -> str:
-    """The URL without credentials, for logs."""
+    """A receiver's URL for logs and errors: no credentials, tokens or paths.
+
+    ``http(s)`` keeps scheme, host and port; apprise URLs (whose host and path are often
+    tokens) keep the scheme and a short digest that tells receivers apart.
+    """
+    kind, sep, rest = url.partition(":")
+    if sep and kind in ("webhook", "apprise"):
+        url = rest
     scheme, sep, rest = url.partition("://")
     if not sep:
-        return url
-    return f"{scheme}://{rest.rpartition('@')[2]}"
+        return "<url>"
+    if scheme in ("http", "https"):
+        host = rest.split("/", 1)[0].rpartition("@")[2]
+        return f"{scheme}://{host}/…"
+    digest = hashlib.sha256(url.encode()).hexdigest()[:8]
+    return f"{scheme}://…#{digest}"
 
 
 def build_receivers(
@@ -315,7 +327,11 @@ class Notifier:
             if wait > 0:
                 await self._sleep(receiver, wait, wakeable=False)
                 continue
-            await self.deliver(receiver, item)
+            try:
+                await self.deliver(receiver, item)
+            except StoreError as err:  # sent or not, the row stays pending and is retried
+                logger.warning("[%s] cannot record a delivery: %s", label, err)
+                await self._sleep(receiver, IDLE_POLL, wakeable=False)
 
     async def deliver(self, receiver: Receiver, item: OutboxItem) -> bool:
         """One attempt at one row; records the outcome. True when delivered."""

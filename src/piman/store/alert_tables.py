@@ -15,6 +15,7 @@ states and the outbox rows they produce are written together or not at all.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ __all__ = [
     "from_ts",
     "to_ts",
 ]
+
+logger = logging.getLogger(__name__)
 
 SessionFactory = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 
@@ -242,6 +245,14 @@ class AlertRepository:
                     s.add(AlertHistoryRow(**values))
                 for receiver, key, payload, at in changes.outbox:
                     when = from_ts(at)
+                    known = await s.scalar(
+                        select(OutboxRow.id).where(
+                            OutboxRow.receiver == receiver, OutboxRow.key == key
+                        )
+                    )
+                    if known is not None:  # already queued once: the receiver would drop it
+                        logger.warning("outbox: %s already queued; not queued again", key)
+                        continue
                     s.add(
                         OutboxRow(
                             receiver=receiver,

@@ -199,3 +199,27 @@ def test_replay_times_one_per_step_inside_gap() -> None:
 
 def test_state_enum_values() -> None:
     assert [s.value for s in AlertState] == ["pending", "firing", "resolved"]
+
+
+def test_silence_does_not_repeat_what_was_sent_before_it() -> None:
+    book = AlertBook(GroupSettings(group_wait=0, group_interval=10, repeat_interval=3600))
+    _fire(book, "n1", 1000)
+    assert len(book.flush(1000)) == 1
+    silence = Silence("s", parse_matchers("node=n1"), 1005, 1100)
+    for t in range(1010, 1200, 10):
+        book.evaluate(RULE, [Sample({"node": "n1"}, 9)], t)
+        assert book.flush(t, [silence]) == [], t  # silenced, then already notified
+    (repeat,) = book.flush(4600, [silence])
+    assert repeat.repeat
+
+
+def test_silenced_alert_that_resolves_is_forgotten_quietly() -> None:
+    book = AlertBook(GroupSettings(group_wait=0))
+    silence = Silence("s", parse_matchers("node=n1"), 0, 10_000)
+    _fire(book, "n1", 1000)
+    assert book.flush(1000, [silence]) == []
+    book.evaluate(RULE, [], 1010)
+    assert book.flush(1010, [silence]) == []
+    assert book.alerts == {}
+    assert book.flush(1020, [silence]) == []
+    assert book.groups == {}
