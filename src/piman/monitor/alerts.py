@@ -350,11 +350,14 @@ class AlertBook:
                 # A resolved alert not yet notified is replaced by the new episode.
                 alert = Alert(fp, rule.name, labels, annotations, AlertState.PENDING, now)
                 self.alerts[fp] = alert
+                self._dirty_alerts.add(fp)
                 moves.append((alert, "inactive", "pending"))
+            # The value and annotations are saved with the next transition only (the store's
+            # copy is for restarts, where the next evaluation refreshes them).
             alert.value = sample.value
             alert.annotations = annotations
-            self._dirty_alerts.add(fp)
             if alert.state is AlertState.PENDING and now - alert.active_at >= rule.for_:
+                self._dirty_alerts.add(fp)
                 alert.state = AlertState.FIRING
                 alert.fired_at = now
                 alert.late = late
