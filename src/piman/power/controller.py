@@ -31,12 +31,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from piman.config.models import Config, NodeSettings
 from piman.config.power import SwitchSettings
-from piman.errors import NotFoundError, PowerConnError, PowerError, PowerFatalError
+from piman.errors import NotFoundError, PimanError, PowerConnError, PowerError, PowerFatalError
 from piman.fleet.lifecycle import PowerState
 from piman.power.base import PortReading, PowerDriver, Rebooter
 from piman.power.registry import DriverRegistry, default_registry
+from piman.power.targets import Target, nodes_of, resolve, target
 
 if TYPE_CHECKING:
     from piman.store import Store
@@ -89,27 +92,6 @@ class SystemClock:
 
 
 @dataclass(frozen=True, slots=True)
-class Target:
-    """One port of one switch, and the node on it when declared."""
-
-    switch: SwitchSettings
-    port: int
-    node: str | None = None
-
-    @property
-    def where(self) -> str:
-        return f"{self.switch.name}:{self.port}"
-
-    @property
-    def label(self) -> str:
-        return self.node or self.where
-
-    @property
-    def is_uplink(self) -> bool:
-        return self.switch.uplink_port is not None and self.port == self.switch.uplink_port
-
-
-@dataclass(frozen=True, slots=True)
 class Outcome:
     """How one target ended."""
 
@@ -157,54 +139,15 @@ class PowerController:
 
     def nodes_of(self, switch: SwitchSettings) -> dict[int, NodeSettings]:
         """Port → declared node on a switch."""
-        out: dict[int, NodeSettings] = {}
-        for node in self.config.nodes:
-            if node.port is None or node.switch is None:
-                continue
-            if self.config.switch(node.switch) is switch:
-                out[node.port] = node
-        return out
+        return nodes_of(self.config, switch)
 
     def target(self, switch_key: str, port: int) -> Target:
         """The target at a switch (by name or address) and port; raises NotFoundError."""
-        switch = self.config.switch(switch_key)
-        if switch is None:
-            known = ", ".join(s.name for s in self.config.switches) or "none"
-            raise NotFoundError(f"no switch named or at {switch_key!r} (known: {known})")
-        if port < 1 or (switch.ports is not None and port > switch.ports):
-            limit = f"1-{switch.ports}" if switch.ports else "1 or more"
-            raise NotFoundError(f"switch {switch.name!r} has no port {port} (ports {limit})")
-        node = self.nodes_of(switch).get(port)
-        return Target(switch, port, node.name if node else None)
+        return target(self.config, switch_key, port)
 
     def resolve(self, specs: Sequence[str]) -> list[Target]:
         """Targets from node names, ``switch:port`` and ``all``; raises NotFoundError."""
-        out: list[Target] = []
-        for spec in specs:
-            if spec == "all":
-                for sw in self.config.switches:
-                    if sw.driver == "none":
-                        continue
-                    out += [Target(sw, p, n.name) for p, n in sorted(self.nodes_of(sw).items())]
-                continue
-            node = self.config.node(spec)
-            if node is not None:
-                if node.switch is None or node.port is None:
-                    raise NotFoundError(f"node {spec!r} has no switch port to power")
-                out.append(self.target(node.switch, node.port))
-                continue
-            switch_key, sep, port_text = spec.rpartition(":")
-            if sep and port_text.isdigit():
-                out.append(self.target(switch_key, int(port_text)))
-                continue
-            raise NotFoundError(f"{spec!r} is not a node, `switch:port` or `all`")
-        seen: set[tuple[str, int]] = set()
-        unique = []
-        for t in out:
-            if (t.switch.name, t.port) not in seen:
-                seen.add((t.switch.name, t.port))
-                unique.append(t)
-        return unique
+        return resolve(self.config, specs)
 
     def driver(self, switch: SwitchSettings) -> PowerDriver:
         driver = self._drivers.get(switch.name)
@@ -276,6 +219,11 @@ class PowerController:
                 await work
             except _Failed as err:
                 await finish(t, False, None, str(err))
+            except Exception as err:  # one target's bug must not sink the others
+                logger.exception(
+                    "[switch=%s port=%d] power %s crashed", switch.name, t.port, action
+                )
+                await finish(t, False, None, f"internal error: {type(err).__name__}: {err}")
 
         if action == "status":
 
@@ -414,7 +362,12 @@ class PowerController:
         if self.store is None:
             return
         target = f"{t.node} ({t.where})" if t.node else t.where
-        await self.store.audit.add(actor, action, target, result, detail, at=self.clock.wall())
+        try:
+            await self.store.audit.add(actor, action, target, result, detail, at=self.clock.wall())
+        except (PimanError, SQLAlchemyError) as err:
+            logger.warning(
+                "[switch=%s port=%d] audit log not written: %s", t.switch.name, t.port, err
+            )
 
     async def _record(self, outcome: Outcome, actor: str) -> None:
         t = outcome.target
@@ -446,6 +399,8 @@ class PowerController:
                 await self.store.nodes.set_power_state(t.node, state)
             except NotFoundError:
                 logger.debug("node %s is not in the store yet", t.node)
+            except (PimanError, SQLAlchemyError) as err:
+                logger.warning("node %s: power state not stored: %s", t.node, err)
 
 
 def _describe(reading: PortReading | None) -> str | None:
