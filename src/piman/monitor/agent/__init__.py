@@ -5,4 +5,16 @@ manager's side. Entry points: ``piman agent`` (the CLI, which execs
 ``python -m piman.monitor.agent``) and :func:`piman.monitor.agent.app.main`.
 """
 
-__all__ = ["app", "collectors", "exposition", "http", "hwmon", "pi", "procfs", "server"]
+__all__ = [
+    "aio",
+    "app",
+    "collectors",
+    "devices",
+    "exposition",
+    "http",
+    "hwmon",
+    "pi",
+    "process",
+    "procfs",
+    "server",
+]

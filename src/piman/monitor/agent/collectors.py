@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from piman.monitor.agent import hwmon, pi, procfs
+from piman.monitor.agent import devices, hwmon, pi, procfs
 from piman.monitor.agent.exposition import MetricFamily
 from piman.monitor.agent.process import collect_process
 
@@ -24,95 +24,6 @@ __all__ = ["LinuxNode"]
 
 logger = logging.getLogger(__name__)
 
-# node_exporter's defaults for the filesystem, diskstats and netdev collectors, as Debian's
-# prometheus-node-exporter 1.5 (and so Raspberry Pi OS) ships them.
-_FS_TYPES_EXCLUDED = re.compile(
-    r"^(autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs|"
-    r"iso9660|mqueue|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs|squashfs|"
-    r"erofs|sysfs|tracefs)$"
-)
-_MOUNTS_EXCLUDED = re.compile(
-    r"^/(dev|proc|run|sys|mnt|media|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)"
-)
-_DISKS_EXCLUDED = re.compile(r"^(ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\d+n\d+p)\d+$")
-_NETDEV_EXCLUDED = re.compile(r"^lo$")
-
-# /proc/diskstats field index → (name, type, scale, help)
-_DISK_FIELDS: tuple[tuple[int, str, str, float, str], ...] = (
-    (0, "reads_completed_total", "counter", 1, "The total number of reads completed successfully."),
-    (1, "reads_merged_total", "counter", 1, "The total number of reads merged."),
-    (2, "read_bytes_total", "counter", 512, "The total number of bytes read successfully."),
-    (
-        3,
-        "read_time_seconds_total",
-        "counter",
-        1e-3,
-        "The total number of seconds spent by all reads.",
-    ),
-    (
-        4,
-        "writes_completed_total",
-        "counter",
-        1,
-        "The total number of writes completed successfully.",
-    ),
-    (5, "writes_merged_total", "counter", 1, "The number of writes merged."),
-    (6, "written_bytes_total", "counter", 512, "The total number of bytes written successfully."),
-    (
-        7,
-        "write_time_seconds_total",
-        "counter",
-        1e-3,
-        "The total number of seconds spent by all writes.",
-    ),
-    (8, "io_now", "gauge", 1, "The number of I/Os currently in progress."),
-    (9, "io_time_seconds_total", "counter", 1e-3, "Total seconds spent doing I/Os."),
-    (
-        10,
-        "io_time_weighted_seconds_total",
-        "counter",
-        1e-3,
-        "The weighted # of seconds spent doing I/Os.",
-    ),
-    (
-        11,
-        "discards_completed_total",
-        "counter",
-        1,
-        "The total number of discards completed successfully.",
-    ),
-    (12, "discards_merged_total", "counter", 1, "The total number of discards merged."),
-    (
-        13,
-        "discarded_sectors_total",
-        "counter",
-        1,
-        "The total number of sectors discarded successfully.",
-    ),
-    (
-        14,
-        "discard_time_seconds_total",
-        "counter",
-        1e-3,
-        "This is the total number of seconds spent by all discards.",
-    ),
-    (
-        15,
-        "flush_requests_total",
-        "counter",
-        1,
-        "The total number of flush requests completed successfully",
-    ),
-    (
-        16,
-        "flush_requests_time_seconds_total",
-        "counter",
-        1e-3,
-        "This is the total number of seconds spent by all flush requests.",
-    ),
-)
-_NET_RECEIVE = ("bytes", "packets", "errs", "drop", "fifo", "frame", "compressed", "multicast")
-_NET_TRANSMIT = ("bytes", "packets", "errs", "drop", "fifo", "colls", "carrier", "compressed")
 # /proc/pressure/<resource>, line → metric
 _PRESSURE = (
     ("cpu", "some", "node_pressure_cpu_waiting_seconds_total", "waited for CPU time"),
@@ -238,111 +149,15 @@ class LinuxNode:
 
     def _filesystem(self) -> list[MetricFamily]:
         try:
-            text = self._proc("1", "mounts")
+            return devices.filesystems(self._proc("1", "mounts"))
         except OSError:
-            text = self._proc("self", "mounts")
-        names = {
-            "size": ("node_filesystem_size_bytes", "Filesystem size in bytes."),
-            "free": ("node_filesystem_free_bytes", "Filesystem free space in bytes."),
-            "avail": (
-                "node_filesystem_avail_bytes",
-                "Filesystem space available to non-root users in bytes.",
-            ),
-            "files": ("node_filesystem_files", "Filesystem total file nodes."),
-            "files_free": ("node_filesystem_files_free", "Filesystem total free file nodes."),
-            "readonly": ("node_filesystem_readonly", "Filesystem read-only status."),
-            "device_error": (
-                "node_filesystem_device_error",
-                "Whether an error occurred while getting statistics for the given device.",
-            ),
-        }
-        fams = {k: MetricFamily(n, "gauge", h) for k, (n, h) in names.items()}
-        seen: set[str] = set()
-        for m in procfs.parse_mounts(text):
-            if _FS_TYPES_EXCLUDED.match(m.fstype) or _MOUNTS_EXCLUDED.match(m.mountpoint):
-                continue
-            if m.mountpoint in seen:
-                continue
-            seen.add(m.mountpoint)
-            labels = {"device": m.device, "fstype": m.fstype, "mountpoint": m.mountpoint}
-            try:
-                st = os.statvfs(m.mountpoint)
-            except OSError:
-                fams["device_error"].add(1, labels)
-                continue
-            fams["device_error"].add(0, labels)
-            fams["readonly"].add(1 if "ro" in m.options else 0, labels)
-            fams["size"].add(st.f_blocks * st.f_frsize, labels)
-            fams["free"].add(st.f_bfree * st.f_frsize, labels)
-            fams["avail"].add(st.f_bavail * st.f_frsize, labels)
-            fams["files"].add(st.f_files, labels)
-            fams["files_free"].add(st.f_ffree, labels)
-        return list(fams.values())
+            return devices.filesystems(self._proc("self", "mounts"))
 
     def _netdev(self) -> list[MetricFamily]:
-        devices = {
-            name: values
-            for name, values in procfs.parse_netdev(self._proc("net", "dev")).items()
-            if not _NETDEV_EXCLUDED.match(name)
-        }
-        fams: list[MetricFamily] = []
-        for offset, direction, fields in (
-            (0, "receive", _NET_RECEIVE),
-            (8, "transmit", _NET_TRANSMIT),
-        ):
-            for i, field in enumerate(fields):
-                fam = MetricFamily(
-                    f"node_network_{direction}_{field}_total",
-                    "counter",
-                    f"Network device statistic {direction}_{field}.",
-                )
-                for device, values in devices.items():
-                    fam.add(values[offset + i], {"device": device})
-                fams.append(fam)
-        up = MetricFamily(
-            "node_network_up", "gauge", "Value is 1 if operstate is 'up', 0 otherwise."
-        )
-        net_class = os.path.join(self.sys_root, "class", "net")
-        for device in sorted(os.listdir(net_class)) if os.path.isdir(net_class) else []:
-            path = os.path.join(net_class, device, "operstate")
-            try:
-                with open(path, encoding="utf-8") as f:
-                    state = f.read().strip()
-            except OSError:
-                continue
-            up.add(1 if state == "up" else 0, {"device": device})
-        fams.append(up)
-        return fams
+        return devices.network(self._proc("net", "dev"), self.sys_root)
 
     def _diskstats(self) -> list[MetricFamily]:
-        disks = [
-            d
-            for d in procfs.parse_diskstats(self._proc("diskstats"))
-            if not _DISKS_EXCLUDED.match(d.device)
-        ]
-        fams = []
-        for index, name, kind, scale, help_ in _DISK_FIELDS:
-            fam = MetricFamily(f"node_disk_{name}", kind, help_)  # type: ignore[arg-type]
-            for d in disks:
-                fam.add(d.values[index] * scale, {"device": d.device})
-            fams.append(fam)
-        info = MetricFamily("node_disk_info", "gauge", "Info of /sys/block/<block_device>.")
-        for d in disks:
-            info.add(
-                1,
-                {
-                    "device": d.device,
-                    "major": str(d.major),
-                    "minor": str(d.minor),
-                    "model": "",
-                    "path": "",
-                    "revision": "",
-                    "serial": "",
-                    "wwn": "",
-                },
-            )
-        fams.append(info)
-        return fams
+        return devices.disks(self._proc("diskstats"))
 
     def _stat(self) -> list[MetricFamily]:
         stat = self._read_stat()

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["CONTENT_TYPE", "MetricFamily", "format_value", "render"]
+__all__ = ["CONTENT_TYPE", "MetricFamily", "MetricType", "format_value", "render"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

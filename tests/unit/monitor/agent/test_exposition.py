@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from piman.monitor.agent.exposition import CONTENT_TYPE, MetricFamily, format_value, render
@@ -59,3 +61,26 @@ def test_prometheus_parser_reads_back_names_types_labels_and_values() -> None:
 
 def test_content_type_is_the_classic_text_format() -> None:
     assert CONTENT_TYPE == "text/plain; version=0.0.4; charset=utf-8"
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.text(max_size=20).filter(lambda s: "\r" not in s),
+            st.floats(allow_nan=False, allow_infinity=True, width=64),
+        ),
+        min_size=1,
+        max_size=5,
+        unique_by=lambda t: t[0],
+    )
+)
+def test_any_label_value_and_number_survive_a_prometheus_parser(
+    samples: list[tuple[str, float]],
+) -> None:
+    fam = MetricFamily("node_fuzz", "gauge", 'help with \\ and "quotes"\nand a newline')
+    for label, number in samples:
+        fam.add(number, {"value": label})
+    parsed = list(text_string_to_metric_families(render([fam]).decode()))
+    assert len(parsed) == 1
+    got = {s.labels["value"]: s.value for s in parsed[0].samples}
+    assert got == dict(samples)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from piman.errors import ProtocolError
 from piman.monitor.agent.http import (
@@ -74,3 +76,34 @@ def test_response_has_length_and_optionally_closes() -> None:
     only_head = encode_response(Response(200, b"hello"), head_only=True)
     assert only_head.endswith(b"\r\n\r\n")
     assert b"Content-Length: 5" in only_head
+
+
+@given(st.binary(max_size=300))
+def test_any_bytes_parse_or_raise_malformed_request(data: bytes) -> None:
+    try:
+        req = parse_request(data)
+    except MalformedRequest:
+        return
+    assert req.method.isalpha()
+    assert req.version in ("HTTP/1.1", "HTTP/1.0")
+
+
+@given(
+    st.sampled_from(["GET", "HEAD", "POST"]),
+    st.text(
+        alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40
+    ),
+    st.dictionaries(
+        st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,15}", fullmatch=True),
+        st.from_regex(r"[ -~]{0,30}", fullmatch=True).map(str.strip),
+        max_size=5,
+    ),
+)
+def test_well_formed_heads_round_trip(method: str, target: str, headers: dict[str, str]) -> None:
+    lines = [f"{method} {target} HTTP/1.1"] + [f"{k}: {v}" for k, v in headers.items()]
+    req = parse_request("\r\n".join(lines).encode())
+    assert (req.method, req.target) == (method, target)
+    expected: dict[str, list[str]] = {}
+    for k, v in headers.items():
+        expected.setdefault(k.lower(), []).append(v)
+    assert req.headers == {k: ", ".join(v) for k, v in expected.items()}
