@@ -8,7 +8,9 @@ for the replies still in flight when the period ends (without it, those few coun
 every server and every rate). piman runs as ``python -m piman server``
 with its durable lease journal (fdatasync before every reply batch); dnsmasq (the anchor) as
 TESTING.md gives it. The highest rate with 0 % drops is each server's result; the table ends with
-piman/dnsmasq ratios. The ladder stops at a server's first rate with drops.
+piman/dnsmasq ratios. A rate with drops is tried once more (other work on a shared machine
+causes sporadic drops); the ladder stops at a server's first rate that has drops twice. Servers
+and perfdhcp run at nice -10 alike.
 
 Usage: python bench/dhcp.py [--seconds 10] [--clients 10000]
        [--piman-rates 200,1000,2000,3000,4000,5000] [--dnsmasq-rates 100,200,500,1000]
@@ -18,6 +20,7 @@ The machine is shared: run it when idle, and read the numbers as one run's, not 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -30,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.integration.netlab import NetLab
 
 POOL_FIRST, POOL_LAST = "198.18.1.0", "198.18.100.255"
+PRIORITY = -10  # server and perfdhcp alike, to stand out from other work on a shared machine
+ATTEMPTS = 2  # a rate with drops is tried once more before the ladder stops
 
 
 @dataclass
@@ -79,16 +84,17 @@ def _lab() -> NetLab:
 
 
 def start_piman(lab: NetLab) -> None:
-    lab.start_manager(
+    proc = lab.start_manager(
         {
             "manager": {"network": "198.18.0.0/16", "log_level": "WARNING"},
             "dhcp": {"pool": f"{POOL_FIRST}-{POOL_LAST}", "lease_time": "1h"},
         }
     )
+    os.setpriority(os.PRIO_PROCESS, proc.pid, PRIORITY)  # `ip netns exec` execs: same pid
 
 
 def start_dnsmasq(lab: NetLab) -> None:
-    lab.popen(
+    proc = lab.popen(
         lab.server,
         "dnsmasq",
         "--keep-in-foreground",
@@ -109,6 +115,7 @@ def start_dnsmasq(lab: NetLab) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if lab.run(lab.server, "ss", "-Hlun", "sport", "= :67", check=False).stdout.strip():
+            os.setpriority(os.PRIO_PROCESS, proc.pid, PRIORITY)
             return
         time.sleep(0.1)
     raise RuntimeError("dnsmasq did not start")
@@ -141,7 +148,10 @@ def measure(server: str, rate: int, seconds: int, clients: int) -> Run:
 def ladder(server: str, rates: list[int], seconds: int, clients: int) -> list[Run]:
     runs = []
     for rate in rates:
-        run = measure(server, rate, seconds, clients)
+        for _ in range(ATTEMPTS):
+            run = measure(server, rate, seconds, clients)
+            if run.clean:
+                break
         runs.append(run)
         print(
             f"  {server:8} {rate:6d}/s  drops {run.do_drops:.3f}% / {run.ra_drops:.3f}%  "
