@@ -137,9 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tls-key", default=None)
     parser.add_argument("--token-file", default=None, help=f"bearer token file (or ${TOKEN_ENV})")
     parser.add_argument("--vcgencmd-timeout", type=float, default=2.0)
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
     token = os.environ.get(TOKEN_ENV) or None

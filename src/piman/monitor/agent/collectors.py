@@ -50,7 +50,11 @@ def _counter(name: str, help_: str, value: float) -> MetricFamily:
 
 
 class LinuxNode:
-    """This machine, read from ``proc_root`` and ``sys_root``; safe to use from several threads."""
+    """This machine, read from ``proc_root`` and ``sys_root``; safe to use from several threads.
+
+    ``vcgencmd`` is the program's path; None looks it up on $PATH, ``""`` means none.
+    ``root_fs`` is the file system whose usage ``/events`` reports as ``disk_percent``.
+    """
 
     def __init__(
         self,
