@@ -55,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 LAST_EVALUATED = "last_evaluated_at"
 MAX_CATCH_UP = 24 * 3600.0
+KEEP_HISTORY = 30 * 86400.0  # alert history and delivered notifications
+PRUNE_EVERY = 3600.0
 
 
 class _Point(Protocol):
@@ -254,10 +256,14 @@ class AlertService:
 
     async def serve(self) -> None:
         await self.start()
+        pruned = 0.0
         while True:
             now = self.clock()
             try:
                 await self.tick(now)
+                if now - pruned >= PRUNE_EVERY:
+                    await self.repo.prune(now - KEEP_HISTORY)
+                    pruned = now
             except PimanError as err:
                 logger.warning("alerts: evaluation at %.0f failed: %s", now, err)
             await asyncio.sleep(max(0.0, now + self.interval - self.clock()))

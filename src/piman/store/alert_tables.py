@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -364,9 +364,8 @@ class AlertRepository:
             )
             return {r: int(n) for r, n in rows.all()}
 
-    async def prune(self, before: float, receivers: Sequence[str] = ()) -> None:
+    async def prune(self, before: float) -> None:
         """Drop delivered outbox rows and history older than ``before``."""
-        del receivers
         async with self._session() as s:
             at = from_ts(before)
             await s.execute(

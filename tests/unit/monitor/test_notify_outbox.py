@@ -214,7 +214,7 @@ async def test_receivers_are_independent(repo: AlertRepository) -> None:
     task = asyncio.create_task(notifier.serve())
     try:
         async with asyncio.timeout(30):
-            while len(alive.got) < 2 or dead.calls < 1:  # noqa: ASYNC110
+            while dead.calls < 1 or await repo.pending_counts() != {dead.name: 1}:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
     finally:
         task.cancel()
@@ -235,3 +235,13 @@ async def test_outbox_queues_a_key_once_per_receiver(repo: AlertRepository) -> N
         ("webhook:http://r", "next"),
         ("webhook:http://r", "same"),
     ]
+
+
+async def test_prune_drops_old_delivered_rows_only(repo: AlertRepository) -> None:
+    await queue(repo, "webhook:http://r", ["old", "pending"], 1000)
+    await queue(repo, "webhook:http://r", ["new"], 5000)
+    rows = {i.key: i.id for i in await repo.outbox()}
+    await repo.mark_delivered(rows["old"], 1001)
+    await repo.mark_delivered(rows["new"], 5001)
+    await repo.prune(before=2000)
+    assert sorted(i.key for i in await repo.outbox()) == ["new", "pending"]
