@@ -75,6 +75,7 @@ class LinuxNode:
         self.board = pi.read_board_info(proc_root, sys_root)
         self.ticks = float(os.sysconf("SC_CLK_TCK"))
         self._lock = threading.Lock()
+        self._statfs = devices.StatFs()
         self._pi_cache: tuple[float, pi.PiReadings] | None = None
         self._cpu_ref: tuple[float, procfs.CpuTimes] | None = None
         self._cpu_percent = 0.0
@@ -153,9 +154,10 @@ class LinuxNode:
 
     def _filesystem(self) -> list[MetricFamily]:
         try:
-            return devices.filesystems(self._proc("1", "mounts"))
+            mounts = self._proc("1", "mounts")
         except OSError:
-            return devices.filesystems(self._proc("self", "mounts"))
+            mounts = self._proc("self", "mounts")
+        return devices.filesystems(mounts, self._statfs)
 
     def _netdev(self) -> list[MetricFamily]:
         return devices.network(self._proc("net", "dev"), self.sys_root)

@@ -7,13 +7,18 @@ takes the text of the /proc file it needs, so tests can feed recorded files.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import threading
+from collections.abc import Callable
 
 from piman.monitor.agent import procfs
 from piman.monitor.agent.exposition import MetricFamily, MetricType
 
-__all__ = ["disks", "filesystems", "network"]
+__all__ = ["StatFs", "disks", "filesystems", "network"]
+
+logger = logging.getLogger(__name__)
 
 # node_exporter's defaults for the filesystem, diskstats and netdev collectors, as Debian's
 # prometheus-node-exporter 1.5 (and so Raspberry Pi OS) ships them.
@@ -106,9 +111,64 @@ _NET_RECEIVE = ("bytes", "packets", "errs", "drop", "fifo", "frame", "compressed
 _NET_TRANSMIT = ("bytes", "packets", "errs", "drop", "fifo", "colls", "carrier", "compressed")
 
 
-def filesystems(mounts: str) -> list[MetricFamily]:
-    """``node_filesystem_*`` for the mounts in ``mounts`` (/proc/1/mounts), via statvfs."""
+# File systems whose statvfs answers from memory; any other (NFS, CIFS, FUSE …) may hang.
+_LOCAL_FS = frozenset(
+    "ext2 ext3 ext4 vfat msdos exfat xfs btrfs f2fs jfs reiserfs ntfs ntfs3 zfs tmpfs ramfs".split()
+)
+
+
+class StatFs:
+    """``os.statvfs`` with a deadline for file systems that can hang (a dead NFS server).
+
+    As node_exporter does, a mount whose call is still stuck from an earlier scrape is skipped
+    (reported ``device_error 1``) without starting another thread, until that call returns.
+    """
+
+    def __init__(
+        self,
+        timeout: float = 5.0,
+        stat: Callable[[str], os.statvfs_result] = os.statvfs,
+    ) -> None:
+        self.timeout = timeout
+        self._stat = stat
+        self._lock = threading.Lock()
+        self._stuck: set[str] = set()
+
+    def __call__(self, path: str, fstype: str) -> os.statvfs_result | None:
+        """The statvfs of ``path``, or None if it is stuck; OSError as statvfs raises it."""
+        if fstype in _LOCAL_FS:
+            return self._stat(path)
+        with self._lock:
+            if path in self._stuck:
+                return None
+            self._stuck.add(path)
+        outcome: list[os.statvfs_result | OSError] = []
+        done = threading.Event()
+
+        def work() -> None:
+            try:
+                outcome.append(self._stat(path))
+            except OSError as err:
+                outcome.append(err)
+            finally:
+                with self._lock:
+                    self._stuck.discard(path)
+                done.set()
+
+        threading.Thread(target=work, name=f"statvfs {path}", daemon=True).start()
+        if not done.wait(self.timeout):
+            logger.warning("[filesystem] statvfs(%s) stuck for %.0fs: skipped", path, self.timeout)
+            return None
+        result = outcome[0]
+        if isinstance(result, OSError):
+            raise result
+        return result
+
+
+def filesystems(mounts: str, statfs: StatFs | None = None) -> list[MetricFamily]:
+    """``node_filesystem_*`` for the mounts in ``mounts`` (/proc/1/mounts)."""
     text = mounts
+    statfs = statfs if statfs is not None else StatFs()
     names = {
         "size": ("node_filesystem_size_bytes", "Filesystem size in bytes."),
         "free": ("node_filesystem_free_bytes", "Filesystem free space in bytes."),
@@ -134,8 +194,10 @@ def filesystems(mounts: str) -> list[MetricFamily]:
         seen.add(m.mountpoint)
         labels = {"device": m.device, "fstype": m.fstype, "mountpoint": m.mountpoint}
         try:
-            st = os.statvfs(m.mountpoint)
+            st = statfs(m.mountpoint, m.fstype)
         except OSError:
+            st = None
+        if st is None:
             fams["device_error"].add(1, labels)
             continue
         fams["device_error"].add(0, labels)
