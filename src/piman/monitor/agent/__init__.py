@@ -13,6 +13,7 @@ __all__ = [
     "exposition",
     "http",
     "hwmon",
+    "netstat",
     "pi",
     "process",
     "procfs",

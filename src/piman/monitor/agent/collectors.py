@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from piman.monitor.agent import devices, hwmon, pi, procfs
+from piman.monitor.agent import devices, hwmon, netstat, pi, procfs
 from piman.monitor.agent.exposition import MetricFamily
 from piman.monitor.agent.process import collect_process
 
@@ -74,6 +74,7 @@ class LinuxNode:
         self.vcgencmd = pi.Vcgencmd(program, vcgencmd_timeout) if program else None
         self.board = pi.read_board_info(proc_root, sys_root)
         self.ticks = float(os.sysconf("SC_CLK_TCK"))
+        self.page_size = os.sysconf("SC_PAGE_SIZE")
         self._lock = threading.Lock()
         self._statfs = devices.StatFs()
         self._pi_cache: tuple[float, pi.PiReadings] | None = None
@@ -86,6 +87,8 @@ class LinuxNode:
             ("filesystem", self._filesystem),
             ("netdev", self._netdev),
             ("diskstats", self._diskstats),
+            ("netstat", self._netstat),
+            ("sockstat", self._sockstat),
             ("stat", self._stat),
             ("time", self._time),
             ("uname", self._uname),
@@ -164,6 +167,22 @@ class LinuxNode:
 
     def _diskstats(self) -> list[MetricFamily]:
         return devices.disks(self._proc("diskstats"))
+
+    def _netstat(self) -> list[MetricFamily]:
+        texts = [(self._proc("net", "netstat"), False), (self._proc("net", "snmp"), False)]
+        try:
+            texts.append((self._proc("net", "snmp6"), True))
+        except OSError:  # IPv6 disabled
+            pass
+        return netstat.netstat_families(*texts)
+
+    def _sockstat(self) -> list[MetricFamily]:
+        texts = [self._proc("net", "sockstat")]
+        try:
+            texts.append(self._proc("net", "sockstat6"))
+        except OSError:
+            pass
+        return netstat.sockstat_families(self.page_size, *texts)
 
     def _stat(self) -> list[MetricFamily]:
         stat = self._read_stat()
