@@ -6,7 +6,8 @@ measured the same way: SNMP requests sent (and replies received) through the pro
 time for the whole cycle (off every port, wait ``--off-seconds``, on every port).
 
 - anchor: ``snmpset`` off for each port in turn, one wait, ``snmpset`` on for each port in turn
-  (PiSeduce runs one ``snmpset`` subprocess per port and state; this is the kindest ordering).
+  (PiSeduce runs one ``snmpset`` subprocess per port and state; this is the kindest ordering);
+  and the same loop followed by one ``snmpget`` per port, to check what piman checks.
 - piman: ``PowerController.run("cycle", …)`` on the same 48 ports — concurrent requests, read-back
   of AdminEnable and DetectionStatus after every set — first with no stagger (one batch of 48),
   then with the demo's stagger (batches of 8 every 1 s).
@@ -22,6 +23,7 @@ import select
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -90,7 +92,7 @@ class Result:
     verified: bool
 
 
-def anchor(port: int, ports: int, off_seconds: float) -> float:
+def anchor(port: int, ports: int, off_seconds: float, verify: bool = False) -> float:
     def snmpset(p: int, value: int) -> None:
         subprocess.run(
             [
@@ -113,6 +115,22 @@ def anchor(port: int, ports: int, off_seconds: float) -> float:
     time.sleep(off_seconds)
     for p in range(1, ports + 1):
         snmpset(p, 1)
+    if verify:  # what it takes to check the result with net-snmp: one snmpget per port
+        for p in range(1, ports + 1):
+            subprocess.run(
+                [
+                    "snmpget",
+                    "-v2c",
+                    "-c",
+                    COMMUNITY,
+                    "-Oqv",
+                    f"127.0.0.1:{port}",
+                    f"{RFC}.3.1.{p}",
+                    f"{RFC}.6.1.{p}",
+                ],
+                check=True,
+                capture_output=True,
+            )
     return time.perf_counter() - t0
 
 
@@ -149,6 +167,26 @@ async def piman_cycle(
     return elapsed, all(o.reading and o.reading.delivering for o in outcomes)
 
 
+def piman_cli(port: int, ports: int, off_seconds: float, root: Path) -> float:
+    """The same cycle as a user runs it: a whole `piman power cycle` process, store included."""
+    config = root / "piman.yaml"
+    config.write_text(
+        f"manager: {{address: 198.18.0.1, data_dir: {root}}}\n"
+        "switches:\n"
+        f"  - {{name: rack1, address: 198.18.0.254, ports: {ports}, off_seconds: {off_seconds},\n"
+        f"     batch_size: {ports}, snmp: {{host: 127.0.0.1, port: {port}, "
+        f"community: {COMMUNITY}}}}}\n"
+    )
+    targets = [f"rack1:{p}" for p in range(1, ports + 1)]
+    t0 = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "piman", "power", "cycle", *targets, "-c", str(config)],
+        check=True,
+        capture_output=True,
+    )
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ports", type=int, default=48)
@@ -164,6 +202,11 @@ def main() -> None:
         results.append(
             Result("snmpset loop (anchor)", seconds, proxy.requests, proxy.replies, False)
         )
+        proxy.reset()
+        seconds = anchor(proxy.port, args.ports, args.off_seconds, verify=True)
+        results.append(
+            Result("snmpset loop + snmpget", seconds, proxy.requests, proxy.replies, True)
+        )
         for name, size, interval in (
             ("piman, one batch", args.ports, 0.0),
             ("piman, stagger 8 / 1 s", 8, 1.0),
@@ -174,6 +217,13 @@ def main() -> None:
             )
             time.sleep(0.3)  # let the proxy count the last replies
             results.append(Result(name, seconds, proxy.requests, proxy.replies, verified))
+        proxy.reset()
+        with tempfile.TemporaryDirectory() as tmp:
+            seconds = piman_cli(proxy.port, args.ports, args.off_seconds, Path(tmp))
+        time.sleep(0.3)
+        results.append(
+            Result("piman CLI process, 1 batch", seconds, proxy.requests, proxy.replies, True)
+        )
         on = [snmpget(sim.port, COMMUNITY, f"{RFC}.3.1.{p}") for p in range(1, args.ports + 1)]
         assert all(v == "1" for v in on), "a port did not end on"
     finally:

@@ -304,17 +304,27 @@ class PowerController:
             except _Failed as err:
                 await self._audit(actor, f"port.{state.value}", t, "failed", str(err))
                 raise
-            await self._audit(actor, f"port.{state.value}", t, "ok", None)
-            if not driver.has_readback:
-                return None
-            reading = await self._retry(t, lambda: driver.get_port(t.port))
-            if reading.admin is not state:
-                raise _Failed(
-                    f"{t.where}: set {state.value} but the switch reads back {reading.admin.value}"
-                )
-            if state is PowerState.ON and driver.has_detection and reading.detection is not None:
-                reading = await self._wait_delivering(driver, t, reading)
-            return reading
+            set_at = self.clock.wall()
+            try:
+                # Read back at once (no store write in between), so that the ports set by one
+                # request are read back by one request too.
+                if not driver.has_readback:
+                    return None
+                reading = await self._retry(t, lambda: driver.get_port(t.port))
+                if reading.admin is not state:
+                    raise _Failed(
+                        f"{t.where}: set {state.value} but the switch reads back "
+                        f"{reading.admin.value}"
+                    )
+                if (
+                    state is PowerState.ON
+                    and driver.has_detection
+                    and reading.detection is not None
+                ):
+                    reading = await self._wait_delivering(driver, t, reading)
+                return reading
+            finally:
+                await self._audit(actor, f"port.{state.value}", t, "ok", None, at=set_at)
 
     async def _wait_delivering(
         self, driver: PowerDriver, t: Target, reading: PortReading
@@ -357,13 +367,22 @@ class PowerController:
     # ----------------------------------------------------------------- records
 
     async def _audit(
-        self, actor: str, action: str, t: Target, result: str, detail: str | None
+        self,
+        actor: str,
+        action: str,
+        t: Target,
+        result: str,
+        detail: str | None,
+        *,
+        at: datetime | None = None,
     ) -> None:
         if self.store is None:
             return
         target = f"{t.node} ({t.where})" if t.node else t.where
         try:
-            await self.store.audit.add(actor, action, target, result, detail, at=self.clock.wall())
+            await self.store.audit.add(
+                actor, action, target, result, detail, at=at or self.clock.wall()
+            )
         except (PimanError, SQLAlchemyError) as err:
             logger.warning(
                 "[switch=%s port=%d] audit log not written: %s", t.switch.name, t.port, err
