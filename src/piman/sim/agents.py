@@ -13,23 +13,31 @@ a generator seeded with the Pi's name, and time is passed in, so a scenario repl
 ``agent_port`` while the Pi is powered (after ``boot_seconds``), and closes it, dropping open
 connections, when the power goes; a Pi that comes back has rebooted (counters restart, boot time
 moves). The demo and tests steer Pis with :func:`heat` (pin a temperature), :func:`set_load` and
-:func:`undervolt` while :func:`run_agents` runs.
+:func:`undervolt` while :func:`run_agents` runs; from another process, the same through the
+virtual Pi's own agent port (simulator only, never in ``piman agent``)::
+
+    curl -X POST 'http://127.0.0.1:<agent_port>/sim/heat?celsius=85'    # empty value: unpin
+    curl -X POST 'http://127.0.0.1:<agent_port>/sim/load?percent=97'
+    curl -X POST 'http://127.0.0.1:<agent_port>/sim/undervolt?on=1'
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
 from piman.errors import NotFoundError
 from piman.monitor.agent.aio import AgentStreamServer
 from piman.monitor.agent.app import AgentApp
 from piman.monitor.agent.exposition import MetricFamily
+from piman.monitor.agent.http import Request, Response
 from piman.monitor.agent.pi import BoardInfo, PiReadings, pi_families
 from piman.monitor.agent.procfs import CPU_MODES
 
@@ -38,6 +46,7 @@ if TYPE_CHECKING:
     from piman.sim.pi import VirtualPi
 
 __all__ = [
+    "SimulatedAgentApp",
     "SimulatedAgents",
     "SimulatedPi",
     "heat",
@@ -335,6 +344,39 @@ def undervolt(name: str, on: bool = True) -> None:
     _lookup(name).under_voltage = on
 
 
+class SimulatedAgentApp(AgentApp):
+    """The agent app plus the simulator's ``POST /sim/{heat,load,undervolt}`` controls."""
+
+    def __init__(self, source: SimulatedPi) -> None:
+        super().__init__(source)
+        self.pi = source
+
+    def handle(self, request: Request) -> Response:
+        if not request.path.startswith("/sim/"):
+            return super().handle(request)
+        if request.method != "POST":
+            return Response(405, b"POST only\n", headers=(("Allow", "POST"),))
+        query = {k: v[-1] for k, v in parse_qs(urlsplit(request.target).query).items()}
+        try:
+            self._control(request.path, query)
+        except (KeyError, ValueError) as err:
+            return Response(400, f"bad control: {err}\n".encode())
+        logger.info("[pi=%s] simulator control %s", self.pi.name, request.target)
+        return Response(200, json.dumps(self.pi.events()).encode(), "application/json")
+
+    def _control(self, path: str, query: dict[str, str]) -> None:
+        if path == "/sim/heat":
+            value = query.get("celsius", "")
+            self.pi.pinned_temperature = float(value) if value else None
+        elif path == "/sim/load":
+            value = query.get("percent", "")
+            self.pi.pinned_load = max(0.0, min(1.0, float(value) / 100)) if value else None
+        elif path == "/sim/undervolt":
+            self.pi.under_voltage = query.get("on", "1") not in ("0", "false", "")
+        else:
+            raise KeyError(path)
+
+
 class SimulatedAgents:
     """An agent per virtual Pi on 127.0.0.1:``agent_port``, up while the Pi is powered."""
 
@@ -352,7 +394,9 @@ class SimulatedAgents:
                 pi.name, family=pi.model.family, revision=pi.revision, hot=index % 5 == 2
             )
             self.sources[pi.name] = source
-            self.servers[pi.name] = AgentStreamServer(AgentApp(source), "127.0.0.1", pi.agent_port)
+            self.servers[pi.name] = AgentStreamServer(
+                SimulatedAgentApp(source), "127.0.0.1", pi.agent_port
+            )
 
     async def step(self, now: float) -> None:
         """Start or stop agents to match the Pis' power (one pass)."""

@@ -107,3 +107,44 @@ async def test_simulated_metrics_pass_promtool_like_the_real_agent() -> None:
         "temperature_celsius", "throttled",
     }  # fmt: skip
     assert json.dumps(events)
+
+
+async def test_another_process_steers_a_virtual_pi_through_its_port() -> None:
+    needs_tool("curl")
+    pi = make_pi(7, "rack2", 8, "198.18.0.60")
+    pi.agent_port = free_tcp_port()
+    pi.powered.set()
+    task = asyncio.create_task(SimulatedAgents([pi], boot_seconds=0.0, poll=0.05).run())
+    base = f"http://127.0.0.1:{pi.agent_port}"
+
+    async def curl(*args: str) -> str:
+        out = await asyncio.create_subprocess_exec(
+            "curl", "-s", "--max-time", "5", *args, stdout=asyncio.subprocess.PIPE
+        )
+        stdout, _ = await out.communicate()
+        return stdout.decode()
+
+    try:
+        for _ in range(100):
+            if await curl(f"{base}/events"):
+                break
+            await asyncio.sleep(0.05)
+        heated = json.loads(await curl("-X", "POST", f"{base}/sim/heat?celsius=86.5"))
+        assert heated["temperature_celsius"] == 86.5
+        assert heated["throttled"] & 0x4
+        assert (
+            json.loads(await curl("-X", "POST", f"{base}/sim/load?percent=97"))["cpu_percent"]
+            == 97.0
+        )
+        assert json.loads(await curl("-X", "POST", f"{base}/sim/undervolt?on=1"))["throttled"] & 0x1
+        cooled = json.loads(await curl("-X", "POST", f"{base}/sim/heat?celsius="))
+        assert cooled["temperature_celsius"] < 80
+        assert "405" in await curl("-o", "/dev/null", "-w", "%{http_code}", f"{base}/sim/heat")
+        bad = await curl(
+            "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", f"{base}/sim/heat?celsius=hot"
+        )
+        assert bad == "400"
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
