@@ -96,6 +96,22 @@ class Snmpsim:
                     out.append((oid.strip(), value.strip()))
         return out
 
+    def requests(self, community: str) -> list[tuple[str, str]]:
+        """(kind, OIDs) of every request the agent served from ``community``'s data, in order."""
+        out = []
+        current = None
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        for line in text.splitlines():
+            m = re.search(r"Using \S*/([^/\s]+)\.snmprec controller", line)
+            if m:
+                current = m.group(1)
+                continue
+            m = re.search(r"Request var-binds: (.*), flags: \w+, (\w+)$", line)
+            if m and current == community:
+                oids = ",".join(vb.partition("=")[0].strip() for vb in m.group(1).split(", "))
+                out.append((m.group(2), oids))
+        return out
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()

@@ -16,6 +16,7 @@ from piman.fleet.lifecycle import PowerState
 from piman.power.controller import PowerController, SystemClock
 from piman.store import Store, reconcile
 from tests.integration.power.snmpsim import (
+    CISCO_MW,
     NETGEAR,
     RFC,
     TPLINK,
@@ -162,14 +163,23 @@ async def test_profile_auto_probes_and_remembers(
         assert o.ok, o.error
         driver = c.driver(c.config.switches[0])
         assert driver.profile.name == expected  # type: ignore[attr-defined]
-        probes = len([s for s in sim.sets()])
+        probes = len(sim.requests(community))
         [o] = await c.run("on", [c.target("rack1", 5)])
         assert o.ok, o.error
-        assert len(sim.sets()) == probes + 1
     finally:
         await c.close()
-    first_gets = [line for line in sim.log.read_text().splitlines() if "Request var-binds" in line]
-    assert any(TPLINK in line for line in first_gets)
+    requests = sim.requests(community)
+    # TP-Link is probed first, before any other vendor's OID.
+    assert requests[0] == ("GET", f"{TPLINK}.2.5")
+    if expected == "rfc3621":
+        assert [oids for _, oids in requests[:4]] == [
+            f"{TPLINK}.2.5",
+            f"{NETGEAR}.3.1.5",
+            f"{CISCO_MW}.1.5",
+            f"{RFC}.3.1.5",
+        ]
+    # Remembered: the second command sends one SET and one read-back GET, no probes.
+    assert [kind for kind, _ in requests[probes:]] == ["SET", "GET"]
 
 
 async def test_group_and_port_offset_pick_the_right_oid(sim: Snmpsim, tmp_path: Path) -> None:
