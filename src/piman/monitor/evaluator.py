@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 LAST_EVALUATED = "last_evaluated_at"
 MAX_CATCH_UP = 24 * 3600.0
+CATCH_UP_WINDOW = 600.0
 KEEP_HISTORY = 30 * 86400.0  # alert history and delivered notifications
 PRUNE_EVERY = 3600.0
 
@@ -301,29 +303,40 @@ class AlertService:
         return notes
 
     async def catch_up(self, since: float, now: float) -> list[Notification]:
-        """Replay ``(since, now)`` over the stored samples; notifications are marked late."""
+        """Replay ``(since, now)`` over the stored samples; notifications are marked late.
+
+        The gap is read and replayed in windows of :data:`CATCH_UP_WINDOW`, so memory stays
+        bounded however many nodes there are; at most :data:`MAX_CATCH_UP` is replayed.
+        """
         start = max(since, now - MAX_CATCH_UP)
-        data: dict[str, list[Series]] = {}
-        for rule in self.rules:
-            try:
-                data[rule.name] = await self.source.series(
-                    rule.selector, start - self.lookback, now
-                )
-            except Exception as err:  # noqa: BLE001
-                logger.warning("alerts: catch-up cannot read %s: %s", rule.selector, err)
-        times = replay_times(
-            [s for series in data.values() for s in series], start, now, self.interval
-        )
-        logger.info("alerts: catching up on %.0f s (%d evaluation(s))", now - start, len(times))
+        logger.info("alerts: catching up on %.0f s since the last evaluation", now - start)
         silences = await self._silences()
         notes: list[Notification] = []
-        for t in times:
+        last = since
+        window_start = start
+        while window_start < now:
+            window_end = min(window_start + CATCH_UP_WINDOW, now)
+            data: dict[str, list[Series]] = {}
             for rule in self.rules:
-                if rule.name in data:
-                    samples = samples_at(data[rule.name], t, self.lookback)
-                    self.book.evaluate(rule, samples, t, late=True)
-            notes.extend(self.book.flush(t, silences, late=True))
-        await self._save(notes, times[-1] if times else since)
+                try:
+                    data[rule.name] = await self.source.series(
+                        rule.selector, window_start - self.lookback, window_end
+                    )
+                except Exception as err:  # noqa: BLE001 - replay what can be read
+                    logger.warning("alerts: catch-up cannot read %s: %s", rule.selector, err)
+            # Window ends are exclusive except for the last window's (``now`` is the next tick's).
+            end = window_end if window_end >= now else math.nextafter(window_end, math.inf)
+            everything = [s for series in data.values() for s in series]
+            for t in replay_times(everything, window_start, end, self.interval):
+                for rule in self.rules:
+                    if rule.name in data:
+                        samples = samples_at(data[rule.name], t, self.lookback)
+                        self.book.evaluate(rule, samples, t, late=True)
+                notes.extend(self.book.flush(t, silences, late=True))
+                last = t
+            window_start = window_end
+        await self._save(notes, last)
+        logger.info("alerts: catch-up done, %d late notification(s)", len(notes))
         return notes
 
     async def _save(self, notes: Sequence[Notification], now: float) -> None:

@@ -172,3 +172,29 @@ def test_configured_rules_replace_defaults_by_name() -> None:
     assert len(rules) == 6
     m2 = MonitoringSettings.model_validate({"default_rules": False})
     assert configured_rules(m2) == []
+
+
+async def test_catch_up_spans_several_windows(store: Store) -> None:
+    q = MemoryQuery()
+    now = [T0]
+    svc = service(store, q, now)
+    await svc.start()
+    temp(q, "n1", T0, 50)
+    await svc.tick(T0)
+    hot = {range(38, 48), range(100, 110)}  # across the 600 s window edge, and later
+    for i in range(1, 121):  # 30 minutes down
+        temp(q, "n1", T0 + 15 * i, 90 if any(i in r for r in hot) else 50)
+    now[0] = T0 + 15 * 121
+    svc = service(store, q, now)
+    notes = await svc.start()
+    assert [(n.alerts[0].status, n.alerts[0].starts_at) for n in notes] == [
+        ("firing", T0 + 15 * 42),
+        ("resolved", T0 + 15 * 42),
+        ("firing", T0 + 15 * 104),
+        ("resolved", T0 + 15 * 104),
+    ]
+    assert [n.alerts[0].ends_at for n in notes if n.alerts[0].status == "resolved"] == [
+        T0 + 15 * 48,
+        T0 + 15 * 110,
+    ]
+    assert svc.last_evaluated == T0 + 15 * 120
