@@ -32,6 +32,7 @@ import logging
 import socket
 import struct
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -135,6 +136,7 @@ class DhcpServer:
         self.bound: tuple[str, int] | None = None
         self.ready = asyncio.Event()
         self._sock: socket.socket | None = None
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dhcp-journal")
         self._batch: list[tuple[DhcpPacket, Decision, tuple[str, int]]] = []
         self._wake = asyncio.Event()
         self._sightings: asyncio.Queue[tuple[str, _Learnt]] = asyncio.Queue(_SIGHTING_QUEUE)
@@ -169,7 +171,10 @@ class DhcpServer:
         return sock
 
     async def serve(self) -> None:
-        leases = await asyncio.to_thread(self.journal.load)
+        # One thread of its own for the journal: ordered writes, never queued behind other
+        # services' blocking work in the default executor.
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dhcp-journal")
+        leases = await asyncio.get_running_loop().run_in_executor(self._io, self.journal.load)
         table = LeaseTable(self.settings.pool, self.settings.excluded())
         for lease in leases:
             table.apply(lease)
@@ -181,6 +186,7 @@ class DhcpServer:
             sock = self._socket()
         except DhcpServerError:
             self.journal.close()
+            self._io.shutdown(wait=False)
             raise
         self._sock = sock
         self.bound = sock.getsockname()
@@ -204,6 +210,7 @@ class DhcpServer:
             sock.close()
             self._sock = None
             self.journal.close()
+            self._io.shutdown(wait=False)
 
     # --- receiving -----------------------------------------------------------------------------
 
@@ -286,6 +293,7 @@ class DhcpServer:
             self._dispatch(packet, decision, peer)
 
     async def _flusher(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -294,7 +302,7 @@ class DhcpServer:
                 continue
             records = [lease for _, d, _ in batch for lease in d.leases]
             try:
-                await asyncio.to_thread(self.journal.append, records)
+                await loop.run_in_executor(self._io, self.journal.append, records)
             except OSError as err:
                 logger.error("[dhcp] lease journal %s: %s; replies dropped", self.journal.path, err)  # noqa: TRY400
                 self.metrics.drops.labels("journal").inc(len(batch))
@@ -306,7 +314,7 @@ class DhcpServer:
             if self.journal.needs_compaction(len(table.by_mac)):
                 live = table.live(time.time())
                 try:
-                    await asyncio.to_thread(self.journal.compact, live)
+                    await loop.run_in_executor(self._io, self.journal.compact, live)
                 except OSError as err:
                     logger.error("[dhcp] compacting %s: %s", self.journal.path, err)  # noqa: TRY400
 
