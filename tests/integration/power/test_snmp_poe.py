@@ -395,3 +395,21 @@ async def test_snmpv3_other_protocols(
         assert snmpget(s.port, "v3x", f"{RFC}.3.1.1") == "2"
     finally:
         s.stop()
+
+
+async def test_unknown_community_reads_as_no_answer_and_names_the_community(
+    sim: Snmpsim, tmp_path: Path
+) -> None:
+    # SNMPv1/v2c agents drop a request with an unknown community without a word, exactly as an
+    # unreachable switch would: piman cannot tell the two apart, so it retries and then says so.
+    settings = {"snmp": snmp(sim, community="no-such-community", timeout="0.2s", retries=0)}
+    clock = RecordingClock()
+    c = PowerController(config(tmp_path, settings), clock=clock, retry_delays=(0.1,))
+    try:
+        [o] = await c.run("off", [c.target("rack1", 1)])
+    finally:
+        await c.close()
+    assert not o.ok
+    assert "no answer" in (o.error or "")
+    assert "community" in (o.error or "")
+    assert clock.sleeps == [0.1]

@@ -188,3 +188,54 @@ async def test_resolve_rejects_unknown_targets(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="no switch"):
         c.resolve(["rack9:1"])
     assert [t.port for t in c.resolve(["198.18.255.250:2", "rack1-pi02"])] == [2]
+
+
+async def test_cycle_uses_a_one_step_reboot_when_the_driver_has_one(tmp_path: Path) -> None:
+    from piman.config.models import NodeSettings
+    from piman.config.power import SwitchSettings
+    from piman.power.base import PortReading
+
+    reboots: list[int] = []
+
+    class Rebooting:
+        name = "ssh-reboot"
+        has_readback = False
+        has_detection = False
+
+        def __init__(self, switch: SwitchSettings, nodes: dict[int, NodeSettings]) -> None:
+            self.switch = switch.name
+
+        async def reboot(self, port: int) -> None:
+            reboots.append(port)
+
+        async def set_port(self, port: int, state: PowerState) -> None:
+            raise AssertionError("a reboot-capable driver is not switched off and on")
+
+        async def get_port(self, port: int) -> PortReading:
+            return PortReading(admin=PowerState.UNKNOWN)
+
+        async def read_power_watts(self, port: int) -> float | None:
+            return None
+
+        async def close(self) -> None:
+            return None
+
+    config = make_config(tmp_path, 4)
+    c = PowerController(
+        config, registry=DriverRegistry([("snmp-poe", Rebooting)]), clock=FakeClock()
+    )
+    outcomes = await c.run("cycle", c.resolve(["rack1-pi01", "rack1-pi03"]))
+    assert [o.ok for o in outcomes] == [True, True]
+    assert reboots == [1, 3]
+
+
+async def test_manual_driver_outcome_tells_the_operator(tmp_path: Path) -> None:
+    from piman.power.manual import ManualDriver
+
+    config = make_config(tmp_path, 4)
+    clock = FakeClock()
+    c = PowerController(config, registry=DriverRegistry([("snmp-poe", ManualDriver)]), clock=clock)
+    [o] = await c.run("off", c.resolve(["rack1-pi02"]))
+    assert not o.ok
+    assert "switch it off by hand" in (o.error or "")
+    assert clock.sleeps == []
