@@ -3,14 +3,11 @@
 One listener socket takes requests (0.0.0.0:69 pinned to ``manager.interface`` with
 ``SO_BINDTODEVICE``, or the ``tftp.listen`` address); every accepted request gets a new socket on
 a fresh ephemeral port (its TID), connected to the client, so the kernel filters foreign TIDs and
-a send is one ``sendto`` without an address. Datagrams go to the session, whose actions are
-carried out here: ``Send`` → ``socket.send`` (transfer sockets are read with
-``loop.add_reader`` one datagram per wake-up, which costs far less per datagram than a
-transport), ``ArmTimer`` → one lazily re-armed ``loop.call_at`` handle per transfer (moving the
-deadline is an attribute write, not a new timer per block), ``Close`` → stats logged and
-exported, socket closed. With a window (RFC 7440), a run of full-size blocks leaves in one
-``send`` through UDP generic segmentation offload (``UDP_SEGMENT``): the kernel cuts it into
-the same datagrams, for one system call per window instead of one per block.
+a send is one ``send`` without an address. The event loop runs the listener and the
+application hook (``opener``: path and client → byte source or None), makes the session, and
+hands it with its first actions to the :class:`~piman.netboot.tftp.pump.TransferPump`, whose
+thread carries the data path of every transfer; when a transfer ends, its stats come back to the
+loop, which logs them and exports them as metrics.
 
 Garbage never crashes the server: malformed datagrams are counted and logged at WARNING with the
 peer (at most once per source every :data:`LOG_EVERY` seconds) and dropped; new requests are
@@ -21,30 +18,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import itertools
 import logging
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from piman.config.netboot import TftpSettings
 from piman.netboot.tftp.files import AccessViolation, Opener
-from piman.netboot.tftp.packets import (
-    ErrorCode,
-    MalformedPacket,
-    Opcode,
-    Request,
-    decode,
-)
+from piman.netboot.tftp.packets import ErrorCode, MalformedPacket, Opcode, Request, decode
+from piman.netboot.tftp.pump import Transfer, TransferPump
 from piman.netboot.tftp.session import (
-    ArmTimer,
-    Close,
+    Action,
     Outcome,
-    Send,
     SessionSettings,
     SessionStats,
     TftpSession,
@@ -57,11 +45,6 @@ logger = logging.getLogger(__name__)
 LOG_EVERY = 10.0  # seconds between two WARNINGs about the same source's garbage
 OPEN_TIMEOUT = 10.0  # seconds the application hook may take to find a file
 _SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
-_ACK = int(Opcode.ACK)
-_monotonic = time.monotonic  # what the asyncio loop's time() reads
-_UDP_SEGMENT = 103  # linux/udp.h: UDP GSO segment size
-_GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS
-_GSO_MAX_BYTES = 65507 - 8  # one UDP payload at most (and an IPv4 datagram)
 
 
 class TftpMetrics:
@@ -99,19 +82,6 @@ class TftpMetrics:
         )
 
 
-@dataclass(eq=False)
-class _Transfer:
-    xfer: int
-    peer: tuple[str, int]
-    session: TftpSession
-    sock: socket.socket | None = None
-    handle: asyncio.TimerHandle | None = None
-    handle_at: float = 0.0
-    deadline: float = 0.0
-    log_prefix: str = field(default="")
-    segment: int = 0  # UDP GSO segment size (blksize + 4) when windows go out in one send
-
-
 class _Bucket:
     __slots__ = ("last", "tokens")
 
@@ -146,7 +116,7 @@ class TftpServer:
             max_windowsize=settings.max_windowsize,
             transfer_timeout=settings.transfer_timeout,
         )
-        self.transfers: dict[int, _Transfer] = {}
+        self.transfers: dict[int, Transfer] = {}
         self.history: deque[SessionStats] = deque(maxlen=1000)
         self.address: tuple[str, int] | None = None  # where the listener is bound
         self.ready = asyncio.Event()
@@ -155,6 +125,7 @@ class TftpServer:
         self._garbage_logged: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._pump: TransferPump | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -167,6 +138,8 @@ class TftpServer:
             lambda: _Listener(self), sock=sock
         )  # fmt: skip
         self.address = sock.getsockname()
+        self._pump = TransferPump(self._closed)
+        self._pump.start()
         logger.info(
             "tftp: listening on %s:%d%s",
             *self.address,
@@ -180,7 +153,14 @@ class TftpServer:
             transport.close()
             for task in list(self._tasks):
                 task.cancel()
+            self._pump.stop()
+            self._pump = None
+            now = time.monotonic()
             for transfer in list(self.transfers.values()):
+                if transfer.sock is not None:  # still waiting for the hook
+                    transfer.sock.close()
+                    transfer.sock = None
+                transfer.session.abort(Outcome.ABORTED, now)
                 self._finish(transfer)
 
     def _socket(self, address: tuple[str, int], *, listener: bool) -> socket.socket:
@@ -228,7 +208,7 @@ class TftpServer:
             return
         session = TftpSession(packet, f"{peer[0]}:{peer[1]}", self.session_settings, now)
         xfer = next(self._ids)
-        transfer = _Transfer(xfer, peer, session, log_prefix=f"tftp[peer={peer[0]}:{peer[1]} "
+        transfer = Transfer(xfer, peer, session, log_prefix=f"tftp[peer={peer[0]}:{peer[1]} "
                              f"xfer={xfer}]")  # fmt: skip
         self.transfers[xfer] = transfer
         self.metrics.active.inc()
@@ -266,7 +246,7 @@ class TftpServer:
 
     # -- transfers ----------------------------------------------------------------------------
 
-    async def _start(self, transfer: _Transfer) -> None:
+    async def _start(self, transfer: Transfer) -> None:
         assert self._loop is not None
         session = transfer.session
         request = session.request
@@ -274,7 +254,6 @@ class TftpServer:
             sock = self._socket((self.listen[0], 0), listener=False)
             try:
                 sock.connect(transfer.peer)
-                self._loop.add_reader(sock.fileno(), self._readable, transfer)
             except BaseException:
                 sock.close()
                 raise
@@ -286,7 +265,7 @@ class TftpServer:
         transfer.sock = sock
         if request.opcode == Opcode.WRQ:
             logger.warning("%s write request for %r refused", transfer.log_prefix, request.filename)
-            self._run(
+            self._submit(
                 transfer,
                 session.refuse(
                     ErrorCode.ACCESS_VIOLATION, "read-only server", Outcome.REFUSED,
@@ -323,136 +302,22 @@ class TftpServer:
                 )  # fmt: skip
             else:
                 actions = session.start(source, now)
-                if session.stats.windowsize > 1 and transfer.sock is not None:
-                    transfer.segment = _enable_gso(transfer.sock, session.stats.blksize + 4)
-        self._run(transfer, actions)
+        self._submit(transfer, actions)
 
-    def _readable(self, transfer: _Transfer) -> None:
-        """The transfer socket has a datagram. One per wake-up: the selector is level-triggered,
-        and not draining spares the failing ``recv`` (an exception) in the lock-step case."""
-        sock = transfer.sock
-        if sock is None:
+    def _submit(self, transfer: Transfer, actions: list[Action]) -> None:
+        if self._pump is None:  # stopping
+            transfer.session.abort(Outcome.ABORTED, time.monotonic())
+            self._finish(transfer)
             return
-        try:
-            data = sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as err:  # ICMP port unreachable reported on a connected socket
-            self.on_unreachable(transfer, err)
-            return
-        self.on_datagram(transfer, data)
+        self._pump.submit(transfer, actions)
 
-    def on_datagram(self, transfer: _Transfer, data: bytes) -> None:
-        """A datagram from the client's TID."""
-        assert self._loop is not None
-        if len(data) == 4 and data[1] == _ACK and data[0] == 0:
-            block = (data[2] << 8) | data[3]
-            now = _monotonic()
-            session = transfer.session
-            datagram = session.ack_lockstep(block, now)
-            if datagram is not None:
-                if self._send(transfer, datagram):
-                    self._arm(transfer, session.deadline)
-                return
-            actions = session.receive_ack(block, now)
-        else:
-            try:
-                packet = decode(data)
-            except MalformedPacket as err:
-                logger.debug("%s malformed datagram ignored: %s", transfer.log_prefix, err)
-                return
-            actions = transfer.session.receive(packet, self._loop.time())
-        self._run(transfer, actions)
-
-    def on_unreachable(self, transfer: _Transfer, err: Exception) -> None:
-        """The client's port is gone (ICMP unreachable): nobody will ACK any more."""
-        if transfer.session.closed or self._loop is None:
-            return
-        logger.debug("%s client unreachable: %s", transfer.log_prefix, err)
-        self._run(transfer, transfer.session.abort(Outcome.ABORTED, self._loop.time()))
-
-    def _run(self, transfer: _Transfer, actions: list[Send | ArmTimer | Close]) -> None:
-        batch: list[bytes] = []
-        for action in actions:
-            if type(action) is Send:
-                batch.append(action.data)
-                continue
-            if batch:
-                if not self._send_all(transfer, batch):
-                    return
-                batch = []
-            if type(action) is ArmTimer:
-                self._arm(transfer, action.deadline)
-            else:
-                self._finish(transfer)
-        if batch:
-            self._send_all(transfer, batch)
-
-    def _send_all(self, transfer: _Transfer, datagrams: list[bytes]) -> bool:
-        """Send datagrams in order; a window of full blocks goes out in one GSO send."""
-        segment = transfer.segment
-        if segment and len(datagrams) > 1:
-            per_call = max(1, min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // segment))
-            for i in range(0, len(datagrams), per_call):
-                chunk = datagrams[i : i + per_call]
-                if len(chunk) > 1 and all(len(d) == segment for d in chunk[:-1]):
-                    if not self._send(transfer, b"".join(chunk), gso=True):
-                        return False
-                    if transfer.segment:
-                        continue
-                for datagram in chunk:  # short blocks inside, or GSO just turned itself off
-                    if not self._send(transfer, datagram):
-                        return False
-            return True
-        return all(self._send(transfer, datagram) for datagram in datagrams)
-
-    def _send(self, transfer: _Transfer, data: bytes, *, gso: bool = False) -> bool:
-        """Send one datagram (or one GSO train); False when the client is gone (the transfer is
-        then finished). A GSO send the device refuses turns GSO off for this transfer and
-        returns True without sending: the caller then sends the datagrams one by one."""
-        sock = transfer.sock
-        if sock is None:
-            return True
-        try:
-            sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            pass  # socket buffer full: the datagram is lost, the timer resends it
-        except OSError as err:
-            if gso and err.errno in (errno.EIO, errno.EINVAL, errno.EMSGSIZE):
-                logger.debug("%s UDP GSO refused (%s): sending datagrams one by one",
-                             transfer.log_prefix, err)  # fmt: skip
-                transfer.segment = 0
-                _disable_gso(sock)
-                return True
-            self.on_unreachable(transfer, err)
-            return False
-        return True
-
-    def _arm(self, transfer: _Transfer, deadline: float) -> None:
-        transfer.deadline = deadline
-        if transfer.handle is not None:
-            if transfer.handle_at <= deadline:
-                return  # fires early, then re-arms for the new deadline
-            transfer.handle.cancel()
-        assert self._loop is not None
-        transfer.handle_at = deadline
-        transfer.handle = self._loop.call_at(deadline, self._fire, transfer)
-
-    def _fire(self, transfer: _Transfer) -> None:
-        transfer.handle = None
-        if transfer.session.closed:
-            return
-        assert self._loop is not None
-        now = self._loop.time()
-        if now < transfer.deadline:
-            self._arm(transfer, transfer.deadline)
-            return
-        self._run(transfer, transfer.session.timer(now))
-
-    def _finish(self, transfer: _Transfer) -> None:
+    def _finish(self, transfer: Transfer) -> None:
+        """A transfer is over (its socket closed): stats to the log, the metrics, the history."""
         if self.transfers.pop(transfer.xfer, None) is None:
             return
-        self._release(transfer)
+        if transfer.sock is not None:
+            transfer.sock.close()
+            transfer.sock = None
         self.metrics.active.dec()
         stats = transfer.session.stats
         self.history.append(stats)
@@ -470,33 +335,12 @@ class TftpServer:
             stats.retransmits, stats.blksize, stats.windowsize, stats.duration,
         )  # fmt: skip
 
-    def _release(self, transfer: _Transfer) -> None:
-        if transfer.handle is not None:
-            transfer.handle.cancel()
-            transfer.handle = None
-        sock = transfer.sock
-        if sock is not None:
-            transfer.sock = None
-            if self._loop is not None:
-                self._loop.remove_reader(sock.fileno())
-            sock.close()
-        if not transfer.session.closed and self._loop is not None:
-            transfer.session.abort(Outcome.ABORTED, self._loop.time())
-
-
-def _enable_gso(sock: socket.socket, segment: int) -> int:
-    """Let one ``send`` carry a train of datagrams of ``segment`` bytes (Linux UDP GSO, 4.18+);
-    returns the segment size, or 0 when the kernel does not offer it."""
-    try:
-        sock.setsockopt(socket.IPPROTO_UDP, _UDP_SEGMENT, segment)
-    except OSError:
-        return 0
-    return segment
-
-
-def _disable_gso(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_UDP, _UDP_SEGMENT, 0)
+    def _closed(self, transfer: Transfer) -> None:
+        """Called in the pump thread when a transfer ends: finish it in the loop thread."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop stopped meanwhile
+                loop.call_soon_threadsafe(self._finish, transfer)
 
 
 class _Listener(asyncio.DatagramProtocol):

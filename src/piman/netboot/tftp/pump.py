@@ -1,0 +1,308 @@
+"""The data path of TFTP transfers: one thread, one epoll, every transfer socket.
+
+Theory of operation
+-------------------
+The asyncio shell (:mod:`piman.netboot.tftp.server`) accepts requests, runs the application hook
+and makes each transfer's session and socket; then it hands the transfer and the session's first
+actions to :meth:`TransferPump.submit`. From there on a single pump thread owns the transfer: it
+waits on an epoll set of every transfer socket (plus a wake-up socket for submissions and stop),
+feeds each datagram to the session and carries out the actions it returns — ``Send`` →
+``socket.send``, ``ArmTimer`` → a lazily re-armed entry in one deadline heap, ``Close`` → the
+socket is closed and the transfer handed back to the event loop with
+``loop.call_soon_threadsafe`` for its stats, metrics and log line.
+
+Why a thread: in lock-step every block costs a round trip, and the asyncio dispatch of one
+datagram (selector, handle, callback) cost more than the session's own work. Here a datagram is
+``epoll_wait`` → ``recv`` → :meth:`~piman.netboot.tftp.session.TftpSession.ack_lockstep` →
+``send``. The pump holds the GIL only between system calls, so the event loop thread is not
+starved. Sessions are touched by the pump thread only, after :meth:`submit`.
+
+With a window (RFC 7440), a run of full-size blocks leaves in one ``send`` through UDP generic
+segmentation offload (``UDP_SEGMENT``): the kernel cuts it into the same datagrams, for one
+system call per window instead of one per block. A device that refuses it turns it off for that
+transfer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import heapq
+import itertools
+import logging
+import select
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from piman.netboot.tftp.packets import MalformedPacket, Opcode, decode
+from piman.netboot.tftp.session import Action, ArmTimer, Outcome, Send, TftpSession
+
+__all__ = ["Transfer", "TransferPump"]
+
+logger = logging.getLogger(__name__)
+
+_ACK = int(Opcode.ACK)
+_UDP_SEGMENT = 103  # linux/udp.h: UDP GSO segment size
+_GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS
+_GSO_MAX_BYTES = 65507 - 8  # one UDP payload at most
+_MAX_WAIT = 1.0  # seconds the pump sleeps at most (it is woken for submissions and stop)
+
+
+@dataclass(eq=False)
+class Transfer:
+    """One transfer: its session, its socket (its TID) and the pump's bookkeeping."""
+
+    xfer: int
+    peer: tuple[str, int]
+    session: TftpSession
+    log_prefix: str = ""
+    sock: socket.socket | None = None
+    deadline: float = 0.0
+    armed_at: float | None = None  # earliest deadline the heap holds for this transfer
+    segment: int = 0  # UDP GSO segment size (blksize + 4) when windows go out in one send
+    fd: int = field(default=-1)
+
+
+class TransferPump:
+    """Runs transfers in one thread; see the module docstring."""
+
+    def __init__(self, on_close: Callable[[Transfer], None]) -> None:
+        self.on_close = on_close  # called in the pump thread; must be thread-safe
+        self._epoll = select.epoll()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._epoll.register(self._wake_r.fileno(), select.EPOLLIN)
+        self._by_fd: dict[int, Transfer] = {}
+        self._submitted: deque[tuple[Transfer, list[Action]]] = deque()
+        self._heap: list[tuple[float, int, Transfer]] = []
+        self._seq = itertools.count()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._main, name="tftp-pump", daemon=True)
+
+    # -- called from the event loop thread ----------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, transfer: Transfer, actions: list[Action]) -> None:
+        """Hand a transfer (socket connected, session started or refused) to the pump."""
+        self._submitted.append((transfer, actions))
+        self._wake()
+
+    def stop(self) -> list[Transfer]:
+        """Stop the thread; returns the transfers still open (their sockets closed)."""
+        self._stopping = True
+        self._wake()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        left = list(self._by_fd.values())
+        left += [t for t, _ in self._submitted]
+        self._submitted.clear()
+        for transfer in left:
+            self._release(transfer)
+            transfer.session.abort(Outcome.ABORTED, time.monotonic())
+        self._by_fd.clear()
+        self._epoll.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        return left
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"\0")
+
+    # -- the pump thread ----------------------------------------------------------------------
+
+    def _main(self) -> None:
+        wake_fd = self._wake_r.fileno()
+        by_fd = self._by_fd
+        try:
+            while not self._stopping:
+                wait = _MAX_WAIT
+                if self._heap:
+                    wait = min(max(self._heap[0][0] - time.monotonic(), 0.0), _MAX_WAIT)
+                for fd, _ in self._epoll.poll(wait):
+                    if fd == wake_fd:
+                        self._drain_wake()
+                        continue
+                    transfer = by_fd.get(fd)
+                    if transfer is not None:
+                        self._guarded(self._readable, transfer)
+                if self._submitted:
+                    self._take_submissions()
+                if self._heap and self._heap[0][0] <= time.monotonic():
+                    self._expire()
+        except Exception:
+            logger.exception("tftp: the transfer pump failed; open transfers stall")
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while self._wake_r.recv(4096):
+                pass
+
+    def _take_submissions(self) -> None:
+        while self._submitted:
+            transfer, actions = self._submitted.popleft()
+            sock = transfer.sock
+            if sock is None:
+                continue
+            transfer.fd = sock.fileno()
+            self._by_fd[transfer.fd] = transfer
+            self._epoll.register(transfer.fd, select.EPOLLIN)
+            if transfer.session.stats.windowsize > 1:
+                transfer.segment = _enable_gso(sock, transfer.session.stats.blksize + 4)
+            self._guarded(self._run, transfer, actions)
+
+    def _guarded(self, call: Callable[..., None], transfer: Transfer, *args: object) -> None:
+        try:
+            call(transfer, *args)
+        except Exception:
+            logger.exception("%s transfer failed", transfer.log_prefix)
+            transfer.session.abort(Outcome.ERROR, time.monotonic())
+            self._close(transfer)
+
+    def _readable(self, transfer: Transfer) -> None:
+        sock = transfer.sock
+        if sock is None:
+            return
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as err:  # ICMP port unreachable, reported on a connected socket
+            self._unreachable(transfer, err)
+            return
+        session = transfer.session
+        now = time.monotonic()
+        if len(data) == 4 and data[1] == _ACK and data[0] == 0:
+            block = (data[2] << 8) | data[3]
+            datagram = session.ack_lockstep(block, now)
+            if datagram is not None:
+                if self._send(transfer, datagram):
+                    self._arm(transfer, session.deadline)
+                return
+            actions = session.receive_ack(block, now)
+        else:
+            try:
+                packet = decode(data)
+            except MalformedPacket as err:
+                logger.debug("%s malformed datagram ignored: %s", transfer.log_prefix, err)
+                return
+            actions = session.receive(packet, now)
+        self._run(transfer, actions)
+
+    def _unreachable(self, transfer: Transfer, err: OSError) -> None:
+        logger.debug("%s client unreachable: %s", transfer.log_prefix, err)
+        transfer.session.abort(Outcome.ABORTED, time.monotonic())
+        self._close(transfer)
+
+    def _run(self, transfer: Transfer, actions: list[Action]) -> None:
+        batch: list[bytes] = []
+        for action in actions:
+            if type(action) is Send:
+                batch.append(action.data)
+                continue
+            if batch:
+                if not self._send_all(transfer, batch):
+                    return
+                batch = []
+            if type(action) is ArmTimer:
+                self._arm(transfer, action.deadline)
+            else:
+                self._close(transfer)
+        if batch:
+            self._send_all(transfer, batch)
+
+    def _send_all(self, transfer: Transfer, datagrams: list[bytes]) -> bool:
+        """Send datagrams in order; a window of full blocks goes out in one GSO send."""
+        segment = transfer.segment
+        if segment and len(datagrams) > 1:
+            per_call = max(1, min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // segment))
+            for i in range(0, len(datagrams), per_call):
+                chunk = datagrams[i : i + per_call]
+                if len(chunk) > 1 and all(len(d) == segment for d in chunk[:-1]):
+                    if not self._send(transfer, b"".join(chunk), gso=True):
+                        return False
+                    if transfer.segment:
+                        continue
+                for datagram in chunk:  # short blocks inside, or GSO just turned itself off
+                    if not self._send(transfer, datagram):
+                        return False
+            return True
+        return all(self._send(transfer, datagram) for datagram in datagrams)
+
+    def _send(self, transfer: Transfer, data: bytes, *, gso: bool = False) -> bool:
+        """Send one datagram (or one GSO train); False when the transfer ended (client gone).
+
+        A GSO send the device refuses turns GSO off for this transfer and returns True without
+        sending: the caller then sends the datagrams one by one.
+        """
+        sock = transfer.sock
+        if sock is None:
+            return False
+        try:
+            sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            pass  # socket buffer full: the datagram is lost, the timer resends it
+        except OSError as err:
+            if gso and err.errno in (errno.EIO, errno.EINVAL, errno.EMSGSIZE):
+                logger.debug("%s UDP GSO refused (%s): one send per block",
+                             transfer.log_prefix, err)  # fmt: skip
+                transfer.segment = 0
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_UDP, _UDP_SEGMENT, 0)
+                return True
+            self._unreachable(transfer, err)
+            return False
+        return True
+
+    def _arm(self, transfer: Transfer, deadline: float) -> None:
+        transfer.deadline = deadline
+        if transfer.armed_at is None or deadline < transfer.armed_at:
+            transfer.armed_at = deadline
+            heapq.heappush(self._heap, (deadline, next(self._seq), transfer))
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            when, _, transfer = heapq.heappop(heap)
+            if transfer.armed_at == when:
+                transfer.armed_at = None
+            if transfer.session.closed or transfer.sock is None:
+                continue
+            if transfer.deadline > now:
+                self._arm(transfer, transfer.deadline)  # moved on since: wait for the new one
+            else:
+                self._guarded(self._run, transfer, transfer.session.timer(now))
+
+    def _close(self, transfer: Transfer) -> None:
+        if transfer.sock is None:
+            return
+        self._release(transfer)
+        self.on_close(transfer)
+
+    def _release(self, transfer: Transfer) -> None:
+        sock = transfer.sock
+        if sock is None:
+            return
+        transfer.sock = None
+        if self._by_fd.pop(transfer.fd, None) is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._epoll.unregister(transfer.fd)
+        sock.close()
+
+
+def _enable_gso(sock: socket.socket, segment: int) -> int:
+    """Let one ``send`` carry a train of datagrams of ``segment`` bytes (Linux UDP GSO, 4.18+);
+    returns the segment size, or 0 when the kernel does not offer it."""
+    try:
+        sock.setsockopt(socket.IPPROTO_UDP, _UDP_SEGMENT, segment)
+    except OSError:
+        return 0
+    return segment
