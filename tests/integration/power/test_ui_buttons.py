@@ -1,0 +1,114 @@
+"""The node table's power buttons in headless Chromium, against `piman demo`'s virtual switches."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.integration.power.snmpsim import RFC, snmpget
+from tests.support import needs_tool
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    port = free_port()
+    root = tmp_path / "demo"
+    log = tmp_path / "demo.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "piman",
+                "demo",
+                "--nodes",
+                "4",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(root),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(url + "healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        yield url, root / "piman.yaml"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_off_and_on_buttons_switch_the_port(demo: tuple[str, Path]) -> None:
+    if not Path(CHROMIUM).exists():
+        needs_tool("chromium")
+    needs_tool("snmpget")
+    from playwright.sync_api import sync_playwright
+
+    url, config_path = demo
+    config = yaml.safe_load(config_path.read_text())
+    rack1 = next(s for s in config["switches"] if s["name"] == "rack1")
+    snmp_port = rack1["snmp"]["port"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.on("dialog", lambda dialog: dialog.accept())
+            page.goto(url)
+            row = page.locator('#nodes tbody tr[data-node="rack1-pi02"]')
+            with page.expect_response(lambda r: r.url.endswith("/power")) as response:
+                row.locator('button[data-action="off"]').click()
+            assert response.value.status == 200
+            assert response.value.json()["state"] == "off"
+            assert snmpget(snmp_port, "private", f"{RFC}.3.1.2") == "2"
+            page.wait_for_function(
+                "() => document.querySelector('tr[data-node=\"rack1-pi02\"] .power')"
+                ".textContent.trim() === 'off'",
+                timeout=15_000,
+            )
+            row = page.locator('#nodes tbody tr[data-node="rack1-pi02"]')
+            with page.expect_response(lambda r: r.url.endswith("/power")) as response:
+                row.locator('button[data-action="on"]').click()
+            assert response.value.status == 200
+            assert snmpget(snmp_port, "private", f"{RFC}.3.1.2") == "1"
+        finally:
+            browser.close()
