@@ -12,9 +12,10 @@ authentication failures, error-status replies (read-only, no access) and missing
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -262,6 +263,18 @@ class SnmpClient:
     def _deadline(self) -> float:
         return self.target.timeout * (self.target.retries + 1) + 2.0
 
+    @contextlib.asynccontextmanager
+    async def _bounded(self, op: str, seconds: float | None = None) -> AsyncIterator[None]:
+        """A hard deadline over pysnmp's own timeout and retries, as a PowerConnError."""
+        limit = self._deadline if seconds is None else seconds
+        try:
+            async with asyncio.timeout(limit):
+                yield
+        except TimeoutError:
+            raise PowerConnError(
+                f"{self.target.where}: {op} got no answer within {limit:g} s"
+            ) from None
+
     def _check(
         self,
         error_indication: Any,
@@ -271,6 +284,8 @@ class SnmpClient:
         oids: Sequence[str],
     ) -> None:
         t = self.target
+        if not error_indication:
+            self._auth_failure = None  # the switch answered: forget older failures
         if error_indication:
             kind = type(error_indication).__name__
             if kind in _AUTH_INDICATIONS:
@@ -321,7 +336,7 @@ class SnmpClient:
         binds = [hl.ObjectType(hl.ObjectIdentity(oid)) for oid in oids]
         self.messages += 1
         logger.debug("[switch=%s] GET %s", self.target.switch, " ".join(oids))
-        async with asyncio.timeout(self._deadline):
+        async with self._bounded("GET"):
             err_ind, err_st, err_idx, var_binds = await hl.get_cmd(
                 self._engine, self._auth, self._transport, self._context, *binds, lookupMib=False
             )
@@ -337,7 +352,7 @@ class SnmpClient:
         binds = [hl.ObjectType(hl.ObjectIdentity(oid), Integer32(v)) for oid, v in values]
         self.messages += 1
         logger.debug("[switch=%s] SET %s", self.target.switch, values)
-        async with asyncio.timeout(self._deadline):
+        async with self._bounded("SET"):
             err_ind, err_st, err_idx, var_binds = await hl.set_cmd(
                 self._engine, self._auth, self._transport, self._context, *binds, lookupMib=False
             )
@@ -366,7 +381,7 @@ class SnmpClient:
             lexicographicMode=False,
         )
         try:
-            async with asyncio.timeout(self._deadline * (max_rows + 1)):
+            async with self._bounded("WALK", self._deadline * (max_rows + 1)):
                 async for err_ind, err_st, err_idx, var_binds in gen:
                     self.messages += 1
                     self._check(err_ind, err_st, err_idx, "WALK", [prefix])
