@@ -173,18 +173,24 @@ class PowerController:
     async def run(
         self, action: Action, targets: Sequence[Target], *, actor: str | None = None
     ) -> list[Outcome]:
-        """Run one command on every target; outcomes in the order of ``targets``."""
+        """Run one command on every target; outcomes in the order of ``targets``.
+
+        A port named twice is acted on once (its outcome is returned once).
+        """
         if action not in ACTIONS:
             raise ValueError(f"unknown power action {action!r}")
         who = actor or self.actor
-        by_switch: dict[str, list[Target]] = {}
+        unique: dict[tuple[str, int], Target] = {}
         for t in targets:
+            unique.setdefault((t.switch.name, t.port), t)
+        by_switch: dict[str, list[Target]] = {}
+        for t in unique.values():
             by_switch.setdefault(t.switch.name, []).append(t)
         results: dict[tuple[str, int], Outcome] = {}
         async with asyncio.TaskGroup() as group:
             for switch_targets in by_switch.values():
                 group.create_task(self._run_switch(action, switch_targets, who, results))
-        return [results[(t.switch.name, t.port)] for t in targets]
+        return [results[key] for key in unique]
 
     async def _run_switch(
         self,

@@ -239,3 +239,11 @@ async def test_manual_driver_outcome_tells_the_operator(tmp_path: Path) -> None:
     assert not o.ok
     assert "switch it off by hand" in (o.error or "")
     assert clock.sleeps == []
+
+
+async def test_a_port_named_twice_is_cycled_once(tmp_path: Path) -> None:
+    fakes: dict[str, FakeSwitch] = {}
+    c = controller(make_config(tmp_path, 4), None, fakes, FakeClock())
+    outcomes = await c.run("cycle", [c.target("rack1", 2), c.target("198.18.255.250", 2)])
+    assert len(outcomes) == 1
+    assert fakes["rack1"].log == [("rack1", 2, "off"), ("rack1", 2, "on")]
