@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 OFFER_HOLD = 60.0  # seconds an OFFER keeps its address for a client that has not yet REQUESTed
 QUARANTINE = 600.0  # seconds a DECLINEd address stays out of the pool
+_MAX_REMEMBERED_PIS = 100_000
+_ZERO = IPv4Address(0)
 
 
 class Outcome(StrEnum):
@@ -157,6 +159,8 @@ class DhcpPolicy:
         mtype = packet.message_type
         if mtype is None:
             return Decision(Outcome.IGNORED, reason="BOOTP without DHCP message type")
+        if packet.giaddr != _ZERO and packet.giaddr not in self.settings.network:
+            return Decision(Outcome.IGNORED, reason=f"relayed from foreign {packet.giaddr}")
         identity = self._identify(packet)
         if self.settings.mode == "proxy":
             return self._proxy(packet, mtype, identity)
@@ -177,6 +181,8 @@ class DhcpPolicy:
     def _identify(self, packet: DhcpPacket) -> PiIdentity | None:
         found = pi_identity(packet, self.settings.pi_ouis)
         if found is not None:
+            if len(self._pis) >= _MAX_REMEMBERED_PIS:
+                self._pis.clear()  # a flood of fake Pis must not grow memory without bound
             self._pis[packet.mac] = found
             return found
         # A Pi 4 may leave option 60 out of its REQUEST: remember Pis by MAC.
@@ -244,7 +250,7 @@ class DhcpPolicy:
                 self.table.apply(freed)
                 return Decision(Outcome.IGNORED, leases=(freed,), reason="chose another server")
             return Decision(Outcome.IGNORED, identity=identity, reason="chose another server")
-        address = opts.requested_ip or (packet.ciaddr if packet.ciaddr != IPv4Address(0) else None)
+        address = opts.requested_ip or (packet.ciaddr if packet.ciaddr != _ZERO else None)
         if address is None:
             return self._nak(packet, identity, "REQUEST names no address")
         if not self._owns(mac, address, now):

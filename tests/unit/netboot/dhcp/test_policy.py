@@ -344,3 +344,11 @@ def test_pool_none_in_config_means_no_pool(tmp_path: Path) -> None:
     s = PolicySettings.from_config(load_config(tmp_path / "piman.yaml"))
     assert s.pool is None
     assert s.mode == "proxy"
+
+
+def test_requests_relayed_from_another_network_are_ignored() -> None:
+    policy = DhcpPolicy(settings())
+    far = replace(client("02:00:00:00:00:01", MessageType.DISCOVER), giaddr=IP("10.1.2.1"))
+    assert policy.handle(far, NOW).outcome is Outcome.IGNORED
+    near = replace(far, giaddr=IP("198.18.0.2"))
+    assert policy.handle(near, NOW).outcome is Outcome.OFFER
