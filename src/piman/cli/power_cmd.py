@@ -43,6 +43,14 @@ OverlayOption = Annotated[
         show_default=False,
     ),
 ]
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        help="Ask a running manager (e.g. http://127.0.0.1:8000) instead of switching directly.",
+        show_default=False,
+    ),
+]
 PROGRESS_MIN = 4  # show a progress bar from this many targets on
 
 power_app = typer.Typer(
@@ -155,14 +163,65 @@ def _report(outcomes: Sequence[Outcome], action: Action) -> None:
         raise typer.Exit(EXIT_FAILED)
 
 
-def _power(action: Action, targets: list[str], config: Path | None, overlay: Path | None) -> None:
-    cfg = _config(config, overlay)
+def _power(
+    action: Action,
+    targets: list[str],
+    config: Path | None,
+    overlay: Path | None,
+    url: str | None = None,
+) -> None:
     if not targets:
         fail("name at least one target: a node, switch:port, or all", EXIT_BAD_INPUT)
+    if url:
+        _via_manager(url, action, targets)
+        return
+    cfg = _config(config, overlay)
     outcomes = asyncio.run(_run(cfg, action, lambda c: c.resolve(targets)))
     if not outcomes:
         fail("no targets: no node has a switch port", EXIT_BAD_INPUT)
     _report(outcomes, action)
+
+
+def _via_manager(url: str, action: Action, targets: list[str]) -> None:
+    """One POST /api/v1/power: the manager staggers and records as it does for itself."""
+    import httpx
+
+    try:
+        response = httpx.post(
+            url.rstrip("/") + "/api/v1/power",
+            json={"action": action, "targets": targets},
+            timeout=600,
+        )
+    except httpx.HTTPError as err:
+        fail(f"cannot reach the manager at {url}: {err}")
+    if response.status_code == 404:
+        fail(response.json().get("detail", "not found"), EXIT_BAD_INPUT)
+    if response.status_code != 200:
+        fail(f"{url} answered {response.status_code}: {response.text[:200]}")
+    rows = response.json()
+    if action == "status":
+        table = Table(title=f"{len(rows)} ports", title_justify="left")
+        for col in ("node", "switch:port", "admin", "detection", "watts"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(
+                r["node"] or "-",
+                f"{r['switch']}:{r['port']}",
+                r["state"] if r["ok"] else "error",
+                r["detection"] or "-",
+                f"{r['watts']:g}" if r["watts"] is not None else "-",
+            )
+        console.print(table)
+    failed = [r for r in rows if not r["ok"]]
+    for r in rows:
+        where = f"{r['switch']}:{r['port']}"
+        name = f"{r['node']} ({where})" if r["node"] else where
+        if r["ok"] and action != "status":
+            console.print(f"{name}: {r['state']}", markup=False)
+        elif not r["ok"]:
+            err_console.print(f"error: {name}: {r['error']}", markup=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(EXIT_FAILED)
 
 
 TargetsArg = Annotated[
@@ -172,46 +231,58 @@ TargetsArg = Annotated[
 
 @power_app.command("on")
 def power_on(
-    targets: TargetsArg, config: ConfigOption = None, overlay: OverlayOption = None
+    targets: TargetsArg,
+    config: ConfigOption = None,
+    overlay: OverlayOption = None,
+    url: UrlOption = None,
 ) -> None:
     """Switch ports on (staggered per switch) and wait until they deliver power.
 
     Example: piman power on rack1-pi02 rack1:5
     """
-    _power("on", targets, config, overlay)
+    _power("on", targets, config, overlay, url)
 
 
 @power_app.command("off")
 def power_off(
-    targets: TargetsArg, config: ConfigOption = None, overlay: OverlayOption = None
+    targets: TargetsArg,
+    config: ConfigOption = None,
+    overlay: OverlayOption = None,
+    url: UrlOption = None,
 ) -> None:
     """Switch ports off (never a switch's uplink_port) and check that they read back off.
 
     Example: piman power off all
     """
-    _power("off", targets, config, overlay)
+    _power("off", targets, config, overlay, url)
 
 
 @power_app.command("cycle")
 def power_cycle(
-    targets: TargetsArg, config: ConfigOption = None, overlay: OverlayOption = None
+    targets: TargetsArg,
+    config: ConfigOption = None,
+    overlay: OverlayOption = None,
+    url: UrlOption = None,
 ) -> None:
     """Power-cycle: off, wait off_seconds, on (staggered), then check the ports deliver power.
 
     Example: piman power cycle rack1-pi02
     """
-    _power("cycle", targets, config, overlay)
+    _power("cycle", targets, config, overlay, url)
 
 
 @power_app.command("status")
 def power_status(
-    targets: TargetsArg, config: ConfigOption = None, overlay: OverlayOption = None
+    targets: TargetsArg,
+    config: ConfigOption = None,
+    overlay: OverlayOption = None,
+    url: UrlOption = None,
 ) -> None:
     """Show each port's admin state, PSE detection status and power draw.
 
     Example: piman power status all
     """
-    _power("status", targets, config, overlay)
+    _power("status", targets, config, overlay, url)
 
 
 @power_app.command("map")

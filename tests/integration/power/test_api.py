@@ -107,3 +107,20 @@ async def test_node_rows_have_power_buttons_and_script(client: httpx.AsyncClient
     js = await client.get("/static/power.js")
     assert js.status_code == 200
     assert "/api/v1/nodes/" in js.text
+
+
+async def test_bulk_power_runs_one_command_on_many_targets(
+    client: httpx.AsyncClient, sim: Snmpsim
+) -> None:
+    r = await client.post("/api/v1/power", json={"action": "off", "targets": ["pi1", "rack1:3"]})
+    assert r.status_code == 200, r.text
+    assert [(x["node"], x["port"], x["state"], x["ok"]) for x in r.json()] == [
+        ("pi1", 1, "off", True),
+        (None, 3, "off", True),
+    ]
+    assert snmpget(sim.port, "api", f"{RFC}.3.1.1") == "2"
+    assert snmpget(sim.port, "api", f"{RFC}.3.1.3") == "2"
+    r = await client.post("/api/v1/power", json={"action": "on", "targets": ["all"]})
+    assert [x["ok"] for x in r.json()] == [True, True]
+    r = await client.post("/api/v1/power", json={"action": "on", "targets": ["nosuch"]})
+    assert r.status_code == 404

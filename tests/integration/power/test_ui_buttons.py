@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -112,3 +113,31 @@ def test_off_and_on_buttons_switch_the_port(demo: tuple[str, Path]) -> None:
             assert snmpget(snmp_port, "private", f"{RFC}.3.1.2") == "1"
         finally:
             browser.close()
+
+
+def test_cli_goes_through_a_running_manager_with_url(demo: tuple[str, Path]) -> None:
+    needs_tool("snmpget")
+    url, config_path = demo
+    config = yaml.safe_load(config_path.read_text())
+    rack2 = next(s for s in config["switches"] if s["name"] == "rack2")
+    piman = [sys.executable, "-m", "piman", "power"]
+    result = subprocess.run(
+        [*piman, "off", "rack2-pi01", "--url", url], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "rack2-pi01 (rack2:1): off" in result.stdout
+    assert snmpget(rack2["snmp"]["port"], "private", f"{RFC}.3.1.1") == "2"
+    result = subprocess.run(
+        [*piman, "status", "all", "--url", url],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "rack2-pi01" in result.stdout
+    result = subprocess.run(
+        [*piman, "on", "nope", "--url", url], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2
+    assert "nope" in result.stderr

@@ -1,4 +1,8 @@
-"""``/api/v1/nodes/{name}/power``: switch a node on, off or cycle it; read its port."""
+"""``/api/v1/nodes/{name}/power``: switch a node on, off or cycle it; read its port.
+
+``/api/v1/power`` runs one command on many targets at once (what ``piman power --url`` uses), so
+that the manager staggers their power-on exactly as it does for the CLI.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from piman.errors import NotFoundError
 from piman.manager import ManagerContext
 from piman.power.controller import Outcome, PowerController, Target
 
-__all__ = ["PowerOut", "PowerRequest", "router"]
+__all__ = ["BulkPowerRequest", "PowerOut", "PowerRequest", "router"]
 
 router = APIRouter(tags=["power"])
 
@@ -21,10 +25,15 @@ class PowerRequest(BaseModel):
     action: Literal["on", "off", "cycle"]
 
 
+class BulkPowerRequest(BaseModel):
+    action: Literal["on", "off", "cycle", "status"]
+    targets: list[str]  # node names, switch:port, or "all"
+
+
 class PowerOut(BaseModel):
     """The outcome of a power request, or a port's state."""
 
-    node: str
+    node: str | None
     switch: str
     port: int
     action: str
@@ -35,7 +44,7 @@ class PowerOut(BaseModel):
     error: str | None = None
 
     @classmethod
-    def of(cls, name: str, o: Outcome) -> PowerOut:
+    def of(cls, name: str | None, o: Outcome) -> PowerOut:
         r = o.reading
         return cls(
             node=name,
@@ -107,3 +116,16 @@ async def get_power(name: str, request: Request) -> PowerOut | JSONResponse:
     if not outcome.ok:
         return JSONResponse(out.model_dump(), status_code=502)
     return out
+
+
+@router.post(
+    "/power",
+    response_model=list[PowerOut],
+    summary="Run one power command on many targets (node names, switch:port, all)",
+    responses={404: {"description": "A target names no node or port"}},
+)
+async def run_power(body: BulkPowerRequest, request: Request) -> list[PowerOut]:
+    controller = _controller(request)
+    targets = controller.resolve(body.targets)
+    outcomes = await controller.run(body.action, targets, actor="api")
+    return [PowerOut.of(o.target.node, o) for o in outcomes]
