@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Literal
 
@@ -110,5 +110,10 @@ class TftpSettings(BaseModel):
     retransmit_timeout: Duration = 1.0
     max_retries: int = Field(default=5, ge=0)
     rate_limit: float = Field(default=50.0, gt=0)  # new requests per second per source
+    # Sources the rate limit never applies to: loopback cannot be spoofed from the network
+    # (the demo's virtual Pis all ask from 127.0.0.1).
+    rate_limit_exempt: list[IPv4Network] = Field(
+        default_factory=lambda: [IPv4Network("127.0.0.0/8")]
+    )
     mtu: int = Field(default=1500, ge=576, le=65535)  # blksize is capped to mtu - 32
     max_windowsize: int = Field(default=64, ge=1, le=65535)  # RFC 7440 gains level out near 64

@@ -337,7 +337,7 @@ async def test_malformed_storm_leaves_the_server_answering(
 
 
 async def test_rate_limit_drops_excess_requests_from_one_source(root: Path) -> None:
-    running, task = await start_server(root, rate_limit=1)
+    running, task = await start_server(root, rate_limit=1, rate_limit_exempt=[])
     sock = _client()
     try:
         for _ in range(5):
@@ -373,6 +373,19 @@ async def test_a_failing_hook_is_an_error_answer_not_a_leaked_transfer(
         assert server.transfers == {}
         assert [s.outcome for s in server.history] == [Outcome.ERROR]
         assert "boom" in caplog.text
+    finally:
+        sock.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_loopback_is_exempt_from_the_rate_limit_by_default(root: Path) -> None:
+    running, task = await start_server(root, rate_limit=1)
+    sock = _client()
+    try:
+        for i in range(5):  # different files: the same request again would be a repeat
+            sock.sendto(b"\x00\x01no-such-%d\x00octet\x00" % i, ("127.0.0.1", running.port))
+        assert len(await _drain(sock, quiet=1.0)) == 5
     finally:
         sock.close()
         task.cancel()

@@ -23,6 +23,7 @@ import logging
 import socket
 import time
 from collections import deque
+from ipaddress import IPv4Address
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -220,6 +221,8 @@ class TftpServer:
         rate = self.settings.rate_limit
         bucket = self._buckets.get(source)
         if bucket is None:
+            if self._exempt(source):
+                return True
             if len(self._buckets) > 10000:
                 self._buckets = {
                     k: b for k, b in self._buckets.items() if now - b.last < 60
@@ -231,6 +234,13 @@ class TftpServer:
             return False
         bucket.tokens -= 1.0
         return True
+
+    def _exempt(self, source: str) -> bool:
+        try:
+            address = IPv4Address(source)
+        except ValueError:
+            return False
+        return any(address in network for network in self.settings.rate_limit_exempt)
 
     def _garbage(self, peer: tuple[str, int], what: str) -> None:
         self.metrics.dropped.labels("malformed").inc()
