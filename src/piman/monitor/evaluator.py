@@ -242,7 +242,6 @@ class AlertService:
         ]
         last = float(meta[LAST_EVALUATED]) if LAST_EVALUATED in meta else None
         self.last_evaluated = last
-        self.restored.set()
         if self.ready is not None:
             await self.ready()  # the metrics store is open
         now = self.clock()
@@ -252,9 +251,13 @@ class AlertService:
             len(groups),
             "never" if last is None else f"{now - last:.0f} s ago",
         )
-        if last is not None and now - last > 2 * self.interval:
-            return await self.catch_up(last, now)
-        return []
+        notes: list[Notification] = []
+        if last is not None:
+            # Always replay what was stored since the last saved tick: a kill between an
+            # evaluation and its save must not restart a `for` timer. Only a real gap is late.
+            notes = await self.catch_up(last, now, late=now - last > 2 * self.interval)
+        self.restored.set()
+        return notes
 
     async def serve(self) -> None:
         await self.start()
@@ -302,14 +305,15 @@ class AlertService:
         await self._save(notes, now)
         return notes
 
-    async def catch_up(self, since: float, now: float) -> list[Notification]:
-        """Replay ``(since, now)`` over the stored samples; notifications are marked late.
+    async def catch_up(self, since: float, now: float, *, late: bool = True) -> list[Notification]:
+        """Replay ``(since, now)`` over the stored samples; notifications are marked ``late``.
 
         The gap is read and replayed in windows of :data:`CATCH_UP_WINDOW`, so memory stays
         bounded however many nodes there are; at most :data:`MAX_CATCH_UP` is replayed.
         """
         start = max(since, now - MAX_CATCH_UP)
-        logger.info("alerts: catching up on %.0f s since the last evaluation", now - start)
+        if late:
+            logger.info("alerts: catching up on %.0f s since the last evaluation", now - start)
         silences = await self._silences()
         notes: list[Notification] = []
         last = since
@@ -331,12 +335,13 @@ class AlertService:
                 for rule in self.rules:
                     if rule.name in data:
                         samples = samples_at(data[rule.name], t, self.lookback)
-                        self.book.evaluate(rule, samples, t, late=True)
-                notes.extend(self.book.flush(t, silences, late=True))
+                        self.book.evaluate(rule, samples, t, late=late)
+                notes.extend(self.book.flush(t, silences, late=late))
                 last = t
             window_start = window_end
         await self._save(notes, last)
-        logger.info("alerts: catch-up done, %d late notification(s)", len(notes))
+        if late or notes:
+            logger.info("alerts: catch-up done, %d notification(s)", len(notes))
         return notes
 
     async def _save(self, notes: Sequence[Notification], now: float) -> None:

@@ -126,10 +126,10 @@ async def list_alerts(
     request: Request, history: Annotated[int, Query(ge=0, le=1000)] = 20
 ) -> AlertsOut:
     alerting = _alerting(request)
-    try:  # just after a start, wait for the evaluator to restore its state from the store
+    try:  # just after a start, wait for the evaluator to restore its state and catch up
         await asyncio.wait_for(alerting.service.restored.wait(), 10)
     except TimeoutError:
-        raise HTTPException(503, "alerting is starting") from None
+        raise HTTPException(503, "alerting is starting (catching up)") from None
     repo = _repo(request)
     now = time.time()
     silences = [Silence.of(s) for s in await repo.silences(now=now)]
