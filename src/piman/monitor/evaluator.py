@@ -426,7 +426,7 @@ def build_alerting(
     try:
         rules = configured_rules(monitoring)
     except RuleError as err:
-        raise ConfigError([ConfigProblem("config", "monitoring.config", str(err))]) from None
+        raise ConfigError([ConfigProblem("config", "", str(err))]) from None
     repo = AlertRepository(ctx.store.session)
     receivers = build_receivers(
         monitoring.notify, monitoring.webhooks, external_url=external_url(ctx.config)
