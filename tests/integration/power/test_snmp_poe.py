@@ -340,7 +340,9 @@ async def test_one_read_only_port_does_not_sink_the_others(sim: Snmpsim, tmp_pat
 
 
 async def test_a_rack_is_switched_with_a_few_pdus(sim: Snmpsim, tmp_path: Path) -> None:
-    c = PowerController(config(tmp_path, {"snmp": snmp(sim, community="audit")}))
+    c = PowerController(
+        config(tmp_path, {"batch_size": PORTS, "snmp": snmp(sim, community="audit")})
+    )
     try:
         outcomes = await c.run("off", [c.target("rack1", p) for p in range(1, PORTS + 1)])
         assert all(o.ok for o in outcomes)
