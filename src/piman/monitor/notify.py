@@ -23,6 +23,7 @@ Channels:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -153,13 +154,17 @@ class WebhookReceiver:
         self.name = f"webhook:{url}"
         self.external_url = external_url
         self.receiver = receiver
-        self._client = httpx.AsyncClient(timeout=timeout, transport=transport)
+        self.timeout = timeout
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None  # made on first use, in the running loop
 
     async def send(self, payload: Mapping[str, Any], key: str) -> None:
         body = alertmanager_v4(payload, receiver=self.receiver, external_url=self.external_url)
         headers = {"Idempotency-Key": key, "User-Agent": "piman"}
         if payload.get("late"):
             headers["X-Piman-Late"] = "true"
+        if self._client is None or self._client.is_closed:
+            self._client = httpx.AsyncClient(timeout=self.timeout, transport=self._transport)
         try:
             response = await self._client.post(self.url, json=body, headers=headers)
         except httpx.HTTPError as err:
@@ -168,7 +173,9 @@ class WebhookReceiver:
             raise NotifyError(f"{_safe(self.url)} answered {response.status_code}")
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
 
 _HEADER_SCHEMES = ("mailto", "mailtos", "json", "jsons", "form", "forms", "xml", "xmls")
@@ -294,11 +301,18 @@ class Notifier:
             event.set()
 
     async def serve(self) -> None:
-        if not self.receivers:
-            await asyncio.Event().wait()
-        async with asyncio.TaskGroup() as group:
+        try:
+            if not self.receivers:
+                await asyncio.Event().wait()
+            async with asyncio.TaskGroup() as group:
+                for receiver in self.receivers:
+                    group.create_task(self._worker(receiver), name=f"notify {receiver.name}")
+        finally:
             for receiver in self.receivers:
-                group.create_task(self._worker(receiver), name=f"notify {receiver.name}")
+                close = getattr(receiver, "aclose", None)
+                if close is not None:
+                    with contextlib.suppress(Exception):
+                        await close()
 
     async def _sleep(self, receiver: Receiver, seconds: float, wakeable: bool) -> None:
         event = self._wake[receiver.name]
