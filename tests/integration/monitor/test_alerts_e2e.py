@@ -343,5 +343,8 @@ def test_cli_lists_alerts_and_manages_silences(
     missing = piman("expire", "nope", "--url", manager.url)
     assert missing.returncode == 2
     page = httpx.get(manager.url + "/").text
-    assert 'id="alerts"' in page
+    assert 'id="alerts" data-refresh="/api/v1/alerts/panel"' in page
     assert "HotSoC" in page
+    panel = httpx.get(manager.url + "/api/v1/alerts/panel").text  # what the page refreshes
+    assert "<section" not in panel
+    assert 'class="alert-firing"' in panel

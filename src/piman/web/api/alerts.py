@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 from piman.config.types import parse_duration
@@ -150,6 +151,15 @@ async def list_alerts(
         ],
         last_evaluated=_dt(last),
     )
+
+
+@router.get("/alerts/panel", include_in_schema=False, response_class=HTMLResponse)
+async def alerts_panel(request: Request) -> HTMLResponse:
+    """The web UI's alerts panel body, for the page's refresh script."""
+    from piman.web.ui.pages import templates
+
+    context = {"monitor": _ctx(request).monitor, "body_only": True}
+    return templates.TemplateResponse(request, "_alerts_panel.html", context)
 
 
 @router.get("/silences", response_model=list[SilenceOut], summary="Every silence, newest first")
