@@ -28,7 +28,6 @@ T = TypeVar("T")
 
 app = typer.Typer(
     name="alerts",
-    help="Firing and pending alerts, recent history, and silences.",
     invoke_without_command=True,
     no_args_is_help=False,
 )
@@ -132,7 +131,7 @@ def alerts(
     history: Annotated[int, typer.Option(help="How many history entries to show.")] = 10,
     as_json: JsonOption = False,
 ) -> None:
-    """List firing and pending alerts and recent history (fired / resolved).
+    """List firing and pending alerts and recent history; manage silences (subcommands).
 
     With --url, asks a running manager; otherwise reads the store.
 
