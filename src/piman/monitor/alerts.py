@@ -334,7 +334,39 @@ class AlertBook:
         self, rule: Rule, samples: Iterable[Sample], now: float, *, late: bool = False
     ) -> list[tuple[Alert, str, str]]:
         """Apply one rule's samples at ``now``; returns ``(alert, from, to)`` transitions."""
+        return self.evaluate_all([(rule, samples)], now, late=late)
+
+    def evaluate_all(
+        self,
+        results: Iterable[tuple[Rule, Iterable[Sample]]],
+        now: float,
+        *,
+        late: bool = False,
+    ) -> list[tuple[Alert, str, str]]:
+        """Apply several rules' samples at ``now``.
+
+        Rules that share an alert name (``HotSoC`` at 80 with ``severity: warning`` and at 90
+        with ``severity: critical``) are judged together: an alert of that name ends only when
+        none of them holds it any more.
+        """
         moves: list[tuple[Alert, str, str]] = []
+        seen: dict[str, set[str]] = {}
+        for rule, samples in results:
+            seen.setdefault(rule.name, set()).update(
+                self._activate(rule, samples, now, late, moves)
+            )
+        for name, held in seen.items():
+            self._deactivate(name, held, now, late, moves)
+        return moves
+
+    def _activate(
+        self,
+        rule: Rule,
+        samples: Iterable[Sample],
+        now: float,
+        late: bool,
+        moves: list[tuple[Alert, str, str]],
+    ) -> set[str]:
         seen: set[str] = set()
         for sample in samples:
             if not rule.test(sample.value):
@@ -363,8 +395,13 @@ class AlertBook:
                 alert.late = late
                 moves.append((alert, "pending", "firing"))
                 self._history(alert, now, late)
+        return seen
+
+    def _deactivate(
+        self, name: str, held: set[str], now: float, late: bool, moves: list[tuple[Alert, str, str]]
+    ) -> None:
         for fp, alert in list(self.alerts.items()):
-            if alert.rule != rule.name or fp in seen:
+            if alert.rule != name or fp in held:
                 continue
             if alert.state is AlertState.PENDING:
                 del self.alerts[fp]
@@ -378,7 +415,6 @@ class AlertBook:
                 self._dirty_alerts.add(fp)
                 moves.append((alert, "firing", "resolved"))
                 self._history(alert, now, late)
-        return moves
 
     def drop_rules_except(self, names: set[str]) -> None:
         """Forget alerts of rules that are no longer configured (resolving them silently)."""

@@ -292,15 +292,17 @@ class AlertService:
             notes = self.book.flush(now, silences)
             await self._save(notes, self.last_evaluated or now)
             return notes
+        results: list[tuple[Rule, list[Sample]]] = []
+        failed: set[str] = set()
         for rule in self.rules:
             try:
-                samples = await self.source.instant(rule.selector, now)
+                results.append((rule, await self.source.instant(rule.selector, now)))
             except Exception as err:  # noqa: BLE001 - a store hiccup must not resolve alerts
                 logger.warning(
                     "alerts: cannot read %s: %s; rule %s skipped", rule.selector, err, rule.name
                 )
-                continue
-            self.book.evaluate(rule, samples, now)
+                failed.add(rule.name)
+        self.book.evaluate_all([(r, got) for r, got in results if r.name not in failed], now)
         notes = self.book.flush(now, silences)
         await self._save(notes, now)
         return notes
@@ -320,22 +322,29 @@ class AlertService:
         window_start = start
         while window_start < now:
             window_end = min(window_start + CATCH_UP_WINDOW, now)
-            data: dict[str, list[Series]] = {}
+            data: list[tuple[Rule, list[Series]]] = []
+            failed: set[str] = set()
             for rule in self.rules:
                 try:
-                    data[rule.name] = await self.source.series(
-                        rule.selector, window_start - self.lookback, window_end
+                    data.append(
+                        (
+                            rule,
+                            await self.source.series(
+                                rule.selector, window_start - self.lookback, window_end
+                            ),
+                        )
                     )
                 except Exception as err:  # noqa: BLE001 - replay what can be read
                     logger.warning("alerts: catch-up cannot read %s: %s", rule.selector, err)
+                    failed.add(rule.name)
+            data = [(r, series) for r, series in data if r.name not in failed]
             # Window ends are exclusive except for the last window's (``now`` is the next tick's).
             end = window_end if window_end >= now else math.nextafter(window_end, math.inf)
-            everything = [s for series in data.values() for s in series]
+            everything = [s for _r, series in data for s in series]
             for t in replay_times(everything, window_start, end, self.interval):
-                for rule in self.rules:
-                    if rule.name in data:
-                        samples = samples_at(data[rule.name], t, self.lookback)
-                        self.book.evaluate(rule, samples, t, late=late)
+                self.book.evaluate_all(
+                    [(r, samples_at(series, t, self.lookback)) for r, series in data], t, late=late
+                )
                 notes.extend(self.book.flush(t, silences, late=late))
                 last = t
             window_start = window_end

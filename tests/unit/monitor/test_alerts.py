@@ -223,3 +223,19 @@ def test_silenced_alert_that_resolves_is_forgotten_quietly() -> None:
     assert book.alerts == {}
     assert book.flush(1020, [silence]) == []
     assert book.groups == {}
+
+
+def test_rules_sharing_a_name_are_judged_together() -> None:
+    warn = Rule.parse("HotSoC", "t >= 80", 0, {"severity": "warning"})
+    crit = Rule.parse("HotSoC", "t >= 90", 0, {"severity": "critical"})
+    book = AlertBook(GroupSettings())
+
+    def step(value: float, t: float) -> list[str]:
+        samples = [Sample({"node": "n1"}, value)]
+        book.evaluate_all([(warn, samples), (crit, samples)], t)
+        return sorted(f"{a.labels['severity']}:{a.state.value}" for a in book.alerts.values())
+
+    assert step(85, 0) == ["warning:firing"]
+    assert step(95, 10) == ["critical:firing", "warning:firing"]  # no flapping between them
+    assert step(95, 20) == ["critical:firing", "warning:firing"]
+    assert step(85, 30) == ["critical:resolved", "warning:firing"]
