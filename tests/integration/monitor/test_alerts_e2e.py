@@ -292,6 +292,7 @@ def test_cli_lists_alerts_and_manages_silences(
     rig: tuple[Agent, Http, Hook, Http, Manager],
 ) -> None:
     agent, _agent_http, hook, _hook_http, manager = rig
+    manager.config.write_text(manager.config.read_text().replace("for: 8s", "for: 1s"))
     manager.start()
 
     def piman(*args: str) -> subprocess.CompletedProcess[str]:
