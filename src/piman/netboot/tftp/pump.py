@@ -121,18 +121,41 @@ class TransferPump:
     def _main(self) -> None:
         wake_fd = self._wake_r.fileno()
         by_fd = self._by_fd
+        poll = self._epoll.poll
+        monotonic = time.monotonic
         try:
             while not self._stopping:
                 wait = _MAX_WAIT
                 if self._heap:
-                    wait = min(max(self._heap[0][0] - time.monotonic(), 0.0), _MAX_WAIT)
-                for fd, _ in self._epoll.poll(wait):
-                    if fd == wake_fd:
-                        self._drain_wake()
-                        continue
+                    wait = min(max(self._heap[0][0] - monotonic(), 0.0), _MAX_WAIT)
+                for fd, _ in poll(wait):
                     transfer = by_fd.get(fd)
-                    if transfer is not None:
-                        self._guarded(self._readable, transfer)
+                    if transfer is None:
+                        if fd == wake_fd:
+                            self._drain_wake()
+                        continue
+                    # The lock-step hot path, inlined: recv, ack_lockstep, send, deadline.
+                    sock = transfer.sock
+                    try:
+                        data = sock.recv(65536)  # type: ignore[union-attr]
+                        if len(data) == 4 and data[1] == _ACK and data[0] == 0:
+                            session = transfer.session
+                            datagram = session.ack_lockstep((data[2] << 8) | data[3], monotonic())
+                            if datagram is not None:
+                                sock.send(datagram)  # type: ignore[union-attr]
+                                deadline = transfer.deadline = session.deadline
+                                if transfer.armed_at is None:
+                                    self._arm(transfer, deadline)
+                                continue
+                    except (BlockingIOError, InterruptedError):
+                        continue  # nothing to read, or a full buffer: the timer resends
+                    except OSError as err:  # ICMP port unreachable on the connected socket
+                        self._guarded(self._unreachable, transfer, err)
+                        continue
+                    except Exception as err:  # noqa: BLE001 - ends this transfer, not the pump
+                        self._failed(transfer, err)
+                        continue
+                    self._guarded(self._datagram, transfer, data)
                 if self._submitted:
                     self._take_submissions()
                 if self._heap and self._heap[0][0] <= time.monotonic():
@@ -161,32 +184,23 @@ class TransferPump:
     def _guarded(self, call: Callable[..., None], transfer: Transfer, *args: object) -> None:
         try:
             call(transfer, *args)
-        except Exception:
-            logger.exception("%s transfer failed", transfer.log_prefix)
-            transfer.session.abort(Outcome.ERROR, time.monotonic())
-            self._close(transfer)
+        except Exception as err:  # noqa: BLE001 - ends this transfer, not the pump
+            self._failed(transfer, err)
 
-    def _readable(self, transfer: Transfer) -> None:
-        sock = transfer.sock
-        if sock is None:
-            return
-        try:
-            data = sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as err:  # ICMP port unreachable, reported on a connected socket
-            self._unreachable(transfer, err)
+    def _failed(self, transfer: Transfer, err: Exception) -> None:
+        """An unexpected error in one transfer (logged with its traceback) ends that transfer."""
+        logger.error("%s transfer failed", transfer.log_prefix, exc_info=err)
+        transfer.session.abort(Outcome.ERROR, time.monotonic())
+        self._close(transfer)
+
+    def _datagram(self, transfer: Transfer, data: bytes) -> None:
+        """The general path for a datagram from the client."""
+        if transfer.sock is None:
             return
         session = transfer.session
         now = time.monotonic()
-        if len(data) == 4 and data[1] == _ACK and data[0] == 0:
-            block = (data[2] << 8) | data[3]
-            datagram = session.ack_lockstep(block, now)
-            if datagram is not None:
-                if self._send(transfer, datagram):
-                    self._arm(transfer, session.deadline)
-                return
-            actions = session.receive_ack(block, now)
+        if len(data) == 4 and data[1] == _ACK and data[0] == 0:  # not the lock-step hot path
+            actions = session.receive_ack((data[2] << 8) | data[3], now)
         else:
             try:
                 packet = decode(data)
