@@ -179,6 +179,7 @@ class DhcpServer:
         for lease in leases:
             table.apply(lease)
         self.policy = DhcpPolicy(self.settings, table)
+        self._batch = []  # a restart after a failure starts from the journal, not from memory
         if self.store is not None:
             self._known_macs = {n.mac for n in await self.store.nodes.list() if n.mac}
         loop = asyncio.get_running_loop()
