@@ -13,7 +13,8 @@ which other work on the machine disturbs less than rates do.
 The highest rate with 0 % drops is each server's result; the table ends with piman/dnsmasq
 ratios. A rate with drops is tried once more (other work on a shared machine causes sporadic
 drops); the ladder stops at a server's first rate that has drops twice. Servers and perfdhcp
-run at nice -10 alike.
+run at nice -10 alike, and each run waits (up to 60 s) for the machine's CPU pressure (PSI) to
+fall under 25 %; the table shows the pressure each run started with.
 
 Usage: python bench/dhcp.py [--seconds 10] [--clients 10000]
        [--piman-rates 100,200,1000,2000,3000,4000,5000] [--dnsmasq-rates 100,200,500,1000]
@@ -38,6 +39,7 @@ from tests.integration.netlab import NetLab
 POOL_FIRST, POOL_LAST = "198.18.1.0", "198.18.100.255"
 PRIORITY = -10  # server and perfdhcp alike, to stand out from other work on a shared machine
 ATTEMPTS = 2  # a rate with drops is tried once more before the ladder stops
+QUIET, QUIET_WAIT = 25.0, 60.0  # wait up to 60 s for CPU pressure < 25 % before each run
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Run:
     do_delay: float
     ra_delay: float
     cpu_us: float = float("nan")  # server CPU time per DORA, microseconds
+    pressure: float = 0.0  # CPU pressure (PSI avg10, %) on the machine when the run started
 
     @property
     def clean(self) -> bool:
@@ -127,6 +130,25 @@ def start_dnsmasq(lab: NetLab) -> int:
     raise RuntimeError("dnsmasq did not start")
 
 
+def cpu_pressure() -> float:
+    """The share of the last 10 s some task waited for a CPU (PSI), in percent."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return 0.0
+    return float(line.split("avg10=")[1].split()[0])
+
+
+def wait_quiet(threshold: float, max_wait: float) -> float:
+    """Wait (up to ``max_wait`` s) until CPU pressure is under ``threshold``; the last reading."""
+    deadline = time.monotonic() + max_wait
+    pressure = cpu_pressure()
+    while pressure >= threshold and time.monotonic() < deadline:
+        time.sleep(2)
+        pressure = cpu_pressure()
+    return pressure
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -134,6 +156,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def measure(server: str, rate: int, seconds: int, clients: int) -> Run:
+    pressure = wait_quiet(QUIET, QUIET_WAIT)
     lab = _lab()
     try:
         pid = (start_piman if server == "piman" else start_dnsmasq)(lab)
@@ -144,6 +167,7 @@ def measure(server: str, rate: int, seconds: int, clients: int) -> Run:
         run = parse(server, rate, seconds, out)
         doras = run.achieved * seconds
         run.cpu_us = (cpu_seconds(pid) - cpu0) / doras * 1e6 if doras else float("nan")
+        run.pressure = pressure
         return run
     finally:
         lab.close()
@@ -159,7 +183,8 @@ def ladder(server: str, rates: list[int], seconds: int, clients: int) -> list[Ru
         runs.append(run)
         print(
             f"  {server:8} {rate:6d}/s  drops {run.do_drops:.3f}% / {run.ra_drops:.3f}%  "
-            f"delay {run.do_delay:.2f} / {run.ra_delay:.2f} ms  cpu {run.cpu_us:.0f} us/DORA",
+            f"delay {run.do_delay:.2f} / {run.ra_delay:.2f} ms  cpu {run.cpu_us:.0f} us/DORA  "
+            f"(cpu pressure at start {run.pressure:.0f}%)",
             flush=True,
         )
         if not run.clean:
@@ -189,14 +214,15 @@ def main() -> None:
     print()
     print(
         "| server  | rate/s | achieved DORA/s | drops D-O | drops R-A "
-        "| delay D-O ms | delay R-A ms | server CPU µs/DORA |"
+        "| delay D-O ms | delay R-A ms | server CPU µs/DORA | CPU pressure % |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for runs in results.values():
         for r in runs:
             print(
                 f"| {r.server:7} | {r.rate:6d} | {r.achieved:15.0f} | {r.do_drops:8.3f}% | "
-                f"{r.ra_drops:8.3f}% | {r.do_delay:12.2f} | {r.ra_delay:12.2f} | {r.cpu_us:6.0f} |"
+                f"{r.ra_drops:8.3f}% | {r.do_delay:12.2f} | {r.ra_delay:12.2f} | "
+                f"{r.cpu_us:6.0f} | {r.pressure:3.0f} |"
             )
     anchor, ours = best(results["dnsmasq"]), best(results["piman"])
     print()
