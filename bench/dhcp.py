@@ -13,7 +13,7 @@ which other work on the machine disturbs less than rates do.
 The highest rate with 0 % drops is each server's result; the table ends with piman/dnsmasq
 ratios. A rate with drops is tried once more (other work on a shared machine causes sporadic
 drops); the ladder stops at a server's first rate that has drops twice. Servers and perfdhcp
-run at nice -10 alike, and each run waits (up to 60 s) for the machine's CPU pressure (PSI) to
+run at nice -10 alike, and each run waits (up to 30 s) for the machine's CPU pressure (PSI) to
 fall under 25 %; the table shows the pressure each run started with.
 
 Usage: python bench/dhcp.py [--seconds 10] [--clients 10000]
@@ -39,7 +39,7 @@ from tests.integration.netlab import NetLab
 POOL_FIRST, POOL_LAST = "198.18.1.0", "198.18.100.255"
 PRIORITY = -10  # server and perfdhcp alike, to stand out from other work on a shared machine
 ATTEMPTS = 2  # a rate with drops is tried once more before the ladder stops
-QUIET, QUIET_WAIT = 25.0, 60.0  # wait up to 60 s for CPU pressure < 25 % before each run
+QUIET, QUIET_WAIT = 25.0, 30.0  # wait up to 30 s for CPU pressure < 25 % before each run
 
 
 @dataclass
