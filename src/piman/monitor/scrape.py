@@ -156,21 +156,41 @@ class Scraper:
         return sid
 
     def _ingest(self, state: _TargetState, body: str) -> list[tuple[int, float]]:
-        """Samples of a body as (series id, value); raises MalformedText."""
+        """Samples of a body as (series id, value); raises MalformedText.
+
+        Fast path: a line that is a series text already seen from this target, one blank and
+        a plain number needs one dict lookup and one float(); anything else (new series,
+        timestamps, odd spacing, NaN/Inf) goes through :func:`expfmt.scan` with full checks.
+        """
         ids = state.ids
         out: list[tuple[int, float]] = []
         append = out.append
-        for series, value, _ts in scan(body):
-            sid = ids.get(series)
-            if sid is None:
-                name, labels = parse_series(series)
-                if any(k in _RESERVED for k, _ in labels):
-                    labels = tuple(
-                        sorted((f"exported_{k}" if k in _RESERVED else k, v) for k, v in labels)
-                    )
-                sid = ids[series] = self._sid(state, SCRAPE_JOB, name, labels)
-            append((sid, value))
+        for line in body.split("\n"):
+            if not line or line[0] == "#":
+                continue
+            head, _, last = line.rpartition(" ")
+            sid = ids.get(head)
+            if sid is not None:
+                try:
+                    value = float(last)
+                except ValueError:
+                    pass
+                else:
+                    if value - value == 0.0 and "_" not in last:  # finite, Go spelling
+                        append((sid, value))
+                        continue
+            for series, value, _ts in scan(line):
+                sid = ids.get(series)
+                if sid is None:
+                    sid = ids[series] = self._new_series(state, series)
+                append((sid, value))
         return out
+
+    def _new_series(self, state: _TargetState, series: str) -> int:
+        name, labels = parse_series(series)
+        if any(k in _RESERVED for k, _ in labels):
+            labels = tuple(sorted((f"exported_{k}" if k in _RESERVED else k, v) for k, v in labels))
+        return self._sid(state, SCRAPE_JOB, name, labels)
 
     def _events(self, state: _TargetState, body: dict[str, Any]) -> list[tuple[int, float]]:
         out = []
@@ -183,49 +203,52 @@ class Scraper:
     async def _fetch_events(self, url: str) -> dict[str, Any] | None:
         assert self.fetcher is not None
         try:
-            async with asyncio.timeout(self.timeout):
-                status, text = await self.fetcher.get(url)
-            if status != 200:
-                return None
-            body = json.loads(text)
-        except (OSError, EOFError, ValueError, TimeoutError):
+            status, text = await self.fetcher.get(url)
+            body = json.loads(text) if status == 200 else None
+        except (OSError, EOFError, ValueError) as err:
+            logger.debug("scrape %s failed: %r", url, err)
             return None
         return body if isinstance(body, dict) else None
 
     async def scrape(self, state: _TargetState, now: float) -> TargetBatch:
-        """Scrape one target once (never raises, except on cancellation)."""
+        """Scrape one target once (never raises, except on cancellation).
+
+        ``/events`` is fetched after ``/metrics`` on the same kept-alive connection and under
+        the same deadline, only when ``/metrics`` answered; its failure does not change ``up``.
+        """
         assert self.fetcher is not None
         t = state.target
         batch = TargetBatch(t.node, now)
         started = time.perf_counter()
+        duration = None
         up = 0.0
-        events_task = (
-            asyncio.create_task(self._fetch_events(t.events_url)) if t.events_url else None
-        )
         try:
             async with asyncio.timeout(self.timeout):
                 status, body = await self.fetcher.get(t.metrics_url)
-            if status != 200:
-                logger.debug("[node=%s] scrape %s: HTTP %d", t.node, t.metrics_url, status)
-            else:
-                batch.samples = self._ingest(state, body)
-                up = 1.0
+                duration = time.perf_counter() - started
+                if status != 200:
+                    logger.debug("[node=%s] scrape %s: HTTP %d", t.node, t.metrics_url, status)
+                else:
+                    batch.samples = self._ingest(state, body)
+                    up = 1.0
+                    if t.events_url:
+                        batch.events = await self._fetch_events(t.events_url)
         except MalformedText as err:
             logger.warning("[node=%s] scrape %s: bad body: %s", t.node, t.metrics_url, err)
             batch.samples = []
         except (OSError, EOFError, ValueError, TimeoutError) as err:
             logger.debug("[node=%s] scrape %s failed: %r", t.node, t.metrics_url, err)
-        duration = time.perf_counter() - started
+        if duration is None:
+            duration = time.perf_counter() - started
         scraped = float(len(batch.samples))
-        if events_task is not None:
-            batch.events = await events_task
-            if batch.events is not None:
-                batch.samples.extend(self._events(state, batch.events))
-        batch.samples.append((self._sid(state, SCRAPE_JOB, "up", ()), up))
-        batch.samples.append(
-            (self._sid(state, SCRAPE_JOB, "scrape_duration_seconds", ()), duration)
-        )
-        batch.samples.append((self._sid(state, SCRAPE_JOB, "scrape_samples_scraped", ()), scraped))
+        if batch.events is not None:
+            batch.samples.extend(self._events(state, batch.events))
+        for metric, value in (
+            ("up", up),
+            ("scrape_duration_seconds", duration),
+            ("scrape_samples_scraped", scraped),
+        ):
+            batch.samples.append((self._sid(state, SCRAPE_JOB, metric, ()), value))
         return batch
 
     async def _target_loop(self, state: _TargetState, epoch: float) -> None:

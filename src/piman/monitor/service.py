@@ -11,16 +11,18 @@ import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
 from piman.monitor.fetch import StreamFetcher
 from piman.monitor.scrape import Scraper, Target, targets_for
 from piman.monitor.snapshot import NodeSnapshots
-from piman.monitor.tsdb import Tsdb
+from piman.monitor.tsdb import TargetBatch, Tsdb
 
 if TYPE_CHECKING:
     from piman.config.monitoring import MonitoringSettings
     from piman.manager import ManagerContext, Service
 
-__all__ = ["METRICS_FILE", "Monitoring", "TsdbService", "build_services"]
+__all__ = ["METRICS_FILE", "CollectorMetrics", "Monitoring", "TsdbService", "build_services"]
 
 METRICS_FILE = "metrics.db"
 
@@ -53,6 +55,46 @@ class TsdbService:
             await tsdb.close()
 
 
+class CollectorMetrics:
+    """The collector's health on the manager's own /metrics, updated after each cycle."""
+
+    def __init__(self, registry: CollectorRegistry, tsdb: Tsdb) -> None:
+        self.tsdb = tsdb
+        self.targets = Gauge(
+            "piman_collector_targets",
+            "Agents scraped in the last cycle, by whether the scrape worked.",
+            ["state"],
+            registry=registry,
+        )
+        self.samples = Counter(
+            "piman_collector_samples_written",
+            "Samples written to the metrics store.",
+            registry=registry,
+        )
+        self.series = Gauge(
+            "piman_collector_series", "Series known to the metrics store.", registry=registry
+        )
+        self.cpu = Counter(
+            "piman_collector_store_cpu_seconds",
+            "CPU time of the metrics store's writer thread.",
+            ["work"],
+            registry=registry,
+        )
+        self._seen = (0, 0.0, 0.0)
+
+    async def update(self, batches: list[TargetBatch]) -> None:
+        up = sum(1 for b in batches if len(b.samples) >= 3 and b.samples[-3][1] == 1.0)
+        self.targets.labels("up").set(up)
+        self.targets.labels("down").set(len(batches) - up)
+        t = self.tsdb
+        written, insert, maintain = self._seen
+        self.samples.inc(t.samples_written - written)
+        self.cpu.labels("insert").inc(t.cpu_insert - insert)
+        self.cpu.labels("maintain").inc(t.cpu_maintain - maintain)
+        self._seen = (t.samples_written, t.cpu_insert, t.cpu_maintain)
+        self.series.set(t.series_count)
+
+
 def build_monitoring(ctx: ManagerContext, settings: MonitoringSettings) -> Monitoring:
     """The store and scraper for a configuration (also used by tests and benchmarks)."""
     from piman.monitor.export import VictoriaForwarder
@@ -82,6 +124,7 @@ def build_monitoring(ctx: ManagerContext, settings: MonitoringSettings) -> Monit
     )
     monitor = Monitoring(settings=settings, tsdb=tsdb, scraper=scraper)
     scraper.on_flush.append(monitor.snapshot.refresh)
+    scraper.on_flush.append(CollectorMetrics(ctx.metrics, tsdb).update)
     if settings.forward_url is not None:
         scraper.on_flush.append(VictoriaForwarder(settings.forward_url, scraper).send)
     return monitor

@@ -110,6 +110,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA busy_timeout=10000")
+    db.execute("PRAGMA temp_store=MEMORY")
     return db
 
 
@@ -143,6 +144,8 @@ class Tsdb:
         self._rdb: sqlite3.Connection | None = None
         self.last_write: float = 0.0
         self.samples_written = 0
+        self.cpu_insert = 0.0  # writer-thread CPU seconds: inserting, rollups + expiry + commit
+        self.cpu_maintain = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -198,6 +201,11 @@ class Tsdb:
         await self.ready.wait()
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn, *args)
 
+    @property
+    def series_count(self) -> int:
+        """Series known (written or about to be)."""
+        return len(self._ids)
+
     # -- write side --------------------------------------------------------------------------
 
     def series_id(self, job: str, node: str, instance: str, metric: str, labels: LabelTuple) -> int:
@@ -227,6 +235,7 @@ class Tsdb:
     ) -> None:
         db = self._wdb
         assert db is not None, "Tsdb.open() first"
+        t0 = time.thread_time()
         rows: list[tuple[int, int, float]] = []
         scrapes = []
         events = []
@@ -243,14 +252,18 @@ class Tsdb:
             db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?)", rows)
             db.executemany("INSERT OR IGNORE INTO scrapes VALUES (?, ?)", scrapes)
             db.executemany("INSERT OR REPLACE INTO events VALUES (?, ?, ?)", events)
+            t1 = time.thread_time()
             self._maintain(db, now)
             db.execute("COMMIT")
+            t2 = time.thread_time()
         except sqlite3.Error as err:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise StoreError(f"metrics store write failed: {err}") from err
         self.last_write = now
         self.samples_written += len(rows)
+        self.cpu_insert += t1 - t0
+        self.cpu_maintain += t2 - t1
 
     def _meta(self, db: sqlite3.Connection, key: str) -> int | None:
         row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -258,32 +271,50 @@ class Tsdb:
 
     def _maintain(self, db: sqlite3.Connection, now: float) -> None:
         """Roll up complete minutes/hours (after ``grace`` for late targets); expire."""
-        done_1m = (
-            int(now - max(self.grace, 60.0)) // 60 * 60
-        )  # minutes before this one are complete
+        done_1m = int(now - max(self.grace, 60.0)) // 60 * 60  # earlier minutes are complete
         since = self._meta(db, "rollup_1m")
         if since is None:
             first = db.execute("SELECT min(ts) FROM samples").fetchone()[0]
             since = done_1m if first is None else int(first) // 60000 * 60
         if done_1m > since:
-            db.execute(
-                "INSERT OR REPLACE INTO rollup_1m SELECT ts / 60000 * 60, series_id, min(value),"
-                " max(value), avg(value), count(*) FROM samples WHERE ts >= ? AND ts < ?"
-                " GROUP BY ts / 60000, series_id",
-                (since * 1000, done_1m * 1000),
-            )
+            # One minute per statement: GROUP BY series_id alone sorts less (measured: 2.7 s
+            # instead of 3.7 s for a minute of 2,000 nodes).
+            m = since
+            while m < done_1m:
+                first = db.execute(
+                    "SELECT min(ts) FROM samples WHERE ts >= ? AND ts < ?",
+                    (m * 1000, done_1m * 1000),
+                ).fetchone()[0]
+                if first is None:
+                    break
+                m = int(first) // 60000 * 60
+                db.execute(
+                    "INSERT OR REPLACE INTO rollup_1m SELECT ?, series_id, min(value), max(value),"
+                    " avg(value), count(*) FROM samples WHERE ts >= ? AND ts < ?"
+                    " GROUP BY series_id",
+                    (m, m * 1000, (m + 60) * 1000),
+                )
+                m += 60
             db.execute("INSERT OR REPLACE INTO meta VALUES ('rollup_1m', ?)", (done_1m,))
             done_1h = done_1m // 3600 * 3600
             since_h = self._meta(db, "rollup_1h")
-            if since_h is None:
-                since_h = since // 3600 * 3600
-            if done_1h > since_h:
+            h = since // 3600 * 3600 if since_h is None else since_h
+            while h < done_1h:
+                first = db.execute(
+                    "SELECT min(bucket) FROM rollup_1m WHERE bucket >= ? AND bucket < ?",
+                    (h, done_1h),
+                ).fetchone()[0]
+                if first is None:
+                    break
+                h = int(first) // 3600 * 3600
                 db.execute(
-                    "INSERT OR REPLACE INTO rollup_1h SELECT bucket / 3600 * 3600, series_id,"
-                    " min(min), max(max), sum(avg * n) / sum(n), sum(n) FROM rollup_1m"
-                    " WHERE bucket >= ? AND bucket < ? GROUP BY bucket / 3600, series_id",
-                    (since_h, done_1h),
+                    "INSERT OR REPLACE INTO rollup_1h SELECT ?, series_id, min(min), max(max),"
+                    " sum(avg * n) / sum(n), sum(n) FROM rollup_1m"
+                    " WHERE bucket >= ? AND bucket < ? GROUP BY series_id",
+                    (h, h, h + 3600),
                 )
+                h += 3600
+            if done_1h > (since_h or 0):
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('rollup_1h', ?)", (done_1h,))
         raw_cut = int((now - self.retention) * 1000)
         db.execute("DELETE FROM samples WHERE ts < ?", (raw_cut,))

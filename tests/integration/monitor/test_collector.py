@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from tests.support import needs_tool
 
 PIMAN = [sys.executable, "-m", "piman"]
@@ -179,6 +180,11 @@ def test_monitoring_only_manager_without_privileges_scrapes_real_agents(
         bad = httpx.get(f"{base}/api/v1/query_range", params={"metric": "up", "step": "-1"})
         assert bad.status_code == 400
         assert bad.json()["errorType"] == "bad_data"
+
+        # The manager's own metrics say how the collector is doing.
+        own = httpx.get(f"{base}/metrics").text
+        assert 'piman_collector_targets{state="up"} 3.0' in own
+        assert 'piman_collector_targets{state="down"} 1.0' in own
 
         # The web page shows metric cells and a sparkline per node.
         page = httpx.get(f"{base}/").text

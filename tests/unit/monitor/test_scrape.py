@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from piman.monitor.expfmt import format_sample, parse
 from piman.monitor.scrape import Scraper, Target, _TargetState, targets_for
 from piman.monitor.snapshot import NodeSnapshots, sparkline
 from piman.monitor.tsdb import Tsdb
@@ -193,3 +197,50 @@ def test_targets_are_spread_over_the_interval(tmp_path: Path) -> None:
     phases = [scraper.phase(_target(f"n{i}")) for i in range(200)]
     assert all(0 <= p < 1.0 for p in phases)
     assert len({int(p * 10) for p in phases}) == 10  # every tenth of the interval is used
+
+
+_line_values = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(10**12), 10**12)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True),
+            st.dictionaries(
+                st.from_regex(r"[a-z][a-z0-9_]{0,5}", fullmatch=True),
+                st.text(max_size=6),
+                max_size=3,
+            ),
+        ),
+        min_size=1,
+        max_size=12,
+        unique_by=lambda t: (t[0], tuple(sorted(t[1].items()))),
+    ),
+    st.lists(st.lists(_line_values, min_size=12, max_size=12), min_size=1, max_size=3),
+)
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_ingest_fast_path_reads_what_the_full_parser_reads(
+    tmp_path: Path,
+    series: list[tuple[str, dict[str, str]]],
+    scrapes: list[list[float | int]],
+) -> None:
+    """Scraping the same series again (fast path) gives exactly expfmt.parse's samples."""
+    scraper = _scraper(Tsdb(tmp_path / "never-opened.db"), FakeFetcher({}, set()), [])
+    state = _TargetState(_target("n"))
+    names = {}
+    for values in scrapes:
+        body = "".join(
+            format_sample(name, sorted(labels.items()), float(v)) + "\n"
+            for (name, labels), v in zip(series, values, strict=False)
+        )
+        got = scraper._ingest(state, body)
+        for key, sid in scraper.tsdb._ids.items():
+            names[sid] = (key[2], key[3])
+        expected = [(s.name, s.labels, s.value) for s in parse(body)]
+        ours = [(*names[sid], value) for sid, value in got]
+        assert len(ours) == len(expected)
+        for (n1, l1, v1), (n2, l2, v2) in zip(ours, expected, strict=True):
+            assert (n1, l1) == (n2, l2)
+            assert v1 == v2 or (math.isnan(v1) and math.isnan(v2))
