@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import yaml
-from tests.support import needs_tool
 
 from piman.monitor.export import grafana_dashboard
+from tests.support import needs_tool
 
 PIMAN = [sys.executable, "-m", "piman"]
 

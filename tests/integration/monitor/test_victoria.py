@@ -12,11 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.support import needs_tool
 
 from piman.monitor.export import VictoriaForwarder
 from piman.monitor.scrape import Scraper, Target
 from piman.monitor.tsdb import Tsdb
+from tests.support import needs_tool
 
 BODY = """\
 # TYPE node_load1 gauge
