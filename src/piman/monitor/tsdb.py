@@ -17,9 +17,10 @@ Theory of operation
   ``retention``. ``events(node, ts, body)``: each node's latest ``/events`` JSON.
 - One transaction per scrape cycle (:meth:`Tsdb.write`), WAL, ``synchronous=NORMAL``. All
   writes run on one writer thread with its own connection; reads on a reader thread with
-  another connection (WAL lets them run side by side). :meth:`Tsdb.latest` seeks the
-  samples of each node's scrapes within the lookback (cheaper than keeping every series'
-  latest value in memory on each write).
+  another connection (WAL lets them run side by side). The newest sample of every series
+  is also kept in two arrays indexed by series id (16 bytes a series), so :meth:`Tsdb.latest`
+  at the current time needs no disk read (measured: ``up`` of 2,000 nodes from disk, 0.17 s of
+  CPU; from the arrays, a few ms); older times seek each node's scrapes in the lookback.
 
 Key order, measured (bench of 100,000 series = 200 nodes × 500, one insert per cycle, ts
 spread per node, Python 3.11 / SQLite 3.40 on this machine)::
@@ -42,6 +43,7 @@ import logging
 import math
 import sqlite3
 import time
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -137,6 +139,9 @@ class Tsdb:
         self._new: list[tuple[int, str, str, str, str, str]] = []
         self._next_id = 1
         self._events: dict[str, dict[str, Any]] = {}
+        # Newest sample of each series by id (ts NaN: not written since opened).
+        self._latest_ts = array("d")
+        self._latest_value = array("d")
         self._writer: ThreadPoolExecutor | None = None
         self._reader: ThreadPoolExecutor | None = None
         self.ready = asyncio.Event()  # set while open; readers wait for it
@@ -236,6 +241,11 @@ class Tsdb:
         db = self._wdb
         assert db is not None, "Tsdb.open() first"
         t0 = time.thread_time()
+        missing = self._next_id - len(self._latest_ts)
+        if missing > 0:
+            self._latest_ts.extend([math.nan] * missing)
+            self._latest_value.extend([math.nan] * missing)
+        latest_ts, latest_value = self._latest_ts, self._latest_value
         rows: list[tuple[int, int, float]] = []
         scrapes = []
         events = []
@@ -243,6 +253,10 @@ class Tsdb:
             ts_ms = int(batch.ts * 1000)
             scrapes.append((batch.node, ts_ms))
             rows += [(ts_ms, sid, value) for sid, value in batch.samples]  # SQLite: NaN → NULL
+            ts = batch.ts
+            for sid, value in batch.samples:
+                latest_ts[sid] = ts
+                latest_value[sid] = value
             if batch.events is not None:
                 events.append((batch.node, batch.ts, json.dumps(batch.events)))
                 self._events[batch.node] = batch.events
@@ -357,12 +371,24 @@ class Tsdb:
         """Newest sample of each matching series in ``(at - lookback, at]``."""
         found = await self._on_reader(self._find, metric, matchers)
         at = time.time() if at is None else at
-        points = await self._on_reader(self._points, found, at - lookback, at)
-        return [
-            Sample(metric, s.labels, pts[-1][0], pts[-1][1])
-            for s in found
-            if (pts := [p for p in points.get(s.id, ()) if p[0] > at - lookback])
-        ]
+        out = []
+        older = []  # series whose newest sample is after `at`, or unknown: read from disk
+        latest_ts, latest_value = self._latest_ts, self._latest_value
+        for s in found:
+            ts = latest_ts[s.id] if s.id < len(latest_ts) else math.nan
+            if ts <= at:  # the newest sample is the answer, if fresh enough
+                if ts > at - lookback:
+                    out.append(Sample(metric, s.labels, ts, latest_value[s.id]))
+            else:
+                older.append(s)
+        if older:
+            points = await self._on_reader(self._points, older, at - lookback, at)
+            out += [
+                Sample(metric, s.labels, pts[-1][0], pts[-1][1])
+                for s in older
+                if (pts := [p for p in points.get(s.id, ()) if p[0] > at - lookback])
+            ]
+        return out
 
     def _points(
         self, found: Iterable[_SeriesInfo], start: float, end: float
