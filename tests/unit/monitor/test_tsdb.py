@@ -166,6 +166,8 @@ async def test_a_reopened_store_keeps_series_samples_and_events(tmp_path: Path) 
         assert _temp(again, "b") != sid
         [series] = await again.range("node_temp", None, T0 - 1, T0 + 1)
         assert series.points == [(T0, 42.0)]
+        [sample] = await again.latest("node_temp", at=T0 + 1)  # from disk after a restart
+        assert (sample.ts, sample.value) == (T0, 42.0)
         assert await again.latest_events("a") == {"cpu_percent": 1.0}
     finally:
         await again.close()
