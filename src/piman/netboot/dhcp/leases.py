@@ -29,6 +29,10 @@ and it is shared with the other services (PostgreSQL would add a network round t
 writes two records (OFFER, ACK); at the 2,000 DORA/s goal that is 4,000 records/s, which the
 journal does with group commit at a fraction of one core. Node sightings still go to the store,
 throttled (see ``server.py``).
+
+End to end (``bench/dhcp.py``: perfdhcp, 10,000 clients, 10 s per rate, quiet machine, with this
+journal fsynced before every reply batch): 0 % drops up to 5,000 DORA/s (0.7–7 ms average
+delay; drops start at 6,000/s), against dnsmasq's 200/s (12–20 % drops at 500/s).
 """
 
 from __future__ import annotations
