@@ -250,22 +250,23 @@ async def tftp_fetch(
         sock.close()
 
 
-async def tftp_sequence(pi: VirtualPi, target: tuple[str, int]) -> dict[str, int | None]:
-    """The TFTP requests of ``pi``'s model, in order; file → bytes received (None: failed)."""
+async def tftp_sequence(pi: VirtualPi, target: tuple[str, int]) -> list[tuple[str, int | None]]:
+    """The TFTP requests of ``pi``'s model, in order: (file, bytes received or None)."""
     family = pi.model.family or 4
-    got: dict[str, int | None] = {}
+    got: list[tuple[str, int | None]] = []
     if family == 3:
-        got["bootcode.bin"] = await tftp_fetch(target, "bootcode.bin")
-        got["bootsig.bin"] = await tftp_fetch(target, "bootsig.bin")
+        got.append(("bootcode.bin", await tftp_fetch(target, "bootcode.bin")))
+        got.append(("bootsig.bin", await tftp_fetch(target, "bootsig.bin")))
         opts: tuple[tuple[str, str], ...] = _TSIZE
     else:
         opts = _PI4_OPTS
     first = "config.txt" if family == 5 else ("start4.elf" if family == 4 else "start.elf")
     probe_name = f"{pi.serial}/{first}"
-    got[probe_name] = await tftp_fetch(target, probe_name, opts, probe=family != 5)
-    prefix = f"{pi.serial}/" if got[probe_name] is not None else ""
+    found = await tftp_fetch(target, probe_name, opts, probe=family != 5)
+    got.append((probe_name, found))
+    prefix = f"{pi.serial}/" if found is not None else ""
     for name in _FILES[family]:
-        got[prefix + name] = await tftp_fetch(target, prefix + name, opts)
+        got.append((prefix + name, await tftp_fetch(target, prefix + name, opts)))
     return got
 
 
