@@ -390,3 +390,20 @@ async def test_loopback_is_exempt_from_the_rate_limit_by_default(root: Path) -> 
         sock.close()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_whole_transfer_limit_ends_a_slow_transfer_with_an_error(root: Path) -> None:
+    running, task = await start_server(
+        root, retransmit_timeout=0.1, max_retries=1000, transfer_timeout=0.5
+    )  # fmt: skip
+    sock = _client()
+    try:
+        sock.sendto(b"\x00\x01big\x00octet\x00", ("127.0.0.1", running.port))
+        datagrams = await _drain(sock, quiet=2.0)
+        assert datagrams[0][:4] == b"\x00\x03\x00\x01"
+        assert datagrams[-1].startswith(b"\x00\x05\x00\x00")  # ERROR 0: time limit
+        assert running.outcomes() == [Outcome.EXPIRED]
+    finally:
+        sock.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
