@@ -252,14 +252,19 @@ class Scraper:
         return batch
 
     async def _target_loop(self, state: _TargetState, epoch: float) -> None:
-        """Scrape a target at ``epoch + phase + k·interval`` forever."""
+        """Scrape a target at ``epoch + phase + k·interval`` (event-loop clock) forever.
+
+        Schedules use the loop's monotonic clock, so a wall-clock step never stalls or
+        bunches scrapes; samples are stamped with the wall clock.
+        """
+        loop = asyncio.get_running_loop()
         phase = self.phase(state.target)
-        k = math.ceil((time.time() - epoch - phase) / self.interval)
+        k = math.ceil((loop.time() - epoch - phase) / self.interval)
         while True:
             at = epoch + phase + k * self.interval
-            await asyncio.sleep(max(0.0, at - time.time()))
+            await asyncio.sleep(max(0.0, at - loop.time()))
             self._pending.append(await self.scrape(state, time.time()))
-            k = max(k + 1, math.ceil((time.time() - epoch - phase) / self.interval))
+            k = max(k + 1, math.ceil((loop.time() - epoch - phase) / self.interval))
 
     def exposition(self, batches: Iterable[TargetBatch]) -> str:
         """The batches as Prometheus text with millisecond timestamps (for forwarding)."""
@@ -306,12 +311,16 @@ class Scraper:
         own_fetcher = self.fetcher is None
         if self.fetcher is None:
             self.fetcher = StreamFetcher()
-        epoch = time.time() // self.interval * self.interval
+        loop = asyncio.get_running_loop()
+        # Cycles start on wall-clock multiples of the interval (as seen now), then follow the
+        # loop's monotonic clock.
+        epoch = loop.time() - time.time() % self.interval
         try:
             while True:
                 await self._sync_targets(epoch)
-                next_flush = (time.time() - epoch) // self.interval * self.interval + epoch
-                await asyncio.sleep(max(0.0, next_flush + self.interval - time.time()))
+                now = loop.time()
+                next_flush = epoch + ((now - epoch) // self.interval + 1) * self.interval
+                await asyncio.sleep(max(0.0, next_flush - now))
                 await self.flush()
         finally:
             for state in self._states.values():
