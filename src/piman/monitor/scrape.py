@@ -263,7 +263,9 @@ class Scraper:
         while True:
             at = epoch + phase + k * self.interval
             await asyncio.sleep(max(0.0, at - loop.time()))
-            self._pending.append(await self.scrape(state, time.time()))
+            batch = await self.scrape(state, time.time())
+            # Look up _pending only now: flush() may have swapped it while we scraped.
+            self._pending.append(batch)
             k = max(k + 1, math.ceil((loop.time() - epoch - phase) / self.interval))
 
     def exposition(self, batches: Iterable[TargetBatch]) -> str:

@@ -244,3 +244,37 @@ def test_ingest_fast_path_reads_what_the_full_parser_reads(
         for (n1, l1, v1), (n2, l2, v2) in zip(ours, expected, strict=True):
             assert (n1, l1) == (n2, l2)
             assert v1 == v2 or (math.isnan(v1) and math.isnan(v2))
+
+
+async def test_a_scrape_in_flight_during_a_flush_lands_in_the_next_cycle(tsdb: Tsdb) -> None:
+    ok = _target("ok")
+    release = asyncio.Event()
+
+    class Held(FakeFetcher):
+        async def get(self, url: str) -> tuple[int, str]:
+            await release.wait()
+            return await super().get(url)
+
+    scraper = _scraper(tsdb, Held({ok.metrics_url: (200, BODY)}, set()), [ok])
+    scraper.interval, scraper.timeout = 600.0, 30.0  # one scrape in this test
+    state = _TargetState(ok)
+    loop = asyncio.get_running_loop()
+    epoch = loop.time() - scraper.phase(ok) + 0.01  # first scrape due in 10 ms
+    task = asyncio.create_task(scraper._target_loop(state, epoch))
+    try:
+        await asyncio.sleep(0.2)  # the scrape is waiting for its answer
+        assert await scraper.flush() == []
+        release.set()
+        async with asyncio.timeout(5):  # the batch must not land in the flushed list
+            while True:
+                if scraper._pending:
+                    break
+                await asyncio.sleep(0.01)
+        [batch] = await scraper.flush()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert batch.node == "ok"
+    [up] = await tsdb.latest("up", {"node": "ok"})
+    assert up.value == 1.0
