@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -9,7 +10,13 @@ import typer
 import yaml
 from rich.table import Table
 
-from piman.cli.common import EXIT_BAD_INPUT, HostsOption, console, report_config_error
+from piman.cli.common import (
+    EXIT_BAD_INPUT,
+    HostsOption,
+    console,
+    err_console,
+    report_config_error,
+)
 from piman.config import Config, load_config
 from piman.errors import ConfigError
 
@@ -39,8 +46,25 @@ def check(
         report_config_error(err)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     show(config)
+    for warning in _warnings(config):
+        err_console.print(f"warning: {warning}", soft_wrap=True, markup=False)
     if show_yaml:
         console.print(yaml.safe_dump(as_yaml(config), sort_keys=False), markup=False)
+
+
+def _warnings(config: Config) -> list[str]:
+    """What is valid but will not work as the user probably hopes (printed, exit stays 0)."""
+    if config.tftp is None or not config.tftp.enabled:
+        return []
+    from piman.netboot.boottree import check_boot_trees
+
+    quiet = logging.getLogger("piman.netboot")
+    quiet.addHandler(logging.NullHandler())  # the lines are printed below, not logged twice
+    quiet.propagate = False
+    try:
+        return check_boot_trees(config)
+    finally:
+        quiet.propagate = True
 
 
 def as_yaml(config: Config) -> dict[str, object]:

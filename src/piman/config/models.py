@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from piman.config.monitoring import MonitoringSettings
 from piman.config.netboot import DhcpSettings, TftpSettings
 from piman.config.power import SwitchSettings
-from piman.config.types import HostPort, MacAddress, parse_host_port
+from piman.config.types import HostPort, MacAddress, Name, parse_host_port
 
 __all__ = [
     "Config",
@@ -28,8 +28,6 @@ __all__ = [
     "NodeSettings",
     "check_inventory",
 ]
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 class ManagerSettings(BaseModel):
@@ -89,7 +87,7 @@ class NodeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: Name
     switch: str | None = None
     port: int | None = Field(default=None, ge=1, le=1024)
     mac: MacAddress | None = None
@@ -98,15 +96,6 @@ class NodeSettings(BaseModel):
     model: str | None = None
     hostname: str | None = None
     agent_url: str | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not _NAME_RE.match(value):
-            raise ValueError(
-                f"{value!r} is not a valid name (letters, digits, '.', '_' and '-', up to 63)"
-            )
-        return value
 
     @field_validator("serial", mode="before")
     @classmethod

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from piman.config.types import Duration
+from piman.config.types import Duration, Name
 
 __all__ = ["SecretRef", "SnmpSettings", "SwitchSettings"]
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 class SecretRef(BaseModel):
@@ -54,7 +51,7 @@ class SwitchSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: Name
     address: IPv4Address | None = None
     driver: Literal["snmp-poe", "command", "webhook", "ssh-reboot", "manual", "none"] = "snmp-poe"
     profile: Literal["rfc3621", "netgear", "tplink", "cisco", "auto"] = "rfc3621"
@@ -74,12 +71,3 @@ class SwitchSettings(BaseModel):
     webhook_token: SecretStr | None = None  # sent as "Authorization: Bearer <token>"
     ssh_user: str = "pi"  # ssh-reboot: who logs in; the node's ip is the host
     ssh_key_file: Path | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not _NAME_RE.match(value):
-            raise ValueError(
-                f"{value!r} is not a valid name (letters, digits, '.', '_' and '-', up to 63)"
-            )
-        return value

@@ -11,6 +11,7 @@ __all__ = [
     "Duration",
     "HostPort",
     "MacAddress",
+    "Name",
     "parse_duration",
     "parse_host_port",
     "parse_mac",
@@ -71,6 +72,22 @@ def parse_mac(value: object) -> str:
 
 MacAddress = Annotated[str, BeforeValidator(parse_mac)]
 """A MAC address, normalised to lower case with colons."""
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def check_name(value: object) -> str:
+    """A name for a node or a switch: letters, digits, '.', '_' and '-', up to 63."""
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid name (letters, digits, '.', '_' and '-', up to 63)"
+        )
+    return value
+
+
+Name = Annotated[str, BeforeValidator(check_name)]
+"""The name of a node or a switch."""
 
 
 def parse_host_port(value: object, default_port: int | None = None) -> tuple[str, int]:

@@ -112,3 +112,22 @@ def test_every_command_has_help_with_an_example() -> None:
         result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
         assert result.exit_code == 0, command
         assert "Example" in result.output, f"piman {' '.join(command)} --help has no example"
+
+
+def test_boot_files_too_big_for_pi_tftp_give_a_warning(tmp_path: Path) -> None:
+    boot = tmp_path / "data" / "boot"
+    boot.mkdir(parents=True)
+    (boot / "kernel8.img").write_bytes(b"\0" * 1024)
+    with (boot / "initramfs8").open("wb") as big:
+        big.truncate(70 * 1024 * 1024)  # sparse: > 65535 blocks of 1024
+    path = tmp_path / "piman.yaml"
+    path.write_text(
+        f"manager: {{address: 198.18.0.1, data_dir: {tmp_path / 'data'}}}\n"
+        "tftp: {enabled: true}\n"
+    )
+    result = piman("config", "check", str(path))
+    assert result.returncode == 0
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, result.stderr
+    assert "initramfs8" in warnings[0]
+    assert "65535 blocks" in warnings[0]
