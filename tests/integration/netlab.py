@@ -40,7 +40,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support import needs_root, needs_tool
+from tests.support import free_port, needs_root, needs_tool
 
 __all__ = ["SERVER_IP", "NetLab", "netlab"]
 
@@ -202,7 +202,7 @@ class NetLab:
                 "interface": "eth0",
                 "network": NETWORK,
                 "data_dir": str(data_dir),
-                "http": f"127.0.0.1:{_free_port()}",
+                "http": f"127.0.0.1:{free_port()}",
                 "log_level": "DEBUG",
             },
             "dhcp": {"mode": "authoritative", "listen": "0.0.0.0:67"},
@@ -273,13 +273,6 @@ class NetLab:
         if "inet" not in out:
             return None
         return out[out.index("inet") + 1].split("/")[0]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture

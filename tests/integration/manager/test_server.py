@@ -16,6 +16,8 @@ from typing import IO
 import httpx
 import pytest
 
+from tests.support import free_port
+
 CONFIG = """\
 manager:
   address: 198.18.0.1
@@ -29,13 +31,6 @@ nodes:
       model: pi4}}
   - {{name: rack1-02, switch: rack1, port: 2, mac: "b8:27:eb:00:00:02", ip: 198.18.0.12}}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:

@@ -13,14 +13,7 @@ from pathlib import Path
 
 from piman.sim.netboot import tftp_fetch, tftp_sequence
 from piman.sim.pi import make_pi
-from tests.support import needs_tool
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.support import free_udp_port, needs_tool
 
 
 async def test_virtual_pi4_fetches_its_boot_files_from_tftpd_hpa(tmp_path: Path) -> None:
@@ -33,7 +26,7 @@ async def test_virtual_pi4_fetches_its_boot_files_from_tftpd_hpa(tmp_path: Path)
     sizes = {"start4.elf": 300_000, "config.txt": 120, "kernel8.img": 1_000_000, "fixup4.dat": 0}
     for name, size in sizes.items():
         (tree / name).write_bytes(bytes(i % 251 for i in range(size)))
-    port = _free_udp_port()
+    port = free_udp_port()
     server = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited on
         ["in.tftpd", "-L", "-a", f"127.0.0.1:{port}", "-s", str(root), "-u", "root"],
         stdout=subprocess.DEVNULL,
@@ -56,7 +49,7 @@ async def test_virtual_pi4_fetches_its_boot_files_from_tftpd_hpa(tmp_path: Path)
 
 
 async def test_tftp_fetch_gives_up_on_a_silent_server() -> None:
-    port = _free_udp_port()
+    port = free_udp_port()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", port))
         assert await tftp_fetch(("127.0.0.1", port), "x", wait=0.1, retries=1) is None

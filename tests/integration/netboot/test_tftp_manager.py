@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import logging
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from piman.config import parse_config
 from piman.manager import Manager, _netboot
 from piman.netboot.service import Netboot
-from tests.support import needs_tool
+from tests.support import free_udp_port, needs_tool
 
 CONFIG = """\
 manager: {{address: 198.18.0.1, network: 198.18.0.0/24, data_dir: {data_dir}}}
@@ -22,13 +21,6 @@ tftp: {{enabled: true, listen: "127.0.0.1:{port}"}}
 nodes:
   - {{name: rack1-01, mac: "dc:a6:32:00:00:01", ip: 198.18.0.11, serial: 1234abcd, model: pi4}}
 """
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def curl(url: str, out: Path) -> tuple[int, str]:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.support import free_udp_port
 
 RFC = "1.3.6.1.2.1.105.1.1.1"
 NETGEAR = "1.3.6.1.4.1.4526.11.16.1.1.1"
@@ -25,13 +26,6 @@ CISCO_MW = "1.3.6.1.4.1.9.9.402.1.2.1.9"
 V3_USER = "piman"
 V3_AUTH = "auth-key-123"
 V3_PRIV = "priv-key-456"
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _oid_key(line: str) -> tuple[int, ...]:

@@ -13,20 +13,9 @@ import pytest
 
 from piman.store import Store
 from tests.integration.power.snmpsim import RFC, Snmpsim, rfc3621_records, snmpget, start_snmpsim
+from tests.support import SEED_YAML as SEED
 from tests.support import needs_tool
 
-SEED = """\
-private_number: 4
-server_address: 172.30.4.1
-subnet_mask: 255.255.255.0
-interface: ens4
-switch_count: 2
-switches:
-  - swtich_0_address: 172.30.4.254
-    pi_addresses: [172.30.4.13, 172.30.4.14]
-  - swtich_1_address: 172.30.4.128
-    pi_addresses: [172.30.4.2]
-"""
 FDB = "1.3.6.1.2.1.17.4.3.1.2"
 BASE_PORT = "1.3.6.1.2.1.17.1.4.1.2"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import needs_tool
+from tests.support import free_port, needs_tool
 
 PG_BIN_DIRS = ["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/local/bin"]
 
@@ -27,13 +27,6 @@ def _pg_tool(name: str) -> str | None:
         if (Path(d) / name).exists():
             return str(Path(d) / name)
     return shutil.which(name)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _as_owner(argv: list[str]) -> list[str]:
@@ -53,7 +46,7 @@ def postgres_url() -> Iterator[str]:
     assert pg_ctl is not None
     tmp = Path(tempfile.mkdtemp(prefix="piman-pg-"))
     tmp.chmod(0o777)
-    data, port = tmp / "pg", _free_port()
+    data, port = tmp / "pg", free_port()
     subprocess.run(
         _as_owner([initdb, "-D", str(data), "-A", "trust", "-U", "postgres"]),
         check=True,

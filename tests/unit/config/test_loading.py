@@ -11,19 +11,7 @@ from hypothesis import strategies as st
 
 from piman.config import load_config, parse_config
 from piman.errors import ConfigError
-
-SEED = """\
-private_number: 4
-server_address: 172.30.4.1
-subnet_mask: 255.255.255.0
-interface: ens4
-switch_count: 2
-switches:
-  - swtich_0_address: 172.30.4.254      # the seed's own spelling
-    pi_addresses: [172.30.4.13, 172.30.4.14]
-  - swtich_1_address: 172.30.4.128
-    pi_addresses: [172.30.4.2]
-"""
+from tests.support import SEED_YAML as SEED
 
 GOOD = """\
 manager:
