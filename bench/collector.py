@@ -167,7 +167,7 @@ async def run_collector(
     marks: list[tuple[float, float, int]] = []
 
     async def on_flush(batches: list) -> None:  # type: ignore[type-arg]
-        marks.append((cpu(), time.perf_counter(), sum(len(b.samples) for b in batches)))
+        marks.append((cpu(), time.perf_counter(), sum(len(b) for b in batches)))
         if os.environ.get("BENCH_DEBUG"):
             print("flush", marks[-1], flush=True)
 
@@ -223,20 +223,17 @@ async def anchor(body: str, nodes: int, cycles: int, data: Path) -> dict[str, fl
 
     for c in range(cycles):  # cycle 0 creates the series: a warm-up for both stores
         c0 = cpu()
-        batches = [
-            TargetBatch(
-                st.target.node,
-                t0 + c * 15 + i * 15 / nodes,
-                scraper._ingest(st, bodies[(c + i) % VARIANTS]),
-            )
-            for i, st in enumerate(states)
-        ]
+        batches = []
+        for i, st in enumerate(states):
+            batch = TargetBatch(st.target.node, t0 + c * 15 + i * 15 / nodes)
+            scraper._ingest(st, bodies[(c + i) % VARIANTS], batch)
+            batches.append(batch)
         await tsdb.write(batches)
         texts.append(scraper.exposition(batches))
-        all_samples += sum(len(b.samples) for b in batches)
+        all_samples += sum(len(b) for b in batches)
         if c:
             piman_cpu += cpu() - c0
-            n_samples += sum(len(b.samples) for b in batches)
+            n_samples += sum(len(b) for b in batches)
     piman_size = await tsdb.size_bytes()
     await tsdb.close()
     out = {

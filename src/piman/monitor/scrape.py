@@ -155,16 +155,15 @@ class Scraper:
             self._prefixes[sid] = format_sample(metric, sorted(full.items()), 0.0)[:-2]
         return sid
 
-    def _ingest(self, state: _TargetState, body: str) -> list[tuple[int, float]]:
-        """Samples of a body as (series id, value); raises MalformedText.
+    def _ingest(self, state: _TargetState, body: str, batch: TargetBatch) -> None:
+        """Add the samples of a body to ``batch``; raises MalformedText.
 
         Fast path: a line that is a series text already seen from this target, one blank and
         a plain number needs one dict lookup and one float(); anything else (new series,
         timestamps, odd spacing, NaN/Inf) goes through :func:`expfmt.scan` with full checks.
         """
         ids = state.ids
-        out: list[tuple[int, float]] = []
-        append = out.append
+        add_id, add_value = batch.ids.append, batch.values.append
         for line in body.split("\n"):
             if not line or line[0] == "#":
                 continue
@@ -177,14 +176,15 @@ class Scraper:
                     pass
                 else:
                     if value - value == 0.0 and "_" not in last:  # finite, Go spelling
-                        append((sid, value))
+                        add_id(sid)
+                        add_value(value)
                         continue
             for series, value, _ts in scan(line):
                 sid = ids.get(series)
                 if sid is None:
                     sid = ids[series] = self._new_series(state, series)
-                append((sid, value))
-        return out
+                add_id(sid)
+                add_value(value)
 
     def _new_series(self, state: _TargetState, series: str) -> int:
         name, labels = parse_series(series)
@@ -229,26 +229,27 @@ class Scraper:
                 if status != 200:
                     logger.debug("[node=%s] scrape %s: HTTP %d", t.node, t.metrics_url, status)
                 else:
-                    batch.samples = self._ingest(state, body)
+                    self._ingest(state, body, batch)
                     up = 1.0
                     if t.events_url:
                         batch.events = await self._fetch_events(t.events_url)
         except MalformedText as err:
             logger.warning("[node=%s] scrape %s: bad body: %s", t.node, t.metrics_url, err)
-            batch.samples = []
+            batch.clear()
         except (OSError, EOFError, ValueError, TimeoutError) as err:
             logger.debug("[node=%s] scrape %s failed: %r", t.node, t.metrics_url, err)
         if duration is None:
             duration = time.perf_counter() - started
-        scraped = float(len(batch.samples))
+        scraped = float(len(batch))
         if batch.events is not None:
-            batch.samples.extend(self._events(state, batch.events))
+            for sid, value in self._events(state, batch.events):
+                batch.add(sid, value)
         for metric, value in (
             ("up", up),
             ("scrape_duration_seconds", duration),
             ("scrape_samples_scraped", scraped),
         ):
-            batch.samples.append((self._sid(state, SCRAPE_JOB, metric, ()), value))
+            batch.add(self._sid(state, SCRAPE_JOB, metric, ()), value)
         return batch
 
     async def _target_loop(self, state: _TargetState, epoch: float) -> None:
@@ -274,7 +275,7 @@ class Scraper:
         lines = []
         for batch in batches:
             ts = f" {int(batch.ts * 1000)}\n"
-            for sid, value in batch.samples:
+            for sid, value in zip(batch.ids, batch.values, strict=True):
                 prefix = prefixes.get(sid)
                 if prefix is not None:
                     lines.append(f"{prefix} {format_value(value)}{ts}")

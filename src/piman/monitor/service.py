@@ -83,7 +83,7 @@ class CollectorMetrics:
         self._seen = (0, 0.0, 0.0)
 
     async def update(self, batches: list[TargetBatch]) -> None:
-        up = sum(1 for b in batches if len(b.samples) >= 3 and b.samples[-3][1] == 1.0)
+        up = sum(1 for b in batches if len(b) >= 3 and b.values[-3] == 1.0)
         self.targets.labels("up").set(up)
         self.targets.labels("down").set(len(batches) - up)
         t = self.tsdb

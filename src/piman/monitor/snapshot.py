@@ -70,7 +70,7 @@ class NodeSnapshots(dict[str, NodeSnapshot]):
             snap.time = batch.ts
             ev = batch.events
             # The scraper appends up, scrape_duration_seconds, scrape_samples_scraped last.
-            snap.up = len(batch.samples) >= 3 and batch.samples[-3][1] == 1.0
+            snap.up = len(batch) >= 3 and batch.values[-3] == 1.0
             if ev is None:
                 snap.cpu = snap.memory = snap.disk = snap.temperature = None
             else:

@@ -46,7 +46,8 @@ import time
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -89,14 +90,46 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 
-@dataclass(slots=True)
 class TargetBatch:
-    """What one scrape of one target adds: samples ``(series_id, value)`` at one time."""
+    """What one scrape of one target adds: samples ``(series_id, value)`` at one time.
 
-    node: str
-    ts: float  # scrape start, UNIX seconds
-    samples: list[tuple[int, float]] = field(default_factory=list)
-    events: dict[str, Any] | None = None  # the /events JSON, when fetched
+    Held in two arrays rather than a list of tuples: a cycle of 2,000 agents is a million
+    samples, and a million short-lived tuples cost memory and cyclic-GC passes (measured: about
+    15 % of the collector's CPU at 2,000 agents).
+    """
+
+    __slots__ = ("events", "ids", "node", "ts", "values")
+
+    def __init__(
+        self,
+        node: str,
+        ts: float,
+        samples: Iterable[tuple[int, float]] = (),
+        events: dict[str, Any] | None = None,
+    ) -> None:
+        self.node = node
+        self.ts = ts  # scrape start, UNIX seconds
+        self.ids = array("q")
+        self.values = array("d")
+        self.events = events  # the /events JSON, when fetched
+        for sid, value in samples:
+            self.add(sid, value)
+
+    def add(self, sid: int, value: float) -> None:
+        self.ids.append(sid)
+        self.values.append(value)
+
+    def clear(self) -> None:
+        self.ids = array("q")
+        self.values = array("d")
+
+    @property
+    def samples(self) -> list[tuple[int, float]]:
+        """``(series_id, value)`` pairs (a copy)."""
+        return list(zip(self.ids, self.values, strict=True))
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,20 +279,23 @@ class Tsdb:
             self._latest_ts.extend([math.nan] * missing)
             self._latest_value.extend([math.nan] * missing)
         latest_ts, latest_value = self._latest_ts, self._latest_value
-        rows: list[tuple[int, int, float]] = []
         scrapes = []
         events = []
+        count = 0
         for batch in batches:
-            ts_ms = int(batch.ts * 1000)
-            scrapes.append((batch.node, ts_ms))
-            rows += [(ts_ms, sid, value) for sid, value in batch.samples]  # SQLite: NaN → NULL
+            scrapes.append((batch.node, int(batch.ts * 1000)))
+            count += len(batch)
             ts = batch.ts
-            for sid, value in batch.samples:
+            for sid, value in zip(batch.ids, batch.values, strict=True):
                 latest_ts[sid] = ts
                 latest_value[sid] = value
             if batch.events is not None:
                 events.append((batch.node, batch.ts, json.dumps(batch.events)))
                 self._events[batch.node] = batch.events
+        # Rows are made one at a time as SQLite takes them (zip reuses its tuple).
+        rows = chain.from_iterable(
+            zip(repeat(int(b.ts * 1000), len(b)), b.ids, b.values, strict=True) for b in batches
+        )  # SQLite stores NaN as NULL
         try:
             db.execute("BEGIN")
             db.executemany("INSERT INTO series VALUES (?, ?, ?, ?, ?, ?)", new)
@@ -275,7 +311,7 @@ class Tsdb:
                 db.execute("ROLLBACK")
             raise StoreError(f"metrics store write failed: {err}") from err
         self.last_write = now
-        self.samples_written += len(rows)
+        self.samples_written += count
         self.cpu_insert += t1 - t0
         self.cpu_maintain += t2 - t1
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from piman.monitor.expfmt import format_sample, parse
 from piman.monitor.scrape import Scraper, Target, _TargetState, targets_for
 from piman.monitor.snapshot import NodeSnapshots, sparkline
-from piman.monitor.tsdb import Tsdb
+from piman.monitor.tsdb import TargetBatch, Tsdb
 
 BODY = """\
 # TYPE node_load1 gauge
@@ -235,7 +235,9 @@ def test_ingest_fast_path_reads_what_the_full_parser_reads(
             format_sample(name, sorted(labels.items()), float(v)) + "\n"
             for (name, labels), v in zip(series, values, strict=False)
         )
-        got = scraper._ingest(state, body)
+        batch = TargetBatch("n", 0.0)
+        scraper._ingest(state, body, batch)
+        got = batch.samples
         for key, sid in scraper.tsdb._ids.items():
             names[sid] = (key[2], key[3])
         expected = [(s.name, s.labels, s.value) for s in parse(body)]
