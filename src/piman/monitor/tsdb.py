@@ -31,8 +31,15 @@ spread per node, Python 3.11 / SQLite 3.40 on this machine)::
 
 Time-first inserts append at the end of the B-tree and stay flat; series-first inserts land
 on every leaf page of the table each cycle and slow down as the table grows. Hence
-``(ts, series_id)``. Whole-collector numbers (ingest samples/s, bytes/sample) are in
-bench/collector.py's output.
+``(ts, series_id)``.
+
+Whole store, from bench/collector.py (node_exporter payloads, 500-2,000 agents, 15 s):
+about 1.1 µs of writer-thread CPU per sample for the insert, plus about 2.4 s per minute of
+rollups at 2,000 agents (one ``GROUP BY series_id`` per minute over ~4 M rows); 42-50 bytes
+per sample on disk counting the series table and both rollups over the short runs (the raw
+rows alone are ~25 bytes), against 16-20 for VictoriaMetrics fed the same samples. SQLite
+rows do not compress, so long retentions of big fleets cost disk: at 2,000 agents a day of
+raw samples is ~140 GB; keep ``retention`` short there and rely on the rollups.
 """
 
 from __future__ import annotations
