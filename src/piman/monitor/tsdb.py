@@ -39,7 +39,7 @@ rollups at 2,000 agents (one ``GROUP BY series_id`` per minute over ~4 M rows); 
 per sample on disk counting the series table and both rollups over the short runs (the raw
 rows alone are ~25 bytes), against 16-20 for VictoriaMetrics fed the same samples. SQLite
 rows do not compress, so long retentions of big fleets cost disk: at 2,000 agents a day of
-raw samples is ~140 GB; keep ``retention`` short there and rely on the rollups.
+raw samples is ~150 GB (6 G samples); keep ``retention`` short there and rely on the rollups.
 """
 
 from __future__ import annotations
