@@ -7,9 +7,24 @@ allowed: the session fails if any test was skipped.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import pytest
 
+from piman.store import Store
 from tests.support import REQUIRE_ALL
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    """An open, migrated, empty store in a temporary SQLite file."""
+    s = Store(f"sqlite+aiosqlite:///{tmp_path / 'piman.db'}")
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
+import httpx
 import pytest
 
 REQUIRE_ALL = os.environ.get("PIMAN_REQUIRE_ROOT_TESTS") == "1"
@@ -54,3 +62,56 @@ switches:
   - swtich_1_address: 172.30.4.128
     pi_addresses: [172.30.4.2]
 """
+
+
+CHROMIUM = "/usr/bin/chromium"
+# Headless Chromium as root on an offline machine (TESTING.md): no sandbox, no background traffic.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def needs_chromium() -> None:
+    """Skip unless Debian's Chromium is installed."""
+    if not Path(CHROMIUM).exists():
+        needs_tool("chromium")
+
+
+@contextmanager
+def running_demo(root: Path, nodes: int) -> Iterator[str]:
+    """`piman demo` as a real process with its data in ``root``; yields the UI's URL."""
+    port = free_port()
+    log = root.parent / f"{root.name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "piman", "demo", "--nodes", str(nodes), "--port", str(port),
+             "--data-dir", str(root)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(url + "healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -2,76 +2,22 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.support import free_port, needs_tool
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from tests.support import CHROMIUM, CHROMIUM_ARGS, needs_chromium, running_demo
 
 
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    log = tmp_path / "demo.log"
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "piman",
-                "demo",
-                "--nodes",
-                "12",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(tmp_path / "demo"),
-            ],
-            stdout=err,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(url + "healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+    with running_demo(tmp_path / "demo", nodes=12) as url:
         yield url
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_node_table_shows_the_demo_nodes_and_refreshes(demo: str, tmp_path: Path) -> None:
-    if not Path(CHROMIUM).exists():
-        needs_tool("chromium")
+    needs_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

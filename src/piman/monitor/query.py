@@ -61,6 +61,7 @@ __all__ = [
     "MetricsQuery",
     "Sample",
     "Series",
+    "events_from_series",
     "labels_match",
 ]
 
@@ -104,6 +105,21 @@ def labels_match(labels: Labels, matchers: Labels | None) -> bool:
     if not matchers:
         return True
     return all(labels.get(k, "") == v for k, v in matchers.items())
+
+
+async def events_from_series(
+    query: MetricsQuery, node: str, start: float, end: float
+) -> list[dict[str, Any]]:
+    """A node's stored ``/events`` fields, one dict per scrape time in [start, end], oldest first.
+
+    Any store that keeps the fields as ``job="piman_events"`` series answers ``events_range`` so.
+    """
+    rows: dict[float, dict[str, Any]] = {}
+    for name in EVENT_FIELDS:
+        for series in await query.range(name, {"job": EVENTS_JOB, "node": node}, start, end):
+            for ts, value in series.points:
+                rows.setdefault(ts, {"time": ts})[name] = value
+    return [rows[t] for t in sorted(rows)]
 
 
 @runtime_checkable
@@ -226,9 +242,4 @@ class MemoryQuery:
         return self._events.get(node)
 
     async def events_range(self, node: str, start: float, end: float) -> list[dict[str, Any]]:
-        rows: dict[float, dict[str, Any]] = {}
-        for name in EVENT_FIELDS:
-            for series in await self.range(name, {"job": EVENTS_JOB, "node": node}, start, end):
-                for ts, value in series.points:
-                    rows.setdefault(ts, {"time": ts})[name] = value
-        return [rows[t] for t in sorted(rows)]
+        return await events_from_series(self, node, start, end)

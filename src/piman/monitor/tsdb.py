@@ -61,10 +61,9 @@ from typing import Any, TypeVar
 from piman.errors import StoreError
 from piman.monitor.query import (
     DEFAULT_LOOKBACK,
-    EVENT_FIELDS,
-    EVENTS_JOB,
     Sample,
     Series,
+    events_from_series,
     labels_match,
 )
 
@@ -551,12 +550,7 @@ class Tsdb:
 
     async def events_range(self, node: str, start: float, end: float) -> list[dict[str, Any]]:
         """The stored /events fields of a node per scrape time in [start, end]."""
-        rows: dict[float, dict[str, Any]] = {}
-        for name in EVENT_FIELDS:
-            for series in await self.range(name, {"job": EVENTS_JOB, "node": node}, start, end):
-                for ts, value in series.points:
-                    rows.setdefault(ts, {"time": ts})[name] = value
-        return [rows[t] for t in sorted(rows)]
+        return await events_from_series(self, node, start, end)
 
     async def size_bytes(self) -> int:
         """Bytes the store uses on disk after a WAL checkpoint."""

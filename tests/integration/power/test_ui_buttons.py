@@ -3,77 +3,27 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from tests.integration.power.snmpsim import RFC, snmpget
-from tests.support import free_port, needs_tool
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-]
+from tests.support import CHROMIUM, CHROMIUM_ARGS, needs_chromium, needs_tool, running_demo
 
 
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    port = free_port()
     root = tmp_path / "demo"
-    log = tmp_path / "demo.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "piman",
-                "demo",
-                "--nodes",
-                "4",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(root),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(url + "healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+    with running_demo(root, nodes=4) as url:
         yield url, root / "piman.yaml"
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_off_and_on_buttons_switch_the_port(demo: tuple[str, Path]) -> None:
-    if not Path(CHROMIUM).exists():
-        needs_tool("chromium")
+    needs_chromium()
     needs_tool("snmpget")
     from playwright.sync_api import sync_playwright
 

@@ -6,11 +6,6 @@ replays the gap over stored samples and queues what it missed, marked late.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
-
 from piman.monitor.alerts import GroupSettings, make_silence
 from piman.monitor.evaluator import AlertService, QuerySource, configured_rules
 from piman.monitor.query import EVENTS_JOB, MemoryQuery
@@ -22,16 +17,6 @@ T0 = 1_800_000_000.0
 HOT = Rule.parse("HotSoC", "temperature_celsius >= 80", 60, {"severity": "warning"})
 DOWN = Rule.parse("NodeDown", 'up{job="piman"} == 0', 0, {"severity": "critical"})
 SETTINGS = GroupSettings(group_by=("alertname", "node"), group_wait=0, group_interval=15)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(f"sqlite+aiosqlite:///{tmp_path / 'piman.db'}")
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def temp(q: MemoryQuery, node: str, t: float, value: float) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +44,6 @@ def make_config(
             ],
         }
     )
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(f"sqlite+aiosqlite:///{tmp_path / 'piman.db'}")
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def controller(
