@@ -12,7 +12,13 @@ APT_PACKAGES := busybox-static isc-dhcp-client tftp-hpa atftp curl dnsmasq-base 
 .PHONY: demo test lint typecheck pytest apt-deps clean
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  rm -rf $(VENV); \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing python3-venv"; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; \
+	  else echo "python3 -m venv failed: install python3-venv (Debian) and retry" >&2; exit 1; fi; \
+	  $(PYTHON) -m venv $(VENV); }
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.manager: pyproject.toml | $(BIN)/python
