@@ -62,7 +62,10 @@ def demo(
         root = data_dir or Path(tmp)
         fleet = DemoFleet(root, nodes=nodes, http_port=port)
         setup_logging("INFO", root / "logs")
-        console.print(f"[bold]piman demo[/bold]: {nodes} virtual Pis on 2 switches; data in {root}")
+        console.print(
+            f"[bold]piman demo[/bold]: {nodes} virtual Pis on 2 switches; "
+            f"config {fleet.config_path}"
+        )
         asyncio.run(_demo(fleet))
 
 
