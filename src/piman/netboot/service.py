@@ -19,6 +19,11 @@ class Netboot:
     tftp: Any = None
 
 
+def _is_loopback(host: str) -> bool:
+    """Servers are pinned to the provisioning interface unless told to listen on loopback."""
+    return host.startswith("127.") or host in {"localhost", "::1"}
+
+
 def _dhcp(ctx: ManagerContext) -> list[Service]:
     config = ctx.config
     if config.dhcp is None or not config.dhcp.enabled:
@@ -28,13 +33,11 @@ def _dhcp(ctx: ManagerContext) -> list[Service]:
     from piman.netboot.dhcp.server import DhcpServer
 
     listen = parse_host_port(config.dhcp.listen) if config.dhcp.listen else ("0.0.0.0", 67)
-    # Pinned to the provisioning interface, unless told to listen on loopback (tests, demo).
-    loopback = listen[0].startswith("127.")
     server = DhcpServer(
         PolicySettings.from_config(config),
         journal_path=config.manager.data_dir / "dhcp" / "leases.journal",
         listen=listen,
-        interface=None if loopback else config.manager.interface,
+        interface=None if _is_loopback(listen[0]) else config.manager.interface,
         store=ctx.store,
         metrics=ctx.metrics,
     )
@@ -56,7 +59,7 @@ def _tftp(ctx: ManagerContext) -> list[Service]:
         BootTree(config, ctx.store),
         config.tftp,
         listen=listen,
-        interface=None if config.tftp.listen else config.manager.interface,
+        interface=None if _is_loopback(listen[0]) else config.manager.interface,
         registry=ctx.metrics,
     )
     ctx.netboot.tftp = server
