@@ -34,8 +34,11 @@ on every leaf page of the table each cycle and slow down as the table grows. Hen
 ``(ts, series_id)``.
 
 Whole store, from bench/collector.py (node_exporter payloads, 500-2,000 agents, 15 s):
-about 1.1 µs of writer-thread CPU per sample for the insert, plus about 2.4 s per minute of
-rollups at 2,000 agents (one ``GROUP BY series_id`` per minute over ~4 M rows); 42-50 bytes
+about 0.45 µs of writer-thread CPU per sample for the insert (500 rows per ``INSERT``
+statement; 1.05 µs with one row per execute, measured on 1 M samples), plus about 2.4 s per
+minute of rollups at 2,000 agents (one ``GROUP BY series_id`` per minute over ~4 M rows;
+most of it is the sort, and computing them in Python instead measured no cheaper, since
+inserting the 1 M rollup rows alone costs ~1.1 s); 42-50 bytes
 per sample on disk counting the series table and both rollups over the short runs (the raw
 rows alone are ~25 bytes), against 16-20 for VictoriaMetrics fed the same samples. SQLite
 rows do not compress, so long retentions of big fleets cost disk: at 2,000 agents a day of
@@ -54,7 +57,7 @@ from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import chain, islice, repeat
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -153,6 +156,37 @@ def _connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA busy_timeout=10000")
     db.execute("PRAGMA temp_store=MEMORY")
     return db
+
+
+ROWS_PER_INSERT = 500
+
+
+def _insert_samples(db: sqlite3.Connection, batches: Sequence[TargetBatch], count: int) -> None:
+    """``INSERT OR REPLACE`` every sample of ``batches`` (``count`` in all), in order.
+
+    Many rows per statement (``VALUES (?,?,?),(?,?,?)…``): SQLite then does one statement
+    step per ROWS_PER_INSERT rows instead of one per row, which is most of a row's cost
+    (measured: 1M samples in 0.44 s of CPU instead of 1.05 s with one row per execute).
+    Rows are applied in order, so the outcome (last value wins) is the same. The parameters
+    are one flat stream (ts, id, value, ts, id, …) cut into fixed-size tuples, so at most two
+    statement texts are used per cycle. SQLite stores NaN as NULL.
+    """
+    limit = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    per = max(1, min(ROWS_PER_INSERT, limit // 3))
+    flat = chain.from_iterable(
+        chain.from_iterable(
+            zip(repeat(int(b.ts * 1000), len(b)), b.ids, b.values, strict=True) for b in batches
+        )
+    )
+    full, rest = divmod(count, per)
+    if full:
+        db.executemany(_insert_sql(per), (tuple(islice(flat, 3 * per)) for _ in range(full)))
+    if rest:
+        db.execute(_insert_sql(rest), tuple(flat))
+
+
+def _insert_sql(rows: int) -> str:
+    return "INSERT OR REPLACE INTO samples VALUES " + ",".join(["(?, ?, ?)"] * rows)
 
 
 def _value(v: float | None) -> float:
@@ -298,14 +332,10 @@ class Tsdb:
             if batch.events is not None:
                 events.append((batch.node, batch.ts, json.dumps(batch.events)))
                 self._events[batch.node] = batch.events
-        # Rows are made one at a time as SQLite takes them (zip reuses its tuple).
-        rows = chain.from_iterable(
-            zip(repeat(int(b.ts * 1000), len(b)), b.ids, b.values, strict=True) for b in batches
-        )  # SQLite stores NaN as NULL
         try:
             db.execute("BEGIN")
             db.executemany("INSERT INTO series VALUES (?, ?, ?, ?, ?, ?)", new)
-            db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?)", rows)
+            _insert_samples(db, batches, count)
             db.executemany("INSERT OR IGNORE INTO scrapes VALUES (?, ?)", scrapes)
             db.executemany("INSERT OR REPLACE INTO events VALUES (?, ?, ?)", events)
             t1 = time.thread_time()

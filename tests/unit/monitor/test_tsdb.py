@@ -191,3 +191,30 @@ async def test_memory_query_fake_agrees_with_the_store(tsdb: Tsdb) -> None:
         assert [(dict(s.labels), s.points) for s in ours] == [
             (dict(s.labels), s.points) for s in theirs
         ]
+
+
+async def test_a_cycle_larger_than_one_insert_statement_is_stored_whole(tsdb: Tsdb) -> None:
+    # 3 nodes x 401 samples: several multi-row statements plus a tail, cut across batches.
+    ids = {
+        node: [
+            tsdb.series_id("piman", node, f"{node}:1", "m", (("i", str(i)),)) for i in range(401)
+        ]
+        for node in ("a", "b", "c")
+    }
+    batches = [
+        TargetBatch(node, T0 + k, [(sid, float(i) + k) for i, sid in enumerate(ids[node])])
+        for k, node in enumerate(("a", "b", "c"))
+    ]
+    batches[1].values[7] = math.nan
+    # The same (time, series) twice in one cycle: the last value wins, as row by row.
+    batches.append(TargetBatch("c", T0 + 2, [(ids["c"][0], -1.0)]))
+    await tsdb.write(batches, now=T0 + 5)
+    assert tsdb.samples_written == 3 * 401 + 1
+    series = await tsdb.range("m", None, T0, T0 + 10)
+    got = {(s.labels["node"], s.labels["i"]): s.points for s in series}
+    assert len(got) == 3 * 401
+    assert got[("a", "400")] == [(T0, 400.0)]
+    assert got[("b", "3")] == [(T0 + 1, 4.0)]
+    assert math.isnan(got[("b", "7")][0][1])
+    assert got[("c", "0")] == [(T0 + 2, -1.0)]
+    assert got[("c", "1")] == [(T0 + 2, 3.0)]
