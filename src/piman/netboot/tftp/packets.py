@@ -32,6 +32,7 @@ __all__ = [
     "decode",
     "encode",
     "encode_data",
+    "pack_header",
 ]
 
 MAX_BLOCK = 0xFFFF
@@ -178,9 +179,16 @@ def decode(data: bytes) -> Packet:
     raise MalformedPacket(f"unknown opcode {op}")
 
 
+pack_header = _HEADER.pack
+"""``pack_header(opcode, number)``: the four bytes in front of a packet, for hot paths that pass
+a plain int opcode (an :class:`Opcode` member costs a conversion per call)."""
+
+_DATA = int(Opcode.DATA)
+
+
 def encode_data(block: int, payload: bytes) -> bytes:
     """A DATA packet (the hot path: no dataclass in between)."""
-    return _HEADER.pack(Opcode.DATA, block & MAX_BLOCK) + payload
+    return pack_header(_DATA, block & MAX_BLOCK) + payload
 
 
 def _pairs(options: Options) -> bytes:

@@ -13,7 +13,7 @@ socket is closed and the transfer handed back to the event loop with
 
 Why a thread: in lock-step every block costs a round trip, and the asyncio dispatch of one
 datagram (selector, handle, callback) cost more than the session's own work. Here a datagram is
-``epoll_wait`` → ``recv`` → :meth:`~piman.netboot.tftp.session.TftpSession.ack_lockstep` →
+``epoll_wait`` → ``read`` → :meth:`~piman.netboot.tftp.session.TftpSession.ack_lockstep` →
 ``send``. The pump holds the GIL only between system calls, so the event loop thread is not
 starved. Sessions are touched by the pump thread only, after :meth:`submit`.
 
@@ -30,6 +30,7 @@ import errno
 import heapq
 import itertools
 import logging
+import os
 import select
 import socket
 import threading
@@ -49,6 +50,7 @@ _ACK = int(Opcode.ACK)
 _UDP_SEGMENT = 103  # linux/udp.h: UDP GSO segment size
 _GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS
 _GSO_MAX_BYTES = 65507 - 8  # one UDP payload at most
+_MAX_EVENTS = 256  # per epoll_wait (the default sizes a 1023-entry buffer per call)
 _MAX_WAIT = 1.0  # seconds the pump sleeps at most (it is woken for submissions and stop)
 
 
@@ -121,31 +123,36 @@ class TransferPump:
     def _main(self) -> None:
         wake_fd = self._wake_r.fileno()
         by_fd = self._by_fd
+        heap = self._heap
         poll = self._epoll.poll
         monotonic = time.monotonic
+        read = os.read
+        write = os.write
         try:
             while not self._stopping:
                 wait = _MAX_WAIT
-                if self._heap:
-                    wait = min(max(self._heap[0][0] - monotonic(), 0.0), _MAX_WAIT)
-                for fd, _ in poll(wait):
+                if heap:
+                    wait = heap[0][0] - monotonic()
+                    wait = 0.0 if wait < 0.0 else min(wait, _MAX_WAIT)
+                events = poll(wait, _MAX_EVENTS)
+                now = monotonic()  # one clock read per batch: a batch lasts microseconds
+                for fd, _ in events:
                     transfer = by_fd.get(fd)
                     if transfer is None:
                         if fd == wake_fd:
                             self._drain_wake()
                         continue
-                    # The lock-step hot path, inlined: recv, ack_lockstep, send, deadline.
-                    sock = transfer.sock
+                    # The lock-step hot path, inlined: read, ack_lockstep, write, and the
+                    # timer only when none is armed (the session keeps the live deadline).
                     try:
-                        data = sock.recv(65536)  # type: ignore[union-attr]
+                        data = read(fd, 65536)
                         if len(data) == 4 and data[1] == _ACK and data[0] == 0:
                             session = transfer.session
-                            datagram = session.ack_lockstep((data[2] << 8) | data[3], monotonic())
+                            datagram = session.ack_lockstep((data[2] << 8) | data[3], now)
                             if datagram is not None:
-                                sock.send(datagram)  # type: ignore[union-attr]
-                                deadline = transfer.deadline = session.deadline
+                                write(fd, datagram)
                                 if transfer.armed_at is None:
-                                    self._arm(transfer, deadline)
+                                    self._arm(transfer, session.deadline)
                                 continue
                     except (BlockingIOError, InterruptedError):
                         continue  # nothing to read, or a full buffer: the timer resends
@@ -158,7 +165,7 @@ class TransferPump:
                     self._guarded(self._datagram, transfer, data)
                 if self._submitted:
                     self._take_submissions()
-                if self._heap and self._heap[0][0] <= time.monotonic():
+                if heap and heap[0][0] <= monotonic():
                     self._expire()
         except Exception:
             logger.exception("tftp: the transfer pump failed; open transfers stall")
@@ -290,8 +297,9 @@ class TransferPump:
                 transfer.armed_at = None
             if transfer.session.closed or transfer.sock is None:
                 continue
-            if transfer.deadline > now:
-                self._arm(transfer, transfer.deadline)  # moved on since: wait for the new one
+            deadline = transfer.deadline = transfer.session.deadline
+            if deadline > now:
+                self._arm(transfer, deadline)  # moved on since: wait for the new one
             else:
                 self._guarded(self._run, transfer, transfer.session.timer(now))
 

@@ -44,12 +44,16 @@ from piman.netboot.tftp.packets import (
     Error,
     ErrorCode,
     OAck,
+    Opcode,
     Options,
     Packet,
     Request,
     encode,
     encode_data,
+    pack_header,
 )
+
+_DATA = int(Opcode.DATA)
 
 __all__ = [
     "MAX_BLKSIZE",
@@ -166,6 +170,7 @@ class TftpSession:
         self._retries = 0
         self._resent_bytes = 0
         self._deadline = now
+        self._lockstep = False  # window 1, no OACK pending, not closed: ack_lockstep may act
         limit = settings.transfer_timeout
         self._limit = None if limit is None else now + limit  # whole-transfer deadline
 
@@ -202,6 +207,7 @@ class TftpSession:
         if accepted:
             self._oack = encode(OAck(accepted))
             return [Send(self._oack), self._arm(now)]
+        self._lockstep = self._window == 1
         return self._send_window(now)
 
     @property
@@ -220,23 +226,22 @@ class TftpSession:
         """
         sent = self._sent
         if (
-            self._window != 1
-            or self._oack is not None
-            or self.closed
+            not self._lockstep
             or sent != self._acked + 1
             or sent >= self._total
             or (block - sent) & MAX_BLOCK
         ):
             return None
-        n = self._sent = sent + 1
+        self._sent = sent + 1
         self._acked = sent
         self._retries = 0
         deadline = now + self._timeout
-        if self._limit is not None and deadline > self._limit:
-            deadline = self._limit
+        limit = self._limit
+        if limit is not None and deadline > limit:
+            deadline = limit
         self._deadline = deadline
         blksize = self._blksize
-        return encode_data(n, self._read(sent * blksize, blksize))
+        return pack_header(_DATA, (sent + 1) & MAX_BLOCK) + self._read(sent * blksize, blksize)
 
     def receive_ack(self, block: int, now: float) -> list[Action]:
         """Same as ``receive(Ack(block), now)``, without building the packet (the hot path)."""
@@ -319,6 +324,7 @@ class TftpSession:
                 return []
             self._oack = None
             self._retries = 0
+            self._lockstep = self._window == 1
             return self._send_window(now)
         n = self._acked + ((block - self._acked) & MAX_BLOCK)
         if n == self._acked or n > self._sent:
@@ -364,6 +370,7 @@ class TftpSession:
 
     def _close(self, outcome: Outcome, now: float) -> list[Action]:
         self.closed = True
+        self._lockstep = False
         stats = self.stats
         stats.ended = now
         stats.outcome = outcome

@@ -257,3 +257,20 @@ def test_lockstep_hot_path_matches_receive_ack() -> None:
         else:
             assert actions == [Send(datagram), ArmTimer(fast.deadline)]
     assert fast.stats.outcome is slow.stats.outcome is Outcome.OK
+
+
+def test_lockstep_hot_path_waits_for_ack_0_and_stops_when_closed() -> None:
+    data = bytes(i % 251 for i in range(3000))
+    fast, _ = start(data, rrq(blksize="1024"))
+    assert fast.ack_lockstep(0, 0.1) is None  # the OACK is pending: the general path answers
+    assert fast.ack_lockstep(1, 0.1) is None
+    assert sent(fast.receive_ack(0, 0.2)) == [Data(1, data[:1024])]
+    datagram = fast.ack_lockstep(1, 0.3)
+    assert datagram is not None
+    assert decode(datagram) == Data(2, data[1024:2048])
+    assert fast.deadline == 1.3
+    fast.abort(Outcome.ABORTED, 0.4)
+    assert fast.ack_lockstep(2, 0.5) is None  # closed: nothing more goes out
+    windowed, _ = start(data, rrq(windowsize="2"))
+    windowed.receive_ack(0, 0.1)
+    assert windowed.ack_lockstep(1, 0.2) is None  # a window is never the lock-step path
