@@ -34,6 +34,7 @@ __all__ = [
     "BytesSource",
     "FileCache",
     "FileSource",
+    "Memo",
     "Opener",
     "RootDirectory",
     "netascii",
@@ -44,6 +45,10 @@ logger = logging.getLogger(__name__)
 
 MAX_PATH = 512  # bytes in a requested name
 MAX_COMPONENT = 255  # bytes in one path component (NAME_MAX)
+_SLOT_BYTES = 41  # what one built datagram costs beyond its bytes (object header + list slot)
+
+Memo = list[bytes | None]
+"""One slot per block of a file at one block size, where sessions keep the datagrams they built."""
 
 
 class AccessViolation(ProtocolError):
@@ -64,6 +69,15 @@ class ByteSource(Protocol):
         """Release what the source holds (called once the transfer ends)."""
         ...
 
+    def memo(self, blksize: int) -> Memo | None:
+        """A :data:`Memo` shared by every transfer of these same bytes at ``blksize``, or None.
+
+        A session stores in slot ``i`` the DATA datagram of block ``i + 1`` the first time it
+        builds it; later transfers of the same file send it as it is. Datagrams depend only on
+        the bytes, the block size and the block number, so sharing them is safe.
+        """
+        ...
+
 
 Opener = Callable[[str, tuple[str, int]], Awaitable[ByteSource | None]]
 """The application hook: (requested path, client address) → a byte source or None."""
@@ -72,10 +86,11 @@ Opener = Callable[[str, tuple[str, int]], Awaitable[ByteSource | None]]
 class BytesSource:
     """A source over bytes in memory (cached files, generated files)."""
 
-    __slots__ = ("_data",)
+    __slots__ = ("_data", "_entry")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, entry: _Entry | None = None) -> None:
         self._data = data
+        self._entry = entry  # the cache entry these bytes came from, which keeps the memos
 
     @property
     def size(self) -> int:
@@ -86,6 +101,9 @@ class BytesSource:
 
     def close(self) -> None:
         return None
+
+    def memo(self, blksize: int) -> Memo | None:
+        return None if self._entry is None else self._entry.memo(blksize)
 
 
 class FileSource:
@@ -108,6 +126,9 @@ class FileSource:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+    def memo(self, blksize: int) -> Memo | None:
+        return None  # a file too large to cache is not doubled in memory either
 
 
 def netascii(data: bytes) -> bytes:
@@ -154,14 +175,47 @@ class _Key:
     mtime_ns: int
 
 
+class _Entry:
+    """A cached file: its bytes and, per block size, the memo of its built datagrams."""
+
+    __slots__ = ("cache", "data", "key", "memos")
+
+    def __init__(self, cache: FileCache, key: _Key, data: bytes) -> None:
+        self.cache = cache
+        self.key = key
+        self.data = data
+        self.memos: dict[int, Memo] = {}
+
+    @property
+    def weight(self) -> int:
+        """Bytes this entry holds, counting each memo as if it were full."""
+        return sum((len(self.data) + _SLOT_BYTES * len(m) for m in self.memos.values()),
+                   len(self.data))  # fmt: skip
+
+    def memo(self, blksize: int) -> Memo | None:
+        memo = self.memos.get(blksize)
+        if memo is None:
+            slots = len(self.data) // blksize + 1
+            if not self.cache.reserve(self, len(self.data) + _SLOT_BYTES * slots):
+                return None
+            memo = self.memos.setdefault(blksize, [None] * slots)
+        return memo
+
+
 class FileCache:
-    """Opens files for transfers; keeps the contents of small ones in memory (LRU by bytes)."""
+    """Opens files for transfers; keeps the contents of small ones in memory (LRU by bytes).
+
+    Each cached file also keeps, per block size asked for, the DATA datagrams transfers built
+    from it (:meth:`ByteSource.memo`): when fifty Pis fetch the same ``start4.elf``, each block
+    is cut and framed once. Memos count against ``max_total`` like file contents; one that
+    does not fit is not made (transfers then build their datagrams as they go).
+    """
 
     def __init__(self, *, max_file: int = 64 << 20, max_total: int = 256 << 20) -> None:
         self.max_file = max_file
         self.max_total = max_total
-        self._entries: OrderedDict[_Key, bytes] = OrderedDict()
-        self._loading: dict[_Key, asyncio.Future[bytes]] = {}
+        self._entries: OrderedDict[_Key, _Entry] = OrderedDict()
+        self._loading: dict[_Key, asyncio.Future[_Entry]] = {}
         self._total = 0
 
     async def open(self, path: Path) -> ByteSource | None:
@@ -184,39 +238,56 @@ class FileCache:
             if cached is not None:
                 self._entries.move_to_end(key)
                 os.close(fd)
-                return BytesSource(cached)
+                return BytesSource(cached.data, cached)
             if st.st_size > self.max_file:
                 return FileSource(fd, st.st_size)
             loading = self._loading.get(key)
             if loading is not None:  # another transfer is reading it: share that read
                 os.close(fd)
-                return BytesSource(await asyncio.shield(loading))
+                entry = await asyncio.shield(loading)
+                return BytesSource(entry.data, entry)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.close(fd)
             raise
         loading = asyncio.ensure_future(self._load(key, fd, st.st_size))
         self._loading[key] = loading
-        return BytesSource(await asyncio.shield(loading))
+        entry = await asyncio.shield(loading)
+        return BytesSource(entry.data, entry)
 
-    async def _load(self, key: _Key, fd: int, size: int) -> bytes:
+    @property
+    def total(self) -> int:
+        """Bytes held: file contents and memos."""
+        return self._total
+
+    def reserve(self, entry: _Entry, nbytes: int) -> bool:
+        """Room for ``nbytes`` more in ``entry`` (a new memo)? Taken if so."""
+        if self._entries.get(entry.key) is not entry:
+            return False  # evicted meanwhile: its transfers go on without a memo
+        if self._total + nbytes > self.max_total:
+            return False
+        self._total += nbytes
+        return True
+
+    async def _load(self, key: _Key, fd: int, size: int) -> _Entry:
         try:
             data = await asyncio.to_thread(_read_all, fd, size)
         finally:
             os.close(fd)
             del self._loading[key]
-        self._remember(key, data)
-        return data
+        entry = _Entry(self, key, data)
+        self._remember(key, entry)
+        return entry
 
-    def _remember(self, key: _Key, data: bytes) -> None:
+    def _remember(self, key: _Key, entry: _Entry) -> None:
         stale = [k for k in self._entries if k.path == key.path]
         for k in stale:
-            self._total -= len(self._entries.pop(k))
-        self._entries[key] = data
-        self._total += len(data)
+            self._total -= self._entries.pop(k).weight
+        self._entries[key] = entry
+        self._total += entry.weight
         while self._total > self.max_total and len(self._entries) > 1:
             _, old = self._entries.popitem(last=False)
-            self._total -= len(old)
+            self._total -= old.weight
 
 
 def _read_all(fd: int, size: int) -> bytes:

@@ -13,9 +13,17 @@ socket is closed and the transfer handed back to the event loop with
 
 Why a thread: in lock-step every block costs a round trip, and the asyncio dispatch of one
 datagram (selector, handle, callback) cost more than the session's own work. Here a datagram is
-``epoll_wait`` → ``read`` → :meth:`~piman.netboot.tftp.session.TftpSession.ack_lockstep` →
+``epoll_wait`` → ``read`` → :meth:`~piman.netboot.tftp.session.TftpSession.ack_datagram` →
 ``send``. The pump holds the GIL only between system calls, so the event loop thread is not
 starved. Sessions are touched by the pump thread only, after :meth:`submit`.
+
+When one transfer is all there is (a Pi booting alone: the common case), the pump *parks* on
+it: a blocking ``read`` (at most 5 ms, so timers and new transfers wait no longer) replaces
+``epoll_wait`` + ``read``, and the answer to the next ACK is ready before the ACK arrives
+(:meth:`~piman.netboot.tftp.session.TftpSession.lockstep_next`), so one bytes comparison is all
+that stands between the ``read`` and the ``write``; the bookkeeping follows, while the client
+works. DATA datagrams come from the file cache's memo when an earlier transfer of the same file
+at the same block size built them (:meth:`~piman.netboot.tftp.files.ByteSource.memo`).
 
 With a window (RFC 7440), a run of full-size blocks leaves in one ``send`` through UDP generic
 segmentation offload (``UDP_SEGMENT``): the kernel cuts it into the same datagrams, for one
@@ -33,6 +41,7 @@ import logging
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -50,7 +59,10 @@ _ACK = int(Opcode.ACK)
 _UDP_SEGMENT = 103  # linux/udp.h: UDP GSO segment size
 _GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS
 _GSO_MAX_BYTES = 65507 - 8  # one UDP payload at most
+_READ_SIZE = 512 - 33  # a client datagram at most: 4-byte ACKs, ERRORs; 479 keeps the bytes
+# object in Python's small-object allocator (a 64 KiB buffer cost a malloc and realloc per ACK)
 _MAX_EVENTS = 256  # per epoll_wait (the default sizes a 1023-entry buffer per call)
+_PARK_TIMEVAL = struct.pack("ll", 0, 5000)  # a parked pump blocks 5 ms at most per read
 _MAX_WAIT = 1.0  # seconds the pump sleeps at most (it is woken for submissions and stop)
 
 
@@ -128,11 +140,13 @@ class TransferPump:
         monotonic = time.monotonic
         read = os.read
         write = os.write
+        submitted = self._submitted
+        now = monotonic()
         try:
             while not self._stopping:
                 wait = _MAX_WAIT
-                if heap:
-                    wait = heap[0][0] - monotonic()
+                if heap:  # from the clock read after the last batch: late by that batch
+                    wait = heap[0][0] - now
                     wait = 0.0 if wait < 0.0 else min(wait, _MAX_WAIT)
                 events = poll(wait, _MAX_EVENTS)
                 now = monotonic()  # one clock read per batch: a batch lasts microseconds
@@ -142,18 +156,17 @@ class TransferPump:
                         if fd == wake_fd:
                             self._drain_wake()
                         continue
-                    # The lock-step hot path, inlined: read, ack_lockstep, write, and the
+                    # The lock-step hot path, inlined: read, ack_datagram, write, and the
                     # timer only when none is armed (the session keeps the live deadline).
                     try:
-                        data = read(fd, 65536)
-                        if len(data) == 4 and data[1] == _ACK and data[0] == 0:
-                            session = transfer.session
-                            datagram = session.ack_lockstep((data[2] << 8) | data[3], now)
-                            if datagram is not None:
-                                write(fd, datagram)
-                                if transfer.armed_at is None:
-                                    self._arm(transfer, session.deadline)
-                                continue
+                        data = read(fd, _READ_SIZE)
+                        session = transfer.session
+                        datagram = session.ack_datagram(data, now)
+                        if datagram is not None:
+                            write(fd, datagram)
+                            if transfer.armed_at is None:
+                                self._arm(transfer, session.deadline)
+                            continue
                     except (BlockingIOError, InterruptedError):
                         continue  # nothing to read, or a full buffer: the timer resends
                     except OSError as err:  # ICMP port unreachable on the connected socket
@@ -163,12 +176,69 @@ class TransferPump:
                         self._failed(transfer, err)
                         continue
                     self._guarded(self._datagram, transfer, data)
-                if self._submitted:
+                if submitted:
                     self._take_submissions()
-                if heap and heap[0][0] <= monotonic():
+                if heap and heap[0][0] <= now:
                     self._expire()
+                if len(by_fd) == 1 and not submitted and not self._stopping:
+                    (only,) = by_fd.values()
+                    self._park(only)
+                    now = monotonic()
         except Exception:
             logger.exception("tftp: the transfer pump failed; open transfers stall")
+
+    def _park(self, transfer: Transfer) -> None:
+        """Serve the only transfer, lock-step, with blocking reads.
+
+        Each turn is ready before the ACK comes (:meth:`TftpSession.lockstep_next`): between
+        the ``read`` that returns the expected ACK and the ``write`` of the next block there is
+        one comparison; the session's bookkeeping follows the ``write``, while the client
+        works. One system call less per block than the epoll loop, too.
+
+        Parking ends when the client is quiet for 5 ms (the epoll loop then runs the timers),
+        when a transfer is submitted, when the pump stops and when the transfer leaves
+        lock-step (last block sent, closed).
+        """
+        sock = transfer.sock
+        session = transfer.session
+        turn = session.lockstep_next()
+        if sock is None or turn is None:
+            return
+        fd = transfer.fd
+        read = os.read
+        write = os.write
+        monotonic = time.monotonic
+        submitted = self._submitted
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _PARK_TIMEVAL)
+            os.set_blocking(fd, True)
+        except OSError:
+            return
+        try:
+            while turn is not None and not submitted and not self._stopping:
+                expected, datagram = turn
+                try:
+                    data = read(fd, _READ_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    return  # quiet for a while: the epoll loop watches the timers
+                if data == expected:
+                    write(fd, datagram)
+                    session.lockstep_advance(monotonic())
+                    if transfer.armed_at is None:
+                        self._arm(transfer, session.deadline)
+                else:
+                    self._datagram(transfer, data)  # a duplicate ACK, an ERROR …
+                    if transfer.sock is None:
+                        return
+                turn = session.lockstep_next()
+        except OSError as err:  # ICMP port unreachable on the connected socket
+            self._unreachable(transfer, err)
+        except Exception as err:  # noqa: BLE001 - ends this transfer, not the pump
+            self._failed(transfer, err)
+        finally:
+            if transfer.sock is not None:
+                with contextlib.suppress(OSError):
+                    os.set_blocking(fd, False)
 
     def _drain_wake(self) -> None:
         with contextlib.suppress(BlockingIOError, InterruptedError):
@@ -209,6 +279,8 @@ class TransferPump:
         if len(data) == 4 and data[1] == _ACK and data[0] == 0:  # not the lock-step hot path
             actions = session.receive_ack((data[2] << 8) | data[3], now)
         else:
+            if len(data) == _READ_SIZE and data[:2] == b"\0\5" and b"\0" not in data[4:]:
+                data += b"\0"  # an ERROR whose message was longer than the read: keep its start
             try:
                 packet = decode(data)
             except MalformedPacket as err:

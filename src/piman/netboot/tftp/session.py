@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from piman.netboot.tftp.files import ByteSource, BytesSource, netascii
+from piman.netboot.tftp.files import ByteSource, BytesSource, Memo, netascii
 from piman.netboot.tftp.packets import (
     MAX_BLOCK,
     Ack,
@@ -53,7 +53,7 @@ from piman.netboot.tftp.packets import (
     pack_header,
 )
 
-_DATA = int(Opcode.DATA)
+_ACK = int(Opcode.ACK)
 
 __all__ = [
     "MAX_BLKSIZE",
@@ -160,6 +160,7 @@ class TftpSession:
         self.closed = False
         self._source: ByteSource | None = None
         self._read: Callable[[int, int], bytes] = _nothing
+        self._memo: Memo | None = None  # datagrams built once per file and block size
         self._oack: bytes | None = None  # pending OACK datagram until ACK 0 arrives
         self._timeout = settings.retransmit_timeout
         self._blksize = DEFAULT_BLKSIZE
@@ -170,7 +171,7 @@ class TftpSession:
         self._retries = 0
         self._resent_bytes = 0
         self._deadline = now
-        self._lockstep = False  # window 1, no OACK pending, not closed: ack_lockstep may act
+        self._expect: bytes | None = None  # in lock-step, the ACK of the block outstanding
         limit = settings.transfer_timeout
         self._limit = None if limit is None else now + limit  # whole-transfer deadline
 
@@ -201,47 +202,67 @@ class TftpSession:
         except _Refusal as refusal:
             return self._fail(refusal.code, refusal.message, Outcome.REFUSED, now)
         self._total = source.size // self._blksize + 1
+        self._memo = source.memo(self._blksize)
         self.stats.blksize = self._blksize
         self.stats.windowsize = self._window
         self.stats.options = dict(accepted)
         if accepted:
             self._oack = encode(OAck(accepted))
             return [Send(self._oack), self._arm(now)]
-        self._lockstep = self._window == 1
         return self._send_window(now)
 
     @property
     def deadline(self) -> float:
         """The current timer deadline (what the last :class:`ArmTimer` said, or later)."""
-        return self._deadline
+        limit = self._limit
+        return self._deadline if limit is None or self._deadline < limit else limit
 
-    def ack_lockstep(self, block: int, now: float) -> bytes | None:
+    def ack_datagram(self, data: bytes, now: float) -> bytes | None:
         """The hot path of a lock-step transfer, for shells that count microseconds.
 
-        When ``block`` acknowledges the one outstanding block and more blocks remain, this is
-        exactly ``receive_ack(block, now)`` — whose actions would be ``Send(next block)`` and
-        ``ArmTimer(deadline)`` — returned as the datagram alone; the deadline is then
-        :attr:`deadline`. In every other case it changes nothing and returns None: call
-        :meth:`receive_ack`.
+        When ``data``, a datagram from the client, is the ACK of the one outstanding block and
+        more blocks remain, this is exactly ``receive_ack(block, now)`` — whose actions would be
+        ``Send(next block)`` and ``ArmTimer(deadline)`` — returned as the datagram alone; the
+        deadline is then :attr:`deadline`. In every other case it changes nothing and returns
+        None: decode the datagram and call :meth:`receive`. The test is one comparison of
+        bytes with the ACK the session expects.
         """
-        sent = self._sent
-        if (
-            not self._lockstep
-            or sent != self._acked + 1
-            or sent >= self._total
-            or (block - sent) & MAX_BLOCK
-        ):
+        if data != self._expect:
             return None
+        sent = self._sent  # _advance and _block, inlined: this runs once per block
         self._sent = sent + 1
         self._acked = sent
         self._retries = 0
-        deadline = now + self._timeout
-        limit = self._limit
-        if limit is not None and deadline > limit:
-            deadline = limit
-        self._deadline = deadline
-        blksize = self._blksize
-        return pack_header(_DATA, (sent + 1) & MAX_BLOCK) + self._read(sent * blksize, blksize)
+        self._deadline = now + self._timeout  # the whole-transfer limit: see deadline
+        self._expect = pack_header(_ACK, (sent + 1) & MAX_BLOCK) if sent + 1 < self._total else None
+        memo = self._memo
+        if memo is not None:
+            datagram = memo[sent]
+            if datagram is not None:
+                return datagram
+        return self._block(sent + 1)
+
+    def lockstep_next(self) -> tuple[bytes, bytes] | None:
+        """The next turn of a lock-step transfer, ready before the client's ACK arrives.
+
+        While one block is outstanding and more remain: the ACK datagram that acknowledges the
+        outstanding block, and the DATA datagram that answers it. Changes nothing. A shell that
+        then receives exactly that ACK may send the DATA datagram at once and call
+        :meth:`lockstep_advance` afterwards, out of the round trip's way; the two together
+        are ``receive_ack``. None in every other case (window, OACK pending, last block out).
+        """
+        expect = self._expect
+        if expect is None:
+            return None
+        return expect, self._block(self._sent + 1)
+
+    def lockstep_advance(self, now: float) -> None:
+        """Record what :meth:`lockstep_next` offered as done: its ACK came, its DATA went out;
+        the deadline is then :attr:`deadline`."""
+        expect = self._expect
+        if expect is None:
+            raise RuntimeError("lockstep_advance without a turn lockstep_next offered")
+        self.ack_datagram(expect, now)
 
     def receive_ack(self, block: int, now: float) -> list[Action]:
         """Same as ``receive(Ack(block), now)``, without building the packet (the hot path)."""
@@ -274,8 +295,9 @@ class TftpSession:
             return self._fail(
                 ErrorCode.NOT_DEFINED, "transfer time limit reached", Outcome.EXPIRED, now
             )
-        if now < self._deadline:
-            return [ArmTimer(self._deadline)]
+        deadline = self.deadline
+        if now < deadline:
+            return [ArmTimer(deadline)]
         self._retries += 1
         if self._retries > self.settings.max_retries:
             return self._close(Outcome.TIMEOUT, now)
@@ -324,7 +346,6 @@ class TftpSession:
                 return []
             self._oack = None
             self._retries = 0
-            self._lockstep = self._window == 1
             return self._send_window(now)
         n = self._acked + ((block - self._acked) & MAX_BLOCK)
         if n == self._acked or n > self._sent:
@@ -344,9 +365,8 @@ class TftpSession:
     def _send_window(self, now: float) -> list[Action]:
         if self._window == 1 and self._sent == self._acked:  # lock-step: the hot path
             n = self._sent = self._acked + 1
-            blksize = self._blksize
-            data = encode_data(n, self._read((n - 1) * blksize, blksize))
-            return [Send(data), self._arm(now)]
+            self._expect = _ack_of(n) if n < self._total else None
+            return [Send(self._block(n)), self._arm(now)]
         actions: list[Action] = []
         last = min(self._acked + self._window, self._total)
         for n in range(self._sent + 1, last + 1):
@@ -356,7 +376,17 @@ class TftpSession:
         return actions
 
     def _block(self, n: int) -> bytes:
-        return encode_data(n, self._read((n - 1) * self._blksize, self._blksize))
+        """The DATA datagram of block ``n``, from the memo when another transfer built it."""
+        memo = self._memo
+        if memo is not None:
+            datagram = memo[n - 1]
+            if datagram is not None:
+                return datagram
+        blksize = self._blksize
+        datagram = encode_data(n, self._read((n - 1) * blksize, blksize))
+        if memo is not None:
+            memo[n - 1] = datagram
+        return datagram
 
     def _arm(self, now: float) -> ArmTimer:
         deadline = now + self._timeout
@@ -370,7 +400,7 @@ class TftpSession:
 
     def _close(self, outcome: Outcome, now: float) -> list[Action]:
         self.closed = True
-        self._lockstep = False
+        self._expect = None
         stats = self.stats
         stats.ended = now
         stats.outcome = outcome
@@ -382,6 +412,11 @@ class TftpSession:
             self._source.close()
             self._source = None
         return [Close(outcome)]
+
+
+def _ack_of(block: int) -> bytes:
+    """The ACK datagram of ``block`` (its number modulo 2**16)."""
+    return pack_header(_ACK, block & MAX_BLOCK)
 
 
 def _nothing(offset: int, length: int) -> bytes:

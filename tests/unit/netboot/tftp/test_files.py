@@ -1,4 +1,4 @@
-"""Path safety: nothing from the wire ever names a file outside the TFTP root."""
+"""Path safety (nothing from the wire names a file outside the TFTP root) and the file cache."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ from piman.netboot.tftp.files import (
     AccessViolation,
     BytesSource,
     FileCache,
+    FileSource,
     RootDirectory,
     netascii,
     resolve_inside,
 )
+from piman.netboot.tftp.packets import Ack, Data, Opcode, Request, decode, encode
+from piman.netboot.tftp.session import SessionSettings, TftpSession
 
 
 @pytest.fixture
@@ -109,3 +112,54 @@ async def test_concurrent_opens_of_one_file_share_one_read(tmp_path: Path) -> No
     sources = await asyncio.gather(*(cache.open(path) for _ in range(20)))
     assert all(s is not None and s.read(0, 6) == b"shared" for s in sources)
     assert len({id(s._data) for s in sources if isinstance(s, BytesSource)}) == 1
+
+
+async def test_transfers_of_one_file_share_their_datagrams(tmp_path: Path) -> None:
+    path = tmp_path / "start4.elf"
+    content = os.urandom(5000)
+    path.write_bytes(content)
+    cache = FileCache()
+    sessions = []
+    for _ in range(2):
+        source = await cache.open(path)
+        assert source is not None
+        session = TftpSession(
+            Request(Opcode.RRQ, "start4.elf", "octet"), "198.18.0.5:1", SessionSettings(), 0.0
+        )
+        session.start(source, 0.0)
+        sessions.append(session)
+    first, second = sessions
+    got: list[bytes] = []
+    while (turn := first.lockstep_next()) is not None:
+        got.append(turn[1])
+        first.lockstep_advance(0.0)
+    # The second transfer sends the very datagrams the first one built, not copies.
+    for block, datagram in enumerate(got, start=2):
+        again = second.ack_datagram(encode(Ack(block - 1)), 0.0)
+        assert again is datagram
+        assert decode(again) == Data(block, content[(block - 1) * 512 : block * 512])
+
+
+async def test_memos_count_against_the_cache_budget(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"m" * 4000)
+    cache = FileCache(max_total=9000)
+    source = await cache.open(path)
+    assert source is not None
+    assert cache.total == 4000
+    memo = source.memo(512)
+    assert memo is not None
+    assert len(memo) == 8
+    assert source.memo(512) is memo  # one per block size, shared
+    assert cache.total == 4000 + 4000 + 8 * 41
+    assert source.memo(1024) is None  # a second one would pass max_total: not made
+    assert cache.total == 8328
+    other = tmp_path / "g"
+    other.write_bytes(b"g" * 2000)
+    assert await cache.open(other) is not None  # evicts f (least recently used) with its memo
+    assert cache.total == 2000
+    assert source.memo(1024) is None  # f is gone from the cache: no new memo for it
+    assert source.read(0, 3) == b"mmm"  # the open source still reads
+    big = FileSource(os.open(path, os.O_RDONLY), 4000)
+    assert big.memo(512) is None  # uncached files are not doubled in memory
+    big.close()

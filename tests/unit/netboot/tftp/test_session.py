@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from piman.netboot.tftp.files import BytesSource
 from piman.netboot.tftp.packets import (
     Ack,
@@ -12,6 +14,7 @@ from piman.netboot.tftp.packets import (
     Opcode,
     Request,
     decode,
+    encode,
 )
 from piman.netboot.tftp.session import (
     Action,
@@ -244,13 +247,19 @@ def test_stats_record_duration_and_options() -> None:
     assert session.stats.peer == "198.18.0.5:1234"
 
 
+def ack(n: int) -> bytes:
+    return encode(Ack(n))
+
+
 def test_lockstep_hot_path_matches_receive_ack() -> None:
     data = bytes(i % 253 for i in range(5000))
     fast, _ = start(data)
     slow, _ = start(data)
-    assert fast.ack_lockstep(2, 0.1) is None  # not the outstanding block: no change
+    assert fast.ack_datagram(ack(2), 0.1) is None  # not the outstanding block: no change
+    assert fast.ack_datagram(ack(1)[:3], 0.1) is None  # not an ACK at all
+    assert fast.ack_datagram(ack(1) + b"x", 0.1) is None
     for n in range(1, 11):  # 10 blocks: 9 of 512 and one of 392
-        datagram = fast.ack_lockstep(n, float(n))
+        datagram = fast.ack_datagram(ack(n), float(n))
         actions = slow.receive_ack(n, float(n))
         if datagram is None:
             assert fast.receive_ack(n, float(n)) == actions
@@ -262,15 +271,42 @@ def test_lockstep_hot_path_matches_receive_ack() -> None:
 def test_lockstep_hot_path_waits_for_ack_0_and_stops_when_closed() -> None:
     data = bytes(i % 251 for i in range(3000))
     fast, _ = start(data, rrq(blksize="1024"))
-    assert fast.ack_lockstep(0, 0.1) is None  # the OACK is pending: the general path answers
-    assert fast.ack_lockstep(1, 0.1) is None
+    assert fast.ack_datagram(ack(0), 0.1) is None  # the OACK is pending: the general path answers
+    assert fast.ack_datagram(ack(1), 0.1) is None
     assert sent(fast.receive_ack(0, 0.2)) == [Data(1, data[:1024])]
-    datagram = fast.ack_lockstep(1, 0.3)
+    datagram = fast.ack_datagram(ack(1), 0.3)
     assert datagram is not None
     assert decode(datagram) == Data(2, data[1024:2048])
     assert fast.deadline == 1.3
     fast.abort(Outcome.ABORTED, 0.4)
-    assert fast.ack_lockstep(2, 0.5) is None  # closed: nothing more goes out
+    assert fast.ack_datagram(ack(2), 0.5) is None  # closed: nothing more goes out
     windowed, _ = start(data, rrq(windowsize="2"))
     windowed.receive_ack(0, 0.1)
-    assert windowed.ack_lockstep(1, 0.2) is None  # a window is never the lock-step path
+    assert windowed.ack_datagram(ack(1), 0.2) is None  # a window is never the lock-step path
+
+
+def test_lockstep_turns_prepared_ahead_match_receive_ack() -> None:
+    data = bytes(i % 241 for i in range(4000))
+    fast, _ = start(data)
+    slow, _ = start(data)
+    n = 1
+    while (turn := fast.lockstep_next()) is not None:
+        expected, datagram = turn
+        assert expected == ack(n)
+        fast.lockstep_advance(float(n))
+        assert slow.receive_ack(n, float(n)) == [Send(datagram), ArmTimer(fast.deadline)]
+        n += 1
+    assert n == 8  # blocks 1..7 answered ahead; the ACK of block 8 (the last) closes
+    assert fast.receive_ack(8, 9.0) == slow.receive_ack(8, 9.0) == [Close(Outcome.OK)]
+    with pytest.raises(RuntimeError):
+        fast.lockstep_advance(10.0)
+
+
+def test_lockstep_deadline_never_passes_the_transfer_limit() -> None:
+    settings = SessionSettings(retransmit_timeout=1.0, transfer_timeout=2.5)
+    session = TftpSession(Request(Opcode.RRQ, "f", "octet"), "198.18.0.5:1234", settings, 0.0)
+    session.start(BytesSource(b"q" * 2000), 0.0)
+    assert session.ack_datagram(ack(1), 1.0) is not None
+    assert session.deadline == 2.0
+    assert session.ack_datagram(ack(2), 2.0) is not None
+    assert session.deadline == 2.5  # not 3.0: the whole transfer ends at 2.5
