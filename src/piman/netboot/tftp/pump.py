@@ -277,7 +277,15 @@ class TransferPump:
         session = transfer.session
         now = time.monotonic()
         if len(data) == 4 and data[1] == _ACK and data[0] == 0:  # not the lock-step hot path
-            actions = session.receive_ack((data[2] << 8) | data[3], now)
+            block = (data[2] << 8) | data[3]
+            train = session.ack_window(block, now)
+            if train is not None:  # a window moved on: its new blocks, in one GSO send
+                if train and not self._send_all(transfer, train):
+                    return
+                if transfer.armed_at is None:
+                    self._arm(transfer, session.deadline)
+                return
+            actions = session.receive_ack(block, now)
         else:
             if len(data) == _READ_SIZE and data[:2] == b"\0\5" and b"\0" not in data[4:]:
                 data += b"\0"  # an ERROR whose message was longer than the read: keep its start
@@ -318,8 +326,8 @@ class TransferPump:
             per_call = max(1, min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // segment))
             for i in range(0, len(datagrams), per_call):
                 chunk = datagrams[i : i + per_call]
-                if len(chunk) > 1 and all(len(d) == segment for d in chunk[:-1]):
-                    if not self._send(transfer, b"".join(chunk), gso=True):
+                if len(chunk) > 1 and min(map(len, chunk[:-1])) == max(map(len, chunk)) == segment:
+                    if not self._send_train(transfer, chunk):
                         return False
                     if transfer.segment:
                         continue
@@ -329,12 +337,8 @@ class TransferPump:
             return True
         return all(self._send(transfer, datagram) for datagram in datagrams)
 
-    def _send(self, transfer: Transfer, data: bytes, *, gso: bool = False) -> bool:
-        """Send one datagram (or one GSO train); False when the transfer ended (client gone).
-
-        A GSO send the device refuses turns GSO off for this transfer and returns True without
-        sending: the caller then sends the datagrams one by one.
-        """
+    def _send(self, transfer: Transfer, data: bytes) -> bool:
+        """Send one datagram; False when the transfer ended (client gone)."""
         sock = transfer.sock
         if sock is None:
             return False
@@ -343,7 +347,25 @@ class TransferPump:
         except (BlockingIOError, InterruptedError):
             pass  # socket buffer full: the datagram is lost, the timer resends it
         except OSError as err:
-            if gso and err.errno in (errno.EIO, errno.EINVAL, errno.EMSGSIZE):
+            self._unreachable(transfer, err)
+            return False
+        return True
+
+    def _send_train(self, transfer: Transfer, train: list[bytes]) -> bool:
+        """Send datagrams of the GSO segment size (the last may be shorter) in one call, as
+        one gathered buffer (``sendmsg``: nothing is copied here); False when the transfer
+        ended. A device that refuses GSO turns it off for this transfer and this returns True
+        without sending: the caller then sends the datagrams one by one.
+        """
+        sock = transfer.sock
+        if sock is None:
+            return False
+        try:
+            sock.sendmsg(train)
+        except (BlockingIOError, InterruptedError):
+            pass  # socket buffer full: the datagrams are lost, the timer resends them
+        except OSError as err:
+            if err.errno in (errno.EIO, errno.EINVAL, errno.EMSGSIZE):
                 logger.debug("%s UDP GSO refused (%s): one send per block",
                              transfer.log_prefix, err)  # fmt: skip
                 transfer.segment = 0

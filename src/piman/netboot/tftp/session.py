@@ -242,6 +242,41 @@ class TftpSession:
                 return datagram
         return self._block(sent + 1)
 
+    def ack_window(self, block: int, now: float) -> list[bytes] | None:
+        """The hot path of a windowed transfer (RFC 7440), one call per window.
+
+        When ``block`` acknowledges some or all of the blocks in flight and the transfer goes
+        on, this is exactly ``receive_ack(block, now)`` — whose actions would be one ``Send``
+        per new block, then ``ArmTimer(deadline)`` — returned as the datagrams alone (maybe
+        none); the deadline is then :attr:`deadline`. In every other case (lock-step, OACK
+        pending, a duplicate or out-of-window ACK, the final ACK) it changes nothing and
+        returns None: call :meth:`receive_ack`.
+        """
+        acked = self._acked
+        n = acked + ((block - acked) & MAX_BLOCK)
+        if (
+            self._window == 1
+            or self._oack is not None
+            or self.closed
+            or n == acked
+            or n > self._sent
+            or n >= self._total
+        ):
+            return None
+        self._acked = n
+        self._retries = 0
+        first = self._sent + 1
+        last = min(n + self._window, self._total)
+        if last > self._sent:
+            self._sent = last
+        self._deadline = now + self._timeout  # the whole-transfer limit: see deadline
+        memo = self._memo
+        if memo is not None:
+            train = memo[first - 1 : last]
+            if None not in train:
+                return train  # type: ignore[return-value]  # no None left in it
+        return [self._block(k) for k in range(first, last + 1)]
+
     def lockstep_next(self) -> tuple[bytes, bytes] | None:
         """The next turn of a lock-step transfer, ready before the client's ACK arrives.
 

@@ -23,6 +23,9 @@ class FakeSocket:
         self.sent.append(data)
         return len(data)
 
+    def sendmsg(self, buffers: list[bytes]) -> int:
+        return self.send(b"".join(buffers))  # the kernel gathers the buffers into one train
+
     def setsockopt(self, *args: object) -> None:
         return None
 

@@ -310,3 +310,32 @@ def test_lockstep_deadline_never_passes_the_transfer_limit() -> None:
     assert session.deadline == 2.0
     assert session.ack_datagram(ack(2), 2.0) is not None
     assert session.deadline == 2.5  # not 3.0: the whole transfer ends at 2.5
+
+
+@pytest.mark.parametrize(
+    "acks",
+    [
+        [0, 4, 4, 8, 12, 13, 14],  # whole windows, a duplicate, then partial ones to the end
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14],  # one block at a time
+        [0, 3, 2, 9, 7, 11, 14],  # an old ACK, an ACK past what was sent, the end
+    ],
+)
+def test_window_hot_path_matches_receive_ack(acks: list[int]) -> None:
+    data = bytes(i % 239 for i in range(512 * 13 + 100))  # 14 blocks, the last of 100 bytes
+    fast, _ = start(data, rrq(windowsize="4"))
+    slow, _ = start(data, rrq(windowsize="4"))
+    for i, block in enumerate(acks):
+        now = float(i)
+        train = fast.ack_window(block, now)
+        actions = slow.receive_ack(block, now)
+        if train is None:
+            assert fast.receive_ack(block, now) == actions
+        else:
+            assert actions == [*(Send(d) for d in train), ArmTimer(fast.deadline)]
+    assert fast.stats.outcome is slow.stats.outcome is Outcome.OK
+    assert fast.ack_window(14, 99.0) is None  # closed
+
+
+def test_window_hot_path_leaves_lock_step_alone() -> None:
+    lockstep, _ = start(b"l" * 3000)
+    assert lockstep.ack_window(1, 0.1) is None
