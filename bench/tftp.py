@@ -6,10 +6,18 @@ listens on port 69). Files are a Pi 4 boot set of random bytes: start4.elf 2.2 M
 use atftp (``--option "windowsize N"``; neither anchor supports RFC 7440, so windowsize rows
 compare piman with itself). Every fetched file is checked by size. All three servers run at
 once and the runs of one scenario are interleaved (piman, dnsmasq, tftpd-hpa, rotating), so
-that load from elsewhere on the machine hits all alike. Each cell is the best of ``--repeat``
-runs: wall time until the last client ends, and the CPU time the server process used (user +
-system), which other load disturbs far less than wall time. Ratios are anchor / piman, so
-> 1.0 means piman is faster (or cheaper).
+that load from elsewhere on the machine hits all alike.
+
+Placement. A lock-step transfer is a ping-pong between two processes, and on a virtual machine
+where they run decides more than either program: a wake-up across CPUs costs an inter-processor
+interrupt (a VM exit), a wake-up on the same CPU does not. One client is therefore measured
+three ways: ``free`` (the scheduler places server and client), ``cross`` (server pinned to CPU 0,
+client to CPU 1: the shape of a real network, where the ACK comes from elsewhere) and ``same``
+(both on CPU 0: nothing but the two programs' own work). Fifty clients always run free.
+
+Each cell is the median of ``--repeat`` runs (the best run beside it): wall time until the
+last client ends, and the CPU time the server process used (user + system). Ratios are
+anchor / piman, so > 1.0 means piman is faster (or cheaper).
 """
 
 from __future__ import annotations
@@ -19,11 +27,13 @@ import contextlib
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 FILES = {"start4.elf": 2_228_224, "kernel8.img": 8_388_608, "initramfs8": 30_000_000}
@@ -88,17 +98,25 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def timed(cmds: list[list[str]], outs: list[Path], size: int, pid: int) -> tuple[float, float]:
-    """Run the client commands at once: wall time until the last ends, server CPU time used."""
+def timed(
+    cmds: list[list[str]], outs: list[Path], size: int, pid: int, cpu: int | None
+) -> tuple[float, float]:
+    """Run the client commands at once (on CPU ``cpu`` when given): wall time until the last
+    ends, server CPU time used."""
     for out in outs:
         out.unlink(missing_ok=True)
+    pin = None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
     cpu0 = cpu_seconds(pid)
     t0 = time.perf_counter()
-    procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in cmds]
+    procs = [
+        subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=pin)
+        for c in cmds
+    ]
     failed = [p for p in procs if p.wait(300) != 0]
     elapsed = time.perf_counter() - t0
     if failed:
-        raise RuntimeError(f"client failed: {failed[0].args}: {failed[0].stderr!r}")
+        err = failed[0].stderr.read() if failed[0].stderr else b""
+        raise RuntimeError(f"client failed: {failed[0].args!r}: {err!r}")
     for out in outs:
         if out.stat().st_size != size:
             raise RuntimeError(f"{out}: {out.stat().st_size} bytes, expected {size}")
@@ -108,10 +126,31 @@ def timed(cmds: list[list[str]], outs: list[Path], size: int, pid: int) -> tuple
     return elapsed, cpu_seconds(pid) - cpu0
 
 
-def best(runs: list[tuple[float, float]]) -> tuple[float, float]:
-    """The fastest wall time and the smallest CPU time of the runs (load on the machine only
-    ever adds to either)."""
-    return min(r[0] for r in runs), min(r[1] for r in runs)
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Every thread of a process onto ``cpus`` (children forked later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+PLACEMENTS = {"free": (None, None), "cross": (0, 1), "same": (0, 0)}  # (server CPU, client CPU)
+
+
+@dataclass
+class Cell:
+    runs: list[tuple[float, float]]
+
+    @property
+    def wall(self) -> float:
+        return statistics.median(r[0] for r in self.runs)
+
+    @property
+    def best(self) -> float:
+        return min(r[0] for r in self.runs)
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(r[1] for r in self.runs)
 
 
 def main() -> None:
@@ -148,71 +187,84 @@ def run(work: Path, repeat: int, quick: bool) -> None:
         "tftpd-hpa": ["in.tftpd", "-L", "-a", f"127.0.0.1:{ports['tftpd-hpa']}", "-s", str(root),
                       "-u", "root"],
     }  # fmt: skip
-    lockstep: list[tuple[str, int, int]] = []  # (file, blksize, clients)
-    for blksize in (512, 1024, 1468):
-        lockstep.append(("initramfs8", blksize, 1))
+    all_cpus = os.sched_getaffinity(0)
+    places = ["free", "cross", "same"] if len(all_cpus) >= 2 and {0, 1} <= all_cpus else ["free"]
+    singles = [("initramfs8", 512), ("initramfs8", 1024), ("initramfs8", 1468)]
     if not quick:
-        lockstep += [("start4.elf", 1024, 1), ("kernel8.img", 1468, 1)]
-    lockstep += [("start4.elf", 1468, 50), ("start4.elf", 1024, 50)]
+        singles += [("start4.elf", 1024), ("kernel8.img", 1468)]
+    lockstep = [(name, bs, 1, place) for place in places for name, bs in singles]
+    lockstep += [("start4.elf", 1468, 50, "free"), ("start4.elf", 1024, 50, "free")]
     if not quick:
-        lockstep += [("kernel8.img", 1468, 50)]
+        lockstep += [("kernel8.img", 1468, 50, "free")]
     windows = [1, 8, 16, 32]
 
-    results: dict[tuple[str, str], tuple[float, float]] = {}
+    cells: dict[tuple[str, str], Cell] = {}
     order = list(servers)
     with contextlib.ExitStack() as stack:
         pids = {name: stack.enter_context(process(cmd)).pid for name, cmd in servers.items()}
-        for name, blksize, clients in lockstep:
-            label = f"{name} bs={blksize} x{clients} (curl)"
+        for name, blksize, clients, place in lockstep:
+            label = f"{name} bs={blksize} x{clients} {place}"
+            server_cpu, client_cpu = PLACEMENTS[place]
+            for pid in pids.values():
+                pin_process(pid, all_cpus if server_cpu is None else {server_cpu})
             runs: dict[str, list[tuple[float, float]]] = {server: [] for server in order}
             for r in range(repeat):  # interleaved, so that load from elsewhere hits all alike
                 for server in order[r % 3 :] + order[: r % 3]:
                     outs = [outdir / f"{server}-{i}" for i in range(clients)]
                     cmds = [curl(ports[server], name, blksize, o) for o in outs]
-                    runs[server].append(timed(cmds, outs, FILES[name], pids[server]))
+                    runs[server].append(timed(cmds, outs, FILES[name], pids[server], client_cpu))
             for server in order:
-                results[(server, label)] = best(runs[server])
+                cells[(server, label)] = Cell(runs[server])
             print("  " + label + ": " + ", ".join(
-                f"{s} {results[(s, label)][0]:.3f} s" for s in order), flush=True)  # fmt: skip
+                f"{s} {cells[(s, label)].wall:.3f} s" for s in order), flush=True)  # fmt: skip
+        for pid in pids.values():
+            pin_process(pid, all_cpus)
         for window in windows:
             for clients in (1, 50) if window in (1, 16) else (1,):
                 outs = [outdir / f"w-{i}" for i in range(clients)]
                 name = "initramfs8" if clients == 1 else "start4.elf"
                 cmds = [atftp(ports["piman"], name, 1468, window, o) for o in outs]
-                wruns = [timed(cmds, outs, FILES[name], pids["piman"]) for _ in range(repeat)]
                 label = f"{name} bs=1468 ws={window} x{clients} (atftp)"
-                results[("piman", label)] = best(wruns)
-                print(f"  piman {label}: {best(wruns)[0]:.3f} s", flush=True)
+                cells[("piman", label)] = Cell(
+                    [timed(cmds, outs, FILES[name], pids["piman"], None) for _ in range(repeat)]
+                )
+                print(f"  piman {label}: {cells[('piman', label)].wall:.3f} s", flush=True)
 
     print()
-    print("wall time, seconds (best of runs); ratio = anchor / piman (> 1: piman faster)")
-    print(f"{'scenario':36s} {'dnsmasq':>8s} {'tftpd-hpa':>9s} {'piman':>8s} "
-          f"{'×dnsmasq':>9s} {'×tftpd':>7s}")  # fmt: skip
-    for name, blksize, clients in lockstep:
-        label = f"{name} bs={blksize} x{clients} (curl)"
-        d, h, p = (results[(s, label)][0] for s in ("dnsmasq", "tftpd-hpa", "piman"))
-        print(f"{label[:-7]:36s} {d:8.3f} {h:9.3f} {p:8.3f} {d / p:9.2f} {h / p:7.2f}")
+    print(f"lock-step (curl) wall time, seconds: median of {repeat} runs (best in brackets); "
+          "ratio = anchor / piman (> 1: piman faster)")  # fmt: skip
+    print(f"{'scenario':30s} {'place':5s} {'dnsmasq':>15s} {'tftpd-hpa':>15s} {'piman':>15s} "
+          f"{'×dnsmasq':>9s} {'(best)':>7s} {'×tftpd':>7s}")  # fmt: skip
+    for name, blksize, clients, place in lockstep:
+        label = f"{name} bs={blksize} x{clients} {place}"
+        d, h, p = (cells[(s, label)] for s in ("dnsmasq", "tftpd-hpa", "piman"))
+        print(f"{label.rsplit(' ', 1)[0]:30s} {place:5s} "
+              + " ".join(f"{c.wall:7.3f} ({c.best:5.3f})" for c in (d, h, p))
+              + f" {d.wall / p.wall:9.2f} {d.best / p.best:7.2f}"
+              + f" {h.wall / p.wall:7.2f}")  # fmt: skip
     print()
-    print("server CPU time (user + system), seconds; ratio = dnsmasq / piman")
+    print("server CPU time (user + system), seconds, median; ratio = dnsmasq / piman")
     print("(in.tftpd forks a child per transfer whose time is not reliably reaped: not shown)")
-    print(f"{'scenario':36s} {'dnsmasq':>8s} {'piman':>8s} {'×dnsmasq':>9s}")
-    for name, blksize, clients in lockstep:
-        label = f"{name} bs={blksize} x{clients} (curl)"
-        d, p = (results[(s, label)][1] for s in ("dnsmasq", "piman"))
-        rd = f"{d / p:.2f}" if p > 0 else "-"
-        print(f"{label[:-7]:36s} {d:8.2f} {p:8.2f} {rd:>9s}")
+    print(f"{'scenario':30s} {'place':5s} {'dnsmasq':>8s} {'piman':>8s} {'×dnsmasq':>9s}")
+    for name, blksize, clients, place in lockstep:
+        label = f"{name} bs={blksize} x{clients} {place}"
+        dc, pc = (cells[(s, label)].cpu for s in ("dnsmasq", "piman"))
+        rd = f"{dc / pc:.2f}" if pc > 0 else "-"
+        print(f"{label.rsplit(' ', 1)[0]:30s} {place:5s} {dc:8.2f} {pc:8.2f} {rd:>9s}")
     print()
-    print(f"{'piman windowsize (RFC 7440)':44s} {'time s':>8s} {'MB/s':>9s} {'×ws=1':>8s}")
+    print(f"{'piman windowsize (RFC 7440), free':44s} {'median s':>8s} {'(best)':>7s} "
+          f"{'MB/s':>7s} {'×ws=1':>6s}")  # fmt: skip
     for clients in (1, 50):
         name = "initramfs8" if clients == 1 else "start4.elf"
-        base = results[("piman", f"{name} bs=1468 ws=1 x{clients} (atftp)")][0]
+        base = cells[("piman", f"{name} bs=1468 ws=1 x{clients} (atftp)")]
         for window in windows:
             label = f"{name} bs=1468 ws={window} x{clients} (atftp)"
-            if ("piman", label) not in results:
+            if ("piman", label) not in cells:
                 continue
-            t = results[("piman", label)][0]
-            mbps = FILES[name] * clients / t / 1e6
-            print(f"{label:44s} {t:8.3f} {mbps:9.1f} {base / t:8.2f}")
+            c = cells[("piman", label)]
+            mbps = FILES[name] * clients / c.wall / 1e6
+            print(f"{label:44s} {c.wall:8.3f} ({c.best:5.3f}) {mbps:7.1f} "
+                  f"{base.wall / c.wall:6.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

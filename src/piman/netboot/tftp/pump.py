@@ -223,13 +223,13 @@ class TransferPump:
                     return  # quiet for a while: the epoll loop watches the timers
                 if data == expected:
                     write(fd, datagram)
-                    session.lockstep_advance(monotonic())
+                    turn = session.lockstep_advance(monotonic())
                     if transfer.armed_at is None:
                         self._arm(transfer, session.deadline)
-                else:
-                    self._datagram(transfer, data)  # a duplicate ACK, an ERROR …
-                    if transfer.sock is None:
-                        return
+                    continue
+                self._datagram(transfer, data)  # a duplicate ACK, an ERROR …
+                if transfer.sock is None:
+                    return
                 turn = session.lockstep_next()
         except OSError as err:  # ICMP port unreachable on the connected socket
             self._unreachable(transfer, err)

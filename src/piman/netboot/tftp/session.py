@@ -291,13 +291,22 @@ class TftpSession:
             return None
         return expect, self._block(self._sent + 1)
 
-    def lockstep_advance(self, now: float) -> None:
-        """Record what :meth:`lockstep_next` offered as done: its ACK came, its DATA went out;
-        the deadline is then :attr:`deadline`."""
-        expect = self._expect
-        if expect is None:
+    def lockstep_advance(self, now: float) -> tuple[bytes, bytes] | None:
+        """Record what :meth:`lockstep_next` offered as done (its ACK came, its DATA went
+        out; the deadline is then :attr:`deadline`) and return the next turn, as
+        :meth:`lockstep_next` would now."""
+        if self._expect is None:
             raise RuntimeError("lockstep_advance without a turn lockstep_next offered")
-        self.ack_datagram(expect, now)
+        sent = self._sent
+        self._sent = nxt = sent + 1
+        self._acked = sent
+        self._retries = 0
+        self._deadline = now + self._timeout  # the whole-transfer limit: see deadline
+        if nxt >= self._total:
+            self._expect = None
+            return None
+        expect = self._expect = pack_header(_ACK, nxt & MAX_BLOCK)
+        return expect, self._block(nxt + 1)
 
     def receive_ack(self, block: int, now: float) -> list[Action]:
         """Same as ``receive(Ack(block), now)``, without building the packet (the hot path)."""

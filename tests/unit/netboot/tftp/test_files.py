@@ -130,9 +130,10 @@ async def test_transfers_of_one_file_share_their_datagrams(tmp_path: Path) -> No
         sessions.append(session)
     first, second = sessions
     got: list[bytes] = []
-    while (turn := first.lockstep_next()) is not None:
+    turn = first.lockstep_next()
+    while turn is not None:
         got.append(turn[1])
-        first.lockstep_advance(0.0)
+        turn = first.lockstep_advance(0.0)
     # The second transfer sends the very datagrams the first one built, not copies.
     for block, datagram in enumerate(got, start=2):
         again = second.ack_datagram(encode(Ack(block - 1)), 0.0)

@@ -290,10 +290,12 @@ def test_lockstep_turns_prepared_ahead_match_receive_ack() -> None:
     fast, _ = start(data)
     slow, _ = start(data)
     n = 1
-    while (turn := fast.lockstep_next()) is not None:
+    turn = fast.lockstep_next()
+    while turn is not None:
         expected, datagram = turn
         assert expected == ack(n)
-        fast.lockstep_advance(float(n))
+        turn = fast.lockstep_advance(float(n))
+        assert turn == fast.lockstep_next()
         assert slow.receive_ack(n, float(n)) == [Send(datagram), ArmTimer(fast.deadline)]
         n += 1
     assert n == 8  # blocks 1..7 answered ahead; the ACK of block 8 (the last) closes
