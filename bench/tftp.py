@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -112,7 +113,19 @@ def timed(
         subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=pin)
         for c in cmds
     ]
-    failed = [p for p in procs if p.wait(300) != 0]
+
+    # A blocking wait: Popen.wait(timeout) polls with sleeps of up to 50 ms, which would
+    # round every wall time up to a 50 ms step. A watchdog kills clients stuck for 300 s.
+    def kill_all() -> None:
+        for p in procs:
+            p.kill()
+
+    watchdog = threading.Timer(300, kill_all)
+    watchdog.start()
+    try:
+        failed = [p for p in procs if p.wait() != 0]
+    finally:
+        watchdog.cancel()
     elapsed = time.perf_counter() - t0
     if failed:
         err = failed[0].stderr.read() if failed[0].stderr else b""
