@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -455,5 +456,41 @@ async def test_a_new_transfer_is_served_while_a_lone_one_waits_for_its_client(
     finally:
         quiet.close()
         other.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def _fast_client(port: int, options: bytes, limit: float) -> tuple[int, bytes]:
+    """ACK every DATA at once, blocking: (blocks received, the ERROR datagram or b"")."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2.0)
+        sock.sendto(b"\x00\x01big\x00octet\x00" + options, ("127.0.0.1", port))
+        blocks = 0
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            data, tid = sock.recvfrom(70000)
+            if data[:2] == b"\x00\x05":
+                return blocks, data
+            if data[:2] == b"\x00\x06":
+                sock.sendto(b"\x00\x04\x00\x00", tid)
+                continue
+            blocks += 1
+            sock.sendto(b"\x00\x04" + data[2:4], tid)
+    return blocks, b""
+
+
+async def test_whole_transfer_limit_ends_a_transfer_whose_client_keeps_up(root: Path) -> None:
+    # A client that ACKs at once keeps a lone transfer on the pump's fast path: the limit
+    # must end it all the same (blksize 8: 375,000 blocks, far more than fit in 0.3 s).
+    running, task = await start_server(root, transfer_timeout=0.3)
+    try:
+        blocks, error = await asyncio.to_thread(
+            _fast_client, running.port, b"blksize\x008\x00", 20.0
+        )
+        assert error.startswith(b"\x00\x05\x00\x00")  # ERROR 0: time limit
+        assert 0 < blocks < 3_000_017 // 8
+        await running.settle()
+        assert running.outcomes() == [Outcome.EXPIRED]
+    finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -195,9 +195,10 @@ class TransferPump:
         one comparison; the session's bookkeeping follows the ``write``, while the client
         works. One system call less per block than the epoll loop, too.
 
-        Parking ends when the client is quiet for 5 ms (the epoll loop then runs the timers),
-        when a transfer is submitted, when the pump stops and when the transfer leaves
-        lock-step (last block sent, closed).
+        Parking ends, and the epoll loop takes over, when the client is quiet for 5 ms, when
+        a timer of this transfer is due (the whole-transfer limit with a client that keeps
+        up), on any datagram but the expected ACK, when a transfer is submitted, when the
+        pump stops and when the transfer leaves lock-step (last block sent, closed).
         """
         sock = transfer.sock
         session = transfer.session
@@ -221,16 +222,17 @@ class TransferPump:
                     data = read(fd, _READ_SIZE)
                 except (BlockingIOError, InterruptedError):
                     return  # quiet for a while: the epoll loop watches the timers
-                if data == expected:
-                    write(fd, datagram)
-                    turn = session.lockstep_advance(monotonic())
-                    if transfer.armed_at is None:
-                        self._arm(transfer, session.deadline)
-                    continue
-                self._datagram(transfer, data)  # a duplicate ACK, an ERROR …
-                if transfer.sock is None:
+                if data != expected:
+                    self._datagram(transfer, data)  # a duplicate ACK, an ERROR, junk …
                     return
-                turn = session.lockstep_next()
+                write(fd, datagram)
+                now = monotonic()
+                turn = session.lockstep_advance(now)
+                armed = transfer.armed_at
+                if armed is None:
+                    self._arm(transfer, session.deadline)
+                elif now >= armed:
+                    return  # a timer is due: the epoll loop runs it (and parks again)
         except OSError as err:  # ICMP port unreachable on the connected socket
             self._unreachable(transfer, err)
         except Exception as err:  # noqa: BLE001 - ends this transfer, not the pump
