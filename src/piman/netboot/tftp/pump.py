@@ -19,11 +19,12 @@ starved. Sessions are touched by the pump thread only, after :meth:`submit`.
 
 When one transfer is all there is (a Pi booting alone: the common case), the pump *parks* on
 it: a blocking ``read`` (at most 5 ms, so timers and new transfers wait no longer) replaces
-``epoll_wait`` + ``read``, and the answer to the next ACK is ready before the ACK arrives
-(:meth:`~piman.netboot.tftp.session.TftpSession.lockstep_next`), so one bytes comparison is all
-that stands between the ``read`` and the ``write``; the bookkeeping follows, while the client
-works. DATA datagrams come from the file cache's memo when an earlier transfer of the same file
-at the same block size built them (:meth:`~piman.netboot.tftp.files.ByteSource.memo`).
+``epoll_wait`` + ``read``, and the answers to the next ACKs are ready before the ACKs arrive
+(:meth:`~piman.netboot.tftp.session.TftpSession.lockstep_turns`), so one bytes comparison is all
+that stands between the ``read`` and the ``write``; the bookkeeping follows a batch of blocks,
+while the client works. DATA datagrams come from the file cache's memo when an earlier
+transfer of the same file at the same block size built them
+(:meth:`~piman.netboot.tftp.files.ByteSource.memo`).
 
 With a window (RFC 7440), a run of full-size blocks leaves in one ``send`` through UDP generic
 segmentation offload (``UDP_SEGMENT``): the kernel cuts it into the same datagrams, for one
@@ -63,6 +64,7 @@ _READ_SIZE = 512 - 33  # a client datagram at most: 4-byte ACKs, ERRORs; 479 kee
 # object in Python's small-object allocator (a 64 KiB buffer cost a malloc and realloc per ACK)
 _MAX_EVENTS = 256  # per epoll_wait (the default sizes a 1023-entry buffer per call)
 _PARK_TIMEVAL = struct.pack("ll", 0, 5000)  # a parked pump blocks 5 ms at most per read
+_PARK_TURNS = 64  # lock-step turns prepared at once (a few ms of transfer at most)
 _MAX_WAIT = 1.0  # seconds the pump sleeps at most (it is woken for submissions and stop)
 
 
@@ -190,10 +192,12 @@ class TransferPump:
     def _park(self, transfer: Transfer) -> None:
         """Serve the only transfer, lock-step, with blocking reads.
 
-        Each turn is ready before the ACK comes (:meth:`TftpSession.lockstep_next`): between
-        the ``read`` that returns the expected ACK and the ``write`` of the next block there is
-        one comparison; the session's bookkeeping follows the ``write``, while the client
-        works. One system call less per block than the epoll loop, too.
+        The session prepares the next turns (:meth:`TftpSession.lockstep_turns`: the ACK each
+        block should bring and the DATA that answers it) a batch at a time, before their ACKs
+        arrive. Per block there is then a ``read``, one comparison of bytes and a ``write``;
+        the session records the batch (:meth:`TftpSession.lockstep_advance`) after its last
+        ``write``, while the client works. One system call less per block than the epoll
+        loop, too.
 
         Parking ends, and the epoll loop takes over, when the client is quiet for 5 ms, when
         a timer of this transfer is due (the whole-transfer limit with a client that keeps
@@ -202,13 +206,12 @@ class TransferPump:
         """
         sock = transfer.sock
         session = transfer.session
-        turn = session.lockstep_next()
-        if sock is None or turn is None:
+        turns = session.lockstep_turns(_PARK_TURNS)
+        if sock is None or not turns:
             return
         fd = transfer.fd
         read = os.read
         write = os.write
-        monotonic = time.monotonic
         submitted = self._submitted
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _PARK_TIMEVAL)
@@ -216,23 +219,32 @@ class TransferPump:
         except OSError:
             return
         try:
-            while turn is not None and not submitted and not self._stopping:
-                expected, datagram = turn
+            while turns and not submitted and not self._stopping:
+                done = 0
+                data = b""
                 try:
-                    data = read(fd, _READ_SIZE)
+                    for expected, datagram in turns:
+                        data = read(fd, _READ_SIZE)
+                        if data != expected:
+                            break
+                        write(fd, datagram)
+                        done += 1
                 except (BlockingIOError, InterruptedError):
-                    return  # quiet for a while: the epoll loop watches the timers
-                if data != expected:
-                    self._datagram(transfer, data)  # a duplicate ACK, an ERROR, junk …
+                    data = b""  # quiet for a while: the epoll loop watches the timers
+                finally:
+                    now = time.monotonic()
+                    if done:
+                        session.lockstep_advance(done, now)
+                        if transfer.armed_at is None:
+                            self._arm(transfer, session.deadline)
+                if done < len(turns):
+                    if data:
+                        self._datagram(transfer, data)  # a duplicate ACK, an ERROR, junk …
                     return
-                write(fd, datagram)
-                now = monotonic()
-                turn = session.lockstep_advance(now)
                 armed = transfer.armed_at
-                if armed is None:
-                    self._arm(transfer, session.deadline)
-                elif now >= armed:
+                if armed is not None and now >= armed:
                     return  # a timer is due: the epoll loop runs it (and parks again)
+                turns = session.lockstep_turns(_PARK_TURNS)
         except OSError as err:  # ICMP port unreachable on the connected socket
             self._unreachable(transfer, err)
         except Exception as err:  # noqa: BLE001 - ends this transfer, not the pump

@@ -277,36 +277,36 @@ class TftpSession:
                 return train  # type: ignore[return-value]  # no None left in it
         return [self._block(k) for k in range(first, last + 1)]
 
-    def lockstep_next(self) -> tuple[bytes, bytes] | None:
-        """The next turn of a lock-step transfer, ready before the client's ACK arrives.
+    def lockstep_turns(self, limit: int) -> list[tuple[bytes, bytes]]:
+        """The next turns of a lock-step transfer, ready before the client's ACKs arrive.
 
-        While one block is outstanding and more remain: the ACK datagram that acknowledges the
-        outstanding block, and the DATA datagram that answers it. Changes nothing. A shell that
-        then receives exactly that ACK may send the DATA datagram at once and call
-        :meth:`lockstep_advance` afterwards, out of the round trip's way; the two together
-        are ``receive_ack``. None in every other case (window, OACK pending, last block out).
+        Turn ``i`` is the ACK datagram the client will send if all goes well, and the DATA
+        datagram that answers it: first for the block outstanding now, then for each block
+        after, up to ``limit`` turns and never past the last block. Changes nothing; empty
+        unless the transfer is in lock-step with a block outstanding and more to send.
+
+        A shell that receives exactly those ACKs in order may send each answer at once and
+        call :meth:`lockstep_advance` with the number of turns done afterwards, out of the
+        round trips' way: that is ``receive_ack`` for each of them.
         """
-        expect = self._expect
-        if expect is None:
-            return None
-        return expect, self._block(self._sent + 1)
-
-    def lockstep_advance(self, now: float) -> tuple[bytes, bytes] | None:
-        """Record what :meth:`lockstep_next` offered as done (its ACK came, its DATA went
-        out; the deadline is then :attr:`deadline`) and return the next turn, as
-        :meth:`lockstep_next` would now."""
         if self._expect is None:
-            raise RuntimeError("lockstep_advance without a turn lockstep_next offered")
-        sent = self._sent
-        self._sent = nxt = sent + 1
-        self._acked = sent
+            return []
+        first = self._sent  # the block outstanding
+        last = min(first + limit - 1, self._total - 1)
+        block = self._block
+        return [(pack_header(_ACK, n & MAX_BLOCK), block(n + 1)) for n in range(first, last + 1)]
+
+    def lockstep_advance(self, turns: int, now: float) -> None:
+        """Record ``turns`` turns of :meth:`lockstep_turns` as done (their ACKs came, their
+        DATA went out, the last at about ``now``: the deadline is then :attr:`deadline`)."""
+        if self._expect is None or not 0 < turns < self._total - self._sent + 1:
+            raise RuntimeError(f"lockstep_advance({turns}) beyond what lockstep_turns offers")
+        sent = self._sent + turns
+        self._sent = sent
+        self._acked = sent - 1
         self._retries = 0
         self._deadline = now + self._timeout  # the whole-transfer limit: see deadline
-        if nxt >= self._total:
-            self._expect = None
-            return None
-        expect = self._expect = pack_header(_ACK, nxt & MAX_BLOCK)
-        return expect, self._block(nxt + 1)
+        self._expect = pack_header(_ACK, sent & MAX_BLOCK) if sent < self._total else None
 
     def receive_ack(self, block: int, now: float) -> list[Action]:
         """Same as ``receive(Ack(block), now)``, without building the packet (the hot path)."""

@@ -130,10 +130,9 @@ async def test_transfers_of_one_file_share_their_datagrams(tmp_path: Path) -> No
         sessions.append(session)
     first, second = sessions
     got: list[bytes] = []
-    turn = first.lockstep_next()
-    while turn is not None:
-        got.append(turn[1])
-        turn = first.lockstep_advance(0.0)
+    while turns := first.lockstep_turns(4):
+        got += [datagram for _, datagram in turns]
+        first.lockstep_advance(len(turns), 0.0)
     # The second transfer sends the very datagrams the first one built, not copies.
     for block, datagram in enumerate(got, start=2):
         again = second.ack_datagram(encode(Ack(block - 1)), 0.0)

@@ -285,23 +285,35 @@ def test_lockstep_hot_path_waits_for_ack_0_and_stops_when_closed() -> None:
     assert windowed.ack_datagram(ack(1), 0.2) is None  # a window is never the lock-step path
 
 
-def test_lockstep_turns_prepared_ahead_match_receive_ack() -> None:
-    data = bytes(i % 241 for i in range(4000))
+@pytest.mark.parametrize("batch", [1, 3, 64])
+def test_lockstep_turns_prepared_ahead_match_receive_ack(batch: int) -> None:
+    data = bytes(i % 241 for i in range(4000))  # 8 blocks, the last of 416 bytes
     fast, _ = start(data)
     slow, _ = start(data)
     n = 1
-    turn = fast.lockstep_next()
-    while turn is not None:
-        expected, datagram = turn
-        assert expected == ack(n)
-        turn = fast.lockstep_advance(float(n))
-        assert turn == fast.lockstep_next()
-        assert slow.receive_ack(n, float(n)) == [Send(datagram), ArmTimer(fast.deadline)]
-        n += 1
+    while turns := fast.lockstep_turns(batch):
+        assert len(turns) == min(batch, 8 - n)
+        for expected, datagram in turns:
+            assert expected == ack(n)
+            assert slow.receive_ack(n, float(n)) == [Send(datagram), ArmTimer(n + 1.0)]
+            n += 1
+        fast.lockstep_advance(len(turns), float(n - 1))
+        assert fast.deadline == slow.deadline
     assert n == 8  # blocks 1..7 answered ahead; the ACK of block 8 (the last) closes
     assert fast.receive_ack(8, 9.0) == slow.receive_ack(8, 9.0) == [Close(Outcome.OK)]
     with pytest.raises(RuntimeError):
-        fast.lockstep_advance(10.0)
+        fast.lockstep_advance(1, 10.0)
+
+
+def test_lockstep_turns_recorded_in_part_and_refused_beyond_the_end() -> None:
+    data = bytes(i % 241 for i in range(4000))
+    session, _ = start(data)
+    turns = session.lockstep_turns(5)
+    session.lockstep_advance(2, 1.0)  # ACKs 1 and 2 came, blocks 2 and 3 went out
+    assert session.lockstep_turns(5)[0] == turns[2]
+    assert sent(session.timer(2.5)) == [Data(3, data[1024:1536])]  # block 3 is outstanding
+    with pytest.raises(RuntimeError):
+        session.lockstep_advance(6, 3.0)  # only 5 blocks remain to answer
 
 
 def test_lockstep_deadline_never_passes_the_transfer_limit() -> None:
