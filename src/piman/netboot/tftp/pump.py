@@ -201,8 +201,9 @@ class TransferPump:
 
         Parking ends, and the epoll loop takes over, when the client is quiet for 5 ms, when
         a timer of this transfer is due (the whole-transfer limit with a client that keeps
-        up), on any datagram but the expected ACK, when a transfer is submitted, when the
-        pump stops and when the transfer leaves lock-step (last block sent, closed).
+        up; checked after each batch), on any datagram but the expected ACK, when a transfer
+        is submitted or the pump stops (checked before each block) and when the transfer
+        leaves lock-step (last block sent, closed).
         """
         sock = transfer.sock
         session = transfer.session
@@ -224,6 +225,9 @@ class TransferPump:
                 data = b""
                 try:
                     for expected, datagram in turns:
+                        if submitted or self._stopping:  # a newcomer waits one block at most
+                            data = b""
+                            break
                         data = read(fd, _READ_SIZE)
                         if data != expected:
                             break
