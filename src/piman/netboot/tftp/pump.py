@@ -18,12 +18,12 @@ datagram (selector, handle, callback) cost more than the session's own work. Her
 starved. Sessions are touched by the pump thread only, after :meth:`submit`.
 
 When one transfer is all there is (a Pi booting alone: the common case), the pump *parks* on
-it: a blocking ``read`` (at most 5 ms, so timers and new transfers wait no longer) replaces
-``epoll_wait`` + ``read``, and the answers to the next ACKs are ready before the ACKs arrive
-(:meth:`~piman.netboot.tftp.session.TftpSession.lockstep_turns`), so one bytes comparison is all
-that stands between the ``read`` and the ``write``; the bookkeeping follows a batch of blocks,
-while the client works. DATA datagrams come from the file cache's memo when an earlier
-transfer of the same file at the same block size built them
+it: a blocking ``read`` (at most 5 ms; a new transfer waits one block at most, a due timer one
+batch) replaces ``epoll_wait`` + ``read``, and the answers to the next ACKs are ready before
+the ACKs arrive (:meth:`~piman.netboot.tftp.session.TftpSession.lockstep_turns`), so one bytes
+comparison is all that stands between the ``read`` and the ``write``; the bookkeeping follows a
+batch of blocks, while the client works. DATA datagrams come from the file cache's memo when
+an earlier transfer of the same file at the same block size built them
 (:meth:`~piman.netboot.tftp.files.ByteSource.memo`).
 
 With a window (RFC 7440), a run of full-size blocks leaves in one ``send`` through UDP generic
@@ -64,7 +64,7 @@ _READ_SIZE = 512 - 33  # a client datagram at most: 4-byte ACKs, ERRORs; 479 kee
 # object in Python's small-object allocator (a 64 KiB buffer cost a malloc and realloc per ACK)
 _MAX_EVENTS = 256  # per epoll_wait (the default sizes a 1023-entry buffer per call)
 _PARK_TIMEVAL = struct.pack("ll", 0, 5000)  # a parked pump blocks 5 ms at most per read
-_PARK_TURNS = 64  # lock-step turns prepared at once (a few ms of transfer at most)
+_PARK_TURNS = 64  # lock-step turns prepared at once; the session's bookkeeping follows each batch
 _MAX_WAIT = 1.0  # seconds the pump sleeps at most (it is woken for submissions and stop)
 
 

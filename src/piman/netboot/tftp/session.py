@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import cast
 
 from piman.netboot.tftp.files import ByteSource, BytesSource, Memo, netascii
 from piman.netboot.tftp.packets import (
@@ -229,7 +230,7 @@ class TftpSession:
         """
         if data != self._expect:
             return None
-        sent = self._sent  # _advance and _block, inlined: this runs once per block
+        sent = self._sent  # what lockstep_advance and _block do, inlined: once per block
         self._sent = sent + 1
         self._acked = sent
         self._retries = 0
@@ -274,7 +275,7 @@ class TftpSession:
         if memo is not None:
             train = memo[first - 1 : last]
             if None not in train:
-                return train  # type: ignore[return-value]  # no None left in it
+                return cast("list[bytes]", train)  # every slot filled
         return [self._block(k) for k in range(first, last + 1)]
 
     def lockstep_turns(self, limit: int) -> list[tuple[bytes, bytes]]:
@@ -409,7 +410,7 @@ class TftpSession:
     def _send_window(self, now: float) -> list[Action]:
         if self._window == 1 and self._sent == self._acked:  # lock-step: the hot path
             n = self._sent = self._acked + 1
-            self._expect = _ack_of(n) if n < self._total else None
+            self._expect = pack_header(_ACK, n & MAX_BLOCK) if n < self._total else None
             return [Send(self._block(n)), self._arm(now)]
         actions: list[Action] = []
         last = min(self._acked + self._window, self._total)
@@ -456,11 +457,6 @@ class TftpSession:
             self._source.close()
             self._source = None
         return [Close(outcome)]
-
-
-def _ack_of(block: int) -> bytes:
-    """The ACK datagram of ``block`` (its number modulo 2**16)."""
-    return pack_header(_ACK, block & MAX_BLOCK)
 
 
 def _nothing(offset: int, length: int) -> bytes:
