@@ -345,7 +345,7 @@ class TransferPump:
             for i in range(0, len(datagrams), per_call):
                 chunk = datagrams[i : i + per_call]
                 if len(chunk) > 1 and min(map(len, chunk[:-1])) == max(map(len, chunk)) == segment:
-                    if not self._send_train(transfer, chunk):
+                    if not self._send(transfer, chunk):
                         return False
                     if transfer.segment:
                         continue
@@ -355,35 +355,25 @@ class TransferPump:
             return True
         return all(self._send(transfer, datagram) for datagram in datagrams)
 
-    def _send(self, transfer: Transfer, data: bytes) -> bool:
-        """Send one datagram; False when the transfer ended (client gone)."""
-        sock = transfer.sock
-        if sock is None:
-            return False
-        try:
-            sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            pass  # socket buffer full: the datagram is lost, the timer resends it
-        except OSError as err:
-            self._unreachable(transfer, err)
-            return False
-        return True
-
-    def _send_train(self, transfer: Transfer, train: list[bytes]) -> bool:
-        """Send datagrams of the GSO segment size (the last may be shorter) in one call, as
-        one gathered buffer (``sendmsg``: nothing is copied here); False when the transfer
-        ended. A device that refuses GSO turns it off for this transfer and this returns True
-        without sending: the caller then sends the datagrams one by one.
+    def _send(self, transfer: Transfer, data: bytes | list[bytes]) -> bool:
+        """Send one datagram, or a GSO train: datagrams of the segment size (the last may be
+        shorter) gathered by one ``sendmsg``, nothing copied here. False when the transfer
+        ended (client gone). A device that refuses GSO turns it off for this transfer and this
+        returns True without sending: the caller then sends the datagrams one by one.
         """
         sock = transfer.sock
         if sock is None:
             return False
+        train = isinstance(data, list)
         try:
-            sock.sendmsg(train)
+            if isinstance(data, list):
+                sock.sendmsg(data)
+            else:
+                sock.send(data)
         except (BlockingIOError, InterruptedError):
             pass  # socket buffer full: the datagrams are lost, the timer resends them
         except OSError as err:
-            if err.errno in (errno.EIO, errno.EINVAL, errno.EMSGSIZE):
+            if train and err.errno in (errno.EIO, errno.EINVAL, errno.EMSGSIZE):
                 logger.debug("%s UDP GSO refused (%s): one send per block",
                              transfer.log_prefix, err)  # fmt: skip
                 transfer.segment = 0
