@@ -117,3 +117,16 @@ class TftpSettings(BaseModel):
     )
     mtu: int = Field(default=1500, ge=576, le=65535)  # blksize is capped to mtu - 32
     max_windowsize: int = Field(default=64, ge=1, le=65535)  # RFC 7440 gains level out near 64
+    # How long the data path spins for a client's next ACK before it sleeps (0: never); see
+    # piman.netboot.tftp.busypoll. Pays when ACKs come within it; rests by itself when not.
+    busy_poll: Duration = 100e-6
+
+    @field_validator("busy_poll")
+    @classmethod
+    def _short_spin(cls, value: float) -> float:
+        if value > 0.01:
+            raise ValueError(
+                f"{value * 1000:g}ms is too long a spin"
+                " (expected at most 10ms, e.g. 100us; 0 turns it off)"
+            )
+        return value

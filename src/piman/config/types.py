@@ -17,12 +17,23 @@ __all__ = [
     "parse_mac",
 ]
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_UNITS = r"(us|µs|ms|s|m|h|d|w)"
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*" + _UNITS + r"?\s*$")
+_UNIT_SECONDS = {
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 604800.0,
+}
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from ``90``, ``"90s"``, ``"1m"``, ``"1h30m"``, ``"15d"``; raises ValueError."""
+    """Seconds from ``90``, ``"90s"``, ``"1m"``, ``"1h30m"``, ``"15d"``, ``"100us"``; raises
+    ValueError."""
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration (expected e.g. 30s, 5m, 1h, 15d)")
     if isinstance(value, int | float):
@@ -31,7 +42,7 @@ def parse_duration(value: object) -> float:
         return float(value)
     if isinstance(value, str):
         text = value.strip()
-        parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)", text)
+        parts = re.findall(r"(\d+(?:\.\d+)?)" + _UNITS, text)
         if parts and "".join(n + u for n, u in parts) == text.replace(" ", ""):
             return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
         match = _DURATION_RE.match(text)
@@ -41,11 +52,17 @@ def parse_duration(value: object) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """The shortest exact spelling of a duration: ``90.0 -> "90s"``, ``3600 -> "1h"``."""
+    """The shortest exact spelling of a duration: ``90.0 -> "90s"``, ``3600 -> "1h"``,
+    ``0.0001 -> "100us"``."""
     for unit in ("w", "d", "h", "m", "s"):
         size = _UNIT_SECONDS[unit]
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
+    if 0 < seconds < 1:
+        micros = seconds * 1e6
+        if abs(micros - round(micros)) < 1e-6:  # whole microseconds (floats: 1e-4 * 1e6 is inexact)
+            whole = round(micros)
+            return f"{whole // 1000}ms" if whole % 1000 == 0 else f"{whole}us"
     return f"{seconds:g}s"
 
 
@@ -54,7 +71,8 @@ Duration = Annotated[
     BeforeValidator(parse_duration),
     PlainSerializer(format_duration, return_type=str),
 ]
-"""A duration in seconds, written in YAML as ``30s``, ``5m``, ``1h``, ``15d`` or a number."""
+"""A duration in seconds, written in YAML as ``30s``, ``5m``, ``1h``, ``15d``, ``250ms``, ``100us``
+or a number."""
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 

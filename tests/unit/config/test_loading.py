@@ -256,3 +256,15 @@ def test_any_text_either_loads_or_raises_config_error(text: str) -> None:
     else:
         problems = ["loaded"]
     assert problems
+
+
+def test_tftp_busy_poll_takes_microseconds_and_refuses_long_spins() -> None:
+    base = "manager: {address: 198.18.0.1}\ntftp: {busy_poll: %s}"
+    config = parse_config(base % "250us", "piman.yaml")
+    assert config.tftp is not None
+    assert config.tftp.busy_poll == pytest.approx(250e-6)
+    assert parse_config(base % 0, "piman.yaml").tftp.busy_poll == 0.0  # type: ignore[union-attr]
+    assert problems(base % "1s") == [
+        "piman.yaml: tftp.busy_poll: 1000ms is too long a spin "
+        "(expected at most 10ms, e.g. 100us; 0 turns it off)"
+    ]

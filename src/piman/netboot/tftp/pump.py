@@ -26,6 +26,12 @@ batch of blocks, while the client works. DATA datagrams come from the file cache
 an earlier transfer of the same file at the same block size built them
 (:meth:`~piman.netboot.tftp.files.ByteSource.memo`).
 
+Before it sleeps for a client (in the parked ``read`` or in ``epoll_wait``), the pump spins a
+while (``tftp.busy_poll``, 100 µs by default), asking again without blocking and giving the CPU
+away between asks: when the ACK comes within that, as it does from a client on this machine or a
+fast LAN, the wake-up it saves costs more than the spin. :mod:`piman.netboot.tftp.busypoll`
+decides how long, and stops spinning for a while when spins do not pay.
+
 With a window (RFC 7440), a run of full-size blocks leaves in one ``send`` through UDP generic
 segmentation offload (``UDP_SEGMENT``): the kernel cuts it into the same datagrams, for one
 system call per window instead of one per block. A device that refuses it turns it off for that
@@ -49,6 +55,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from piman.netboot.tftp.busypoll import BusyPoll
 from piman.netboot.tftp.packets import MalformedPacket, Opcode, decode
 from piman.netboot.tftp.session import Action, ArmTimer, Outcome, Send, TftpSession
 
@@ -65,6 +72,7 @@ _READ_SIZE = 512 - 33  # a client datagram at most: 4-byte ACKs, ERRORs; 479 kee
 _MAX_EVENTS = 256  # per epoll_wait (the default sizes a 1023-entry buffer per call)
 _PARK_TIMEVAL = struct.pack("ll", 0, 5000)  # a parked pump blocks 5 ms at most per read
 _PARK_TURNS = 64  # lock-step turns prepared at once; the session's bookkeeping follows each batch
+_DONTWAIT = socket.MSG_DONTWAIT
 _MAX_WAIT = 1.0  # seconds the pump sleeps at most (it is woken for submissions and stop)
 
 
@@ -86,8 +94,9 @@ class Transfer:
 class TransferPump:
     """Runs transfers in one thread; see the module docstring."""
 
-    def __init__(self, on_close: Callable[[Transfer], None]) -> None:
+    def __init__(self, on_close: Callable[[Transfer], None], *, busy_poll: float = 0.0) -> None:
         self.on_close = on_close  # called in the pump thread; must be thread-safe
+        self.busy = BusyPoll(busy_poll)  # how long a wait for a client spins before it sleeps
         self._epoll = select.epoll()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -143,6 +152,7 @@ class TransferPump:
         read = os.read
         write = os.write
         submitted = self._submitted
+        busy = self.busy
         now = monotonic()
         try:
             while not self._stopping:
@@ -150,7 +160,10 @@ class TransferPump:
                 if heap:  # from the clock read after the last batch: late by that batch
                     wait = heap[0][0] - now
                     wait = 0.0 if wait < 0.0 else min(wait, _MAX_WAIT)
-                events = poll(wait, _MAX_EVENTS)
+                if by_fd and busy.budget:
+                    events = self._wait_events(wait)
+                else:
+                    events = poll(wait, _MAX_EVENTS)
                 now = monotonic()  # one clock read per batch: a batch lasts microseconds
                 for fd, _ in events:
                     transfer = by_fd.get(fd)
@@ -211,9 +224,10 @@ class TransferPump:
         if sock is None or not turns:
             return
         fd = transfer.fd
-        read = os.read
+        recv = sock.recv
         write = os.write
         submitted = self._submitted
+        wait = self._wait_read
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _PARK_TIMEVAL)
             os.set_blocking(fd, True)
@@ -228,7 +242,10 @@ class TransferPump:
                         if submitted or self._stopping:  # a newcomer waits one block at most
                             data = b""
                             break
-                        data = read(fd, _READ_SIZE)
+                        try:
+                            data = recv(_READ_SIZE, _DONTWAIT)  # the ACK may be here already
+                        except BlockingIOError:
+                            data = wait(fd, recv)
                         if data != expected:
                             break
                         write(fd, datagram)
@@ -257,6 +274,52 @@ class TransferPump:
             if transfer.sock is not None:
                 with contextlib.suppress(OSError):
                     os.set_blocking(fd, False)
+
+    def _wait_read(self, fd: int, recv: Callable[[int, int], bytes]) -> bytes:
+        """A parked transfer's ACK is not there yet: spin for it a while, then sleep in ``read``
+        (at most 5 ms: then :class:`BlockingIOError`)."""
+        busy = self.busy
+        spin = busy.spin_for()
+        if spin:
+            clock = time.perf_counter
+            give_way = os.sched_yield
+            until = clock() + spin
+            while True:
+                give_way()  # a client on this CPU runs now, not at our next sleep
+                try:
+                    data = recv(_READ_SIZE, _DONTWAIT)
+                except BlockingIOError:
+                    if clock() < until:
+                        continue
+                    busy.miss()
+                    break
+                busy.hit()
+                return data
+        return os.read(fd, _READ_SIZE)
+
+    def _wait_events(self, wait: float) -> list[tuple[int, int]]:
+        """``epoll_wait`` for the epoll loop: ready sockets at once, or after a spin, or after a
+        sleep of at most ``wait`` seconds."""
+        poll = self._epoll.poll
+        events = poll(0.0, _MAX_EVENTS)
+        if events or wait <= 0.0:
+            return events
+        busy = self.busy
+        spin = busy.spin_for()
+        if spin:
+            clock = time.perf_counter
+            give_way = os.sched_yield
+            until = clock() + min(spin, wait)
+            while True:
+                give_way()
+                events = poll(0.0, _MAX_EVENTS)
+                if events:
+                    busy.hit()
+                    return events
+                if clock() >= until:
+                    busy.miss()
+                    break
+        return poll(wait, _MAX_EVENTS)
 
     def _drain_wake(self) -> None:
         with contextlib.suppress(BlockingIOError, InterruptedError):

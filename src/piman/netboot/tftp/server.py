@@ -139,7 +139,7 @@ class TftpServer:
             lambda: _Listener(self), sock=sock
         )  # fmt: skip
         self.address = sock.getsockname()
-        self._pump = TransferPump(self._closed)
+        self._pump = TransferPump(self._closed, busy_poll=self.settings.busy_poll)
         self._pump.start()
         logger.info(
             "tftp: listening on %s:%d%s",

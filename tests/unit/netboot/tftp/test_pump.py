@@ -1,9 +1,18 @@
-"""The pump's window sending: one GSO send per window, and the fallback when it is refused."""
+"""The pump's window sending (one GSO send per window, and the fallback when it is refused) and
+its waits for a client (a spin, then a sleep)."""
 
 from __future__ import annotations
 
 import errno
+import select
+import socket
+import struct
+import threading
+from collections.abc import Iterator
 
+import pytest
+
+from piman.netboot.tftp.busypoll import BusyPoll
 from piman.netboot.tftp.files import BytesSource
 from piman.netboot.tftp.packets import Opcode, Request, decode
 from piman.netboot.tftp.pump import Transfer, TransferPump
@@ -64,3 +73,94 @@ def test_refused_gso_falls_back_to_one_send_per_block() -> None:
     assert fake.sent == datagrams
     assert transfer.segment == 0
     assert [decode(d).block for d in fake.sent] == list(range(1, 8))  # type: ignore[union-attr]
+
+
+ACK_1 = b"\0\4\0\1"
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """The pump's end (blocking, like a parked transfer's socket) and the client's."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        yield ours, theirs
+    finally:
+        ours.close()
+        theirs.close()
+
+
+class SendOnMiss(BusyPoll):
+    """Sends the client's datagram only once the spin has given up on it."""
+
+    def __init__(self, budget: float, client: socket.socket) -> None:
+        super().__init__(budget)
+        self.client = client
+
+    def miss(self) -> None:
+        super().miss()
+        self.client.send(ACK_1)
+
+
+def test_a_datagram_that_comes_during_the_spin_is_taken_without_sleeping(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    pump = TransferPump(on_close=lambda t: None, busy_poll=5.0)  # spins until the ACK comes
+    later = threading.Timer(0.01, theirs.send, (ACK_1,))
+    later.start()
+    try:
+        assert pump._wait_read(ours.fileno(), ours.recv) == ACK_1
+    finally:
+        later.join()
+        pump.stop()
+    assert (pump.busy.hits, pump.busy.missed) == (1, 0)
+
+
+def test_after_a_spin_in_vain_the_wait_sleeps_until_the_datagram_comes(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    pump = TransferPump(on_close=lambda t: None)
+    pump.busy = SendOnMiss(1e-3, theirs)
+    try:
+        assert pump._wait_read(ours.fileno(), ours.recv) == ACK_1
+    finally:
+        pump.stop()
+    assert (pump.busy.hits, pump.busy.missed) == (0, 1)
+
+
+def test_a_parked_wait_still_ends_after_5_ms_of_silence(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, _ = pair
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 5000))
+    pump = TransferPump(on_close=lambda t: None, busy_poll=1e-3)
+    try:
+        with pytest.raises(BlockingIOError):  # the pump hands back to its epoll loop on this
+            pump._wait_read(ours.fileno(), ours.recv)
+    finally:
+        pump.stop()
+    assert pump.busy.missed == 1
+
+
+def test_the_epoll_wait_spins_then_sleeps_for_ready_sockets(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    pump = TransferPump(on_close=lambda t: None, busy_poll=5.0)
+    pump._epoll.register(ours.fileno(), select.EPOLLIN)
+    later = threading.Timer(0.01, theirs.send, (ACK_1,))
+    later.start()
+    try:
+        assert pump._wait_events(1.0) == [(ours.fileno(), select.EPOLLIN)]
+        assert (pump.busy.hits, pump.busy.missed) == (1, 0)
+        ours.recv(16)
+        pump.busy = SendOnMiss(1e-3, theirs)
+        assert pump._wait_events(1.0) == [(ours.fileno(), select.EPOLLIN)]
+        assert (pump.busy.hits, pump.busy.missed) == (0, 1)
+        ours.recv(16)
+        pump.busy = BusyPoll(1e-3)
+        assert pump._wait_events(0.01) == []  # nothing comes: the sleep ends with the wait
+    finally:
+        later.join()
+        pump.stop()
