@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from piman.config.types import Duration, HostPort
+from piman.config.types import Duration, HostPort, format_duration
 
 __all__ = ["DhcpSettings", "PoolRange", "TftpSettings", "parse_pool"]
 
@@ -126,7 +126,7 @@ class TftpSettings(BaseModel):
     def _short_spin(cls, value: float) -> float:
         if value > 0.01:
             raise ValueError(
-                f"{value * 1000:g}ms is too long a spin"
+                f"{format_duration(value)} is too long a spin"
                 " (expected at most 10ms, e.g. 100us; 0 turns it off)"
             )
         return value

@@ -265,6 +265,6 @@ def test_tftp_busy_poll_takes_microseconds_and_refuses_long_spins() -> None:
     assert config.tftp.busy_poll == pytest.approx(250e-6)
     assert parse_config(base % 0, "piman.yaml").tftp.busy_poll == 0.0  # type: ignore[union-attr]
     assert problems(base % "1s") == [
-        "piman.yaml: tftp.busy_poll: 1000ms is too long a spin "
+        "piman.yaml: tftp.busy_poll: 1s is too long a spin "
         "(expected at most 10ms, e.g. 100us; 0 turns it off)"
     ]
