@@ -82,6 +82,8 @@ ACK_1 = b"\0\4\0\1"
 def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     """The pump's end (blocking, like a parked transfer's socket) and the client's."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    # A wait that never ends fails the test in 5 s instead of hanging it.
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 5, 0))
     try:
         yield ours, theirs
     finally:
