@@ -151,6 +151,31 @@ async def test_curl_fetches_identical_bytes_with_blksize(
     assert stats.blksize == min(blksize, 1468) or blksize == 512
 
 
+@pytest.mark.parametrize("busy_poll", ["0", "100us", "10ms"])
+async def test_every_busy_poll_setting_serves_identical_bytes(
+    root: Path, tmp_path: Path, busy_poll: str
+) -> None:
+    """Spinning off, the default and the longest allowed: lock-step (parked) and windowed."""
+    needs_tool("curl", "atftp")
+    running, task = await start_server(root, busy_poll=busy_poll)
+    try:
+        lockstep, windowed = tmp_path / "lockstep", tmp_path / "windowed"
+        url = f"tftp://127.0.0.1:{running.port}/big"
+        code, text = await run("curl", "-sS", "-o", str(lockstep), url, "--tftp-blksize", "1468")
+        assert code == 0, text
+        code, text = await run(
+            "atftp", "--option", "blksize 1468", "--option", "windowsize 16",
+            "-g", "-r", "big", "-l", str(windowed), "127.0.0.1", str(running.port),
+        )  # fmt: skip
+        assert code == 0, text
+        assert sha(lockstep) == sha(windowed) == sha(root / "big")
+        await running.settle()
+        assert running.outcomes() == [Outcome.OK, Outcome.OK]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_curl_without_options(tftpd: Running, root: Path, tmp_path: Path) -> None:
     needs_tool("curl")
     out = tmp_path / "out"

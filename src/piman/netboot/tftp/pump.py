@@ -225,9 +225,11 @@ class TransferPump:
             return
         fd = transfer.fd
         recv = sock.recv
+        read = os.read
         write = os.write
         submitted = self._submitted
         wait = self._wait_read
+        spins = self.busy.budget > 0  # else every wait sleeps in read at once
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _PARK_TIMEVAL)
             os.set_blocking(fd, True)
@@ -242,10 +244,13 @@ class TransferPump:
                         if submitted or self._stopping:  # a newcomer waits one block at most
                             data = b""
                             break
-                        try:
-                            data = recv(_READ_SIZE, _DONTWAIT)  # the ACK may be here already
-                        except BlockingIOError:
-                            data = wait(fd, recv)
+                        if spins:
+                            try:
+                                data = recv(_READ_SIZE, _DONTWAIT)  # the ACK may be here
+                            except BlockingIOError:
+                                data = wait(fd, recv)
+                        else:
+                            data = read(fd, _READ_SIZE)
                         if data != expected:
                             break
                         write(fd, datagram)
