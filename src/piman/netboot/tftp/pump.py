@@ -2,11 +2,12 @@
 
 Theory of operation
 -------------------
-The asyncio shell (:mod:`piman.netboot.tftp.server`) accepts requests, runs the application hook
-and makes each transfer's session and socket; then it hands the transfer and the session's first
-actions to :meth:`TransferPump.submit`. From there on a single pump thread owns the transfer: it
-waits on an epoll set of every transfer socket (plus a wake-up socket for submissions and stop),
-feeds each datagram to the session and carries out the actions it returns — ``Send`` →
+The asyncio shell (:mod:`piman.netboot.tftp.server`) accepts requests, runs the application hook,
+makes each transfer's session and socket and sends the answer to the request; then it hands the
+transfer and the session's other first actions to :meth:`TransferPump.submit`. From there on a
+single pump thread owns the transfer: it waits on an epoll set of every transfer socket (plus a
+wake-up socket for submissions and stop), feeds each datagram to the session and carries out
+the actions it returns — ``Send`` →
 ``socket.send``, ``ArmTimer`` → a lazily re-armed entry in one deadline heap, ``Close`` → the
 socket is closed and the transfer handed back to the event loop with
 ``loop.call_soon_threadsafe`` for its stats, metrics and log line.

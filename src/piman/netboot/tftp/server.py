@@ -4,10 +4,11 @@ One listener socket takes requests (0.0.0.0:69 pinned to ``manager.interface`` w
 ``SO_BINDTODEVICE``, or the ``tftp.listen`` address); every accepted request gets a new socket on
 a fresh ephemeral port (its TID), connected to the client, so the kernel filters foreign TIDs and
 a send is one ``send`` without an address. The event loop runs the listener and the
-application hook (``opener``: path and client → byte source or None), makes the session, and
-hands it with its first actions to the :class:`~piman.netboot.tftp.pump.TransferPump`, whose
-thread carries the data path of every transfer; when a transfer ends, its stats come back to the
-loop, which logs them and exports them as metrics.
+application hook (``opener``: path and client → byte source or None), makes the session, sends
+the answer to the request (OACK, first DATA or ERROR) and hands the session with the actions left
+to the :class:`~piman.netboot.tftp.pump.TransferPump`, whose thread carries the data path of
+every transfer; when a transfer ends, its stats come back to the loop, which logs them and
+exports them as metrics.
 
 Garbage never crashes the server: malformed datagrams are counted and logged at WARNING with the
 peer (at most once per source every :data:`LOG_EVERY` seconds) and dropped; new requests are
@@ -34,6 +35,7 @@ from piman.netboot.tftp.pump import Transfer, TransferPump
 from piman.netboot.tftp.session import (
     Action,
     Outcome,
+    Send,
     SessionSettings,
     SessionStats,
     TftpSession,
@@ -319,7 +321,7 @@ class TftpServer:
             transfer.session.abort(Outcome.ABORTED, time.monotonic())
             self._finish(transfer)
             return
-        self._pump.submit(transfer, actions)
+        self._pump.submit(transfer, _send_first(transfer, actions))
 
     def _finish(self, transfer: Transfer) -> None:
         """A transfer is over (its socket closed): stats to the log, the metrics, the history."""
@@ -351,6 +353,21 @@ class TftpServer:
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop stopped meanwhile
                 loop.call_soon_threadsafe(self._finish, transfer)
+
+
+def _send_first(transfer: Transfer, actions: list[Action]) -> list[Action]:
+    """Send the answer to the request (OACK, first DATA or ERROR) from the event loop, before
+    the pump takes the transfer: the client does not wait for the pump thread to wake up. The
+    actions left are the pump's; when this send fails, the pump sends it again and deals with
+    the error."""
+    sock = transfer.sock
+    if not actions or type(actions[0]) is not Send or sock is None:
+        return actions
+    try:
+        sock.send(actions[0].data)
+    except OSError:
+        return actions
+    return actions[1:]
 
 
 class _Listener(asyncio.DatagramProtocol):
