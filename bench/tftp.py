@@ -21,6 +21,10 @@ piman runs with its defaults, so its data path spins up to 100 µs for each ACK 
 sleeps (``tftp.busy_poll``): it trades a little CPU for the wake-up, and the server CPU table
 shows what that costs.
 
+Request latency: the time from a read request (tsize and blksize, as the Pi firmware asks) to
+the server's OACK, requests one after the other. A Pi 4 makes some forty requests per boot
+(probes included), so this adds to every boot whatever the throughput.
+
 Each cell is the median of ``--repeat`` runs (the best run beside it): wall time until the
 last client ends, and the CPU time the server process used (user + system). Ratios are
 anchor / piman, so > 1.0 means piman is faster (or cheaper).
@@ -96,6 +100,27 @@ def atftp(port: int, name: str, blksize: int, window: int, out: Path) -> list[st
     if window > 1:
         opts += ["--option", f"windowsize {window}"]
     return ["atftp", *opts, "-g", "-r", name, "-l", str(out), "127.0.0.1", str(port)]
+
+
+PROBE = b"\0\1start4.elf\0octet\0tsize\x000\0blksize\x001468\0"  # as the Pi firmware asks
+
+
+def request_latency(port: int, count: int) -> list[float]:
+    """Seconds from a read request (tsize and blksize, as the Pi firmware sends them) to the
+    server's answer (its OACK), one request after the other; each transfer is then ended with
+    ERROR 0, as the firmware ends its probes."""
+    times = []
+    for _ in range(count):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            t0 = time.perf_counter()
+            sock.sendto(PROBE, ("127.0.0.1", port))
+            data, peer = sock.recvfrom(2048)
+            times.append(time.perf_counter() - t0)
+            if not data.startswith(b"\0\6"):
+                raise RuntimeError(f"port {port}: answer {data[:40]!r}, expected an OACK")
+            sock.sendto(b"\0\5\0\0probe\0", peer)
+    return times
 
 
 def cpu_seconds(pid: int) -> float:
@@ -250,6 +275,10 @@ def run(work: Path, repeat: int, quick: bool) -> None:
                     [timed(cmds, outs, FILES[name], pids["piman"], None) for _ in range(repeat)]
                 )
                 print(f"  piman {label}: {cells[('piman', label)].wall:.3f} s", flush=True)
+        latency: dict[str, list[float]] = {server: [] for server in order}
+        for r in range(10 * repeat):  # rounds of 20 requests, interleaved
+            for server in order[r % 3 :] + order[: r % 3]:
+                latency[server] += request_latency(ports[server], 20)
 
     print()
     print(f"lock-step (curl) wall time, seconds: median of {repeat} runs (best in brackets); "
@@ -272,6 +301,15 @@ def run(work: Path, repeat: int, quick: bool) -> None:
         dc, pc = (cells[(s, label)].cpu for s in ("dnsmasq", "piman"))
         rd = f"{dc / pc:.2f}" if pc > 0 else "-"
         print(f"{label.rsplit(' ', 1)[0]:30s} {place:5s} {dc:8.2f} {pc:8.2f} {rd:>9s}")
+    print()
+    print(f"request to answer (RRQ with tsize and blksize → OACK), {len(latency['piman'])} "
+          "requests one after the other, µs; ratio = anchor / piman")  # fmt: skip
+    print(f"{'server':10s} {'p50':>7s} {'p90':>7s} {'p99':>7s} {'×p50':>6s}")
+    p50 = statistics.median(latency["piman"])
+    for server in ("dnsmasq", "tftpd-hpa", "piman"):
+        q = statistics.quantiles(latency[server], n=100)
+        print(f"{server:10s} {q[49] * 1e6:7.0f} {q[89] * 1e6:7.0f} {q[98] * 1e6:7.0f} "
+              f"{statistics.median(latency[server]) / p50:6.2f}")  # fmt: skip
     print()
     print(f"{'piman windowsize (RFC 7440), free':44s} {'median s':>8s} {'(best)':>7s} "
           f"{'MB/s':>7s} {'×ws=1':>6s}")  # fmt: skip
