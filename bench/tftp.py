@@ -21,6 +21,15 @@ piman runs with its defaults, so its data path spins up to 100 µs for each ACK 
 sleeps (``tftp.busy_poll``): it trades a little CPU for the wake-up, and the server CPU table
 shows what that costs.
 
+Fifty curl processes on a two-CPU machine use about twice the CPU of the server they fetch
+from (exec, a poll loop, a wake-up and a context switch per block each), so the ``x50`` curl
+rows measure the clients and the kernel's placement of them nearly as much as the server. The
+``tftpload`` rows (``bench/tftpload.c``, compiled here with ``cc``) run fifty lock-step
+transfers from one process instead, at a few microseconds per block, each block compared with
+the file: the server's own cost per block decides, as with fifty Pis on a LAN. They run free
+and ``cross`` (server alone on CPU 0, tftpload on CPU 1), and the server CPU table gives the
+server's CPU time per block.
+
 Request latency: the time from a read request (tsize and blksize, as the Pi firmware asks) to
 the server's OACK, requests one after the other. A Pi 4 makes some forty requests per boot
 (probes included), so this adds to every boot whatever the throughput.
@@ -87,6 +96,45 @@ def process(cmd: list[str]) -> Iterator[subprocess.Popen[bytes]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def build_tftpload(work: Path) -> Path | None:
+    """Compile bench/tftpload.c into ``work``; None (its rows are left out) without a compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        print("no C compiler (Debian: build-essential): the tftpload rows are left out")
+        return None
+    exe = work / "tftpload"
+    source = Path(__file__).with_name("tftpload.c")
+    subprocess.run([cc, "-O2", "-Wall", "-o", str(exe), str(source)], check=True)
+    return exe
+
+
+def tftpload(
+    exe: Path,
+    port: int,
+    name: str,
+    local: Path,
+    blksize: int,
+    clients: int,
+    pid: int,
+    cpu: int | None,
+) -> tuple[float, float]:
+    """Fifty (``clients``) lock-step transfers from one tftpload process: its wall time (first
+    request to last block, every byte checked against ``local``) and the server's CPU time."""
+    pin = None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
+    cpu0 = cpu_seconds(pid)
+    done = subprocess.run(
+        [str(exe), "127.0.0.1", str(port), name, str(local), str(blksize), str(clients)],
+        capture_output=True, text=True, timeout=300, preexec_fn=pin,
+    )  # fmt: skip
+    used = cpu_seconds(pid) - cpu0
+    if done.returncode != 0:
+        raise RuntimeError(f"tftpload on port {port}: {done.stderr.strip()}")
+    seconds, nbytes = done.stdout.split()
+    if int(nbytes) != clients * local.stat().st_size:
+        raise RuntimeError(f"tftpload on port {port}: {nbytes} bytes, expected all of them")
+    return float(seconds), used
 
 
 def curl(port: int, name: str, blksize: int, out: Path) -> list[str]:
@@ -243,6 +291,14 @@ def run(work: Path, repeat: int, quick: bool) -> None:
     if not quick:
         lockstep += [("kernel8.img", 1468, 50, "free")]
     windows = [1, 8, 16, 32]
+    loads = [("start4.elf", 1468, "free"), ("start4.elf", 1024, "free")]
+    if "cross" in places:
+        loads += [("start4.elf", 1468, "cross")]
+    if not quick:
+        loads += [("kernel8.img", 1468, "free")]
+    loader = build_tftpload(work)
+    if loader is None:
+        loads = []
 
     cells: dict[tuple[str, str], Cell] = {}
     order = list(servers)
@@ -259,6 +315,23 @@ def run(work: Path, repeat: int, quick: bool) -> None:
                     outs = [outdir / f"{server}-{i}" for i in range(clients)]
                     cmds = [curl(ports[server], name, blksize, o) for o in outs]
                     runs[server].append(timed(cmds, outs, FILES[name], pids[server], client_cpu))
+            for server in order:
+                cells[(server, label)] = Cell(runs[server])
+            print("  " + label + ": " + ", ".join(
+                f"{s} {cells[(s, label)].wall:.3f} s" for s in order), flush=True)  # fmt: skip
+        for name, blksize, place in loads:
+            if loader is None:
+                break
+            label = f"{name} bs={blksize} x50 {place} tftpload"
+            server_cpu, client_cpu = PLACEMENTS[place]
+            for pid in pids.values():
+                pin_process(pid, all_cpus if server_cpu is None else {server_cpu})
+            runs = {server: [] for server in order}
+            for r in range(3 * repeat):  # interleaved; short runs, so three times as many
+                for server in order[r % 3 :] + order[: r % 3]:
+                    run = tftpload(loader, ports[server], name, root / name, blksize, 50,
+                                   pids[server], client_cpu)  # fmt: skip
+                    runs[server].append(run)
             for server in order:
                 cells[(server, label)] = Cell(runs[server])
             print("  " + label + ": " + ", ".join(
@@ -301,6 +374,22 @@ def run(work: Path, repeat: int, quick: bool) -> None:
         dc, pc = (cells[(s, label)].cpu for s in ("dnsmasq", "piman"))
         rd = f"{dc / pc:.2f}" if pc > 0 else "-"
         print(f"{label.rsplit(' ', 1)[0]:30s} {place:5s} {dc:8.2f} {pc:8.2f} {rd:>9s}")
+    if loads:
+        print()
+        print(f"fifty lock-step transfers from one process (tftpload), wall time in seconds: "
+              f"median of {3 * repeat} runs (best in brackets); ratio = anchor / piman; "
+              "server CPU per block in µs")  # fmt: skip
+        print(f"{'scenario':30s} {'place':5s} {'dnsmasq':>15s} {'tftpd-hpa':>15s} "
+              f"{'piman':>15s} {'×dnsmasq':>9s} {'(best)':>7s} {'×tftpd':>7s} "
+              f"{'µs/block dnsmasq':>17s} {'piman':>6s}")  # fmt: skip
+        for name, blksize, place in loads:
+            label = f"{name} bs={blksize} x50 {place} tftpload"
+            d, h, p = (cells[(s, label)] for s in ("dnsmasq", "tftpd-hpa", "piman"))
+            blocks = 50 * (FILES[name] // (blksize) + 1)
+            print(f"{f'{name} bs={blksize} x50':30s} {place:5s} "
+                  + " ".join(f"{c.wall:7.3f} ({c.best:5.3f})" for c in (d, h, p))
+                  + f" {d.wall / p.wall:9.2f} {d.best / p.best:7.2f} {h.wall / p.wall:7.2f}"
+                  + f" {d.cpu / blocks * 1e6:17.1f} {p.cpu / blocks * 1e6:6.1f}")  # fmt: skip
     print()
     print(f"request to answer (RRQ with tsize and blksize → OACK), {len(latency['piman'])} "
           "requests one after the other, µs; ratio = anchor / piman")  # fmt: skip
