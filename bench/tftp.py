@@ -298,7 +298,7 @@ def run(work: Path, repeat: int, quick: bool) -> None:
         loads += [("kernel8.img", 1468, "free")]
     loader = build_tftpload(work)
     if loader is None:
-        loads = []
+        loads = []  # and the loop below breaks at once: it needs the loader
 
     cells: dict[tuple[str, str], Cell] = {}
     order = list(servers)
@@ -329,9 +329,9 @@ def run(work: Path, repeat: int, quick: bool) -> None:
             runs = {server: [] for server in order}
             for r in range(3 * repeat):  # interleaved; short runs, so three times as many
                 for server in order[r % 3 :] + order[: r % 3]:
-                    run = tftpload(loader, ports[server], name, root / name, blksize, 50,
-                                   pids[server], client_cpu)  # fmt: skip
-                    runs[server].append(run)
+                    timing = tftpload(loader, ports[server], name, root / name, blksize, 50,
+                                      pids[server], client_cpu)  # fmt: skip
+                    runs[server].append(timing)
             for server in order:
                 cells[(server, label)] = Cell(runs[server])
             print("  " + label + ": " + ", ".join(
@@ -385,7 +385,7 @@ def run(work: Path, repeat: int, quick: bool) -> None:
         for name, blksize, place in loads:
             label = f"{name} bs={blksize} x50 {place} tftpload"
             d, h, p = (cells[(s, label)] for s in ("dnsmasq", "tftpd-hpa", "piman"))
-            blocks = 50 * (FILES[name] // (blksize) + 1)
+            blocks = 50 * (FILES[name] // blksize + 1)  # the last one short, maybe empty
             print(f"{f'{name} bs={blksize} x50':30s} {place:5s} "
                   + " ".join(f"{c.wall:7.3f} ({c.best:5.3f})" for c in (d, h, p))
                   + f" {d.wall / p.wall:9.2f} {d.best / p.best:7.2f} {h.wall / p.wall:7.2f}"
