@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-APT_PACKAGES := busybox-static isc-dhcp-client tftp-hpa atftp curl dnsmasq-base tftpd-hpa kea-admin snmp snmpsim prometheus prometheus-node-exporter victoria-metrics qemu-system-x86 ipxe-qemu openssh-server chromium iproute2 linux-image-amd64 cpio postgresql-15
+APT_PACKAGES := gcc libc6-dev python3-dev busybox-static isc-dhcp-client tftp-hpa atftp curl dnsmasq-base tftpd-hpa kea-admin snmp snmpsim prometheus prometheus-node-exporter victoria-metrics qemu-system-x86 ipxe-qemu openssh-server chromium iproute2 linux-image-amd64 cpio postgresql-15
 
 .PHONY: demo test lint typecheck pytest apt-deps clean
 
@@ -21,11 +21,11 @@ $(BIN)/python:
 	  $(PYTHON) -m venv $(VENV); }
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.manager: pyproject.toml | $(BIN)/python
+$(VENV)/.manager: pyproject.toml setup.py src/piman/netboot/tftp/_lanes.c | $(BIN)/python
 	$(BIN)/pip install -q -e '.[manager]'
 	touch $@
 
-$(VENV)/.test: pyproject.toml | $(BIN)/python
+$(VENV)/.test: pyproject.toml setup.py src/piman/netboot/tftp/_lanes.c | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@ $(VENV)/.manager
 

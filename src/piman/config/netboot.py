@@ -120,6 +120,9 @@ class TftpSettings(BaseModel):
     # How long the data path spins for a client's next ACK before it sleeps (0: never); see
     # piman.netboot.tftp.busypoll. Pays when ACKs come within it; rests by itself when not.
     busy_poll: Duration = 100e-6
+    # Lock-step blocks of concurrent transfers go through the C data path when piman was built
+    # with it (piman.netboot.tftp._lanes); false keeps them in Python (same protocol, slower).
+    native: bool = True
 
     @field_validator("busy_poll")
     @classmethod

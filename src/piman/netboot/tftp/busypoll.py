@@ -45,9 +45,9 @@ class BusyPoll:
             return 0.0
         return self.budget
 
-    def hit(self) -> None:
-        """The datagram came while spinning."""
-        self.hits += 1
+    def hit(self, count: int = 1) -> None:
+        """The datagram came while spinning (``count`` times)."""
+        self.hits += count
         self._in_a_row = 0
 
     def miss(self) -> None:

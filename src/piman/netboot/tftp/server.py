@@ -141,13 +141,18 @@ class TftpServer:
             lambda: _Listener(self), sock=sock
         )  # fmt: skip
         self.address = sock.getsockname()
-        self._pump = TransferPump(self._closed, busy_poll=self.settings.busy_poll)
+        self._pump = TransferPump(
+            self._closed, busy_poll=self.settings.busy_poll, native=self.settings.native
+        )
         self._pump.start()
         logger.info(
-            "tftp: listening on %s:%d%s",
+            "tftp: listening on %s:%d%s; data path in %s",
             *self.address,
             f" (interface {self.interface})" if self.interface else "",
+            "C" if self._pump.native else "Python",
         )
+        if self.settings.native and not self._pump.native:
+            logger.info("tftp: piman was built without its C data path (no C compiler then)")
         self.ready.set()
         try:
             await asyncio.Future()

@@ -305,6 +305,42 @@ def test_lockstep_turns_prepared_ahead_match_receive_ack(batch: int) -> None:
         fast.lockstep_advance(1, 10.0)
 
 
+class MemoSource(BytesSource):
+    """Bytes with a memo shared by every transfer (as a cached file has)."""
+
+    def __init__(self, data: bytes, memo: list[bytes | None]) -> None:
+        super().__init__(data)
+        self.shared = memo
+
+    def memo(self, blksize: int) -> list[bytes | None]:
+        return self.shared
+
+
+@pytest.mark.parametrize("memo", [False, True], ids=["no-memo", "memo"])
+def test_lockstep_plan_is_the_same_turns_told_by_block_number(memo: bool) -> None:
+    data = bytes(i % 239 for i in range(8 * 70_000 + 3))  # blksize 8: past block 65535
+    shared: list[bytes | None] = [None] * (len(data) // 8 + 1)
+    if memo:  # an earlier transfer built the first half of the datagrams
+        earlier = TftpSession(rrq(blksize="8"), "198.18.0.6:1", SETTINGS, now=0.0)
+        earlier.start(MemoSource(data, shared), now=0.0)
+        earlier.receive_ack(0, 0.0)
+        earlier.lockstep_turns(35_000)
+        assert shared[35_000] is not None  # blocks 1 to 35,001
+        assert shared[35_001] is None
+    session = TftpSession(rrq(blksize="8"), "198.18.0.5:1234", SETTINGS, now=0.0)
+    session.start(MemoSource(data, shared) if memo else BytesSource(data), now=0.0)
+    session.receive_ack(0, 0.0)  # the OACK's ACK: block 1 goes out
+    seen = 0
+    while turns := session.lockstep_turns(4096):
+        first, datagrams = session.lockstep_plan(4096)
+        assert [ack((first + i) & 0xFFFF) for i in range(len(datagrams))] == [e for e, _ in turns]
+        assert datagrams == [d for _, d in turns]
+        seen += len(turns)
+        session.lockstep_advance(len(turns), 1.0)
+    assert seen == len(data) // 8  # every block but the last answers an ACK
+    assert session.lockstep_plan(5) == (0, [])
+
+
 def test_lockstep_turns_recorded_in_part_and_refused_beyond_the_end() -> None:
     data = bytes(i % 241 for i in range(4000))
     session, _ = start(data)
