@@ -19,7 +19,9 @@ own work is then what limits every server).
 
 piman runs with its defaults, so its data path spins up to 100 µs for each ACK before it
 sleeps (``tftp.busy_poll``): it trades a little CPU for the wake-up, and the server CPU table
-shows what that costs.
+shows what that costs. With concurrent transfers, lock-step blocks go through piman's C data
+path (``tftp.native``, built with piman); the rows with fifty clients also run a fourth server,
+piman with ``tftp.native: false``, so that a table shows what the C path brings.
 
 Fifty curl processes on a two-CPU machine use about twice the CPU of the server they fetch
 from (exec, a poll loop, a wake-up and a context switch per block each), so the ``x50`` curl
@@ -66,13 +68,16 @@ from piman.netboot.tftp.files import RootDirectory
 from piman.netboot.tftp.server import TftpServer
 
 async def main() -> None:
-    settings = TftpSettings(rate_limit=1e6, mtu=1500)
+    settings = TftpSettings(rate_limit=1e6, mtu=1500, native=sys.argv[3] == "C")
     server = TftpServer(RootDirectory(Path(sys.argv[1])), settings,
                         listen=("127.0.0.1", int(sys.argv[2])))
     await server.serve()
 
 asyncio.run(main())
 """
+
+
+PY = "piman-python"  # piman with tftp.native: false, for the rows with concurrent transfers
 
 
 def free_udp_port() -> int:
@@ -267,9 +272,10 @@ def run(work: Path, repeat: int, quick: bool) -> None:
         (root / name).write_bytes(os.urandom(size))
     outdir = work / "out"
     outdir.mkdir()
-    ports = {"piman": free_udp_port(), "dnsmasq": 69, "tftpd-hpa": free_udp_port()}
+    ports = {"piman": free_udp_port(), "dnsmasq": 69, "tftpd-hpa": free_udp_port(),
+             PY: free_udp_port()}  # fmt: skip
     servers = {
-        "piman": [sys.executable, "-c", PIMAN_SERVER, str(root), str(ports["piman"])],
+        "piman": [sys.executable, "-c", PIMAN_SERVER, str(root), str(ports["piman"]), "C"],
         "dnsmasq": [
             "dnsmasq", "--keep-in-foreground", "--port=0", "--enable-tftp",
             f"--tftp-root={root}", "--listen-address=127.0.0.1", "--bind-interfaces",
@@ -278,6 +284,7 @@ def run(work: Path, repeat: int, quick: bool) -> None:
         ],
         "tftpd-hpa": ["in.tftpd", "-L", "-a", f"127.0.0.1:{ports['tftpd-hpa']}", "-s", str(root),
                       "-u", "root"],
+        PY: [sys.executable, "-c", PIMAN_SERVER, str(root), str(ports[PY]), "Python"],
     }  # fmt: skip
     all_cpus = os.sched_getaffinity(0)
     places = ["free", "cross", "same"] if len(all_cpus) >= 2 and {0, 1} <= all_cpus else ["free"]
@@ -301,7 +308,7 @@ def run(work: Path, repeat: int, quick: bool) -> None:
         loads = []  # and the loop below breaks at once: it needs the loader
 
     cells: dict[tuple[str, str], Cell] = {}
-    order = list(servers)
+    anchors = ["piman", "dnsmasq", "tftpd-hpa"]
     with contextlib.ExitStack() as stack:
         pids = {name: stack.enter_context(process(cmd)).pid for name, cmd in servers.items()}
         for name, blksize, clients, place in lockstep:
@@ -309,9 +316,10 @@ def run(work: Path, repeat: int, quick: bool) -> None:
             server_cpu, client_cpu = PLACEMENTS[place]
             for pid in pids.values():
                 pin_process(pid, all_cpus if server_cpu is None else {server_cpu})
+            order = anchors + [PY] * (clients > 1)  # one transfer alone: the same code
             runs: dict[str, list[tuple[float, float]]] = {server: [] for server in order}
             for r in range(repeat):  # interleaved, so that load from elsewhere hits all alike
-                for server in order[r % 3 :] + order[: r % 3]:
+                for server in order[r % len(order) :] + order[: r % len(order)]:
                     outs = [outdir / f"{server}-{i}" for i in range(clients)]
                     cmds = [curl(ports[server], name, blksize, o) for o in outs]
                     runs[server].append(timed(cmds, outs, FILES[name], pids[server], client_cpu))
@@ -326,9 +334,10 @@ def run(work: Path, repeat: int, quick: bool) -> None:
             server_cpu, client_cpu = PLACEMENTS[place]
             for pid in pids.values():
                 pin_process(pid, all_cpus if server_cpu is None else {server_cpu})
+            order = [*anchors, PY]
             runs = {server: [] for server in order}
             for r in range(3 * repeat):  # interleaved; short runs, so three times as many
-                for server in order[r % 3 :] + order[: r % 3]:
+                for server in order[r % len(order) :] + order[: r % len(order)]:
                     timing = tftpload(loader, ports[server], name, root / name, blksize, 50,
                                       pids[server], client_cpu)  # fmt: skip
                     runs[server].append(timing)
@@ -348,6 +357,7 @@ def run(work: Path, repeat: int, quick: bool) -> None:
                     [timed(cmds, outs, FILES[name], pids["piman"], None) for _ in range(repeat)]
                 )
                 print(f"  piman {label}: {cells[('piman', label)].wall:.3f} s", flush=True)
+        order = anchors
         latency: dict[str, list[float]] = {server: [] for server in order}
         for r in range(10 * repeat):  # rounds of 20 requests, interleaved
             for server in order[r % 3 :] + order[: r % 3]:
@@ -390,6 +400,18 @@ def run(work: Path, repeat: int, quick: bool) -> None:
                   + " ".join(f"{c.wall:7.3f} ({c.best:5.3f})" for c in (d, h, p))
                   + f" {d.wall / p.wall:9.2f} {d.best / p.best:7.2f} {h.wall / p.wall:7.2f}"
                   + f" {d.cpu / blocks * 1e6:17.1f} {p.cpu / blocks * 1e6:6.1f}")  # fmt: skip
+    print()
+    print(
+        "piman's data path for concurrent lock-step transfers: C (the default, tftp.native) or "
+        "Python (tftp.native: false);\nwall time, median (best in brackets); ratio = Python / C"
+    )
+    print(f"{'scenario':40s} {'place':5s} {'Python':>15s} {'C':>15s} {'×Python':>8s}")
+    rows = [(f"{n} bs={b} x{c}", p, f"{n} bs={b} x{c} {p}") for n, b, c, p in lockstep if c > 1]
+    rows += [(f"{n} bs={b} x50 (tftpload)", p, f"{n} bs={b} x50 {p} tftpload") for n, b, p in loads]
+    for text, place, label in rows:
+        py, c = cells[(PY, label)], cells[("piman", label)]
+        print(f"{text:40s} {place:5s} {py.wall:7.3f} ({py.best:5.3f}) {c.wall:7.3f} ({c.best:5.3f})"
+              f" {py.wall / c.wall:8.2f}")  # fmt: skip
     print()
     print(f"request to answer (RRQ with tsize and blksize → OACK), {len(latency['piman'])} "
           "requests one after the other, µs; ratio = anchor / piman")  # fmt: skip

@@ -278,6 +278,12 @@ class TftpSession:
                 return cast("list[bytes]", train)  # every slot filled
         return [self._block(k) for k in range(first, last + 1)]
 
+    @property
+    def lockstep(self) -> bool:
+        """Whether :meth:`lockstep_turns` has turns to offer: a lock-step transfer with a block
+        outstanding and more to send."""
+        return self._expect is not None
+
     def lockstep_turns(self, limit: int) -> list[tuple[bytes, bytes]]:
         """The next turns of a lock-step transfer, ready before the client's ACKs arrive.
 
