@@ -18,8 +18,9 @@
  * run() returns after the first batch of events that produced a result, or when `timeout`
  * seconds have passed with none (the pump's next timer). Before it sleeps, a wait may spin
  * (piman.netboot.tftp.busypoll decides how long): epoll_wait without blocking, sched_yield
- * between; run() then reports whether spins paid, for the policy to count. Python records the turns done with
- * take() (TftpSession.lockstep_advance) whenever it touches the transfer, and before its timer.
+ * between; run() reports how many spins ended with a datagram and whether one ended without,
+ * for that policy to count. Python records the turns done with take()
+ * (TftpSession.lockstep_advance) whenever it touches the transfer, and before its timer.
  * A send that fails with EAGAIN/ENOBUFS counts as done: the datagram is lost, and the
  * session's retransmit timer resends it, as in the Python path.
  *
@@ -30,9 +31,9 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sched.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -121,7 +122,8 @@ Lanes_init(LanesObject *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     if (read_size < 4 || read_size > (int)sizeof(((Result *)0)->data)) {
-        PyErr_Format(PyExc_ValueError, "read_size must be 4 to %d", (int)sizeof(((Result *)0)->data));
+        PyErr_Format(PyExc_ValueError, "read_size must be 4 to %d",
+                     (int)sizeof(((Result *)0)->data));
         return -1;
     }
     if (max_events < 1 || max_events > 65536) {

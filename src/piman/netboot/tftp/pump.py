@@ -27,9 +27,10 @@ needs the protocol: a lane done (the pump records its turns with
 :meth:`~piman.netboot.tftp.session.TftpSession.lockstep_advance` and plans the next), any other
 datagram (a duplicate ACK, an ERROR: the lane has not moved), a failed socket, a socket with no
 lane (an OACK awaiting ACK 0, a window, the last block) and the wake-up socket. Timers see the
-turns done in C before they judge (:meth:`_settle`). Its waits spin (below) only while one
-transfer is open: with fifty, a spin took CPU from clients on the same machine (50 curl
-clients: 1.07× dnsmasq with it, 1.18× without) and saved nothing. Per block that leaves ``recv``, a
+turns done in C before they judge (:meth:`_settle`). Its waits spin as the Python loop's do
+(below): with fifty clients on another CPU, a wait that sleeps costs each ACK a wake-up across
+CPUs, paid by the clients (fifty curl processes on CPU 1, piman alone on CPU 0: 0.87× dnsmasq
+without the spin, 1.02× with it). Per block that leaves ``recv``, a
 comparison of four bytes and ``send`` in C, against some 1 µs of Python in the loop below,
 which serves when the C path is not there.
 
@@ -201,10 +202,7 @@ class TransferPump:
                 if heap:
                     wait = heap[0][0] - now
                     wait = 0.0 if wait < 0.0 else min(wait, _MAX_WAIT)
-                # One transfer open (its window, its OACK): its next datagram is all there is
-                # to wait for, and a spin saves the wake-up. With more, the others' ACKs come
-                # meanwhile, and a spin takes the CPU from clients that share the machine.
-                spin = busy.spin_for() if len(by_fd) == 1 and busy.budget else 0.0
+                spin = busy.spin_for() if by_fd and busy.budget else 0.0
                 results, hits, missed = run(epoll_fd, wait, spin)
                 if hits:
                     busy.hit(hits)
