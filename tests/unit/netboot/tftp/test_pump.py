@@ -7,6 +7,8 @@ import errno
 import select
 import socket
 import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -166,3 +168,17 @@ def test_the_epoll_wait_spins_then_sleeps_for_ready_sockets(
     finally:
         later.join()
         pump.stop()
+
+
+def test_without_the_c_extension_the_pump_serves_in_python() -> None:
+    """piman built without a C compiler: the import of _lanes fails, and the pump says so."""
+    code = (
+        "import sys; sys.modules['piman.netboot.tftp._lanes'] = None\n"
+        "from piman.netboot.tftp import pump\n"
+        "p = pump.TransferPump(lambda t: None)\n"
+        "print(pump._lanes is None, p.native)\n"
+        "p.stop()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "False"]
