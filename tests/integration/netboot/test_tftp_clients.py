@@ -436,28 +436,6 @@ async def test_whole_transfer_limit_ends_a_slow_transfer_with_an_error(root: Pat
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_a_lone_transfer_ignores_duplicate_acks_and_ends_on_error(root: Path) -> None:
-    # One transfer alone is served by the pump's blocking-read path: the same rules hold there.
-    running, task = await start_server(root, retransmit_timeout=5.0)
-    sock = _client()
-    try:
-        sock.sendto(b"\x00\x01big\x00octet\x00", ("127.0.0.1", running.port))
-        block1, tid = await _recv(sock)
-        assert block1[:4] == b"\x00\x03\x00\x01"
-        sock.sendto(b"\x00\x04\x00\x01", tid)
-        assert (await _recv(sock))[0][:4] == b"\x00\x03\x00\x02"
-        sock.sendto(b"\x00\x04\x00\x01", tid)  # a duplicate: never answered
-        sock.sendto(b"\x00\x04\x00\x02", tid)
-        assert [d[:4] for d in await _drain(sock, quiet=0.5)] == [b"\x00\x03\x00\x03"]
-        sock.sendto(b"\x00\x05\x00\x00disk full\x00", tid)
-        await running.settle()
-        assert running.outcomes() == [Outcome.ABORTED]
-    finally:
-        sock.close()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
 async def test_a_new_transfer_is_served_while_a_lone_one_waits_for_its_client(
     root: Path,
 ) -> None:

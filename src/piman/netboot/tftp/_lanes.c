@@ -227,12 +227,9 @@ Lanes_set(LanesObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(take_doc,
-"take(fd) -> int\n--\n\n"
-"The turns done on ``fd``'s lane since the last take (0 without a lane).");
-
+/* The turns done on fd's lane since the last take; with `clear`, the lane goes too. */
 static PyObject *
-Lanes_take(LanesObject *self, PyObject *arg)
+take_turns(LanesObject *self, PyObject *arg, int clear)
 {
     int fd = as_fd(arg);
     if (fd < 0 || check_idle(self) < 0) {
@@ -244,7 +241,20 @@ Lanes_take(LanesObject *self, PyObject *arg)
     }
     Py_ssize_t done = lane->pos - lane->taken;
     lane->taken = lane->pos;
+    if (clear) {
+        lane_clear(lane);
+    }
     return PyLong_FromSsize_t(done);
+}
+
+PyDoc_STRVAR(take_doc,
+"take(fd) -> int\n--\n\n"
+"The turns done on ``fd``'s lane since the last take (0 without a lane).");
+
+static PyObject *
+Lanes_take(LanesObject *self, PyObject *arg)
+{
+    return take_turns(self, arg, 0);
 }
 
 PyDoc_STRVAR(drop_doc,
@@ -254,17 +264,7 @@ PyDoc_STRVAR(drop_doc,
 static PyObject *
 Lanes_drop(LanesObject *self, PyObject *arg)
 {
-    int fd = as_fd(arg);
-    if (fd < 0 || check_idle(self) < 0) {
-        return NULL;
-    }
-    Lane *lane = lane_at(self, fd);
-    if (lane == NULL) {
-        return PyLong_FromLong(0);
-    }
-    Py_ssize_t done = lane->pos - lane->taken;
-    lane_clear(lane);
-    return PyLong_FromSsize_t(done);
+    return take_turns(self, arg, 1);
 }
 
 static double

@@ -190,43 +190,25 @@ class TransferPump:
         wake_fd = self._wake_r.fileno()
         epoll_fd = self._epoll.fileno()
         by_fd = self._by_fd
-        heap = self._heap
-        monotonic = time.monotonic
-        submitted = self._submitted
         run = lanes.run
         busy = self.busy
-        now = monotonic()
+        now = time.monotonic()
         try:
             while not self._stopping:
-                wait = _MAX_WAIT
-                if heap:
-                    wait = heap[0][0] - now
-                    wait = 0.0 if wait < 0.0 else min(wait, _MAX_WAIT)
                 spin = busy.spin_for() if by_fd and busy.budget else 0.0
-                results, hits, missed = run(epoll_fd, wait, spin)
+                results, hits, missed = run(epoll_fd, self._wait_time(now), spin)
                 if hits:
                     busy.hit(hits)
                 if missed:
                     busy.miss()
-                now = monotonic()
+                now = time.monotonic()
                 for fd, kind, value in results:
                     transfer = by_fd.get(fd)
                     if transfer is not None:
                         self._guarded(self._lane_event, transfer, kind, value, now)
                     elif fd == wake_fd:
                         self._drain_wake()
-                if submitted:
-                    self._take_submissions()
-                if heap and heap[0][0] <= now:
-                    self._expire()
-                if len(by_fd) == 1 and not submitted and not self._stopping:
-                    (only,) = by_fd.values()
-                    if only.session.lockstep:
-                        self._settle(only, now)
-                        lanes.drop(only.fd)
-                        self._park(only)
-                        now = monotonic()
-                        self._guarded(self._relane, only)
+                now = self._between_batches(now)
         except Exception:
             logger.exception("tftp: the transfer pump failed; open transfers stall")
 
@@ -277,20 +259,15 @@ class TransferPump:
     def _main_python(self) -> None:
         wake_fd = self._wake_r.fileno()
         by_fd = self._by_fd
-        heap = self._heap
         poll = self._epoll.poll
         monotonic = time.monotonic
         read = os.read
         write = os.write
-        submitted = self._submitted
         busy = self.busy
         now = monotonic()
         try:
             while not self._stopping:
-                wait = _MAX_WAIT
-                if heap:  # from the clock read after the last batch: late by that batch
-                    wait = heap[0][0] - now
-                    wait = 0.0 if wait < 0.0 else min(wait, _MAX_WAIT)
+                wait = self._wait_time(now)
                 if by_fd and busy.budget:
                     events = self._wait_events(wait)
                 else:
@@ -322,16 +299,37 @@ class TransferPump:
                         self._failed(transfer, err)
                         continue
                     self._guarded(self._datagram, transfer, data)
-                if submitted:
-                    self._take_submissions()
-                if heap and heap[0][0] <= now:
-                    self._expire()
-                if len(by_fd) == 1 and not submitted and not self._stopping:
-                    (only,) = by_fd.values()
-                    self._park(only)
-                    now = monotonic()
+                now = self._between_batches(now)
         except Exception:
             logger.exception("tftp: the transfer pump failed; open transfers stall")
+
+    def _wait_time(self, now: float) -> float:
+        """How long the next wait may last: until the first timer, or :data:`_MAX_WAIT`
+        (``now`` is the clock read after the last batch: a timer is late by that batch)."""
+        heap = self._heap
+        if not heap:
+            return _MAX_WAIT
+        wait = heap[0][0] - now
+        return 0.0 if wait < 0.0 else min(wait, _MAX_WAIT)
+
+    def _between_batches(self, now: float) -> float:
+        """Take submissions, run due timers, and park on a lone lock-step transfer (for as
+        long as it stays alone); returns the clock, read again after parking."""
+        if self._submitted:
+            self._take_submissions()
+        heap = self._heap
+        if heap and heap[0][0] <= now:
+            self._expire()
+        if len(self._by_fd) == 1 and not self._submitted and not self._stopping:
+            (only,) = self._by_fd.values()
+            if only.session.lockstep:
+                self._settle(only, now)  # its lane's turns, then no lane while parked
+                if self._lanes is not None:
+                    self._lanes.drop(only.fd)
+                self._park(only)
+                now = time.monotonic()
+                self._guarded(self._relane, only)
+        return now
 
     def _park(self, transfer: Transfer) -> None:
         """Serve the only transfer, lock-step, with blocking reads.

@@ -30,6 +30,14 @@ def serve(lanes: lanes_module.Lanes, epoll: select.epoll, timeout: float) -> lis
     return list(results)
 
 
+def serve_until_handed_back(lanes: lanes_module.Lanes, epoll: select.epoll) -> list[object]:
+    """run() until it hands something back to Python."""
+    results: list[object] = []
+    while not results:
+        results = serve(lanes, epoll, 1.0)
+    return results
+
+
 def ack(block: int) -> bytes:
     return b"\x00\x04" + (block & 0xFFFF).to_bytes(2, "big")
 
@@ -112,10 +120,7 @@ def test_block_numbers_roll_over_at_65536(pair: Pair) -> None:
     lanes.set(pair.fd, 65535, [data(0, b"a"), data(1, b"b")])
     pair.client.send(ack(65535))
     pair.client.send(ack(0))
-    results = []
-    while not results:
-        results = serve(lanes, pair.epoll, 1.0)
-    assert results == [(pair.fd, lanes_module.EXHAUSTED, None)]
+    assert serve_until_handed_back(lanes, pair.epoll) == [(pair.fd, lanes_module.EXHAUSTED, None)]
     assert pair.received() == [data(0, b"a"), data(1, b"b")]
 
 
@@ -142,18 +147,12 @@ def test_an_exhausted_lane_leaves_the_next_datagram_for_the_next_lane(pair: Pair
     lanes = lanes_module.Lanes()
     lanes.set(pair.fd, 1, [data(2, b"x")])
     pair.client.send(ack(1))
-    results = []
-    while not results:
-        results = serve(lanes, pair.epoll, 1.0)
-    assert results == [(pair.fd, lanes_module.EXHAUSTED, None)]
+    assert serve_until_handed_back(lanes, pair.epoll) == [(pair.fd, lanes_module.EXHAUSTED, None)]
     pair.client.send(ack(2))
     assert serve(lanes, pair.epoll, 1.0) == [(pair.fd, lanes_module.EXHAUSTED, None)]
     assert lanes.take(pair.fd) == 1
     lanes.set(pair.fd, 2, [data(3, b"y")])
-    results = []
-    while not results:
-        results = serve(lanes, pair.epoll, 1.0)
-    assert results == [(pair.fd, lanes_module.EXHAUSTED, None)]
+    assert serve_until_handed_back(lanes, pair.epoll) == [(pair.fd, lanes_module.EXHAUSTED, None)]
     assert pair.received() == [data(2, b"x"), data(3, b"y")]
 
 
@@ -203,10 +202,9 @@ def test_a_gone_client_is_reported_with_its_errno() -> None:
         lanes = lanes_module.Lanes()
         lanes.set(sock.fileno(), 1, [data(2, b"x")])
         sock.send(data(1, b"first block"))  # the ICMP error comes back to this socket
-        results = []
-        while not results:
-            results = serve(lanes, epoll, 1.0)
-        assert results == [(sock.fileno(), lanes_module.FAILED, errno.ECONNREFUSED)]
+        assert serve_until_handed_back(lanes, epoll) == [
+            (sock.fileno(), lanes_module.FAILED, errno.ECONNREFUSED)
+        ]
     finally:
         epoll.close()
         sock.close()
