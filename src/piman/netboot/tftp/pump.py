@@ -49,16 +49,13 @@ away between asks: when the ACK comes within that, as it does from a client on t
 fast LAN, the wake-up it saves costs more than the spin. :mod:`piman.netboot.tftp.busypoll`
 decides how long, and stops spinning for a while when spins do not pay.
 
-With a window (RFC 7440), a run of full-size blocks leaves in one ``send`` through UDP generic
-segmentation offload (``UDP_SEGMENT``): the kernel cuts it into the same datagrams, for one
-system call per window instead of one per block. A device that refuses it turns it off for that
-transfer.
+With a window (RFC 7440), a run of full-size blocks leaves in one ``sendmsg`` through UDP
+generic segmentation offload (:meth:`~piman.netboot.tftp.transfer.Transfer.send_all`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import heapq
 import itertools
 import logging
@@ -70,7 +67,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from piman.netboot.tftp.busypoll import BusyPoll
 
@@ -79,16 +75,14 @@ try:
 except ImportError:  # built without a C compiler: the Python data path serves alone
     _lanes = None  # type: ignore[assignment]
 from piman.netboot.tftp.packets import MalformedPacket, Opcode, decode
-from piman.netboot.tftp.session import Action, ArmTimer, Outcome, Send, TftpSession
+from piman.netboot.tftp.session import Action, ArmTimer, Outcome, Send
+from piman.netboot.tftp.transfer import Transfer, enable_gso
 
-__all__ = ["Transfer", "TransferPump"]
+__all__ = ["TransferPump"]
 
 logger = logging.getLogger(__name__)
 
 _ACK = int(Opcode.ACK)
-_UDP_SEGMENT = 103  # linux/udp.h: UDP GSO segment size
-_GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS
-_GSO_MAX_BYTES = 65507 - 8  # one UDP payload at most
 _READ_SIZE = 512 - 33  # a client datagram at most: 4-byte ACKs, ERRORs; 479 keeps the bytes
 # object in Python's small-object allocator (a 64 KiB buffer cost a malloc and realloc per ACK)
 _MAX_EVENTS = 256  # per epoll_wait (the default sizes a 1023-entry buffer per call)
@@ -97,21 +91,6 @@ _PARK_TURNS = 64  # lock-step turns prepared at once; the session's bookkeeping 
 _DONTWAIT = socket.MSG_DONTWAIT
 _MAX_WAIT = 1.0  # seconds the pump sleeps at most (it is woken for submissions and stop)
 _LANE_TURNS = 256  # lock-step turns handed to the C data path at once, per transfer
-
-
-@dataclass(eq=False)
-class Transfer:
-    """One transfer: its session, its socket (its TID) and the pump's bookkeeping."""
-
-    xfer: int
-    peer: tuple[str, int]
-    session: TftpSession
-    log_prefix: str = ""
-    sock: socket.socket | None = None
-    deadline: float = 0.0
-    armed_at: float | None = None  # earliest deadline the heap holds for this transfer
-    segment: int = 0  # UDP GSO segment size (blksize + 4) when windows go out in one send
-    fd: int = field(default=-1)
 
 
 class TransferPump:
@@ -470,7 +449,7 @@ class TransferPump:
             self._by_fd[transfer.fd] = transfer
             self._epoll.register(transfer.fd, select.EPOLLIN)
             if transfer.session.stats.windowsize > 1:
-                transfer.segment = _enable_gso(sock, transfer.session.stats.blksize + 4)
+                transfer.segment = enable_gso(sock, transfer.session.stats.blksize + 4)
             self._guarded(self._run, transfer, actions)
             self._guarded(self._relane, transfer)
 
@@ -536,48 +515,12 @@ class TransferPump:
             self._send_all(transfer, batch)
 
     def _send_all(self, transfer: Transfer, datagrams: list[bytes]) -> bool:
-        """Send datagrams in order; a window of full blocks goes out in one GSO send."""
-        segment = transfer.segment
-        if segment and len(datagrams) > 1:
-            per_call = max(1, min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // segment))
-            for i in range(0, len(datagrams), per_call):
-                chunk = datagrams[i : i + per_call]
-                if len(chunk) > 1 and min(map(len, chunk[:-1])) == max(map(len, chunk)) == segment:
-                    if not self._send(transfer, chunk):
-                        return False
-                    if transfer.segment:
-                        continue
-                for datagram in chunk:  # short blocks inside, or GSO just turned itself off
-                    if not self._send(transfer, datagram):
-                        return False
-            return True
-        return all(self._send(transfer, datagram) for datagram in datagrams)
-
-    def _send(self, transfer: Transfer, data: bytes | list[bytes]) -> bool:
-        """Send one datagram, or a GSO train: datagrams of the segment size (the last may be
-        shorter) gathered by one ``sendmsg``, nothing copied here. False when the transfer
-        ended (client gone). A device that refuses GSO turns it off for this transfer and this
-        returns True without sending: the caller then sends the datagrams one by one.
-        """
-        sock = transfer.sock
-        if sock is None:
+        """:meth:`Transfer.send_all`; False when the transfer ended (client gone, or closed)."""
+        if transfer.sock is None:
             return False
-        train = isinstance(data, list)
         try:
-            if isinstance(data, list):
-                sock.sendmsg(data)
-            else:
-                sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            pass  # socket buffer full: the datagrams are lost, the timer resends them
+            transfer.send_all(datagrams)
         except OSError as err:
-            if train and err.errno in (errno.EIO, errno.EINVAL, errno.EMSGSIZE):
-                logger.debug("%s UDP GSO refused (%s): one send per block",
-                             transfer.log_prefix, err)  # fmt: skip
-                transfer.segment = 0
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.IPPROTO_UDP, _UDP_SEGMENT, 0)
-                return True
             self._unreachable(transfer, err)
             return False
         return True
@@ -623,13 +566,3 @@ class TransferPump:
             with contextlib.suppress(OSError, ValueError):
                 self._epoll.unregister(transfer.fd)
         sock.close()
-
-
-def _enable_gso(sock: socket.socket, segment: int) -> int:
-    """Let one ``send`` carry a train of datagrams of ``segment`` bytes (Linux UDP GSO, 4.18+);
-    returns the segment size, or 0 when the kernel does not offer it."""
-    try:
-        sock.setsockopt(socket.IPPROTO_UDP, _UDP_SEGMENT, segment)
-    except OSError:
-        return 0
-    return segment

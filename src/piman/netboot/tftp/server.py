@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from piman.config.netboot import TftpSettings
 from piman.netboot.tftp.files import AccessViolation, Opener
 from piman.netboot.tftp.packets import ErrorCode, MalformedPacket, Opcode, Request, decode
-from piman.netboot.tftp.pump import Transfer, TransferPump
+from piman.netboot.tftp.pump import TransferPump
 from piman.netboot.tftp.session import (
     Action,
     Outcome,
@@ -40,6 +40,7 @@ from piman.netboot.tftp.session import (
     SessionStats,
     TftpSession,
 )
+from piman.netboot.tftp.transfer import Transfer
 
 __all__ = ["LOG_EVERY", "OPEN_TIMEOUT", "TftpMetrics", "TftpServer"]
 

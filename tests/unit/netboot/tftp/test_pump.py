@@ -17,8 +17,9 @@ import pytest
 from piman.netboot.tftp.busypoll import BusyPoll
 from piman.netboot.tftp.files import BytesSource
 from piman.netboot.tftp.packets import Opcode, Request, decode
-from piman.netboot.tftp.pump import Transfer, TransferPump
+from piman.netboot.tftp.pump import TransferPump
 from piman.netboot.tftp.session import SessionSettings, TftpSession
+from piman.netboot.tftp.transfer import Transfer
 
 
 class FakeSocket:

@@ -10,9 +10,9 @@ import pytest
 
 from piman.netboot.tftp.files import BytesSource
 from piman.netboot.tftp.packets import ErrorCode, OAck, Opcode, Request, decode
-from piman.netboot.tftp.pump import Transfer
 from piman.netboot.tftp.server import _send_first
 from piman.netboot.tftp.session import ArmTimer, Close, Outcome, Send, SessionSettings, TftpSession
+from piman.netboot.tftp.transfer import Transfer
 
 
 @pytest.fixture
