@@ -141,9 +141,9 @@ async def test_clients_slower_than_the_retransmit_timeout_per_batch_get_no_resen
     root: Path, native: bool
 ) -> None:
     # Two transfers whose clients ACK every 3 ms: hundreds of blocks take longer than the
-    # 0.25 s retransmit timeout, so the timers come due while the blocks are flowing; each must
+    # 0.4 s retransmit timeout, so the timers come due while the blocks are flowing; each must
     # see that its transfer moved on and resend nothing.
-    running, task = await start_server(root, native, retransmit_timeout=0.25, max_retries=3)
+    running, task = await start_server(root, native, retransmit_timeout=0.4, max_retries=3)
     try:
         results = await asyncio.gather(
             *(asyncio.to_thread(_paced_client, running.port, 0.003, 300) for _ in range(2))
