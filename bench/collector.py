@@ -35,9 +35,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from piman.monitor.expfmt import scan
-from piman.monitor.scrape import Scraper, Target, _TargetState
-from piman.monitor.tsdb import Tsdb
+from piman.monitor.collector.expfmt import scan
+from piman.monitor.collector.scrape import Scraper, ScrapeTarget, _TargetState
+from piman.monitor.collector.tsdb import Tsdb
 
 VARIANTS = 8
 
@@ -156,11 +156,11 @@ async def run_collector(
     tsdb = Tsdb(data / f"metrics-{len(ports)}.db")
     await tsdb.open()
     targets = [
-        Target(f"pi{i}", f"http://127.0.0.1:{p}/metrics", f"http://127.0.0.1:{p}/events")
+        ScrapeTarget(f"pi{i}", f"http://127.0.0.1:{p}/metrics", f"http://127.0.0.1:{p}/events")
         for i, p in enumerate(ports)
     ]
 
-    async def source() -> list[Target]:
+    async def source() -> list[ScrapeTarget]:
         return targets
 
     scraper = Scraper(tsdb, source, interval=interval)
@@ -206,12 +206,12 @@ async def anchor(body: str, nodes: int, cycles: int, data: Path) -> dict[str, fl
     tsdb = Tsdb(data / "anchor.db")
     await tsdb.open()
 
-    async def none() -> list[Target]:
+    async def none() -> list[ScrapeTarget]:
         return []
 
     scraper = Scraper(tsdb, none, forward=True)
     states = [
-        _TargetState(Target(f"pi{i}", f"http://10.0.{i // 250}.{i % 250}:9110/metrics", None))
+        _TargetState(ScrapeTarget(f"pi{i}", f"http://10.0.{i // 250}.{i % 250}:9110/metrics", None))
         for i in range(nodes)
     ]
     t0 = time.time() - cycles * 15
@@ -219,7 +219,7 @@ async def anchor(body: str, nodes: int, cycles: int, data: Path) -> dict[str, fl
     piman_cpu = 0.0
     n_samples = 0
     all_samples = 0
-    from piman.monitor.tsdb import TargetBatch
+    from piman.monitor.collector.tsdb import TargetBatch
 
     for c in range(cycles):  # cycle 0 creates the series: a warm-up for both stores
         c0 = cpu()

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -62,6 +63,69 @@ switches:
   - swtich_1_address: 172.30.4.128
     pi_addresses: [172.30.4.2]
 """
+
+
+def api_token(url: str, user: str, password: str) -> str:
+    """A new API token for ``user``, asked of a running manager with the password."""
+    response = httpx.post(
+        url.rstrip("/") + "/api/v1/auth/token",
+        json={"username": user, "password": password, "name": "tests"},
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    token: str = response.json()["token"]
+    return token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def grant(ctx: Any, role: str = "admin", name: str | None = None) -> dict[str, str]:
+    """An account with ``role`` in an in-process app's context, and a bearer header for it.
+
+    Builds the access capability on the context when the test did not.
+    """
+    from piman.access.service import build
+
+    if ctx.access is None:
+        ctx.access = build(ctx).handle
+    name = name or role
+    await ctx.access.add_user(name, role, f"password-of-{name}")
+    _record, token = await ctx.access.create_token(name, "tests", None)
+    return bearer(token)
+
+
+def initial_admin_password(data_dir: Path) -> str:
+    """What the first `piman server` wrote for `admin` (data_dir/initial-admin-password)."""
+    return (data_dir / "initial-admin-password").read_text().strip()
+
+
+def demo_logins(root: Path) -> dict[str, str]:
+    """`piman demo`'s accounts: name → password (from root/demo-logins.txt)."""
+    logins = {}
+    for line in (root / "demo-logins.txt").read_text().splitlines():
+        name, password, _role = line.split()
+        logins[name] = password
+    return logins
+
+
+@contextmanager
+def session_client(url: str, user: str, password: str) -> Iterator[httpx.Client]:
+    """An httpx client logged in with a session cookie, as a browser would be; closed after."""
+    with httpx.Client(base_url=url.rstrip("/"), timeout=30) as client:
+        response = client.post("/api/v1/auth/login", json={"username": user, "password": password})
+        assert response.status_code == 200, response.text
+        yield client
+
+
+def log_in(page: Any, url: str, user: str, password: str) -> None:
+    """Playwright: the login form, filled in as a person would; waits for the fleet page."""
+    page.goto(url.rstrip("/") + "/login")
+    page.fill("#username", user)
+    page.fill("#password", password)
+    page.click("#login button[type=submit]")
+    page.wait_for_url(url.rstrip("/") + "/", timeout=15_000)
 
 
 CHROMIUM = "/usr/bin/chromium"

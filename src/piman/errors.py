@@ -6,7 +6,12 @@ clear line and an exit code (2 for bad input, 1 for a failed operation); service
 ::
 
     PimanError
+    ├── AccessError                 a request was not allowed
+    │   ├── AuthError               no valid credentials: wrong password, unknown token (HTTP 401)
+    │   ├── Forbidden               the principal's role does not allow it (HTTP 403)
+    │   └── RateLimited             too many failed logins; ``retry_after`` seconds (HTTP 429)
     ├── ConfigError                 bad configuration: file, field path, what was expected (exit 2)
+    ├── RuleError                   an alert expression or matcher does not parse (a ValueError too)
     ├── StoreError                  the database could not be opened, migrated or written
     ├── NotFoundError               a named node, switch or object does not exist
     ├── ProtocolError               a peer broke a wire protocol
@@ -24,8 +29,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "AccessError",
+    "AuthError",
     "ConfigError",
     "ConfigProblem",
+    "Forbidden",
     "NotFoundError",
     "NotifyError",
     "PimanError",
@@ -33,6 +41,8 @@ __all__ = [
     "PowerError",
     "PowerFatalError",
     "ProtocolError",
+    "RateLimited",
+    "RuleError",
     "StoreError",
 ]
 
@@ -63,6 +73,30 @@ class ConfigError(PimanError):
     def __init__(self, problems: list[ConfigProblem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+class RuleError(PimanError, ValueError):
+    """An alert rule, selector or matcher does not parse; the message says what was expected."""
+
+
+class AccessError(PimanError):
+    """A request was not allowed (the subclass says why)."""
+
+
+class AuthError(AccessError):
+    """No valid credentials. The message never says which part was wrong."""
+
+
+class Forbidden(AccessError):
+    """The principal is known but its role does not allow this."""
+
+
+class RateLimited(AccessError):
+    """Too many failed attempts; try again after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class StoreError(PimanError):

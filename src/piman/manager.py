@@ -1,15 +1,17 @@
-"""The composition root: configuration → store → services, run in one TaskGroup.
+"""The composition root: configuration → store → capabilities → services, run in one TaskGroup.
 
 Theory of operation: :class:`Manager` opens the store, reconciles the configuration's inventory
-into it, builds the services the configuration turns on (HTTP always; DHCP, TFTP, power, monitoring
-when their sections say so) and runs each under a supervisor in one :class:`asyncio.TaskGroup`. A
-service that fails is logged and restarted with backoff; it never takes the others down. ``stop()``
-(called from the signal handlers of ``piman server``) cancels the group; every service must end
-within :data:`STOP_TIMEOUT` seconds.
+into it, and builds one :class:`~piman.context.AppContext`. It then asks each capability the
+configuration turns on to build itself (:data:`CAPABILITIES`, in that order: a later one may use
+an earlier one's handle) and sets each handle on the context, then awaits their startup steps
+(the first admin account …). Front ends come last: the entry
+point passes them in (``piman server`` and ``piman demo`` pass the web's HTTP service), so the
+manager never imports the web. Every service runs under a supervisor in one
+:class:`asyncio.TaskGroup`: a service that fails is logged and restarted with backoff
+(:data:`RESTART_DELAYS`); it never takes the others down.
 
-Services share a :class:`ManagerContext`: the configuration, the store, the manager's own
-Prometheus registry, and the long-lived objects that several services use (the power controller,
-the time-series store …), which a capability sets when it builds its services.
+``stop()`` (called from the signal handlers of ``piman server``) cancels every service and waits
+for them; a service still running after :data:`STOP_TIMEOUT` seconds is named in the log.
 """
 
 from __future__ import annotations
@@ -18,80 +20,33 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Gauge
 
+from piman.access import service as access_service
 from piman.config.models import Config
+from piman.context import AppContext, Built, Service
 from piman.errors import PimanError
+from piman.inventory import service as inventory_service
+from piman.monitor import service as monitor_service
+from piman.netboot import service as netboot_service
+from piman.power import service as power_service
 from piman.store import Store, reconcile
 
-__all__ = ["STOP_TIMEOUT", "Manager", "ManagerContext", "Service"]
+__all__ = ["CAPABILITIES", "RESTART_DELAYS", "STOP_TIMEOUT", "Frontend", "Manager"]
 
 logger = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 5.0
 RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+CAPABILITIES = ("inventory", "access", "power", "netboot", "monitor")
 
+Frontend = Callable[[AppContext], Service]
+"""Builds a front end (the HTTP server) once every capability's handle is on the context."""
 
-class Service(Protocol):
-    """A long-running part of the manager."""
-
-    name: str
-
-    async def serve(self) -> None:
-        """Run until cancelled. Raising means failure: the supervisor restarts it."""
-
-
-@dataclass
-class ManagerContext:
-    """What services share. Built once by :class:`Manager`; passed down explicitly."""
-
-    config: Config
-    store: Store
-    metrics: CollectorRegistry
-    started_at: float = field(default_factory=time.time)
-    # Long-lived objects of capabilities, set while services are built (None when off).
-    power: Any = None
-    netboot: Any = None
-    monitor: Any = None
-    # FastAPI routers that capabilities add to /api/v1 (read when the HTTP app is built).
-    routers: list[Any] = field(default_factory=list)
-    # Callbacks run once every service was built.
-    on_ready: list[Callable[[], None]] = field(default_factory=list)
-
-
-ServiceFactory = Callable[[ManagerContext], list[Service]]
-
-
-def _http(ctx: ManagerContext) -> list[Service]:
-    from piman.web.server import HttpService
-
-    return [HttpService(ctx)]
-
-
-def _netboot(ctx: ManagerContext) -> list[Service]:
-    from piman.netboot.service import build_services
-
-    return build_services(ctx)
-
-
-def _power(ctx: ManagerContext) -> list[Service]:
-    from piman.power.service import build_services
-
-    return build_services(ctx)
-
-
-def _monitor(ctx: ManagerContext) -> list[Service]:
-    from piman.monitor.service import build_services
-
-    return build_services(ctx)
-
-
-# Order matters: capabilities set ctx attributes that the HTTP app reads, so HTTP comes last.
-SERVICE_FACTORIES: tuple[ServiceFactory, ...] = (_power, _netboot, _monitor, _http)
+H = TypeVar("H")
 
 
 class Manager:
@@ -101,14 +56,20 @@ class Manager:
         self,
         config: Config,
         *,
-        factories: tuple[ServiceFactory, ...] = SERVICE_FACTORIES,
+        capabilities: Collection[str] = CAPABILITIES,
+        frontends: Sequence[Frontend] = (),
     ) -> None:
+        unknown = set(capabilities) - set(CAPABILITIES)
+        if unknown:
+            raise ValueError(f"unknown capabilities: {', '.join(sorted(unknown))}")
         self.config = config
-        self.factories = factories
+        self.capabilities = frozenset(capabilities)
+        self.frontends = tuple(frontends)
         self.registry = CollectorRegistry()
-        self.ctx: ManagerContext | None = None
+        self.ctx: AppContext | None = None
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
+        self._startup: list[Callable[[], Awaitable[None]]] = []
         self._restarts = Gauge(
             "piman_service_restarts",
             "How many times a manager service was restarted after a failure.",
@@ -120,6 +81,31 @@ class Manager:
         """Ask the manager to stop (safe from a signal handler)."""
         self._stop.set()
 
+    def build(self, ctx: AppContext) -> list[Service]:
+        """Build the capabilities that are on, set their handles on ``ctx``; their services."""
+        services: list[Service] = []
+
+        def take(built: Built[H] | None) -> H | None:
+            if built is None:
+                return None
+            services.extend(built.services)
+            self._startup.extend(built.startup)
+            return built.handle
+
+        on = self.capabilities
+        if "inventory" in on:
+            ctx.inventory = take(inventory_service.build(ctx))
+        if "access" in on:
+            ctx.access = take(access_service.build(ctx))
+        if "power" in on:
+            ctx.power = take(power_service.build(ctx))
+        if "netboot" in on:
+            ctx.netboot = take(netboot_service.build(ctx))
+        if "monitor" in on:
+            ctx.monitor = take(monitor_service.build(ctx))
+        services.extend(front(ctx) for front in self.frontends)
+        return services
+
     async def run(self) -> None:
         """Open the store, start every service, run until :meth:`stop`."""
         t0 = time.perf_counter()
@@ -127,13 +113,11 @@ class Manager:
         await store.open()
         try:
             await reconcile(store, self.config)
-            ctx = ManagerContext(config=self.config, store=store, metrics=self.registry)
+            ctx = AppContext(config=self.config, store=store, metrics=self.registry)
             self.ctx = ctx
-            services: list[Service] = []
-            for factory in self.factories:
-                services.extend(factory(ctx))
-            for callback in ctx.on_ready:
-                callback()
+            services = self.build(ctx)
+            for step in self._startup:
+                await step()
             logger.info(
                 "manager starting %d services (%s)",
                 len(services),
@@ -147,6 +131,13 @@ class Manager:
                 logger.info("manager stopping")
                 for task in tasks:
                     task.cancel()
+                _, slow = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+                if slow:
+                    logger.warning(
+                        "still stopping after %.0f s: %s",
+                        STOP_TIMEOUT,
+                        ", ".join(t.get_name() for t in slow),
+                    )
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(store.close(), STOP_TIMEOUT)

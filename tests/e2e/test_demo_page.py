@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import CHROMIUM, CHROMIUM_ARGS, needs_chromium, running_demo
+from tests.support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    demo_logins,
+    log_in,
+    needs_chromium,
+    running_demo,
+)
 
 
 @pytest.fixture
@@ -26,7 +33,7 @@ def test_node_table_shows_the_demo_nodes_and_refreshes(demo: str, tmp_path: Path
             page = browser.new_page()
             requests: list[str] = []
             page.on("request", lambda r: requests.append(r.url))
-            page.goto(demo)
+            log_in(page, demo, "viewer", demo_logins(tmp_path / "demo")["viewer"])
             rows = page.locator("#nodes tbody tr[data-node]")
             assert rows.count() == 12
             names = rows.locator("td.name").all_inner_texts()

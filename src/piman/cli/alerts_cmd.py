@@ -6,21 +6,27 @@ Every command asks a running manager with ``--url``, or reads and writes the sto
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import httpx
 import typer
 from rich.table import Table
 
-from piman.cli.common import EXIT_BAD_INPUT, ConfigOption, console, fail, load
+from piman.cli.client import CaFileOption, ManagerClient, TokenOption, UrlOption, connect
+from piman.cli.common import EXIT_BAD_INPUT, ConfigOption, console, fail, local_actor, with_store
 from piman.config.types import parse_duration
-from piman.errors import NotFoundError, PimanError
+from piman.errors import RuleError
+from piman.fleet.ports import AlertRepository
+from piman.fleet.records import SilenceRecord
+from piman.monitor.alerting.silences import make_silence
+
+if TYPE_CHECKING:
+    from piman.config.models import Config
+    from piman.store import Store
 
 __all__ = ["register"]
 
@@ -32,46 +38,14 @@ app = typer.Typer(
     no_args_is_help=False,
 )
 
-UrlOption = Annotated[
-    str | None,
-    typer.Option(help="A running manager's URL, e.g. http://127.0.0.1:8000", show_default=False),
-]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _api(method: str, url: str, path: str, body: Any = None) -> Any:
-    try:
-        response = httpx.request(method, url.rstrip("/") + "/api/v1" + path, json=body, timeout=10)
-    except httpx.HTTPError as err:
-        fail(f"cannot reach the manager at {url}: {err}")
-    if response.status_code in (404, 422):
-        detail = response.json().get("detail", response.text)
-        fail(str(detail), EXIT_BAD_INPUT)
-    if not response.is_success:
-        fail(f"{url} answered {response.status_code}: {response.text[:200]}")
-    return response.json()
+def _with_store(config: Path | None, fn: Callable[[AlertRepository], Awaitable[T]]) -> T:
+    async def run(_cfg: Config, store: Store) -> T:
+        return await fn(store.alerts)
 
-
-def _with_store(config: Path | None, fn: Callable[[Any], Awaitable[T]]) -> T:
-    from piman.store import Store
-    from piman.store.alert_tables import AlertRepository
-
-    cfg = load(config)
-
-    async def run() -> T:
-        store = Store(cfg.database_url)
-        await store.open()
-        try:
-            return await fn(AlertRepository(store.session))
-        finally:
-            await store.close()
-
-    try:
-        return asyncio.run(run())
-    except NotFoundError as err:
-        fail(str(err), EXIT_BAD_INPUT)
-    except PimanError as err:
-        fail(str(err))
+    return with_store(config, run)
 
 
 def _when(value: Any) -> str:
@@ -90,7 +64,7 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-async def _store_alerts(repo: Any, history: int) -> dict[str, Any]:
+async def _store_alerts(repo: AlertRepository, history: int) -> dict[str, Any]:
     states = await repo.states()
     rows = await repo.history(history) if history else []
     return {
@@ -99,10 +73,10 @@ async def _store_alerts(repo: Any, history: int) -> dict[str, Any]:
                 "fingerprint": s.fingerprint,
                 "alertname": s.rule,
                 "state": s.state,
-                "labels": json.loads(s.labels),
-                "annotations": json.loads(s.annotations),
-                "active_at": s.active_at.isoformat(),
-                "starts_at": s.fired_at.isoformat() if s.fired_at else None,
+                "labels": s.labels,
+                "annotations": s.annotations,
+                "active_at": _iso(s.active_at),
+                "starts_at": _iso(s.fired_at),
                 "value": s.value,
                 "late": s.late,
             }
@@ -111,10 +85,10 @@ async def _store_alerts(repo: Any, history: int) -> dict[str, Any]:
         ],
         "history": [
             {
-                "at": h.at.isoformat(),
+                "at": _iso(h.at),
                 "alertname": h.rule,
                 "state": h.state,
-                "labels": json.loads(h.labels),
+                "labels": h.labels,
                 "value": h.value,
                 "late": h.late,
             }
@@ -123,11 +97,17 @@ async def _store_alerts(repo: Any, history: int) -> dict[str, Any]:
     }
 
 
+def _client(url: str, token: str | None, ca_file: Path | None) -> ManagerClient:
+    return connect(url, token, ca_file)
+
+
 @app.callback()
 def alerts(
     ctx: typer.Context,
     config: ConfigOption = None,
     url: UrlOption = None,
+    token: TokenOption = None,
+    ca_file: CaFileOption = None,
     history: Annotated[int, typer.Option(help="How many history entries to show.")] = 10,
     as_json: JsonOption = False,
 ) -> None:
@@ -140,7 +120,8 @@ def alerts(
     if ctx.invoked_subcommand is not None:
         return
     if url:
-        data = _api("GET", url, f"/alerts?history={history}")
+        with _client(url, token, ca_file) as client:
+            data = client.get(f"/alerts?history={history}")
     else:
         data = _with_store(config, lambda repo: _store_alerts(repo, history))
     if as_json:
@@ -181,38 +162,34 @@ def silence(
     matchers: Annotated[list[str], typer.Argument(help='Label matchers, e.g. node="rack1-02"')],
     duration: Annotated[str, typer.Option("--for", help="How long, e.g. 30m, 2h, 1d.")] = "2h",
     comment: Annotated[str, typer.Option(help="Why (shown in `piman alerts silences`).")] = "",
-    by: Annotated[str, typer.Option("--by", help="Who silences.")] = "cli",
     config: ConfigOption = None,
     url: UrlOption = None,
+    token: TokenOption = None,
+    ca_file: CaFileOption = None,
 ) -> None:
     """Silence the alerts whose labels match every matcher, for a while.
 
     Matchers: name=value, name!=value, name=~regex, name!~regex.
 
+    The silence is recorded as made by you: your account with --url, your local user without.
+
     Example: piman alerts silence alertname=NodeDown node=~"rack1-.*" --for 2h --comment "rewiring"
     """
-    from piman.monitor.alerts import make_silence
-    from piman.monitor.rules import RuleError
-
     try:
         seconds = parse_duration(duration)
         record = make_silence(
-            matchers, now=time.time(), duration=seconds, created_by=by, comment=comment
+            matchers, now=time.time(), duration=seconds, created_by=local_actor(), comment=comment
         )
     except (RuleError, ValueError) as err:
         fail(str(err), EXIT_BAD_INPUT)
     if url:
-        body = {
-            "matchers": record.matchers,
-            "duration": duration,
-            "comment": comment,
-            "created_by": by,
-        }
-        made = _api("POST", url, "/silences", body)
+        body = {"matchers": record.matchers, "duration": duration, "comment": comment}
+        with _client(url, token, ca_file) as client:
+            made = client.post("/silences", body)
         console.print(f"silence {made['id']} until {_when(made['ends_at'])}: {made['matchers']}")
         return
 
-    async def add(repo: Any) -> None:
+    async def add(repo: AlertRepository) -> None:
         await repo.add_silence(record)
 
     _with_store(config, add)
@@ -224,6 +201,8 @@ def silences(
     show_all: Annotated[bool, typer.Option("--all", help="Include expired silences.")] = False,
     config: ConfigOption = None,
     url: UrlOption = None,
+    token: TokenOption = None,
+    ca_file: CaFileOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """List silences (active and pending; --all adds expired ones).
@@ -232,7 +211,8 @@ def silences(
     """
     now = time.time()
     if url:
-        rows = _api("GET", url, "/silences")
+        with _client(url, token, ca_file) as client:
+            rows = client.get("/silences")
     else:
         from piman.web.api.alerts import SilenceOut
 
@@ -263,17 +243,20 @@ def expire(
     silence_id: Annotated[str, typer.Argument(help="The silence's id (or a unique prefix).")],
     config: ConfigOption = None,
     url: UrlOption = None,
+    token: TokenOption = None,
+    ca_file: CaFileOption = None,
 ) -> None:
     """End a silence now.
 
     Example: piman alerts expire 3f2a9c1e
     """
     if url:
-        made = _api("DELETE", url, f"/silences/{silence_id}")
+        with _client(url, token, ca_file) as client:
+            made = client.delete(f"/silences/{silence_id}")
         console.print(f"silence {made['id']} expired")
         return
 
-    async def run(repo: Any) -> Any:
+    async def run(repo: AlertRepository) -> SilenceRecord:
         return await repo.expire_silence(silence_id, time.time())
 
     record = _with_store(config, run)

@@ -6,6 +6,7 @@ import typer
 
 from piman import __version__
 from piman.cli import (
+    access_cmd,
     agent_cmd,
     alerts_cmd,
     common,
@@ -50,7 +51,7 @@ power_cmd.register(app)
 agent_cmd.register(app)
 alerts_cmd.register(app)
 export_cmd.register(app)
-# Capability command groups register themselves here (power, alerts, agent, export …).
+access_cmd.register(app)
 
 
 def main() -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -13,13 +15,22 @@ from rich.console import Console
 from piman.config import Config, default_config_path, load_config
 from piman.errors import ConfigError, NotFoundError, PimanError
 
+if TYPE_CHECKING:
+    from piman.store import Store
+
+T = TypeVar("T")
+
 __all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_FAILED",
     "ConfigOption",
     "HostsOption",
     "console",
     "err_console",
     "fail",
     "load",
+    "local_actor",
+    "with_store",
 ]
 
 console = Console(highlight=False)
@@ -49,6 +60,45 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     """Print one line to stderr and exit."""
     err_console.print(f"[red]error:[/red] {message}", soft_wrap=True, markup=True)
     raise typer.Exit(code)
+
+
+def local_actor() -> str:
+    """How the audit log names whoever runs an offline command: the local account.
+
+    The operating system's name for the real user (not ``$USER``, which anyone can set), and
+    the account that ran ``sudo`` when there is one: ``local:root (sudo by alice)``.
+    """
+    import pwd
+
+    try:
+        name = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        name = f"uid {os.getuid()}"
+    sudo = os.environ.get("SUDO_USER")
+    return f"local:{name} (sudo by {sudo})" if sudo and sudo != name else f"local:{name}"
+
+
+def with_store(config: Path | None, work: Callable[[Config, Store], Awaitable[T]]) -> T:
+    """Open the configured store, run ``work(config, store)``, close it: the offline path of
+    commands that also take ``--url``. Errors become one line (2 for a bad name or value)."""
+    from piman.store import Store
+
+    cfg = load(config)
+
+    async def run() -> T:
+        store = Store(cfg.database_url)
+        await store.open()
+        try:
+            return await work(cfg, store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except (NotFoundError, ValueError) as err:
+        fail(str(err), EXIT_BAD_INPUT)
+    except PimanError as err:
+        fail(str(err))
 
 
 def load(config: Path | None, hosts: Path | None = None) -> Config:

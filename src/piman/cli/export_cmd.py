@@ -40,9 +40,9 @@ def prometheus(config: ConfigOption = None, out: OutDir = Path(".")) -> None:
 
     Example: piman export prometheus -c piman.yaml -o /etc/prometheus/piman
     """
+    from piman.errors import RuleError
+    from piman.monitor.collector.scrape import targets_for
     from piman.monitor.export import file_sd, prometheus_rules, rules_of
-    from piman.monitor.rules import RuleError
-    from piman.monitor.scrape import targets_for
 
     cfg = load(config)
     port = cfg.monitoring.agent_port if cfg.monitoring is not None else 9110

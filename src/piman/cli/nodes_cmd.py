@@ -6,11 +6,11 @@ import asyncio
 from datetime import datetime
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.table import Table
 
-from piman.cli.common import ConfigOption, console, fail, load
+from piman.cli.client import CaFileOption, TokenOption, UrlOption, connect
+from piman.cli.common import ConfigOption, console, load
 from piman.store import Store, reconcile
 
 __all__ = ["register"]
@@ -18,12 +18,9 @@ __all__ = ["register"]
 
 def nodes(
     config: ConfigOption = None,
-    url: Annotated[
-        str | None,
-        typer.Option(
-            help="A running manager's URL, e.g. http://127.0.0.1:8000", show_default=False
-        ),
-    ] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    ca_file: CaFileOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List nodes: state, power, IP, MAC, model, serial, switch port, last seen.
@@ -32,7 +29,11 @@ def nodes(
 
     Example: piman nodes --url http://127.0.0.1:8000
     """
-    rows = _from_api(url) if url else asyncio.run(_from_store(config))
+    if url:
+        with connect(url, token, ca_file) as client:
+            rows: list[dict[str, Any]] = client.get("/nodes")
+    else:
+        rows = asyncio.run(_from_store(config))
     if as_json:
         import json
 
@@ -62,18 +63,6 @@ def _ago(value: Any) -> str:
         return "never"
     when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     return when.strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _from_api(url: str) -> list[dict[str, Any]]:
-    try:
-        response = httpx.get(url.rstrip("/") + "/api/v1/nodes", timeout=10)
-        response.raise_for_status()
-    except httpx.HTTPStatusError as err:
-        fail(f"{url} answered {err.response.status_code}")
-    except httpx.HTTPError as err:
-        fail(f"cannot reach the manager at {url}: {err}")
-    data: list[dict[str, Any]] = response.json()
-    return data
 
 
 async def _from_store(config_path: Any) -> list[dict[str, Any]]:

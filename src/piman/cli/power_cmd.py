@@ -18,6 +18,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+from piman.cli.client import CaFileOption, ManagerClient, TokenOption, UrlOption, connect
 from piman.cli.common import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -26,11 +27,13 @@ from piman.cli.common import (
     err_console,
     fail,
     load,
+    local_actor,
     report_config_error,
 )
 from piman.config.models import Config
 from piman.errors import ConfigError, NotFoundError, PimanError, StoreError
-from piman.power.controller import Action, Outcome, PowerController, Target
+from piman.fleet.power import PowerAction, PowerResult, PowerTarget
+from piman.power.controller import PowerController
 
 __all__ = ["register"]
 
@@ -43,14 +46,6 @@ OverlayOption = Annotated[
         show_default=False,
     ),
 ]
-UrlOption = Annotated[
-    str | None,
-    typer.Option(
-        "--url",
-        help="Ask a running manager (e.g. http://127.0.0.1:8000) instead of switching directly.",
-        show_default=False,
-    ),
-]
 PROGRESS_MIN = 4  # show a progress bar from this many targets on
 
 power_app = typer.Typer(
@@ -60,7 +55,7 @@ power_app = typer.Typer(
 
 
 def _config(config: Path | None, overlay: Path | None) -> Config:
-    from piman.power.overlay import load_overlay
+    from piman.config.overlay import load_overlay
 
     cfg = load(config)
     path = overlay or (
@@ -75,7 +70,7 @@ def _config(config: Path | None, overlay: Path | None) -> Config:
         raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
-def _describe(o: Outcome) -> str:
+def _describe(o: PowerResult) -> str:
     if o.reading is None:
         return o.action if o.action != "cycle" else "cycled"
     parts = [o.reading.admin.value]
@@ -87,8 +82,8 @@ def _describe(o: Outcome) -> str:
 
 
 async def _run(
-    cfg: Config, action: Action, resolve: Callable[[PowerController], list[Target]]
-) -> list[Outcome]:
+    cfg: Config, action: PowerAction, resolve: Callable[[PowerController], list[PowerTarget]]
+) -> list[PowerResult]:
     from piman.store import Store, reconcile
 
     store: Store | None = Store(cfg.database_url)
@@ -110,10 +105,10 @@ async def _run(
     )
     task = progress.add_task("", total=None)
 
-    def advance(o: Outcome) -> None:
+    def advance(o: PowerResult) -> None:
         progress.update(task, advance=1, description=o.target.label)
 
-    controller = PowerController(cfg, store=store, actor=_actor(), on_outcome=advance)
+    controller = PowerController(cfg, store=store, actor=local_actor(), on_outcome=advance)
     try:
         try:
             targets = resolve(controller)
@@ -123,7 +118,7 @@ async def _run(
         if len(targets) >= PROGRESS_MIN:
             progress.start()
         try:
-            return await controller.run(action, targets, actor=_actor())
+            return await controller.run(action, targets, actor=local_actor())
         finally:
             progress.stop()
     finally:
@@ -132,11 +127,7 @@ async def _run(
             await store.close()
 
 
-def _actor() -> str:
-    return f"cli:{os.environ.get('SUDO_USER') or os.environ.get('USER') or 'unknown'}"
-
-
-def _report(outcomes: Sequence[Outcome], action: Action) -> None:
+def _report(outcomes: Sequence[PowerResult], action: PowerAction) -> None:
     failed = [o for o in outcomes if not o.ok]
     if action == "status":
         table = Table(title=f"{len(outcomes)} ports", title_justify="left")
@@ -164,16 +155,19 @@ def _report(outcomes: Sequence[Outcome], action: Action) -> None:
 
 
 def _power(
-    action: Action,
+    action: PowerAction,
     targets: list[str],
     config: Path | None,
     overlay: Path | None,
     url: str | None = None,
+    token: str | None = None,
+    ca_file: Path | None = None,
 ) -> None:
     if not targets:
         fail("name at least one target: a node, switch:port, or all", EXIT_BAD_INPUT)
     if url:
-        _via_manager(url, action, targets)
+        with connect(url, token, ca_file) as client:
+            _via_manager(client, action, targets)
         return
     cfg = _config(config, overlay)
     outcomes = asyncio.run(_run(cfg, action, lambda c: c.resolve(targets)))
@@ -182,23 +176,9 @@ def _power(
     _report(outcomes, action)
 
 
-def _via_manager(url: str, action: Action, targets: list[str]) -> None:
+def _via_manager(client: ManagerClient, action: PowerAction, targets: list[str]) -> None:
     """One POST /api/v1/power: the manager staggers and records as it does for itself."""
-    import httpx
-
-    try:
-        response = httpx.post(
-            url.rstrip("/") + "/api/v1/power",
-            json={"action": action, "targets": targets},
-            timeout=600,
-        )
-    except httpx.HTTPError as err:
-        fail(f"cannot reach the manager at {url}: {err}")
-    if response.status_code == 404:
-        fail(response.json().get("detail", "not found"), EXIT_BAD_INPUT)
-    if response.status_code != 200:
-        fail(f"{url} answered {response.status_code}: {response.text[:200]}")
-    rows = response.json()
+    rows = client.post("/power", {"action": action, "targets": targets}, timeout=600)
     if action == "status":
         table = Table(title=f"{len(rows)} ports", title_justify="left")
         for col in ("node", "switch:port", "admin", "detection", "watts"):
@@ -235,12 +215,14 @@ def power_on(
     config: ConfigOption = None,
     overlay: OverlayOption = None,
     url: UrlOption = None,
+    token: TokenOption = None,
+    ca_file: CaFileOption = None,
 ) -> None:
     """Switch ports on (staggered per switch) and wait until they deliver power.
 
     Example: piman power on rack1-pi02 rack1:5
     """
-    _power("on", targets, config, overlay, url)
+    _power("on", targets, config, overlay, url, token, ca_file)
 
 
 @power_app.command("off")
@@ -249,12 +231,14 @@ def power_off(
     config: ConfigOption = None,
     overlay: OverlayOption = None,
     url: UrlOption = None,
+    token: TokenOption = None,
+    ca_file: CaFileOption = None,
 ) -> None:
     """Switch ports off (never a switch's uplink_port) and check that they read back off.
 
     Example: piman power off all
     """
-    _power("off", targets, config, overlay, url)
+    _power("off", targets, config, overlay, url, token, ca_file)
 
 
 @power_app.command("cycle")
@@ -263,12 +247,14 @@ def power_cycle(
     config: ConfigOption = None,
     overlay: OverlayOption = None,
     url: UrlOption = None,
+    token: TokenOption = None,
+    ca_file: CaFileOption = None,
 ) -> None:
     """Power-cycle: off, wait off_seconds, on (staggered), then check the ports deliver power.
 
     Example: piman power cycle rack1-pi02
     """
-    _power("cycle", targets, config, overlay, url)
+    _power("cycle", targets, config, overlay, url, token, ca_file)
 
 
 @power_app.command("status")
@@ -277,12 +263,14 @@ def power_status(
     config: ConfigOption = None,
     overlay: OverlayOption = None,
     url: UrlOption = None,
+    token: TokenOption = None,
+    ca_file: CaFileOption = None,
 ) -> None:
     """Show each port's admin state, PSE detection status and power draw.
 
     Example: piman power status all
     """
-    _power("status", targets, config, overlay, url)
+    _power("status", targets, config, overlay, url, token, ca_file)
 
 
 @power_app.command("map")
@@ -295,7 +283,7 @@ def power_map(
 
     Example: piman power map rack1
     """
-    from piman.power.bridge import FdbEntry, compare, read_fdb, yaml_fixes
+    from piman.inventory.bridge import FdbEntry, compare, read_fdb, yaml_fixes
     from piman.power.snmp import SnmpClient, SnmpTarget
 
     cfg = _config(config, overlay)

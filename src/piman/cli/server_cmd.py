@@ -39,7 +39,9 @@ def server(config: ConfigOption = None) -> None:
     log_file = setup_logging(cfg.manager.log_level, cfg.manager.data_dir / "logs")
     if log_file:
         console.print(f"logging to {log_file}", style="dim")
-    asyncio.run(_run(Manager(cfg)))
+    from piman.web.server import HttpService
+
+    asyncio.run(_run(Manager(cfg, frontends=[HttpService])))
 
 
 def demo(
@@ -70,15 +72,22 @@ def demo(
 
 
 async def _demo(fleet: object) -> None:
-    from piman.sim.fleet import DemoFleet
+    from piman.sim.fleet import DEMO_USERS, LOGINS_FILE, DemoFleet
 
     assert isinstance(fleet, DemoFleet)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, fleet.stop)
-    await fleet.run(
-        on_ready=lambda url: console.print(f"web UI: [bold]{url}[/bold]  (Ctrl-C stops)")
-    )
+    logins = await fleet.make_users()
+
+    def ready(url: str) -> None:
+        console.print(f"web UI: [bold]{url}[/bold]  (Ctrl-C stops)")
+        console.print("log in as one of (name / password / role):")
+        for name, role in DEMO_USERS:
+            console.print(f"  {name:<9} {logins[name]}  {role}", markup=False, highlight=False)
+        console.print(f"  (also in {fleet.root / LOGINS_FILE})", style="dim")
+
+    await fleet.run(on_ready=ready)
 
 
 def register(app: typer.Typer) -> None:

@@ -13,8 +13,9 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from piman.config.access import AccessSettings, TlsSettings
 from piman.config.monitoring import MonitoringSettings
 from piman.config.netboot import DhcpSettings, TftpSettings
 from piman.config.power import SwitchSettings
@@ -43,6 +44,13 @@ class ManagerSettings(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Public URL of the web UI, used in notifications (Alertmanager's externalURL).
     external_url: str | None = None
+    # HTTPS for the API and the web UI (PEM certificate chain and key).
+    tls: TlsSettings | None = None
+    # Host names the manager answers to besides its addresses, localhost and its own host name
+    # (a request naming another host is refused: no DNS rebinding).
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # When set, /metrics needs `Authorization: Bearer <this>` (or any valid API token).
+    metrics_token: SecretStr | None = None
 
     @field_validator("network", mode="before")
     @classmethod
@@ -136,6 +144,7 @@ class Config(BaseModel):
     switches: list[SwitchSettings] = Field(default_factory=list)
     nodes: list[NodeSettings] = Field(default_factory=list)
     monitoring: MonitoringSettings | None = None
+    access: AccessSettings = Field(default_factory=AccessSettings)
     # Reservations from hosts.csv (not written in YAML; filled by the loader).
     hosts: list[HostReservation] = Field(default_factory=list, exclude=True)
 

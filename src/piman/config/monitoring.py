@@ -7,7 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
+from piman.config.matchers import check_field
 from piman.config.types import Duration
+from piman.errors import RuleError
 
 __all__ = ["MonitoringSettings", "RuleSettings"]
 
@@ -26,8 +28,6 @@ class RuleSettings(BaseModel):
     @field_validator("alert", "expr")
     @classmethod
     def _check_rule(cls, value: str, info: ValidationInfo) -> str:
-        from piman.monitor.rules import RuleError, check_field
-
         try:
             return check_field(info.field_name or "", value)
         except RuleError as err:

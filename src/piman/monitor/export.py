@@ -28,12 +28,13 @@ from urllib.parse import urlsplit
 import httpx
 import yaml
 
-from piman.monitor.rules import Rule, default_rules
+from piman.fleet.metrics import EVENT_FIELDS
+from piman.monitor.alerting.rules import Rule, default_rules
 
 if TYPE_CHECKING:
     from piman.config.monitoring import MonitoringSettings
-    from piman.monitor.scrape import Scraper, Target
-    from piman.monitor.tsdb import TargetBatch
+    from piman.monitor.collector.scrape import Scraper, ScrapeTarget
+    from piman.monitor.collector.tsdb import TargetBatch
 
 __all__ = [
     "EVENT_PROMQL",
@@ -67,7 +68,7 @@ EVENT_PROMQL: dict[str, str] = {
 }
 
 
-def file_sd(targets: Iterable[Target]) -> list[dict[str, Any]]:
+def file_sd(targets: Iterable[ScrapeTarget]) -> list[dict[str, Any]]:
     """Prometheus file_sd groups, one per target."""
     out = []
     for t in sorted(targets, key=lambda t: t.node):
@@ -132,7 +133,7 @@ def prometheus_rules(rules: Sequence[Rule], group: str = "piman") -> RuleExport:
     skipped = []
     for rule in rules:
         metric = rule.selector.metric
-        if rule.selector.is_event:
+        if rule.selector.metric in EVENT_FIELDS:
             promql = EVENT_PROMQL.get(metric)
             if promql is None:
                 skipped.append(f"{rule.name}: /events field {metric} has no Prometheus metric")

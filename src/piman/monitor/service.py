@@ -1,58 +1,59 @@
-"""Builds the scraper, alert evaluator and notifier for the manager from the configuration.
+"""The monitoring capability, built for the manager: the collector, and alerting over its store.
 
 Monitoring runs when ``monitoring:`` is present and ``enabled``. It needs neither root nor a
-provisioning network: agents are plain HTTP targets. :class:`Monitoring` (``ctx.monitor``)
-holds the long-lived objects the API, the UI and the alert evaluator share.
+provisioning network: agents are plain HTTP targets. :func:`build` returns the
+:class:`~piman.context.MonitorHandle` (:class:`Monitoring`) and three services: the collector
+(it opens the time-series store, scrapes, and closes the store), the alert evaluator and the
+notifier.
 """
 
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from piman.monitor.fetch import StreamFetcher
-from piman.monitor.scrape import Scraper, Target, targets_for
-from piman.monitor.snapshot import NodeSnapshots
-from piman.monitor.tsdb import TargetBatch, Tsdb
+from piman.config.models import Config
+from piman.config.monitoring import MonitoringSettings
+from piman.context import AppContext, Built, MonitorHandle, Service
+from piman.fleet.metrics import NodeSnapshot, Series
+from piman.fleet.ports import NodeRepository
+from piman.monitor.alerting.service import Alerting, build_alerting
+from piman.monitor.collector.fetch import StreamFetcher
+from piman.monitor.collector.scrape import Scraper, ScrapeTarget, targets_for
+from piman.monitor.collector.snapshot import NodeSnapshots
+from piman.monitor.collector.tsdb import TargetBatch, Tsdb
+from piman.monitor.export import VictoriaForwarder
 
-if TYPE_CHECKING:
-    from piman.config.monitoring import MonitoringSettings
-    from piman.manager import ManagerContext, Service
-
-__all__ = ["METRICS_FILE", "CollectorMetrics", "Monitoring", "TsdbService", "build_services"]
+__all__ = [
+    "METRICS_FILE",
+    "CollectorMetrics",
+    "CollectorService",
+    "Monitoring",
+    "build",
+    "build_collector",
+]
 
 METRICS_FILE = "metrics.db"
 
 
-@dataclass
-class Monitoring:
-    """``ctx.monitor``: the store, the scraper, the UI snapshot, and the alerts (when built)."""
-
-    settings: MonitoringSettings
-    tsdb: Tsdb
-    scraper: Scraper
-    snapshot: NodeSnapshots = field(default_factory=NodeSnapshots)
-    alerts: Any = None  # set by the alerts part
-
-
-class TsdbService:
-    """Opens the store, runs the scraper, closes the store (one service, so order is kept)."""
+class CollectorService:
+    """Opens the metrics store, runs the scraper, closes the store (one service, so order holds)."""
 
     name = "collector"
 
-    def __init__(self, monitor: Monitoring) -> None:
-        self.monitor = monitor
+    def __init__(self, tsdb: Tsdb, scraper: Scraper) -> None:
+        self.tsdb = tsdb
+        self.scraper = scraper
 
     async def serve(self) -> None:
-        tsdb = self.monitor.tsdb
-        await tsdb.open()
+        await self.tsdb.open()
         try:
-            await self.monitor.scraper.serve()
+            await self.scraper.serve()
         finally:
-            await tsdb.close()
+            await self.tsdb.close()
 
 
 class CollectorMetrics:
@@ -95,20 +96,69 @@ class CollectorMetrics:
         self.series.set(t.series_count)
 
 
-def build_monitoring(ctx: ManagerContext, settings: MonitoringSettings) -> Monitoring:
-    """The store and scraper for a configuration (also used by tests and benchmarks)."""
-    from piman.monitor.export import VictoriaForwarder
+class Monitoring:
+    """The :class:`~piman.context.MonitorHandle`: the metrics store, snapshots, alerting."""
 
+    def __init__(
+        self,
+        settings: MonitoringSettings,
+        tsdb: Tsdb,
+        scraper: Scraper,
+        snapshots: NodeSnapshots,
+    ) -> None:
+        self.settings = settings
+        self.tsdb = tsdb
+        self.scraper = scraper
+        self.snapshots = snapshots
+        self._alerting: Alerting | None = None
+
+    @property
+    def alerting(self) -> Alerting | None:
+        return self._alerting
+
+    def attach(self, alerting: Alerting) -> None:
+        """Alerting over this store (built after it, as it reads the store)."""
+        self._alerting = alerting
+
+    async def query_range(
+        self,
+        metric: str,
+        matchers: Mapping[str, str] | None,
+        start: float,
+        end: float,
+        step: float | None = None,
+    ) -> list[Series]:
+        return await self.tsdb.range(metric, matchers, start, end, step)
+
+    async def latest_events(self, node: str) -> dict[str, Any] | None:
+        return await self.tsdb.latest_events(node)
+
+    def snapshot(self, node: str) -> NodeSnapshot | None:
+        return self.snapshots.get(node)
+
+    @property
+    def services(self) -> tuple[Service, ...]:
+        own: tuple[Service, ...] = (CollectorService(self.tsdb, self.scraper),)
+        return own + (self._alerting.services if self._alerting is not None else ())
+
+
+def build_collector(
+    config: Config,
+    settings: MonitoringSettings,
+    nodes: NodeRepository,
+    registry: CollectorRegistry,
+) -> Monitoring:
+    """The metrics store, scraper and snapshots for a configuration (tests and benchmarks too)."""
     interval = settings.scrape_interval
     tsdb = Tsdb(
-        ctx.config.manager.data_dir / METRICS_FILE,
+        config.manager.data_dir / METRICS_FILE,
         retention=settings.retention,
         rollup_retention=settings.rollup_retention,
         grace=2 * interval,
     )
 
-    async def targets() -> list[Target]:
-        return targets_for(await ctx.store.nodes.list(), settings.agent_port)
+    async def targets() -> list[ScrapeTarget]:
+        return targets_for(await nodes.list(), settings.agent_port)
 
     token = settings.agent_token.get_secret_value() if settings.agent_token else None
     context = None
@@ -122,28 +172,30 @@ def build_monitoring(ctx: ManagerContext, settings: MonitoringSettings) -> Monit
         fetcher=StreamFetcher(token, ssl_context=context),
         forward=settings.forward_url is not None,
     )
-    monitor = Monitoring(settings=settings, tsdb=tsdb, scraper=scraper)
-    scraper.on_flush.append(monitor.snapshot.refresh)
-    scraper.on_flush.append(CollectorMetrics(ctx.metrics, tsdb).update)
+    snapshots = NodeSnapshots()
+    monitor = Monitoring(settings, tsdb, scraper, snapshots)
+    scraper.on_flush.append(snapshots.refresh)
+    scraper.on_flush.append(CollectorMetrics(registry, tsdb).update)
     if settings.forward_url is not None:
         scraper.on_flush.append(VictoriaForwarder(settings.forward_url, scraper).send)
     return monitor
 
 
-def build_services(ctx: ManagerContext) -> list[Service]:
-    """The collector (scraper + store) when monitoring is on, and its API routes."""
+def build(ctx: AppContext) -> Built[MonitorHandle] | None:
+    """The collector, alert evaluator and notifier when monitoring is on."""
     settings = ctx.config.monitoring
     if settings is None or not settings.enabled:
-        return []
-    from piman.web.api.monitoring import router
-
-    monitor = build_monitoring(ctx, settings)
-    ctx.monitor = monitor
-    ctx.routers.append(router)
-    services: list[Service] = [TsdbService(monitor)]
-    from piman.monitor.evaluator import build_alerting  # the alerts part
-
+        return None
+    monitor = build_collector(ctx.config, settings, ctx.store.nodes, ctx.metrics)
     tsdb = monitor.tsdb
-    monitor.alerts = build_alerting(ctx, tsdb, ready=tsdb.ready.wait, fresh=lambda: tsdb.last_write)
-    services += [monitor.alerts.service, monitor.alerts.notifier]
-    return services
+    monitor.attach(
+        build_alerting(
+            ctx.config,
+            ctx.store.alerts,
+            ctx.metrics,
+            tsdb,
+            ready=tsdb.ready.wait,
+            fresh=lambda: tsdb.last_write,
+        )
+    )
+    return Built(monitor, monitor.services)

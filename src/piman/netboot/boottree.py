@@ -12,9 +12,9 @@ trees, all under ``manager.data_dir``:
 Who asks is learnt from the path prefix (``<serial>/…`` with 8 lower-case hex digits, Pi 4
 ``TFTP_PREFIX=0``; ``<mac-with-dashes>/…``, ``TFTP_PREFIX=2``), else from the client's IP (the
 address the store has for the node), else from the neighbour table (``/proc/net/arp``: in proxy
-DHCP mode the manager never handed out the address). A serial learnt from the prefix is recorded
-on the node, and every identified request updates ``last_seen`` (at most every
-:data:`SIGHTING_INTERVAL` seconds per node).
+DHCP mode the manager never handed out the address). Every identified request is a sighting
+(:mod:`piman.inventory.sightings`, the throttle DHCP uses too): a serial learnt from the prefix
+is recorded on the node, and ``last_seen`` moves.
 
 Pi 4 prefix rule: the firmware probes ``<serial>/start4.elf``; when neither ``start4.elf`` nor
 ``start.elf`` exists under the prefix it drops the prefix. So a prefixed request is answered
@@ -44,14 +44,14 @@ from string import Template
 
 from piman.config.models import Config
 from piman.config.types import parse_host_port
+from piman.context import InventoryHandle
 from piman.fleet.lifecycle import NodeState
+from piman.fleet.ports import NodeRepository
+from piman.fleet.records import NodeRecord
 from piman.netboot.tftp.files import ByteSource, BytesSource, FileCache, resolve_inside
-from piman.store import Store
-from piman.store.repositories import NodeRecord
 
 __all__ = [
     "CACHE_SECONDS",
-    "SIGHTING_INTERVAL",
     "BootTree",
     "check_boot_trees",
     "max_tftp_size",
@@ -61,7 +61,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SIGHTING_INTERVAL = 30.0  # seconds between two last_seen updates of one node
 CACHE_SECONDS = 2.0  # how long a (prefix, IP) → node answer is reused
 _SERIAL_RE = re.compile(r"^[0-9a-f]{8}$")
 _MAC_DASH_RE = re.compile(r"^[0-9a-f]{2}(-[0-9a-f]{2}){5}$")
@@ -110,15 +109,17 @@ class BootTree:
     def __init__(
         self,
         config: Config,
-        store: Store | None = None,
+        nodes: NodeRepository | None = None,
         *,
+        sightings: InventoryHandle | None = None,
         installer: Callable[[NodeRecord], bool] = _deploying,
         neighbours: Callable[[], dict[str, str]] = read_neighbours,
         cache: FileCache | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self.store = store
+        self.nodes = nodes
+        self.sightings = sightings
         self.installer = installer
         self.neighbours = neighbours
         self.cache = cache or FileCache()
@@ -129,7 +130,6 @@ class BootTree:
         self.nodes_root = (data_dir / "nodes").resolve()
         self.template_dir = data_dir / "templates"
         self._known: dict[tuple[str | None, str | None, str], tuple[float, NodeRecord | None]] = {}
-        self._sighted: dict[str, float] = {}
 
     async def __call__(self, name: str, client: tuple[str, int]) -> ByteSource | None:
         kind, value, rest = split_prefix(name)
@@ -151,7 +151,7 @@ class BootTree:
 
     async def identify(self, kind: str | None, value: str | None, ip: str) -> NodeRecord | None:
         """The node asking, by prefix, then IP, then the neighbour table; None when unknown."""
-        if self.store is None:
+        if self.nodes is None:
             return None
         now = self.clock()
         key = (kind, value, ip)
@@ -165,8 +165,8 @@ class BootTree:
         return node
 
     async def _lookup(self, kind: str | None, value: str | None, ip: str) -> NodeRecord | None:
-        assert self.store is not None
-        nodes = self.store.nodes
+        assert self.nodes is not None
+        nodes = self.nodes
         node: NodeRecord | None = None
         if kind == "serial":
             node = await nodes.find(serial=value)
@@ -181,27 +181,22 @@ class BootTree:
                 node = await nodes.find(mac=mac)
         serial = value if kind == "serial" else None
         sighting_mac = node.mac if node is not None else mac
+        if sighting_mac is None or self.sightings is None:
+            return node
+        if node is None and serial is None:
+            return None  # an unknown non-Pi client: DHCP records those, not TFTP
         learns_serial = serial is not None and (node is None or node.serial != serial)
-        if sighting_mac is not None and (learns_serial or self._due(sighting_mac)):
-            if node is None and serial is None:
-                return None  # an unknown non-Pi client: DHCP records those, not TFTP
+        noted = self.sightings.note(
+            sighting_mac,
+            ip=ip if node is None or node.ip is None else None,
+            serial=serial if learns_serial else None,
+        )
+        if noted:
             logger.info(
                 "tftp[peer=%s mac=%s]: seen%s", ip, sighting_mac,
                 f", serial {serial}" if learns_serial else "",
             )  # fmt: skip
-            node = await nodes.record_sighting(
-                sighting_mac,
-                ip=ip if node is None or node.ip is None else None,
-                serial=serial if learns_serial else None,
-            )
         return node
-
-    def _due(self, mac: str) -> bool:
-        now = self.clock()
-        if now - self._sighted.get(mac, -SIGHTING_INTERVAL) < SIGHTING_INTERVAL:
-            return False
-        self._sighted[mac] = now
-        return True
 
     # -- trees --------------------------------------------------------------------------------
 

@@ -1,22 +1,35 @@
-"""Builds DHCP and TFTP services for the manager from the configuration."""
+"""The netboot capability, built for the manager: the DHCP and TFTP servers that are on."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from piman.config.types import parse_host_port
+from piman.context import AppContext, Built, NetbootHandle, Service
+from piman.netboot.boottree import BootTree, check_boot_trees
+from piman.netboot.dhcp.policy import PolicySettings
+from piman.netboot.dhcp.server import DhcpServer
+from piman.netboot.tftp.server import TftpServer
 
-if TYPE_CHECKING:
-    from piman.manager import ManagerContext, Service
-
-__all__ = ["Netboot", "build_services"]
+__all__ = ["Netboot", "build"]
 
 
-@dataclass
 class Netboot:
-    """``ctx.netboot``: the netboot servers that run (None when off)."""
+    """The :class:`~piman.context.NetbootHandle`: the servers that run (None when off)."""
 
-    dhcp: Any = None  # piman.netboot.dhcp.server.DhcpServer
-    tftp: Any = None
+    def __init__(self, dhcp: DhcpServer | None, tftp: TftpServer | None) -> None:
+        self.dhcp = dhcp
+        self.tftp = tftp
+
+    def addresses(self) -> dict[str, tuple[str, int]]:
+        out: dict[str, tuple[str, int]] = {}
+        if self.dhcp is not None and self.dhcp.bound is not None:
+            out["dhcp"] = self.dhcp.bound
+        if self.tftp is not None and self.tftp.address is not None:
+            out["tftp"] = self.tftp.address
+        return out
+
+    @property
+    def services(self) -> tuple[Service, ...]:
+        return tuple(s for s in (self.dhcp, self.tftp) if s is not None)
 
 
 def _is_loopback(host: str) -> bool:
@@ -24,53 +37,39 @@ def _is_loopback(host: str) -> bool:
     return host.startswith("127.") or host in {"localhost", "::1"}
 
 
-def _dhcp(ctx: ManagerContext) -> list[Service]:
+def _dhcp(ctx: AppContext) -> DhcpServer | None:
     config = ctx.config
     if config.dhcp is None or not config.dhcp.enabled:
-        return []
-    from piman.config.types import parse_host_port
-    from piman.netboot.dhcp.policy import PolicySettings
-    from piman.netboot.dhcp.server import DhcpServer
-
+        return None
     listen = parse_host_port(config.dhcp.listen) if config.dhcp.listen else ("0.0.0.0", 67)
-    server = DhcpServer(
+    return DhcpServer(
         PolicySettings.from_config(config),
         journal_path=config.manager.data_dir / "dhcp" / "leases.journal",
         listen=listen,
         interface=None if _is_loopback(listen[0]) else config.manager.interface,
-        store=ctx.store,
+        sightings=ctx.inventory,
         metrics=ctx.metrics,
     )
-    ctx.netboot.dhcp = server
-    return [server]
 
 
-def _tftp(ctx: ManagerContext) -> list[Service]:
+def _tftp(ctx: AppContext) -> TftpServer | None:
     config = ctx.config
     if config.tftp is None or not config.tftp.enabled:
-        return []
-    from piman.config.types import parse_host_port
-    from piman.netboot.boottree import BootTree, check_boot_trees
-    from piman.netboot.tftp.server import TftpServer
-
+        return None
     check_boot_trees(config)  # logs a warning per file too large for the Pi firmware
     listen = parse_host_port(config.tftp.listen) if config.tftp.listen else ("0.0.0.0", 69)
-    server = TftpServer(
-        BootTree(config, ctx.store),
+    return TftpServer(
+        BootTree(config, ctx.store.nodes, sightings=ctx.inventory),
         config.tftp,
         listen=listen,
         interface=None if _is_loopback(listen[0]) else config.manager.interface,
         registry=ctx.metrics,
     )
-    ctx.netboot.tftp = server
-    return [server]
 
 
-def build_services(ctx: ManagerContext) -> list[Service]:
-    """The services this capability runs under the given configuration."""
-    if ctx.netboot is None:
-        ctx.netboot = Netboot()
-    services: list[Service] = []
-    services.extend(_dhcp(ctx))
-    services.extend(_tftp(ctx))
-    return services
+def build(ctx: AppContext) -> Built[NetbootHandle] | None:
+    """DHCP and TFTP as the configuration says; None when both are off."""
+    netboot = Netboot(_dhcp(ctx), _tftp(ctx))
+    if netboot.dhcp is None and netboot.tftp is None:
+        return None
+    return Built(netboot, netboot.services)

@@ -2,10 +2,10 @@
 
 ``base`` (driver contract) · ``snmp`` (the one SNMP client) · ``profiles`` and ``poe`` (the
 ``snmp-poe`` driver) · ``command``, ``webhook``, ``manual`` (other drivers) · ``registry`` ·
-``targets`` and ``controller`` (retries, cycle, staggering, records) · ``bridge`` (MAC → port) ·
-``service`` (the manager's part).
+``targets`` and ``controller`` (retries, cycle, staggering, records) · ``service`` (what the
+manager builds: the :class:`~piman.context.PowerHandle` and the status service).
 """
 
-from piman.power.base import ManualActionRequired, PortReading, PowerDriver, PowerState
+from piman.power.base import ManualActionRequired, PowerDriver
 
-__all__ = ["ManualActionRequired", "PortReading", "PowerDriver", "PowerState"]
+__all__ = ["ManualActionRequired", "PowerDriver"]

@@ -1,8 +1,8 @@
 """The power-driver contract: primitives a driver implements, and what they return.
 
 A driver switches one port (or outlet, relay, node) of one power device. It implements only
-primitives — :meth:`PowerDriver.set_port`, :meth:`PowerDriver.get_port` and
-:meth:`PowerDriver.read_power_watts` — and raises:
+primitives — :meth:`PowerDriver.set_port` and :meth:`PowerDriver.get_port` (which reports the draw
+in watts when the device can) — and raises:
 
 - :class:`~piman.errors.PowerConnError` when the device did not answer (the controller retries);
 - :class:`~piman.errors.PowerFatalError` when a retry will not help (credentials, an OID the device
@@ -14,55 +14,21 @@ Retries, the off-wait-on cycle, read-back and staggering live once, in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from piman.errors import PowerConnError, PowerError, PowerFatalError
+from piman.errors import PowerFatalError
 from piman.fleet.lifecycle import PowerState
+from piman.fleet.power import PortReading
 
 if TYPE_CHECKING:
     from piman.config.models import NodeSettings
     from piman.config.power import SwitchSettings
 
-__all__ = [
-    "DELIVERING_POWER",
-    "DriverFactory",
-    "ManualActionRequired",
-    "PortReading",
-    "PowerConnError",
-    "PowerDriver",
-    "PowerError",
-    "PowerFatalError",
-    "PowerState",
-    "Rebooter",
-]
-
-DELIVERING_POWER = "deliveringPower"
+__all__ = ["DriverFactory", "ManualActionRequired", "PowerDriver", "Rebooter"]
 
 
 class ManualActionRequired(PowerFatalError):
     """The driver cannot act by itself; the message tells the operator what to do by hand."""
-
-
-@dataclass(frozen=True, slots=True)
-class PortReading:
-    """What a device says about one port.
-
-    ``admin`` is what the port is set to; ``detection`` is the PSE's detection status name
-    (RFC 3621: ``disabled``, ``searching``, ``deliveringPower``, ``fault``, ``test``,
-    ``otherFault``) or None when the device has no such reading; ``watts`` likewise.
-    """
-
-    admin: PowerState
-    detection: str | None = None
-    watts: float | None = None
-
-    @property
-    def delivering(self) -> bool | None:
-        """True/False when the device reports detection, None when it cannot tell."""
-        if self.detection is None:
-            return None
-        return self.detection == DELIVERING_POWER
 
 
 class PowerDriver(Protocol):
@@ -93,9 +59,6 @@ class PowerDriver(Protocol):
 
     async def get_port(self, port: int) -> PortReading:
         """Read a port's state."""
-
-    async def read_power_watts(self, port: int) -> float | None:
-        """The port's power draw in watts, None when the device cannot tell."""
 
     async def close(self) -> None:
         """Release sockets, engines, sessions."""

@@ -17,8 +17,6 @@ __all__ = ["Coalescer"]
 K = TypeVar("K", bound=Hashable)
 R = TypeVar("R")
 
-BulkCall = Callable[[list[K]], Awaitable[dict[K, "R | Exception"]]]
-
 
 class Coalescer(Generic[K, R]):
     """Gathers ``await coalescer(key)`` calls of one loop turn into ``bulk([keys…])`` calls."""

@@ -15,7 +15,7 @@ from piman.config.models import NodeSettings
 from piman.config.power import SwitchSettings
 from piman.errors import PowerConnError, PowerFatalError
 from piman.fleet.lifecycle import PowerState
-from piman.power.base import PortReading
+from piman.fleet.power import PortReading
 
 __all__ = ["CommandDriver"]
 
@@ -103,9 +103,6 @@ class CommandDriver:
 
     async def get_port(self, port: int) -> PortReading:
         return PortReading(admin=self._last.get(port, PowerState.UNKNOWN))
-
-    async def read_power_watts(self, port: int) -> float | None:
-        return None
 
     async def close(self) -> None:
         return None

@@ -27,38 +27,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
-
-from sqlalchemy.exc import SQLAlchemyError
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from piman.config.models import Config, NodeSettings
 from piman.config.power import SwitchSettings
 from piman.errors import NotFoundError, PimanError, PowerConnError, PowerError, PowerFatalError
 from piman.fleet.lifecycle import PowerState
-from piman.power.base import PortReading, PowerDriver, Rebooter
+from piman.fleet.power import POWER_ACTIONS, PortReading, PowerAction, PowerResult, PowerTarget
+from piman.power.base import PowerDriver, Rebooter
 from piman.power.registry import DriverRegistry, default_registry
-from piman.power.targets import Target, nodes_of, resolve, target
+from piman.power.targets import nodes_of, resolve, target
 
 if TYPE_CHECKING:
-    from piman.store import Store
+    from piman.fleet.ports import Repositories
 
-__all__ = [
-    "POLL_INTERVAL",
-    "RETRY_DELAYS",
-    "Action",
-    "Clock",
-    "Outcome",
-    "PowerController",
-    "SystemClock",
-    "Target",
-]
+__all__ = ["POLL_INTERVAL", "RETRY_DELAYS", "Clock", "PowerController", "SystemClock"]
 
 logger = logging.getLogger(__name__)
 
-Action = Literal["on", "off", "cycle", "status"]
-ACTIONS: tuple[Action, ...] = ("on", "off", "cycle", "status")
 RETRY_DELAYS: tuple[float, ...] = (1.0, 2.0, 4.0)
 POLL_INTERVAL = 1.0
 PER_SWITCH_CONCURRENCY = 8
@@ -91,21 +78,6 @@ class SystemClock:
         await asyncio.sleep(seconds)
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How one target ended."""
-
-    target: Target
-    action: Action
-    ok: bool
-    reading: PortReading | None = None
-    error: str | None = None
-
-    @property
-    def state(self) -> PowerState:
-        return self.reading.admin if self.reading is not None else PowerState.UNKNOWN
-
-
 class _Failed(Exception):
     """One target failed (the message says why); internal to the controller."""
 
@@ -117,12 +89,12 @@ class PowerController:
         self,
         config: Config,
         *,
-        store: Store | None = None,
+        store: Repositories | None = None,
         registry: DriverRegistry | None = None,
         clock: Clock | None = None,
         retry_delays: Sequence[float] = RETRY_DELAYS,
         actor: str = "piman",
-        on_outcome: Callable[[Outcome], None] | None = None,
+        on_outcome: Callable[[PowerResult], None] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -141,11 +113,11 @@ class PowerController:
         """Port → declared node on a switch."""
         return nodes_of(self.config, switch)
 
-    def target(self, switch_key: str, port: int) -> Target:
+    def target(self, switch_key: str, port: int) -> PowerTarget:
         """The target at a switch (by name or address) and port; raises NotFoundError."""
         return target(self.config, switch_key, port)
 
-    def resolve(self, specs: Sequence[str]) -> list[Target]:
+    def resolve(self, specs: Sequence[str]) -> list[PowerTarget]:
         """Targets from node names, ``switch:port`` and ``all``; raises NotFoundError."""
         return resolve(self.config, specs)
 
@@ -171,22 +143,22 @@ class PowerController:
     # ----------------------------------------------------------------- running
 
     async def run(
-        self, action: Action, targets: Sequence[Target], *, actor: str | None = None
-    ) -> list[Outcome]:
+        self, action: PowerAction, targets: Sequence[PowerTarget], *, actor: str | None = None
+    ) -> list[PowerResult]:
         """Run one command on every target; outcomes in the order of ``targets``.
 
         A port named twice is acted on once (its outcome is returned once).
         """
-        if action not in ACTIONS:
+        if action not in POWER_ACTIONS:
             raise ValueError(f"unknown power action {action!r}")
         who = actor or self.actor
-        unique: dict[tuple[str, int], Target] = {}
+        unique: dict[tuple[str, int], PowerTarget] = {}
         for t in targets:
             unique.setdefault((t.switch.name, t.port), t)
-        by_switch: dict[str, list[Target]] = {}
+        by_switch: dict[str, list[PowerTarget]] = {}
         for t in unique.values():
             by_switch.setdefault(t.switch.name, []).append(t)
-        results: dict[tuple[str, int], Outcome] = {}
+        results: dict[tuple[str, int], PowerResult] = {}
         async with asyncio.TaskGroup() as group:
             for switch_targets in by_switch.values():
                 group.create_task(self._run_switch(action, switch_targets, who, results))
@@ -194,17 +166,17 @@ class PowerController:
 
     async def _run_switch(
         self,
-        action: Action,
-        targets: list[Target],
+        action: PowerAction,
+        targets: list[PowerTarget],
         actor: str,
-        results: dict[tuple[str, int], Outcome],
+        results: dict[tuple[str, int], PowerResult],
     ) -> None:
         switch = targets[0].switch
 
         async def finish(
-            t: Target, ok: bool, reading: PortReading | None, error: str | None
+            t: PowerTarget, ok: bool, reading: PortReading | None, error: str | None
         ) -> None:
-            outcome = Outcome(t, action, ok, reading, error)
+            outcome = PowerResult(t, action, ok, reading, error)
             results[(switch.name, t.port)] = outcome
             await self._record(outcome, actor)
             if self.on_outcome is not None:
@@ -217,10 +189,10 @@ class PowerController:
                 await finish(t, False, None, str(err))
             return
 
-        async def step(t: Target, state: PowerState) -> PortReading | None:
+        async def step(t: PowerTarget, state: PowerState) -> PortReading | None:
             return await self._set_and_check(driver, t, state, actor)
 
-        async def guarded(t: Target, work: Awaitable[None]) -> None:
+        async def guarded(t: PowerTarget, work: Awaitable[None]) -> None:
             try:
                 await work
             except _Failed as err:
@@ -233,7 +205,7 @@ class PowerController:
 
         if action == "status":
 
-            async def status(t: Target) -> None:
+            async def status(t: PowerTarget) -> None:
                 reading = await self._retry(t, lambda: driver.get_port(t.port))
                 await finish(t, True, reading, None)
 
@@ -256,7 +228,7 @@ class PowerController:
 
         if action == "cycle" and isinstance(driver, Rebooter):
 
-            async def reboot(t: Target) -> None:
+            async def reboot(t: PowerTarget) -> None:
                 await self._retry(t, lambda: driver.reboot(t.port))
                 await self._audit(actor, "port.reboot", t, "ok", None)
                 await finish(t, True, None, None)
@@ -267,9 +239,9 @@ class PowerController:
             return
 
         if action in ("off", "cycle"):
-            off_ok: list[Target] = []
+            off_ok: list[PowerTarget] = []
 
-            async def off(t: Target) -> None:
+            async def off(t: PowerTarget) -> None:
                 reading = await step(t, PowerState.OFF)
                 if action == "off":
                     await finish(t, True, reading, None)
@@ -285,7 +257,7 @@ class PowerController:
             if live:
                 await self.clock.sleep(switch.off_seconds)
 
-        async def on(t: Target) -> None:
+        async def on(t: PowerTarget) -> None:
             reading = await step(t, PowerState.ON)
             await finish(t, True, reading, None)
 
@@ -300,7 +272,7 @@ class PowerController:
                     group.create_task(guarded(t, on(t)))
 
     async def _set_and_check(
-        self, driver: PowerDriver, t: Target, state: PowerState, actor: str
+        self, driver: PowerDriver, t: PowerTarget, state: PowerState, actor: str
     ) -> PortReading | None:
         key = (t.switch.name, t.port)
         lock = self._locks.setdefault(key, asyncio.Lock())
@@ -333,7 +305,7 @@ class PowerController:
                 await self._audit(actor, f"port.{state.value}", t, "ok", None, at=set_at)
 
     async def _wait_delivering(
-        self, driver: PowerDriver, t: Target, reading: PortReading
+        self, driver: PowerDriver, t: PowerTarget, reading: PortReading
     ) -> PortReading:
         deadline = self.clock.now() + t.switch.detect_timeout
         while not reading.delivering:
@@ -347,7 +319,7 @@ class PowerController:
             reading = await self._retry(t, lambda: driver.get_port(t.port))
         return reading
 
-    async def _retry(self, t: Target, call: Callable[[], Awaitable[T]]) -> T:
+    async def _retry(self, t: PowerTarget, call: Callable[[], Awaitable[T]]) -> T:
         """Call the driver (at most PER_SWITCH_CONCURRENCY calls in flight per switch)."""
         limit = self._limits.get(t.switch.name)
         if limit is None:
@@ -376,7 +348,7 @@ class PowerController:
         self,
         actor: str,
         action: str,
-        t: Target,
+        t: PowerTarget,
         result: str,
         detail: str | None,
         *,
@@ -389,12 +361,12 @@ class PowerController:
             await self.store.audit.add(
                 actor, action, target, result, detail, at=at or self.clock.wall()
             )
-        except (PimanError, SQLAlchemyError) as err:
+        except PimanError as err:
             logger.warning(
                 "[switch=%s port=%d] audit log not written: %s", t.switch.name, t.port, err
             )
 
-    async def _record(self, outcome: Outcome, actor: str) -> None:
+    async def _record(self, outcome: PowerResult, actor: str) -> None:
         t = outcome.target
         level = logging.INFO if outcome.ok else logging.WARNING
         if outcome.action == "status" and outcome.ok:
@@ -424,7 +396,7 @@ class PowerController:
                 await self.store.nodes.set_power_state(t.node, state)
             except NotFoundError:
                 logger.debug("node %s is not in the store yet", t.node)
-            except (PimanError, SQLAlchemyError) as err:
+            except PimanError as err:
                 logger.warning("node %s: power state not stored: %s", t.node, err)
 
 

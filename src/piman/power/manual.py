@@ -15,7 +15,8 @@ from piman.config.models import NodeSettings
 from piman.config.power import SwitchSettings
 from piman.errors import PowerConnError, PowerFatalError
 from piman.fleet.lifecycle import PowerState
-from piman.power.base import ManualActionRequired, PortReading
+from piman.fleet.power import PortReading
+from piman.power.base import ManualActionRequired
 
 __all__ = ["ManualDriver", "SshRebootDriver"]
 
@@ -48,9 +49,6 @@ class ManualDriver:
 
     async def get_port(self, port: int) -> PortReading:
         return PortReading(admin=PowerState.UNKNOWN)
-
-    async def read_power_watts(self, port: int) -> float | None:
-        return None
 
     async def close(self) -> None:
         return None
@@ -130,9 +128,6 @@ class SshRebootDriver:
 
     async def get_port(self, port: int) -> PortReading:
         return PortReading(admin=PowerState.UNKNOWN)
-
-    async def read_power_watts(self, port: int) -> float | None:
-        return None
 
     async def close(self) -> None:
         return None

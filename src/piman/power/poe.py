@@ -19,7 +19,7 @@ from piman.config.models import NodeSettings
 from piman.config.power import SwitchSettings
 from piman.errors import PowerConnError, PowerFatalError
 from piman.fleet.lifecycle import PowerState
-from piman.power.base import PortReading
+from piman.fleet.power import PortReading
 from piman.power.batching import Coalescer
 from piman.power.profiles import AUTO_ORDER, PROFILES, Profile
 from piman.power.snmp import SnmpClient, SnmpTarget, SnmpValue
@@ -191,9 +191,6 @@ class SnmpPoeDriver:
         if isinstance(raw_watts, int):
             watts = round(raw_watts * profile.watts_scale, 3)
         return PortReading(admin=profile.admin_state(raw_admin), detection=detection, watts=watts)
-
-    async def read_power_watts(self, port: int) -> float | None:
-        return (await self.get_port(port)).watts
 
     async def close(self) -> None:
         for coalescer in (self._set_on, self._set_off, self._get):

@@ -1,25 +1,24 @@
-"""Builds the power controller for the manager from the configuration.
+"""The power capability, built for the manager.
 
-When any switch has a power driver, the manager gets one :class:`PowerController` (as
-``ctx.power``), the REST routes of :mod:`piman.web.api.power`, the
-``piman_power_operations_total`` metric, and a service that refreshes every node's power state
-from its switch every :data:`STATUS_INTERVAL` seconds and closes the drivers on stop.
+When any switch has a power driver, :func:`build` returns one :class:`PowerController` as the
+:class:`~piman.context.PowerHandle` (``ctx.power``: what the REST API and the web UI switch
+ports with), counts ``piman_power_operations_total``, and runs a service that refreshes every
+node's power state from its switch every :data:`STATUS_INTERVAL` seconds and closes the drivers
+on stop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
 
-from piman.power.controller import Outcome, PowerController
+from piman.context import AppContext, Built, PowerHandle
+from piman.fleet.power import PowerResult
+from piman.power.controller import PowerController
 
-if TYPE_CHECKING:
-    from piman.manager import ManagerContext, Service
-
-__all__ = ["STATUS_INTERVAL", "PowerService", "build_services"]
+__all__ = ["STATUS_INTERVAL", "PowerService", "build"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +46,10 @@ class PowerService:
             await self.controller.close()
 
 
-def build_services(ctx: ManagerContext) -> list[Service]:
-    """The power service and routes, when a configured switch has a power driver."""
+def build(ctx: AppContext) -> Built[PowerHandle] | None:
+    """The controller and its status service, when a configured switch has a power driver."""
     if not any(sw.driver != "none" for sw in ctx.config.switches):
-        return []
-    from piman.web.api.power import router
-
+        return None
     operations = Counter(
         "piman_power_operations",
         "Power operations by action and result.",
@@ -60,10 +57,8 @@ def build_services(ctx: ManagerContext) -> list[Service]:
         registry=ctx.metrics,
     )
 
-    def count(outcome: Outcome) -> None:
+    def count(outcome: PowerResult) -> None:
         operations.labels(outcome.action, "ok" if outcome.ok else "failed").inc()
 
     controller = PowerController(ctx.config, store=ctx.store, actor="manager", on_outcome=count)
-    ctx.power = controller
-    ctx.routers.append(router)
-    return [PowerService(controller)]
+    return Built(controller, (PowerService(controller),))

@@ -1,41 +1,20 @@
 """What a power command acts on: a port of a switch, and the node on it when one is declared.
 
 Users name targets as node names, ``switch:port`` (the switch by name or address) or ``all``;
-:func:`resolve` turns those into :class:`Target` values, or raises
+:func:`resolve` turns those into :class:`PowerTarget` values, or raises
 :class:`~piman.errors.NotFoundError` with a message that says what was wrong.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from piman.config.models import Config, NodeSettings
 from piman.config.power import SwitchSettings
 from piman.errors import NotFoundError
+from piman.fleet.power import PowerTarget
 
-__all__ = ["Target", "nodes_of", "resolve", "target"]
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One port of one switch, and the node on it when declared."""
-
-    switch: SwitchSettings
-    port: int
-    node: str | None = None
-
-    @property
-    def where(self) -> str:
-        return f"{self.switch.name}:{self.port}"
-
-    @property
-    def label(self) -> str:
-        return self.node or self.where
-
-    @property
-    def is_uplink(self) -> bool:
-        return self.switch.uplink_port is not None and self.port == self.switch.uplink_port
+__all__ = ["nodes_of", "resolve", "target"]
 
 
 def nodes_of(config: Config, switch: SwitchSettings) -> dict[int, NodeSettings]:
@@ -49,7 +28,7 @@ def nodes_of(config: Config, switch: SwitchSettings) -> dict[int, NodeSettings]:
     return out
 
 
-def target(config: Config, switch_key: str, port: int) -> Target:
+def target(config: Config, switch_key: str, port: int) -> PowerTarget:
     """The target at a switch (by name or address) and port; raises NotFoundError."""
     switch = config.switch(switch_key)
     if switch is None:
@@ -59,18 +38,18 @@ def target(config: Config, switch_key: str, port: int) -> Target:
         limit = f"1-{switch.ports}" if switch.ports else "1 or more"
         raise NotFoundError(f"switch {switch.name!r} has no port {port} (ports {limit})")
     node = nodes_of(config, switch).get(port)
-    return Target(switch, port, node.name if node else None)
+    return PowerTarget(switch, port, node.name if node else None)
 
 
-def resolve(config: Config, specs: Sequence[str]) -> list[Target]:
+def resolve(config: Config, specs: Sequence[str]) -> list[PowerTarget]:
     """Targets from node names, ``switch:port`` and ``all``; raises NotFoundError."""
-    out: list[Target] = []
+    out: list[PowerTarget] = []
     for spec in specs:
         if spec == "all":
             for sw in config.switches:
                 if sw.driver == "none":
                     continue
-                out += [Target(sw, p, n.name) for p, n in sorted(nodes_of(config, sw).items())]
+                out += [PowerTarget(sw, p, n.name) for p, n in sorted(nodes_of(config, sw).items())]
             continue
         node = config.node(spec)
         if node is not None:

@@ -29,7 +29,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -42,7 +42,6 @@ from piman.monitor.agent.pi import BoardInfo, PiReadings, pi_families
 from piman.monitor.agent.procfs import CPU_MODES
 
 if TYPE_CHECKING:
-    from piman.sim.fleet import DemoFleet
     from piman.sim.pi import VirtualPi
 
 __all__ = [
@@ -435,6 +434,6 @@ class SimulatedAgents:
                     await server.close()
 
 
-async def run_agents(fleet: DemoFleet) -> None:
-    """Run the demo fleet's agents until cancelled."""
-    await SimulatedAgents(fleet.pis).run()
+async def run_agents(pis: Sequence[VirtualPi]) -> None:
+    """Run the virtual Pis' agents until cancelled."""
+    await SimulatedAgents(pis).run()

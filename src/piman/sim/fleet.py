@@ -2,7 +2,9 @@
 
 Everything listens on 127.0.0.1; nothing needs root. The configuration is written to
 ``<root>/piman.yaml`` so that a user can read it and run other commands against it
-(``piman nodes -c <root>/piman.yaml``).
+(``piman nodes -c <root>/piman.yaml``). Before the manager starts, the demo makes one account per
+role (:data:`DEMO_USERS`) with fresh random passwords, prints them and writes them to
+``<root>/demo-logins.txt`` (mode 0600).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -23,12 +26,16 @@ from piman.sim.agents import run_agents
 from piman.sim.netboot import run_netboot
 from piman.sim.pi import VirtualPi, make_pi
 from piman.sim.switch import run_switches
+from piman.web.server import HttpService
 
-__all__ = ["DemoFleet", "build_demo_config", "free_port"]
+__all__ = ["DEMO_USERS", "LOGINS_FILE", "DemoFleet", "build_demo_config", "free_port"]
 
 logger = logging.getLogger(__name__)
 
 SWITCHES = ("rack1", "rack2")
+# (name, role): one account per role, so the demo shows what each one sees.
+DEMO_USERS = (("admin", "admin"), ("operator", "operator"), ("viewer", "viewer"), ("alice", "user"))
+LOGINS_FILE = "demo-logins.txt"
 PORTS_PER_SWITCH = 48
 
 
@@ -120,8 +127,9 @@ class DemoFleet:
         self.config_path = root / "piman.yaml"
         self.config_path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         self.config: Config = load_config(self.config_path)
-        self.manager = Manager(self.config)
+        self.manager = Manager(self.config, frontends=[HttpService])
         self._stop = asyncio.Event()
+        self.logins: dict[str, str] = {}
 
     @property
     def url(self) -> str:
@@ -132,8 +140,46 @@ class DemoFleet:
         self._stop.set()
         self.manager.stop()
 
+    async def make_users(self) -> dict[str, str]:
+        """Create (or reset) the demo accounts with new random passwords; name → password."""
+        from piman.access.secrets import new_password
+        from piman.access.service import AccessService, load_session_key
+        from piman.store import Store
+
+        store = Store(self.config.database_url)
+        await store.open()
+        try:
+            access = AccessService(
+                store,
+                self.config.access,
+                data_dir=self.root,
+                session_key=load_session_key(self.root),
+            )
+            known = {u.name for u in await access.users()}
+            logins = {}
+            for name, role in DEMO_USERS:
+                password = new_password()
+                if name in known:
+                    await access.set_role(name, role)
+                    await access.set_password(name, password)
+                else:
+                    await access.add_user(name, role, password)
+                logins[name] = password
+        finally:
+            await store.close()
+        path = self.root / LOGINS_FILE
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for name, role in DEMO_USERS:
+                f.write(f"{name} {logins[name]} {role}\n")
+        self.logins = logins
+        return logins
+
     async def run(self, on_ready: Callable[[str], None] | None = None) -> None:
         """Run the manager and the simulated fleet until stopped."""
+        if not self.logins:
+            await self.make_users()
         async with asyncio.TaskGroup() as group:
             manager = group.create_task(self.manager.run(), name="manager")
             ready = asyncio.create_task(self.manager.ready.wait())
@@ -144,9 +190,9 @@ class DemoFleet:
             for pi in self.pis:  # until the power capability drives them, Pis start powered
                 pi.powered.set()
             sims = [
-                group.create_task(run_switches(self), name="sim-switches"),
-                group.create_task(run_netboot(self), name="sim-netboot"),
-                group.create_task(run_agents(self), name="sim-agents"),
+                group.create_task(run_switches(self.config, self.pis), name="sim-switches"),
+                group.create_task(run_netboot(self.config, self.pis), name="sim-netboot"),
+                group.create_task(run_agents(self.pis), name="sim-agents"),
             ]
             if on_ready is not None:
                 on_ready(self.url)

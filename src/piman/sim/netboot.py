@@ -15,6 +15,7 @@ import contextlib
 import logging
 import random
 import socket
+from collections.abc import Sequence
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Literal
 
@@ -33,7 +34,7 @@ from piman.netboot.dhcp.packets import (
 from piman.netboot.tftp import packets as tftp
 
 if TYPE_CHECKING:
-    from piman.sim.fleet import DemoFleet
+    from piman.config.models import Config
     from piman.sim.pi import VirtualPi
 
 __all__ = [
@@ -288,9 +289,9 @@ async def _pi_loop(
         await asyncio.sleep(pause * (0.5 + random.random()))
 
 
-async def run_netboot(fleet: DemoFleet) -> None:
+async def run_netboot(config: Config, pis: Sequence[VirtualPi]) -> None:
     """Run until cancelled: every powered virtual Pi netboots now and then."""
-    dhcp = fleet.config.dhcp
+    dhcp = config.dhcp
     if dhcp is None or dhcp.listen is None or not dhcp.enabled:
         return
     from piman.config.types import parse_host_port
@@ -299,11 +300,11 @@ async def run_netboot(fleet: DemoFleet) -> None:
         host, port = parse_host_port(listen)
         return ("127.0.0.1" if host in ("0.0.0.0", "") else host, port)
 
-    tftp_conf = fleet.config.tftp
+    tftp_conf = config.tftp
     tftp_target = (
         loopback(tftp_conf.listen) if tftp_conf and tftp_conf.enabled and tftp_conf.listen else None
     )
     target = loopback(dhcp.listen)
     async with asyncio.TaskGroup() as group:
-        for pi in fleet.pis:
+        for pi in pis:
             group.create_task(_pi_loop(pi, target, tftp_target))

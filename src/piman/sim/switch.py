@@ -15,14 +15,14 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from pyasn1.codec.ber import decoder, encoder  # type: ignore[import-untyped]
 from pyasn1.error import PyAsn1Error  # type: ignore[import-untyped]
 
 if TYPE_CHECKING:
-    from piman.sim.fleet import DemoFleet
+    from piman.config.models import Config
     from piman.sim.pi import VirtualPi
 
 __all__ = ["SnmpAgent", "SwitchMib", "handle", "run_switches"]
@@ -268,19 +268,19 @@ def _power_follows(pis: Iterable[VirtualPi]) -> Callable[[int, bool], None]:
     return changed
 
 
-async def run_switches(fleet: DemoFleet) -> None:
+async def run_switches(config: Config, pis: Sequence[VirtualPi]) -> None:
     """Run one SNMP agent per configured switch until cancelled."""
     async with asyncio.TaskGroup() as group:
-        for sw in fleet.config.switches:
+        for sw in config.switches:
             if sw.driver != "snmp-poe" or sw.snmp.host is None:
                 continue
-            pis = [pi for pi in fleet.pis if pi.switch == sw.name]
+            mine = [pi for pi in pis if pi.switch == sw.name]
             mib = SwitchMib(
                 sw.name,
-                sw.ports or max((pi.port for pi in pis), default=1),
-                {pi.port: pi.mac for pi in pis},
+                sw.ports or max((pi.port for pi in mine), default=1),
+                {pi.port: pi.mac for pi in mine},
                 group=sw.group,
-                on_change=_power_follows(pis),
+                on_change=_power_follows(mine),
             )
             community = sw.snmp.community.get_secret_value().encode()
             group.create_task(serve_agent(mib, sw.snmp.host, sw.snmp.port, community))

@@ -1,24 +1,7 @@
-"""Store: SQLAlchemy tables, repositories and Alembic migrations (SQLite or PostgreSQL)."""
+"""Store: SQLAlchemy tables, the repositories of ``piman.fleet.ports``, Alembic migrations
+(SQLite or PostgreSQL). Only this package imports SQLAlchemy."""
 
 from piman.store.db import Store
 from piman.store.reconcile import ReconcileReport, reconcile
-from piman.store.repositories import (
-    AuditRecord,
-    AuditRepository,
-    NodeRecord,
-    NodeRepository,
-    SwitchRecord,
-    SwitchRepository,
-)
 
-__all__ = [
-    "AuditRecord",
-    "AuditRepository",
-    "NodeRecord",
-    "NodeRepository",
-    "ReconcileReport",
-    "Store",
-    "SwitchRecord",
-    "SwitchRepository",
-    "reconcile",
-]
+__all__ = ["ReconcileReport", "Store", "reconcile"]

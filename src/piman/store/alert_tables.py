@@ -16,11 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -35,11 +31,18 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from piman.errors import NotFoundError, StoreError
+from piman.fleet.records import (
+    AlertGroupRecord,
+    AlertHistoryRecord,
+    AlertRecord,
+    OutboxItem,
+    SilenceRecord,
+    TickChanges,
+)
+from piman.store.repositories import SessionFactory
 from piman.store.tables import Base, UtcDateTime
 
 __all__ = [
@@ -48,18 +51,13 @@ __all__ = [
     "AlertMetaRow",
     "AlertRepository",
     "AlertStateRow",
-    "OutboxItem",
     "OutboxRow",
-    "SilenceRecord",
     "SilenceRow",
-    "TickChanges",
     "from_ts",
     "to_ts",
 ]
 
 logger = logging.getLogger(__name__)
-
-SessionFactory = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 
 
 def from_ts(ts: float | None) -> datetime | None:
@@ -146,43 +144,80 @@ class AlertMetaRow(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
-@dataclass(frozen=True, slots=True)
-class SilenceRecord:
-    id: str
-    matchers: str  # as the user wrote them, normalised: a="x",b=~"y"
-    starts_at: float
-    ends_at: float
-    created_by: str
-    comment: str
-
-    def active(self, now: float) -> bool:
-        return self.starts_at <= now < self.ends_at
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxItem:
-    id: int
-    receiver: str
-    key: str
-    payload: dict[str, Any]
-    created_at: float
-    attempts: int
-    next_attempt_at: float
-    delivered_at: float | None
-    last_error: str | None
+def _alert(row: AlertStateRow) -> AlertRecord:
+    return AlertRecord(
+        fingerprint=row.fingerprint,
+        rule=row.rule,
+        labels=json.loads(row.labels),
+        annotations=json.loads(row.annotations),
+        state=row.state,
+        active_at=row.active_at.timestamp(),
+        fired_at=to_ts(row.fired_at),
+        resolved_at=to_ts(row.resolved_at),
+        value=row.value,
+        late=row.late,
+    )
 
 
-@dataclass(slots=True)
-class TickChanges:
-    """What one evaluation tick changed, saved in one transaction."""
+def _alert_row(r: AlertRecord) -> AlertStateRow:
+    return AlertStateRow(
+        fingerprint=r.fingerprint,
+        rule=r.rule,
+        labels=json.dumps(r.labels, sort_keys=True),
+        annotations=json.dumps(r.annotations, sort_keys=True),
+        state=r.state,
+        active_at=from_ts(r.active_at),
+        fired_at=from_ts(r.fired_at),
+        resolved_at=from_ts(r.resolved_at),
+        value=r.value,
+        late=r.late,
+    )
 
-    alerts: list[dict[str, Any]] = field(default_factory=list)  # AlertStateRow columns
-    deleted_alerts: list[str] = field(default_factory=list)
-    groups: list[dict[str, Any]] = field(default_factory=list)  # AlertGroupRow columns
-    deleted_groups: list[str] = field(default_factory=list)
-    history: list[dict[str, Any]] = field(default_factory=list)  # AlertHistoryRow columns
-    outbox: list[tuple[str, str, dict[str, Any], float]] = field(default_factory=list)
-    meta: dict[str, str] = field(default_factory=dict)
+
+def _group(row: AlertGroupRow) -> AlertGroupRecord:
+    return AlertGroupRecord(
+        key=row.key,
+        labels=json.loads(row.labels),
+        created_at=row.created_at.timestamp(),
+        next_flush_at=row.next_flush_at.timestamp(),
+        last_flush_at=to_ts(row.last_flush_at),
+        sent=frozenset((fp, st, float(t)) for fp, st, t in json.loads(row.sent)),
+    )
+
+
+def _group_row(r: AlertGroupRecord) -> AlertGroupRow:
+    return AlertGroupRow(
+        key=r.key,
+        labels=json.dumps(r.labels, sort_keys=True),
+        created_at=from_ts(r.created_at),
+        next_flush_at=from_ts(r.next_flush_at),
+        last_flush_at=from_ts(r.last_flush_at),
+        sent=json.dumps(sorted(r.sent)),
+    )
+
+
+def _history(row: AlertHistoryRow) -> AlertHistoryRecord:
+    return AlertHistoryRecord(
+        at=row.at.timestamp(),
+        fingerprint=row.fingerprint,
+        rule=row.rule,
+        labels=json.loads(row.labels),
+        state=row.state,
+        value=row.value,
+        late=row.late,
+    )
+
+
+def _history_row(r: AlertHistoryRecord) -> AlertHistoryRow:
+    return AlertHistoryRow(
+        at=from_ts(r.at),
+        fingerprint=r.fingerprint,
+        rule=r.rule,
+        labels=json.dumps(r.labels, sort_keys=True),
+        state=r.state,
+        value=r.value,
+        late=r.late,
+    )
 
 
 def _silence(row: SilenceRow) -> SilenceRecord:
@@ -216,33 +251,33 @@ class AlertRepository:
     def __init__(self, session: SessionFactory) -> None:
         self._session = session
 
-    async def load(self) -> tuple[list[AlertStateRow], list[AlertGroupRow], dict[str, str]]:
+    async def load(self) -> tuple[list[AlertRecord], list[AlertGroupRecord], dict[str, str]]:
         """Everything the evaluator restores at start."""
         async with self._session() as s:
-            alerts = list((await s.scalars(select(AlertStateRow))).all())
-            groups = list((await s.scalars(select(AlertGroupRow))).all())
+            alerts = [_alert(r) for r in (await s.scalars(select(AlertStateRow))).all()]
+            groups = [_group(r) for r in (await s.scalars(select(AlertGroupRow))).all()]
             meta = {m.key: m.value for m in (await s.scalars(select(AlertMetaRow))).all()}
         return alerts, groups, meta
 
     async def save(self, changes: TickChanges) -> None:
         try:
             async with self._session() as s:
-                for values in changes.alerts:
-                    await s.merge(AlertStateRow(**values))
+                for alert in changes.alerts:
+                    await s.merge(_alert_row(alert))
                 if changes.deleted_alerts:
                     await s.execute(
                         delete(AlertStateRow).where(
                             AlertStateRow.fingerprint.in_(changes.deleted_alerts)
                         )
                     )
-                for values in changes.groups:
-                    await s.merge(AlertGroupRow(**values))
+                for group in changes.groups:
+                    await s.merge(_group_row(group))
                 if changes.deleted_groups:
                     await s.execute(
                         delete(AlertGroupRow).where(AlertGroupRow.key.in_(changes.deleted_groups))
                     )
-                for values in changes.history:
-                    s.add(AlertHistoryRow(**values))
+                for entry in changes.history:
+                    s.add(_history_row(entry))
                 for receiver, key, payload, at in changes.outbox:
                     when = from_ts(at)
                     known = await s.scalar(
@@ -265,17 +300,17 @@ class AlertRepository:
                     )
                 for key, value in changes.meta.items():
                     await s.merge(AlertMetaRow(key=key, value=value))
-        except SQLAlchemyError as err:
+        except StoreError as err:
             raise StoreError(f"cannot save alert states: {err}") from err
 
-    async def history(self, limit: int = 50) -> list[AlertHistoryRow]:
+    async def history(self, limit: int = 50) -> list[AlertHistoryRecord]:
         async with self._session() as s:
             query = select(AlertHistoryRow).order_by(AlertHistoryRow.id.desc()).limit(limit)
-            return list((await s.scalars(query)).all())
+            return [_history(r) for r in (await s.scalars(query)).all()]
 
-    async def states(self) -> list[AlertStateRow]:
+    async def states(self) -> list[AlertRecord]:
         async with self._session() as s:
-            return list((await s.scalars(select(AlertStateRow))).all())
+            return [_alert(r) for r in (await s.scalars(select(AlertStateRow))).all()]
 
     # Silences ---------------------------------------------------------------------------------
 

@@ -1,11 +1,13 @@
 """The store: an async SQLAlchemy engine on SQLite (WAL) or PostgreSQL, migrated on open.
 
-Usage::
+:class:`Store` implements :class:`piman.fleet.ports.Repositories`: every repository it hands out
+works in its own transaction and raises :class:`~piman.errors.StoreError` when the database
+fails (SQLAlchemy's errors never leave the store). Usage::
 
     store = Store(config.database_url)
     await store.open()          # creates the SQLite directory, runs Alembic migrations
     try:
-        await store.reconcile(config)
+        await reconcile(store, config)      # piman.store.reconcile
         nodes = await store.nodes.list()
     finally:
         await store.close()
@@ -32,6 +34,8 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from piman.errors import StoreError
+from piman.store.account_tables import SessionRepository, TokenRepository, UserRepository
+from piman.store.alert_tables import AlertRepository
 from piman.store.repositories import AuditRepository, NodeRepository, SwitchRepository
 
 __all__ = ["Store"]
@@ -90,11 +94,18 @@ class Store:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """A session in a transaction, committed on success, rolled back on error."""
+        """A session in a transaction, committed on success, rolled back on error.
+
+        A database failure (inside the block or at commit) becomes a StoreError whose cause is
+        the SQLAlchemy error; other errors pass through unchanged.
+        """
         if self._sessions is None:
             raise StoreError("the store is not open")
-        async with self._sessions() as session, session.begin():
-            yield session
+        try:
+            async with self._sessions() as session, session.begin():
+                yield session
+        except (SQLAlchemyError, OSError) as err:
+            raise StoreError(f"database error: {_reason(err)}") from err
 
     @property
     def nodes(self) -> NodeRepository:
@@ -107,6 +118,22 @@ class Store:
     @property
     def audit(self) -> AuditRepository:
         return AuditRepository(self.session)
+
+    @property
+    def alerts(self) -> AlertRepository:
+        return AlertRepository(self.session)
+
+    @property
+    def users(self) -> UserRepository:
+        return UserRepository(self.session)
+
+    @property
+    def tokens(self) -> TokenRepository:
+        return TokenRepository(self.session)
+
+    @property
+    def sessions(self) -> SessionRepository:
+        return SessionRepository(self.session)
 
     async def __aenter__(self) -> Store:
         await self.open()

@@ -1,13 +1,13 @@
-"""Repositories: what services ask of the store, returning plain frozen records.
+"""Repositories of the inventory (nodes, switches, audit log): the ports of ``piman.fleet.ports``.
 
-Each repository takes a session factory (``Store.session``); every method is one transaction.
+Each repository takes a session factory (``Store.session``); every method is one transaction and
+returns plain frozen records (``piman.fleet.records``), never ORM objects.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Select, select
@@ -16,67 +16,16 @@ from sqlalchemy.orm import aliased
 
 from piman.errors import NotFoundError
 from piman.fleet.lifecycle import NodeState, PowerState, check_transition
+from piman.fleet.records import AuditRecord, NodeRecord, SwitchRecord
 from piman.store.tables import AuditEntry, NodeRow, SwitchRow
 
-__all__ = [
-    "AuditRecord",
-    "AuditRepository",
-    "NodeRecord",
-    "NodeRepository",
-    "SwitchRecord",
-    "SwitchRepository",
-]
+__all__ = ["AuditRepository", "NodeRepository", "SessionFactory", "SwitchRepository", "utcnow"]
 
 SessionFactory = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class SwitchRecord:
-    name: str
-    address: str | None
-    driver: str
-    profile: str | None
-    declared: bool
-
-
-@dataclass(frozen=True, slots=True)
-class NodeRecord:
-    name: str
-    mac: str | None
-    ip: str | None
-    serial: str | None
-    model: str | None
-    hostname: str | None
-    agent_url: str | None
-    switch: str | None
-    port: int | None
-    state: str
-    power_state: str
-    vendor_class: str | None
-    first_seen: datetime | None
-    last_seen: datetime | None
-    declared: bool
-
-    @property
-    def switch_port(self) -> str:
-        """``rack1:2``, or ``-`` for a node not on a switch."""
-        if self.switch is None:
-            return "-"
-        return f"{self.switch}:{self.port}" if self.port is not None else self.switch
-
-
-@dataclass(frozen=True, slots=True)
-class AuditRecord:
-    at: datetime
-    actor: str
-    action: str
-    target: str
-    result: str
-    detail: str | None
 
 
 def _node_record(row: NodeRow, switch: str | None) -> NodeRecord:

@@ -1,4 +1,5 @@
-"""The HTTP service: FastAPI on uvicorn, inside the manager's event loop."""
+"""The HTTP service: FastAPI on uvicorn, inside the manager's event loop (HTTPS with
+``manager.tls``)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from collections.abc import Iterator
 import uvicorn
 
 from piman.config.types import parse_host_port
+from piman.context import AppContext
 from piman.errors import PimanError
-from piman.manager import ManagerContext
 from piman.web.app import create_app
 
 __all__ = ["HttpService", "bind_tcp"]
@@ -47,13 +48,18 @@ class HttpService:
 
     name = "http"
 
-    def __init__(self, ctx: ManagerContext) -> None:
+    def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self.app = create_app(ctx)
         self.host, self.port = parse_host_port(ctx.config.manager.http)
         self.bound_port: int | None = None
 
     async def serve(self) -> None:
+        tls = self.ctx.config.manager.tls
+        if tls is not None:
+            for what, path in (("cert", tls.cert), ("key", tls.key)):
+                if not path.is_file():
+                    raise PimanError(f"manager.tls.{what}: {path} is not a readable file")
         sock = bind_tcp(self.host, self.port)
         self.bound_port = sock.getsockname()[1]
         config = uvicorn.Config(
@@ -62,9 +68,18 @@ class HttpService:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=2,
+            ssl_certfile=str(tls.cert) if tls else None,
+            ssl_keyfile=str(tls.key) if tls else None,
         )
-        server = _EmbeddedServer(config)
-        logger.info("HTTP on http://%s:%d/", self.host, self.bound_port)
+        try:
+            server = _EmbeddedServer(config)
+            if tls is not None:
+                config.load()  # reads the certificate now: a bad one is one clear line
+        except (OSError, ValueError) as err:
+            sock.close()
+            raise PimanError(f"manager.tls: cannot use {tls.cert if tls else ''}: {err}") from err
+        scheme = "https" if tls else "http"
+        logger.info("HTTP on %s://%s:%d/", scheme, self.host, self.bound_port)
         try:
             await server.serve(sockets=[sock])
         finally:

@@ -16,7 +16,7 @@ from typing import IO
 import httpx
 import pytest
 
-from tests.support import free_port
+from tests.support import api_token, bearer, free_port, initial_admin_password, session_client
 
 CONFIG = """\
 manager:
@@ -57,6 +57,8 @@ class Server:
         with self.stderr.open("wb") as err:
             self.proc = spawn(["server", "--config", str(self.config)], err)
         wait_http(self.url + "/healthz", self.proc)
+        self.password = initial_admin_password(self.data_dir)
+        self.headers = bearer(api_token(self.url, "admin", self.password))
 
     def stop(self, sig: int = signal.SIGTERM) -> tuple[float, str]:
         t0 = time.monotonic()
@@ -83,14 +85,14 @@ def server(tmp_path: Path) -> Iterator[Server]:
 
 
 def test_api_lists_the_configured_nodes_and_switches(server: Server) -> None:
-    nodes = httpx.get(server.url + "/api/v1/nodes").json()
+    nodes = httpx.get(server.url + "/api/v1/nodes", headers=server.headers).json()
     assert [(n["name"], n["switch"], n["port"], n["state"]) for n in nodes] == [
         ("rack1-01", "rack1", 1, "ready"),
         ("rack1-02", "rack1", 2, "ready"),
     ]
-    one = httpx.get(server.url + "/api/v1/nodes/rack1-01").json()
+    one = httpx.get(server.url + "/api/v1/nodes/rack1-01", headers=server.headers).json()
     assert (one["mac"], one["ip"], one["model"]) == ("dc:a6:32:00:00:01", "198.18.0.11", "pi4")
-    switches = httpx.get(server.url + "/api/v1/switches").json()
+    switches = httpx.get(server.url + "/api/v1/switches", headers=server.headers).json()
     assert switches == [
         {
             "name": "rack1",
@@ -103,13 +105,13 @@ def test_api_lists_the_configured_nodes_and_switches(server: Server) -> None:
 
 
 def test_unknown_node_is_a_json_404(server: Server) -> None:
-    response = httpx.get(server.url + "/api/v1/nodes/nope")
+    response = httpx.get(server.url + "/api/v1/nodes/nope", headers=server.headers)
     assert response.status_code == 404
     assert response.json() == {"error": "not_found", "detail": "no node named 'nope'"}
 
 
 def test_openapi_and_metrics_are_served(server: Server) -> None:
-    spec = httpx.get(server.url + "/api/v1/openapi.json").json()
+    spec = httpx.get(server.url + "/api/v1/openapi.json", headers=server.headers).json()
     assert "/api/v1/nodes/{name}" in spec["paths"]
     metrics = httpx.get(server.url + "/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
@@ -117,13 +119,14 @@ def test_openapi_and_metrics_are_served(server: Server) -> None:
 
 
 def test_web_page_lists_nodes_and_its_table_refreshes(server: Server) -> None:
-    page = httpx.get(server.url + "/").text
+    with session_client(server.url, "admin", server.password) as browser:
+        page = browser.get("/").text
+        rows = browser.get("/ui/nodes").text
     for name, text in [("rack1-01", "dc:a6:32:00:00:01"), ("rack1-02", "rack1:2")]:
         assert name in page
         assert text in page
     assert 'data-refresh="/ui/nodes"' in page
     assert "http://" not in page.replace(server.url, "")  # nothing loaded from elsewhere
-    rows = httpx.get(server.url + "/ui/nodes").text
     assert rows.count("<tr data-node=") == 2
     script = httpx.get(server.url + "/static/piman.js")
     assert script.status_code == 200
@@ -159,7 +162,8 @@ def test_restart_keeps_runtime_state(tmp_path: Path) -> None:
         proc = spawn(["server", "-c", str(first.config)], err)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", proc)
-        nodes = httpx.get(f"http://127.0.0.1:{port}/api/v1/nodes").json()
+        headers = bearer(api_token(f"http://127.0.0.1:{port}", "admin", first.password))
+        nodes = httpx.get(f"http://127.0.0.1:{port}/api/v1/nodes", headers=headers).json()
         assert [n["name"] for n in nodes] == ["rack1-01", "rack1-02"]
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -192,6 +196,7 @@ def test_nodes_command_reads_a_running_manager(server: Server) -> None:
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, "PIMAN_TOKEN": server.headers["Authorization"].split()[1]},
     )
     names = [n["name"] for n in json.loads(out.stdout)]
     assert names == ["rack1-01", "rack1-02"]

@@ -27,6 +27,9 @@ import httpx
 import pytest
 
 from tests.integration.monitor.test_notify import V4Payload
+from tests.support import api_token, bearer, session_client
+
+ADMIN_PASSWORD = "admin-password-of-the-e2e-test"
 
 CONFIG = """\
 manager:
@@ -170,6 +173,7 @@ class Manager:
         )
         self.log = tmp / "manager.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.token: str | None = None
 
     def start(self) -> None:
         with self.log.open("ab") as err:
@@ -177,8 +181,11 @@ class Manager:
                 [sys.executable, "-m", "piman", "server", "--config", str(self.config)],
                 stdout=subprocess.DEVNULL,
                 stderr=err,
+                env={**os.environ, "PIMAN_ADMIN_PASSWORD": ADMIN_PASSWORD},
             )
         wait_for("the manager's /healthz", self._healthy, 30)
+        if self.token is None:
+            self.token = api_token(self.url, "admin", ADMIN_PASSWORD)
 
     def _healthy(self) -> bool:
         assert self.proc is not None
@@ -195,7 +202,9 @@ class Manager:
         self.proc.wait(timeout=10)
 
     def alerts(self) -> dict[str, Any]:
-        data: dict[str, Any] = httpx.get(self.url + "/api/v1/alerts", timeout=5).json()
+        assert self.token is not None
+        response = httpx.get(self.url + "/api/v1/alerts", timeout=5, headers=bearer(self.token))
+        data: dict[str, Any] = response.json()
         return data
 
     def outbox(self) -> list[tuple[int, int, bool]]:
@@ -301,7 +310,7 @@ def test_cli_lists_alerts_and_manages_silences(
             capture_output=True,
             text=True,
             timeout=60,
-            env={**os.environ, "COLUMNS": "200"},
+            env={**os.environ, "COLUMNS": "200", "PIMAN_TOKEN": manager.token or ""},
         )
 
     made = piman(
@@ -343,9 +352,10 @@ def test_cli_lists_alerts_and_manages_silences(
     assert bad.stderr.strip().startswith("error: 'node=' is not a label matcher")
     missing = piman("expire", "nope", "--url", manager.url)
     assert missing.returncode == 2
-    page = httpx.get(manager.url + "/").text
-    assert 'id="alerts" data-refresh="/api/v1/alerts/panel"' in page
+    with session_client(manager.url, "admin", ADMIN_PASSWORD) as browser:
+        page = browser.get("/").text
+        panel = browser.get("/ui/alerts").text  # what the page refreshes
+    assert 'id="alerts" data-refresh="/ui/alerts"' in page
     assert "HotSoC" in page
-    panel = httpx.get(manager.url + "/api/v1/alerts/panel").text  # what the page refreshes
     assert "<section" not in panel
     assert 'class="alert-firing"' in panel

@@ -10,13 +10,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from piman.monitor.alerts import GroupSettings, make_silence
-from piman.monitor.evaluator import AlertService, QuerySource
-from piman.monitor.notify import Notifier
-from piman.monitor.query import EVENTS_JOB, MemoryQuery
-from piman.monitor.rules import Rule
+from piman.monitor.alerting.book import GroupSettings
+from piman.monitor.alerting.evaluator import AlertService, QuerySource
+from piman.monitor.alerting.notify import Notifier
+from piman.monitor.alerting.rules import Rule
+from piman.monitor.alerting.silences import make_silence
+from piman.monitor.collector.query import EVENTS_JOB, MemoryQuery
 from piman.store import Store
-from piman.store.alert_tables import AlertRepository
 from tests.integration.store.conftest import postgres_url  # noqa: F401 - the fixture
 
 T0 = 1_800_000_000.0
@@ -51,7 +51,7 @@ class Channel:
 def make(store: Store, q: MemoryQuery, now: list[float]) -> AlertService:
     return AlertService(
         [HOT],
-        AlertRepository(store.session),
+        store.alerts,
         QuerySource(q, lookback=60),
         GroupSettings(group_by=("alertname", "node"), group_wait=0, group_interval=15),
         interval=15,
@@ -72,13 +72,13 @@ async def test_alert_life_cycle_on_postgresql(pg_url: str) -> None:
             now[0] = T0 + 15 * i
             q.add("temperature_celsius", labels, now[0], 90)
             await svc.tick(now[0])
-        assert [a.state.value for a in svc.active()] == ["firing"]
+        assert [a.state for a in svc.active()] == ["firing"]
         svc = make(store, q, now)  # restart: nothing new to send
         await svc.start()
         now[0] += 15
         q.add("temperature_celsius", labels, now[0], 90)
         assert await svc.tick(now[0]) == []
-        repo = AlertRepository(store.session)
+        repo = store.alerts
         silence = make_silence(["node=n1"], now=now[0], duration=60, comment="pg")
         await repo.add_silence(silence)
         assert [s.id for s in await repo.silences(now=now[0])] == [silence.id]

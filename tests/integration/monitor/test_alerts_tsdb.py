@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from piman.monitor.alerts import GroupSettings
-from piman.monitor.evaluator import AlertService, QuerySource
-from piman.monitor.query import EVENTS_JOB, SCRAPE_JOB
-from piman.monitor.rules import Rule
-from piman.monitor.tsdb import TargetBatch, Tsdb
+from piman.monitor.alerting.book import GroupSettings
+from piman.monitor.alerting.evaluator import AlertService, QuerySource
+from piman.monitor.alerting.rules import Rule
+from piman.monitor.collector.query import EVENTS_JOB, SCRAPE_JOB
+from piman.monitor.collector.tsdb import TargetBatch, Tsdb
 from piman.store import Store
-from piman.store.alert_tables import AlertRepository
 
 RULES = [
     Rule.parse("HotSoC", "temperature_celsius >= 80", 60, {"severity": "warning"}),
@@ -24,7 +23,7 @@ RULES = [
 def make_service(store: Store, tsdb: Tsdb, now: list[float]) -> AlertService:
     return AlertService(
         RULES,
-        AlertRepository(store.session),
+        store.alerts,
         QuerySource(tsdb, lookback=60),
         GroupSettings(group_by=("alertname", "node"), group_wait=0, group_interval=15),
         interval=15,
@@ -74,14 +73,14 @@ async def test_catch_up_over_the_stored_gap_after_a_restart(tmp_path: Path) -> N
         assert notes[2].alerts[0].starts_at == pytest.approx(
             t0 + 15 * 38, abs=0.01
         )  # down at i=36, for 30 s
-        queued = await AlertRepository(store.session).outbox(pending_only=True)
+        queued = await store.alerts.outbox(pending_only=True)
         assert len(queued) == 3
         assert all(item.payload["late"] for item in queued)
 
         # Before the first scrape after the restart, nothing is evaluated (no false "resolved").
         now[0] += 15
         assert await svc.tick(now[0]) == []
-        assert [a.rule for a in svc.firing()] == ["NodeDown"]
+        assert [a.rule for a in [a for a in svc.active() if a.state == "firing"]] == ["NodeDown"]
         # The node answers again: NodeDown resolves, notified at the group's next tick, not late.
         notes = []
         for _ in range(2):

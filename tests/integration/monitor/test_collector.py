@@ -8,6 +8,7 @@ nobody listens on. Everything is checked through the manager's HTTP API and web 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -19,10 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import needs_tool
+from tests.support import needs_tool, session_client
 
 PIMAN = [sys.executable, "-m", "piman"]
 TOKEN = "fleet-s3cret"
+ADMIN_PASSWORD = "admin-password-of-the-collector-test"
 
 
 def _free_port() -> int:
@@ -119,18 +121,20 @@ def test_monitoring_only_manager_without_privileges_scrapes_real_agents(
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PIMAN_ADMIN_PASSWORD": ADMIN_PASSWORD},
     )
     base = f"http://127.0.0.1:{http_port}"
+    stack = contextlib.ExitStack()
     try:
         _wait_http(f"{base}/healthz")
+        api = stack.enter_context(session_client(base, "admin", ADMIN_PASSWORD))
         status = Path(f"/proc/{manager.pid}/status").read_text()
         assert "CapEff:\t0000000000000000" in status  # really no privileges
 
         # Wait until a few cycles are stored.
         deadline = time.monotonic() + 60
         while True:
-            up = httpx.get(f"{base}/api/v1/query_range", params={"metric": "up"}).json()
+            up = api.get(f"{base}/api/v1/query_range", params={"metric": "up"}).json()
             series = up["data"]["result"]
             if len(series) == 4 and all(len(s["values"]) >= 2 for s in series):
                 break
@@ -147,7 +151,7 @@ def test_monitoring_only_manager_without_privileges_scrapes_real_agents(
 
         # A real node_exporter-named metric, for one node, on a step grid.
         now = time.time()
-        mem = httpx.get(
+        mem = api.get(
             f"{base}/api/v1/query_range",
             params={
                 "metric": "node_memory_MemTotal_bytes",
@@ -160,24 +164,24 @@ def test_monitoring_only_manager_without_privileges_scrapes_real_agents(
         [total] = mem["data"]["result"]
         assert total["metric"]["node"] == "pi1"
         assert float(total["values"][-1][1]) > 0
-        counts = httpx.get(
+        counts = api.get(
             f"{base}/api/v1/query_range",
             params={"metric": "scrape_samples_scraped", "node": "pi0"},
         ).json()
         assert float(counts["data"]["result"][0]["values"][-1][1]) > 100
 
         # /events: the latest snapshot per node, its fields queryable as metrics.
-        events = httpx.get(f"{base}/api/v1/nodes/pi2/events").json()
+        events = api.get(f"{base}/api/v1/nodes/pi2/events").json()
         assert events["node"] == "pi2"
         assert 0 <= events["events"]["memory_percent"] <= 100
         assert events["events"]["num_pids"] > 0
-        cpu = httpx.get(
+        cpu = api.get(
             f"{base}/api/v1/query_range", params={"metric": "memory_percent", "node": "pi2"}
         ).json()
         assert cpu["data"]["result"][0]["metric"]["job"] == "piman_events"
-        assert httpx.get(f"{base}/api/v1/nodes/gone/events").json()["events"] is None
-        assert httpx.get(f"{base}/api/v1/nodes/nobody/events").status_code == 404
-        bad = httpx.get(f"{base}/api/v1/query_range", params={"metric": "up", "step": "-1"})
+        assert api.get(f"{base}/api/v1/nodes/gone/events").json()["events"] is None
+        assert api.get(f"{base}/api/v1/nodes/nobody/events").status_code == 404
+        bad = api.get(f"{base}/api/v1/query_range", params={"metric": "up", "step": "-1"})
         assert bad.status_code == 400
         assert bad.json()["errorType"] == "bad_data"
 
@@ -185,7 +189,7 @@ def test_monitoring_only_manager_without_privileges_scrapes_real_agents(
         # scrape may time out now and then on a loaded machine: the next cycle says so again).
         deadline = time.monotonic() + 30
         while True:
-            own = httpx.get(f"{base}/metrics").text
+            own = api.get(f"{base}/metrics").text
             if 'piman_collector_targets{state="up"} 3.0' in own:
                 break
             assert time.monotonic() < deadline, own
@@ -194,7 +198,7 @@ def test_monitoring_only_manager_without_privileges_scrapes_real_agents(
 
         # The web page shows metric cells and a sparkline per node (state as of the last cycle).
         while True:
-            page = httpx.get(f"{base}/").text
+            page = api.get(f"{base}/").text
             if page.count(">down</span>") == 1:  # the node whose agent is gone
                 break
             assert time.monotonic() < deadline, page
@@ -203,6 +207,7 @@ def test_monitoring_only_manager_without_privileges_scrapes_real_agents(
         assert page.count("no data yet") == 0
         assert "metric-mem" in page
     finally:
+        stack.close()
         manager.terminate()
         try:
             manager.wait(15)

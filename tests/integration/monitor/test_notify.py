@@ -20,11 +20,13 @@ from typing import Any, Literal
 import pytest
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from piman.monitor.alerts import AlertBook, GroupSettings, Notification, Sample
-from piman.monitor.notify import AppriseReceiver, Notifier, WebhookReceiver
-from piman.monitor.rules import Rule
+from piman.fleet.metrics import Sample
+from piman.fleet.ports import AlertRepository
+from piman.fleet.records import TickChanges
+from piman.monitor.alerting.book import AlertBook, GroupSettings, Notification
+from piman.monitor.alerting.notify import AppriseReceiver, Notifier, WebhookReceiver
+from piman.monitor.alerting.rules import Rule
 from piman.store import Store
-from piman.store.alert_tables import AlertRepository, TickChanges
 
 # --- a strict model of Alertmanager's webhook payload, version 4 --------------------------------
 
@@ -116,7 +118,7 @@ async def repo(tmp_path: Path) -> AsyncIterator[AlertRepository]:
     store = Store(f"sqlite+aiosqlite:///{tmp_path / 'piman.db'}")
     await store.open()
     try:
-        yield AlertRepository(store.session)
+        yield store.alerts
     finally:
         await store.close()
 
@@ -135,7 +137,7 @@ def notifications(count: int) -> list[Notification]:
     while len(out) < count:
         node = f"rack1-{i // 2:02d}"
         value = 0.0 if i % 2 == 0 else 1.0
-        book.evaluate(RULE, [Sample({"node": node}, value)], t)
+        book.evaluate(RULE, [Sample("up", {"node": node}, t, value)], t)
         out.extend(book.flush(t))
         t += 10
         i += 1
@@ -273,7 +275,7 @@ async def test_receiver_down_then_up_gets_everything_once_in_order(
 
 async def test_unknown_apprise_url_is_a_config_error() -> None:
     from piman.errors import ConfigError
-    from piman.monitor.notify import build_receivers
+    from piman.monitor.alerting.notify import build_receivers
 
     with pytest.raises(ConfigError) as info:
         build_receivers(["nosuchscheme://x"], ["ftp://nope"], external_url="http://x")

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from piman.monitor.collector.scrape import Scraper, ScrapeTarget
+from piman.monitor.collector.tsdb import Tsdb
 from piman.monitor.export import VictoriaForwarder
-from piman.monitor.scrape import Scraper, Target
-from piman.monitor.tsdb import Tsdb
 from tests.support import needs_tool
 
 BODY = """\
@@ -105,9 +105,9 @@ async def test_forwarded_samples_can_be_read_back_from_victoria_metrics(
 ) -> None:
     tsdb = Tsdb(tmp_path / "metrics.db")
     await tsdb.open()
-    target = Target("pi7", f"http://127.0.0.1:{agent_port}/metrics", None)
+    target = ScrapeTarget("pi7", f"http://127.0.0.1:{agent_port}/metrics", None)
 
-    async def targets() -> list[Target]:
+    async def targets() -> list[ScrapeTarget]:
         return [target]
 
     scraper = Scraper(tsdb, targets, interval=1.0, forward=True)

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from piman.config.netboot import TftpSettings
 from piman.netboot.tftp.files import RootDirectory
 from piman.netboot.tftp.server import TftpServer
-from piman.netboot.tftp.session import Outcome
+from piman.netboot.tftp.session import TransferOutcome
 from tests.support import needs_tool
 
 SIZES = {"empty": 0, "one-block": 512, "small": 1468 * 3 + 7, "big": 3_000_017}
@@ -62,7 +62,7 @@ class Running:
             while self.server.transfers:  # noqa: ASYNC110 - polling the server's table
                 await asyncio.sleep(0.02)
 
-    def outcomes(self) -> list[Outcome | None]:
+    def outcomes(self) -> list[TransferOutcome | None]:
         return [s.outcome for s in self.server.history]
 
 
@@ -120,7 +120,7 @@ async def test_tftp_hpa_fetches_identical_bytes(
     assert code == 0, text
     assert sha(out) == sha(root / name)
     await tftpd.settle()
-    assert tftpd.outcomes() == [Outcome.OK]
+    assert tftpd.outcomes() == [TransferOutcome.OK]
 
 
 async def test_tftp_hpa_netascii_round_trips_text(
@@ -146,7 +146,7 @@ async def test_curl_fetches_identical_bytes_with_blksize(
     assert sha(out) == sha(root / "sub" / "nested.bin")
     await tftpd.settle()
     (stats,) = tftpd.server.history
-    assert stats.outcome is Outcome.OK
+    assert stats.outcome is TransferOutcome.OK
     # curl asks for blksize (and tsize); the server caps it to MTU - 32.
     assert stats.blksize == min(blksize, 1468) or blksize == 512
 
@@ -170,7 +170,7 @@ async def test_every_busy_poll_setting_serves_identical_bytes(
         assert code == 0, text
         assert sha(lockstep) == sha(windowed) == sha(root / "big")
         await running.settle()
-        assert running.outcomes() == [Outcome.OK, Outcome.OK]
+        assert running.outcomes() == [TransferOutcome.OK, TransferOutcome.OK]
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -208,7 +208,7 @@ async def test_atftp_fetches_identical_bytes_with_options(
     assert sha(out) == sha(root / "big")
     await tftpd.settle()
     (stats,) = tftpd.server.history
-    assert stats.outcome is Outcome.OK
+    assert stats.outcome is TransferOutcome.OK
     window = next((int(o.split()[1]) for o in options if o.startswith("windowsize")), 1)
     assert stats.windowsize == window
 
@@ -282,7 +282,7 @@ async def test_client_that_stops_acking_is_cleaned_up(root: Path) -> None:
         # Block 1, then one copy per retry, never more: and the session is gone.
         assert blocks == [(3, 1)] * 3
         assert running.server.transfers == {}
-        assert running.outcomes() == [Outcome.TIMEOUT]
+        assert running.outcomes() == [TransferOutcome.TIMEOUT]
         assert running.registry.get_sample_value(
             "piman_tftp_transfers_total", {"outcome": "timeout"}
         ) == 1  # fmt: skip
@@ -306,7 +306,7 @@ async def test_early_terminate_after_block_1_counts_as_a_probe(tftpd: Running) -
         assert len(block1) == 4 + 1024
         sock.sendto(b"\x00\x05\x00\x00Early terminate\x00", tid)
         await tftpd.settle()
-        assert tftpd.outcomes() == [Outcome.PROBE]
+        assert tftpd.outcomes() == [TransferOutcome.PROBE]
         assert tftpd.registry.get_sample_value(
             "piman_tftp_transfers_total", {"outcome": "probe"}
         ) == 1  # fmt: skip
@@ -398,7 +398,7 @@ async def test_a_failing_hook_is_an_error_answer_not_a_leaked_transfer(
         assert answer.startswith(b"\x00\x05\x00\x00")
         await Running(server, CollectorRegistry()).settle()  # the ERROR leaves before the close
         assert server.transfers == {}
-        assert [s.outcome for s in server.history] == [Outcome.ERROR]
+        assert [s.outcome for s in server.history] == [TransferOutcome.ERROR]
         assert "boom" in caplog.text
     finally:
         sock.close()
@@ -429,7 +429,7 @@ async def test_whole_transfer_limit_ends_a_slow_transfer_with_an_error(root: Pat
         datagrams = await _drain(sock, quiet=2.0)
         assert datagrams[0][:4] == b"\x00\x03\x00\x01"
         assert datagrams[-1].startswith(b"\x00\x05\x00\x00")  # ERROR 0: time limit
-        assert running.outcomes() == [Outcome.EXPIRED]
+        assert running.outcomes() == [TransferOutcome.EXPIRED]
     finally:
         sock.close()
         task.cancel()
@@ -456,7 +456,7 @@ async def test_a_new_transfer_is_served_while_a_lone_one_waits_for_its_client(
         assert received == (root / "small").read_bytes()
         # The quiet transfer was not forgotten meanwhile: its timer resends block 2.
         assert (await _recv(quiet))[0][:4] == b"\x00\x03\x00\x02"
-        assert Outcome.OK in running.outcomes()
+        assert TransferOutcome.OK in running.outcomes()
     finally:
         quiet.close()
         other.close()
@@ -494,7 +494,7 @@ async def test_whole_transfer_limit_ends_a_transfer_whose_client_keeps_up(root: 
         assert error.startswith(b"\x00\x05\x00\x00")  # ERROR 0: time limit
         assert 0 < blocks < 3_000_017 // 8
         await running.settle()
-        assert running.outcomes() == [Outcome.EXPIRED]
+        assert running.outcomes() == [TransferOutcome.EXPIRED]
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from piman.netboot.tftp import pump
-from piman.netboot.tftp.session import Outcome
+from piman.netboot.tftp.session import TransferOutcome
 from tests.integration.netboot.test_tftp_clients import Running, _client, _drain, _recv, run, sha
 from tests.integration.netboot.test_tftp_clients import start_server as _start_server
 from tests.support import REQUIRE_ALL, needs_tool
@@ -93,7 +93,7 @@ async def test_concurrent_clients_fetch_identical_bytes(
             assert code == 0, (cmd, text)
             assert sha(out) == sha(root / name), cmd
         await running.settle()
-        assert running.outcomes() == [Outcome.OK] * len(jobs)
+        assert running.outcomes() == [TransferOutcome.OK] * len(jobs)
         assert running.registry.get_sample_value("piman_tftp_retransmits_total") == 0
     finally:
         await stop(task)
@@ -113,7 +113,7 @@ async def test_block_numbers_roll_over_in_concurrent_transfers(
         assert [code for code, _ in results] == [0, 0], results
         assert all(sha(out) == sha(root / "mid") for out in outs)
         await running.settle()
-        assert running.outcomes() == [Outcome.OK, Outcome.OK]
+        assert running.outcomes() == [TransferOutcome.OK, TransferOutcome.OK]
         assert {s.blocks for s in running.server.history} == {700_001 // 8 + 1}
     finally:
         await stop(task)
@@ -151,7 +151,10 @@ async def test_clients_slower_than_the_retransmit_timeout_per_batch_get_no_resen
         for got in results:
             assert got == list(range(1, 302))  # 300 ACKed, the 301st sent: each exactly once
         await running.settle()
-        assert running.outcomes() == [Outcome.ABORTED, Outcome.ABORTED]  # the clients' ERROR
+        assert running.outcomes() == [
+            TransferOutcome.ABORTED,
+            TransferOutcome.ABORTED,
+        ]  # the clients' ERROR
         assert running.registry.get_sample_value("piman_tftp_retransmits_total") == 0
     finally:
         await stop(task)
@@ -181,9 +184,9 @@ async def test_duplicate_acks_are_never_answered_and_an_error_ends_the_transfer(
         assert [d[:4] for d in await _drain(sock, quiet=0.5)] == [b"\x00\x03\x00\x03"]
         sock.sendto(b"\x00\x05\x00\x00disk full\x00", tid)
         async with asyncio.timeout(10):
-            while Outcome.ABORTED not in running.outcomes():  # noqa: ASYNC110
+            while TransferOutcome.ABORTED not in running.outcomes():  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
-        assert running.outcomes() == [Outcome.ABORTED]
+        assert running.outcomes() == [TransferOutcome.ABORTED]
         assert len(running.server.transfers) == (0 if alone else 1)  # the quiet one stays
     finally:
         quiet.close()
@@ -209,7 +212,7 @@ async def test_a_silent_client_among_busy_ones_is_cleaned_up(
         assert all(sha(tmp_path / f"o{i}") == sha(root / "big") for i in range(3))
         await running.settle()
         assert sorted(o.value for o in running.outcomes() if o) == sorted(
-            [Outcome.OK.value] * 3 + [Outcome.TIMEOUT.value]
+            [TransferOutcome.OK.value] * 3 + [TransferOutcome.TIMEOUT.value]
         )
     finally:
         quiet.close()
@@ -234,7 +237,7 @@ async def test_a_client_that_goes_away_is_dropped_at_once(root: Path, native: bo
         async with asyncio.timeout(10):
             while not running.outcomes():  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
-        assert running.outcomes() == [Outcome.ABORTED]
+        assert running.outcomes() == [TransferOutcome.ABORTED]
         assert len(running.server.transfers) == 1
     finally:
         quiet.close()
@@ -266,6 +269,6 @@ async def test_the_whole_transfer_limit_ends_concurrent_transfers_that_keep_up(
         )
         assert all(e.startswith(b"\x00\x05\x00\x00") for e in errors), errors
         await running.settle()
-        assert running.outcomes() == [Outcome.EXPIRED, Outcome.EXPIRED]
+        assert running.outcomes() == [TransferOutcome.EXPIRED, TransferOutcome.EXPIRED]
     finally:
         await stop(task)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from piman.config import parse_config
-from piman.manager import Manager, _netboot
+from piman.manager import Manager
 from piman.netboot.service import Netboot
 from tests.support import free_udp_port, needs_tool
 
@@ -48,7 +48,7 @@ async def test_manager_serves_boot_trees_over_tftp_and_exports_metrics(
         f.truncate(65535 * 1024)  # one byte too many for a Pi 4 at blksize 1024
     port = free_udp_port()
     config = parse_config(CONFIG.format(data_dir=data, port=port), "piman.yaml")
-    manager = Manager(config, factories=(_netboot,))
+    manager = Manager(config, capabilities=("inventory", "netboot"))
     caplog.set_level(logging.WARNING, logger="piman.netboot")
     task = asyncio.create_task(manager.run())
     try:
@@ -57,6 +57,7 @@ async def test_manager_serves_boot_trees_over_tftp_and_exports_metrics(
             assert manager.ctx is not None
             netboot = manager.ctx.netboot
             assert isinstance(netboot, Netboot)
+            assert netboot.tftp is not None
             await netboot.tftp.ready.wait()
         assert "huge.img" in caplog.text  # warned at start
 

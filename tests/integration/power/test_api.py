@@ -10,12 +10,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from piman.config.models import Config
-from piman.manager import ManagerContext
-from piman.power.service import PowerService, build_services
+from piman.context import AppContext
+from piman.power.service import PowerService, build
 from piman.store import Store, reconcile
 from piman.web.app import create_app
 from tests.integration.power.snmpsim import RFC, Snmpsim, rfc3621_records, snmpget, start_snmpsim
-from tests.support import needs_tool
+from tests.support import grant, needs_tool
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +52,17 @@ async def client(sim: Snmpsim, tmp_path: Path) -> AsyncIterator[httpx.AsyncClien
     store = Store(f"sqlite+aiosqlite:///{tmp_path / 'piman.db'}")
     await store.open()
     await reconcile(store, config)
-    ctx = ManagerContext(config=config, store=store, metrics=CollectorRegistry())
-    services = build_services(ctx)
+    ctx = AppContext(config=config, store=store, metrics=CollectorRegistry())
+    built = build(ctx)
+    assert built is not None
+    ctx.power = built.handle
+    services = built.services
     assert [s.name for s in services] == ["power"]
+    headers = await grant(ctx, "operator")
     app = create_app(ctx)
     try:
         async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://piman"
+            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1", headers=headers
         ) as c:
             yield c
     finally:

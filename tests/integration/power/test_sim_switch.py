@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from piman.config import Config
-from piman.power.bridge import read_fdb
+from piman.inventory.bridge import read_fdb
 from piman.power.controller import PowerController
 from piman.power.snmp import SnmpClient, SnmpTarget
 from piman.sim.fleet import build_demo_config
@@ -21,7 +21,7 @@ ADMIN = "1.3.6.1.2.1.105.1.1.1.3.1"
 
 
 class Fleet:
-    """What run_switches needs of a DemoFleet: the config and the virtual Pis."""
+    """A demo configuration and its virtual Pis, powered."""
 
     def __init__(self, tmp: Path, nodes: int) -> None:
         data, self.pis = build_demo_config(tmp, nodes, 18000)
@@ -42,7 +42,7 @@ async def test_ports_power_the_virtual_pis_and_net_snmp_agrees(tmp_path: Path) -
     fleet = Fleet(tmp_path, 4)
     sw = fleet.config.switches[0]
     where = f"127.0.0.1:{sw.snmp.port}"
-    task = asyncio.create_task(run_switches(fleet))  # type: ignore[arg-type]
+    task = asyncio.create_task(run_switches(fleet.config, fleet.pis))
     controller = PowerController(fleet.config, retry_delays=(0.2, 0.5))
     try:
         pi = fleet.pis[0]
@@ -91,7 +91,7 @@ async def test_ports_power_the_virtual_pis_and_net_snmp_agrees(tmp_path: Path) -
 async def test_bridge_table_lists_the_powered_pis(tmp_path: Path) -> None:
     fleet = Fleet(tmp_path, 4)
     sw = fleet.config.switches[0]
-    task = asyncio.create_task(run_switches(fleet))  # type: ignore[arg-type]
+    task = asyncio.create_task(run_switches(fleet.config, fleet.pis))
     client = SnmpClient(SnmpTarget.from_settings(sw.name, None, sw.snmp))
     try:
         await asyncio.sleep(0.05)

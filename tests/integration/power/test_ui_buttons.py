@@ -12,7 +12,16 @@ import pytest
 import yaml
 
 from tests.integration.power.snmpsim import RFC, snmpget
-from tests.support import CHROMIUM, CHROMIUM_ARGS, needs_chromium, needs_tool, running_demo
+from tests.support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    api_token,
+    demo_logins,
+    log_in,
+    needs_chromium,
+    needs_tool,
+    running_demo,
+)
 
 
 @pytest.fixture
@@ -36,7 +45,7 @@ def test_off_and_on_buttons_switch_the_port(demo: tuple[str, Path]) -> None:
         try:
             page = browser.new_page()
             page.on("dialog", lambda dialog: dialog.accept())
-            page.goto(url)
+            log_in(page, url, "operator", demo_logins(config_path.parent)["operator"])
             row = page.locator('#nodes tbody tr[data-node="rack1-pi02"]')
             with page.expect_response(lambda r: r.url.endswith("/power")) as response:
                 row.locator('button[data-action="off"]').click()
@@ -63,23 +72,21 @@ def test_cli_goes_through_a_running_manager_with_url(demo: tuple[str, Path]) -> 
     config = yaml.safe_load(config_path.read_text())
     rack2 = next(s for s in config["switches"] if s["name"] == "rack2")
     piman = [sys.executable, "-m", "piman", "power"]
+    token = api_token(url, "operator", demo_logins(config_path.parent)["operator"])
+    env = {**os.environ, "PIMAN_TOKEN": token, "COLUMNS": "200"}
     result = subprocess.run(
-        [*piman, "off", "rack2-pi01", "--url", url], capture_output=True, text=True, check=False
+        [*piman, "off", "rack2-pi01", "--url", url], capture_output=True, text=True, env=env
     )
     assert result.returncode == 0, result.stderr
     assert "rack2-pi01 (rack2:1): off" in result.stdout
     assert snmpget(rack2["snmp"]["port"], "private", f"{RFC}.3.1.1") == "2"
     result = subprocess.run(
-        [*piman, "status", "all", "--url", url],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "COLUMNS": "200"},
+        [*piman, "status", "all", "--url", url], capture_output=True, text=True, env=env
     )
     assert result.returncode == 0, result.stderr
     assert "rack2-pi01" in result.stdout
     result = subprocess.run(
-        [*piman, "on", "nope", "--url", url], capture_output=True, text=True, check=False
+        [*piman, "on", "nope", "--url", url], capture_output=True, text=True, env=env
     )
     assert result.returncode == 2
     assert "nope" in result.stderr

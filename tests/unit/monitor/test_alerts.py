@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 
-from piman.monitor.alerts import (
+from piman.config.matchers import parse_matchers
+from piman.fleet.metrics import Sample, Series
+from piman.monitor.alerting.book import (
     AlertBook,
     AlertState,
     GroupSettings,
-    Sample,
-    Series,
-    Silence,
     render,
     replay_times,
     samples_at,
 )
-from piman.monitor.rules import Rule, parse_matchers
+from piman.monitor.alerting.rules import Rule
+from piman.monitor.alerting.silences import Silence
+
+
+def sample(labels: Mapping[str, str], value: float) -> Sample:
+    """A sample as the store hands it to a rule (its metric and time do not matter here)."""
+    return Sample("cpu_percent", labels, 0.0, value)
+
+
+def series(labels: Mapping[str, str], points: list[tuple[float, float]]) -> Series:
+    return Series("cpu_percent", labels, points)
+
 
 NODE = {"node": "rack1-02", "job": "piman_events", "instance": "rack1-02"}
 RULE = Rule.parse(
@@ -46,7 +58,7 @@ TABLE: list[tuple[float, float | None, str | None]] = [
 def test_state_machine_table() -> None:
     book = AlertBook(GroupSettings())
     for t, value, expected in TABLE:
-        samples = [] if value is None else [Sample(NODE, value)]
+        samples = [] if value is None else [sample(NODE, value)]
         book.evaluate(RULE, samples, t)
         states = [a.state.value for a in book.alerts.values()]
         if expected == "resolved":
@@ -58,7 +70,7 @@ def test_state_machine_table() -> None:
         if expected == "firing":
             book.flush(t)  # keep the resolved one around until its notification
     history = book.take_changes().history
-    assert [(h["state"], h["at"].timestamp()) for h in history] == [
+    assert [(h.state, h.at) for h in history] == [
         ("firing", 40.0),
         ("resolved", 60.0),
         ("firing", 120.0),
@@ -75,7 +87,7 @@ def test_for_zero_fires_at_once_and_labels_annotations() -> None:
         {"severity": "critical"},
         {"summary": "{{ node }} is not answering ({{ $value }})"},
     )
-    moves = book.evaluate(rule, [Sample({"node": "n1", "__name__": "up"}, 0)], 100)
+    moves = book.evaluate(rule, [sample({"node": "n1", "__name__": "up"}, 0)], 100)
     assert [(m[1], m[2]) for m in moves] == [("inactive", "pending"), ("pending", "firing")]
     (alert,) = book.alerts.values()
     assert alert.labels == {"node": "n1", "alertname": "NodeDown", "severity": "critical"}
@@ -90,8 +102,8 @@ def test_render_templates() -> None:
 
 
 def _fire(book: AlertBook, node: str, t: float, rule: Rule = RULE) -> None:
-    book.evaluate(rule, [Sample({"node": node}, 9)], t - rule.for_)
-    book.evaluate(rule, [Sample({"node": node}, 9)], t)
+    book.evaluate(rule, [sample({"node": node}, 9)], t - rule.for_)
+    book.evaluate(rule, [sample({"node": node}, 9)], t)
 
 
 def test_group_wait_interval_repeat_resolve() -> None:
@@ -109,8 +121,8 @@ def test_group_wait_interval_repeat_resolve() -> None:
     assert first.key.count(":") == 2  # fingerprint:state:start for one alert
 
     # A second alert joins: notified at the next group_interval tick, with the whole group.
-    book.evaluate(RULE, [Sample({"node": "n1"}, 9), Sample({"node": "n2"}, 9)], 1040)
-    book.evaluate(RULE, [Sample({"node": "n1"}, 9), Sample({"node": "n2"}, 9)], 1070)
+    book.evaluate(RULE, [sample({"node": "n1"}, 9), sample({"node": "n2"}, 9)], 1040)
+    book.evaluate(RULE, [sample({"node": "n1"}, 9), sample({"node": "n2"}, 9)], 1070)
     assert book.flush(1070) == []
     (second,) = book.flush(1330)
     assert sorted(a.labels["node"] for a in second.alerts) == ["n1", "n2"]
@@ -118,13 +130,13 @@ def test_group_wait_interval_repeat_resolve() -> None:
 
     # Nothing new: silent until repeat_interval since the last notification.
     assert book.flush(1630) == []
-    book.evaluate(RULE, [Sample({"node": "n1"}, 9), Sample({"node": "n2"}, 9)], 4930)
+    book.evaluate(RULE, [sample({"node": "n1"}, 9), sample({"node": "n2"}, 9)], 4930)
     (repeat,) = book.flush(4930)
     assert repeat.repeat
     assert repeat.key not in (first.key, second.key)
 
     # n2 resolves: notified at the next tick, with n1 still firing; then n2 is forgotten.
-    book.evaluate(RULE, [Sample({"node": "n1"}, 9)], 5000)
+    book.evaluate(RULE, [sample({"node": "n1"}, 9)], 5000)
     assert book.flush(5000) == []
     (resolved,) = book.flush(5230)
     assert {(a.labels["node"], a.status) for a in resolved.alerts} == {
@@ -152,7 +164,7 @@ def test_group_by_node_and_silences() -> None:
     notes = book.flush(1000, [silence])
     assert [n.group_labels for n in notes] == [{"alertname": "HighCpu", "node": "n1"}]
     # The silence expires while n2 still fires: it is notified then.
-    book.evaluate(RULE, [Sample({"node": "n1"}, 9), Sample({"node": "n2"}, 9)], 2000)
+    book.evaluate(RULE, [sample({"node": "n1"}, 9), sample({"node": "n2"}, 9)], 2000)
     notes = book.flush(2000, [silence])
     assert [n.group_labels["node"] for n in notes] == ["n2"]
 
@@ -169,9 +181,9 @@ def test_resolved_before_first_flush_is_still_notified_once() -> None:
 
 def test_take_changes_reports_rows_and_deletions() -> None:
     book = AlertBook(GroupSettings(group_wait=0))
-    book.evaluate(RULE, [Sample({"node": "n1"}, 9)], 0)
+    book.evaluate(RULE, [sample({"node": "n1"}, 9)], 0)
     c = book.take_changes()
-    assert [r["state"] for r in c.alerts] == ["pending"]
+    assert [r.state for r in c.alerts] == ["pending"]
     assert c.deleted_alerts == []
     book.evaluate(RULE, [], 10)
     c = book.take_changes()
@@ -185,16 +197,16 @@ def test_take_changes_reports_rows_and_deletions() -> None:
     [(5, []), (10, [1.0]), (15, [1.0]), (20, [2.0]), (100, [3.0]), (200, [])],
 )
 def test_samples_at_uses_newest_point_within_lookback(at: float, expected: list[float]) -> None:
-    series = [Series({"node": "n"}, [(10, 1.0), (20, 2.0), (30, 3.0)])]
-    assert [s.value for s in samples_at(series, at, lookback=100)] == expected
+    stored = [series({"node": "n"}, [(10, 1.0), (20, 2.0), (30, 3.0)])]
+    assert [s.value for s in samples_at(stored, at, lookback=100)] == expected
 
 
 def test_replay_times_one_per_step_inside_gap() -> None:
-    series = [
-        Series({"node": "a"}, [(100, 1), (115, 1), (130, 1), (145, 1), (400, 1)]),
-        Series({"node": "b"}, [(101, 1), (116, 1)]),
+    stored = [
+        series({"node": "a"}, [(100, 1), (115, 1), (130, 1), (145, 1), (400, 1)]),
+        series({"node": "b"}, [(101, 1), (116, 1)]),
     ]
-    assert replay_times(series, 100, 400, 15) == [101, 116, 130, 145]
+    assert replay_times(stored, 100, 400, 15) == [101, 116, 130, 145]
 
 
 def test_state_enum_values() -> None:
@@ -207,7 +219,7 @@ def test_silence_does_not_repeat_what_was_sent_before_it() -> None:
     assert len(book.flush(1000)) == 1
     silence = Silence("s", parse_matchers("node=n1"), 1005, 1100)
     for t in range(1010, 1200, 10):
-        book.evaluate(RULE, [Sample({"node": "n1"}, 9)], t)
+        book.evaluate(RULE, [sample({"node": "n1"}, 9)], t)
         assert book.flush(t, [silence]) == [], t  # silenced, then already notified
     (repeat,) = book.flush(4600, [silence])
     assert repeat.repeat
@@ -231,7 +243,7 @@ def test_rules_sharing_a_name_are_judged_together() -> None:
     book = AlertBook(GroupSettings())
 
     def step(value: float, t: float) -> list[str]:
-        samples = [Sample({"node": "n1"}, value)]
+        samples = [sample({"node": "n1"}, value)]
         book.evaluate_all([(warn, samples), (crit, samples)], t)
         return sorted(f"{a.labels['severity']}:{a.state.value}" for a in book.alerts.values())
 

@@ -6,12 +6,13 @@ replays the gap over stored samples and queues what it missed, marked late.
 
 from __future__ import annotations
 
-from piman.monitor.alerts import GroupSettings, make_silence
-from piman.monitor.evaluator import AlertService, QuerySource, configured_rules
-from piman.monitor.query import EVENTS_JOB, MemoryQuery
-from piman.monitor.rules import Rule
+from piman.monitor.alerting.book import GroupSettings
+from piman.monitor.alerting.evaluator import AlertService, QuerySource
+from piman.monitor.alerting.rules import Rule
+from piman.monitor.alerting.service import configured_rules
+from piman.monitor.alerting.silences import make_silence
+from piman.monitor.collector.query import EVENTS_JOB, MemoryQuery
 from piman.store import Store
-from piman.store.alert_tables import AlertRepository
 
 T0 = 1_800_000_000.0
 HOT = Rule.parse("HotSoC", "temperature_celsius >= 80", 60, {"severity": "warning"})
@@ -26,7 +27,7 @@ def temp(q: MemoryQuery, node: str, t: float, value: float) -> None:
 def service(store: Store, q: MemoryQuery, now: list[float]) -> AlertService:
     return AlertService(
         [HOT, DOWN],
-        AlertRepository(store.session),
+        store.alerts,
         QuerySource(q, lookback=60),
         SETTINGS,
         interval=15,
@@ -36,7 +37,7 @@ def service(store: Store, q: MemoryQuery, now: list[float]) -> AlertService:
 
 
 async def outbox(store: Store) -> list[tuple[str, bool, list[str]]]:
-    items = await AlertRepository(store.session).outbox(limit=1000)
+    items = await store.alerts.outbox(limit=1000)
     return [
         (
             i.payload["alerts"][0]["status"],
@@ -56,14 +57,14 @@ async def test_restart_keeps_pending_timer_and_does_not_repage(store: Store) -> 
         now[0] = T0 + 15 * i
         temp(q, "n1", now[0], 85)
         await svc.tick(now[0])
-    assert [a.state.value for a in svc.active()] == ["pending"]
+    assert [a.state for a in svc.active()] == ["pending"]
     pending_since = svc.active()[0].active_at
 
     # "Restart": a new service over the same store, a moment later.
     now[0] = T0 + 50
     svc = service(store, q, now)
     assert await svc.start() == []
-    assert [(a.state.value, a.active_at) for a in svc.active()] == [("pending", pending_since)]
+    assert [(a.state, a.active_at) for a in svc.active()] == [("pending", pending_since)]
     now[0] = T0 + 60
     temp(q, "n1", now[0], 86)
     notes = await svc.tick(now[0])  # the timer ran through the restart: fires at 60 s
@@ -100,7 +101,7 @@ async def test_catch_up_replays_the_gap_and_marks_late(store: Store) -> None:
     assert firing.starts_at == T0 + 15 * 14  # hot from i=10 (150 s); held 60 s at i=14
     assert resolved.ends_at == T0 + 15 * 18
     assert await outbox(store) == [("firing", True, ["HotSoC"]), ("resolved", True, ["HotSoC"])]
-    history = await AlertRepository(store.session).history()
+    history = await store.alerts.history()
     assert [(h.state, h.late) for h in reversed(history)] == [("firing", True), ("resolved", True)]
     # Running on from there does not send them again.
     now[0] = T0 + 615
@@ -111,7 +112,7 @@ async def test_catch_up_replays_the_gap_and_marks_late(store: Store) -> None:
 async def test_silence_in_store_mutes_and_regex_matchers_apply(store: Store) -> None:
     q = MemoryQuery()
     now = [T0]
-    repo = AlertRepository(store.session)
+    repo = store.alerts
     await repo.add_silence(make_silence(['node=~"n[12]"'], now=T0, duration=3600))
     svc = service(store, q, now)
     await svc.start()
@@ -120,7 +121,11 @@ async def test_silence_in_store_mutes_and_regex_matchers_apply(store: Store) -> 
     q.add("up", {"job": "other", "instance": "x", "node": "x"}, T0, 0)  # not job="piman"
     notes = await svc.tick(T0)
     assert [n.group_labels["node"] for n in notes] == ["n3"]
-    assert sorted(a.labels["node"] for a in svc.firing()) == ["n1", "n2", "n3"]
+    assert sorted(a.labels["node"] for a in [a for a in svc.active() if a.state == "firing"]) == [
+        "n1",
+        "n2",
+        "n3",
+    ]
 
 
 async def test_no_scrape_since_start_means_no_evaluation(store: Store) -> None:
@@ -133,7 +138,7 @@ async def test_no_scrape_since_start_means_no_evaluation(store: Store) -> None:
         now[0] = T0 + 15 * i
         temp(q, "n1", now[0], 90)
         await svc.tick(now[0])
-    assert [a.state.value for a in svc.firing()] == ["firing"]
+    assert [a.state for a in svc.active() if a.state == "firing"] == ["firing"]
     # Restarted; the store has not been written since: firing alerts must not resolve.
     last_write = [T0 + 60]
     now[0] = T0 + 70
@@ -142,7 +147,7 @@ async def test_no_scrape_since_start_means_no_evaluation(store: Store) -> None:
     await svc.start()
     now[0] = T0 + 200  # samples are now stale (lookback 60 s)
     assert await svc.tick(now[0]) == []
-    assert [a.state.value for a in svc.firing()] == ["firing"]
+    assert [a.state for a in svc.active() if a.state == "firing"] == ["firing"]
 
 
 def test_configured_rules_replace_defaults_by_name() -> None:

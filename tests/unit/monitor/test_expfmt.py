@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from piman.monitor.expfmt import (
+from piman.monitor.collector.expfmt import (
     MalformedText,
     ParsedSample,
     format_sample,

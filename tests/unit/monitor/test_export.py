@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from piman.config.monitoring import MonitoringSettings, RuleSettings
+from piman.fleet.metrics import EVENT_FIELDS
+from piman.monitor.alerting.rules import Rule
+from piman.monitor.collector.scrape import ScrapeTarget
 from piman.monitor.export import EVENT_PROMQL, file_sd, prometheus_rules, rules_of
-from piman.monitor.rules import EVENT_FIELDS, Rule
-from piman.monitor.scrape import Target
 
 
 @pytest.mark.parametrize(
@@ -50,8 +51,8 @@ def test_configured_rules_replace_defaults_of_the_same_name_and_can_turn_them_of
 def test_file_sd_groups_are_sorted_by_node() -> None:
     got = file_sd(
         [
-            Target("b", "http://10.0.0.2:9110/metrics", None),
-            Target("a", "http://10.0.0.1:9110/metrics", None),
+            ScrapeTarget("b", "http://10.0.0.2:9110/metrics", None),
+            ScrapeTarget("a", "http://10.0.0.1:9110/metrics", None),
         ]
     )
     assert [g["labels"]["node"] for g in got] == ["a", "b"]

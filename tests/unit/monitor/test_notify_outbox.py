@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from piman.errors import NotifyError
-from piman.monitor.notify import (
+from piman.fleet.ports import AlertRepository
+from piman.fleet.records import TickChanges
+from piman.monitor.alerting.notify import (
     AppriseReceiver,
     Notifier,
     _safe,
@@ -18,7 +20,6 @@ from piman.monitor.notify import (
     render_text,
 )
 from piman.store import Store
-from piman.store.alert_tables import AlertRepository, TickChanges
 
 PAYLOAD: dict[str, Any] = {
     "key": "k",
@@ -155,7 +156,7 @@ async def repo(tmp_path: Path) -> AsyncIterator[AlertRepository]:
     store = Store(f"sqlite+aiosqlite:///{tmp_path / 'piman.db'}")
     await store.open()
     try:
-        yield AlertRepository(store.session)
+        yield store.alerts
     finally:
         await store.close()
 

@@ -5,17 +5,9 @@ from __future__ import annotations
 import pytest
 
 from piman.config import parse_config
-from piman.errors import ConfigError
-from piman.monitor.rules import (
-    Matcher,
-    Rule,
-    RuleError,
-    Selector,
-    default_rules,
-    fingerprint,
-    parse_expr,
-    parse_matchers,
-)
+from piman.config.matchers import Matcher, Selector, parse_expr, parse_matchers
+from piman.errors import ConfigError, RuleError
+from piman.monitor.alerting.rules import Rule, default_rules, fingerprint
 
 
 @pytest.mark.parametrize(

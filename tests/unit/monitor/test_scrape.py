@@ -14,10 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from piman.monitor.expfmt import format_sample, parse
-from piman.monitor.scrape import Scraper, Target, _TargetState, targets_for
-from piman.monitor.snapshot import NodeSnapshots, sparkline
-from piman.monitor.tsdb import TargetBatch, Tsdb
+from piman.monitor.collector.expfmt import format_sample, parse
+from piman.monitor.collector.scrape import Scraper, ScrapeTarget, _TargetState, targets_for
+from piman.monitor.collector.snapshot import NodeSnapshots
+from piman.monitor.collector.tsdb import TargetBatch, Tsdb
+from piman.web.ui.pages import sparkline
 
 BODY = """\
 # TYPE node_load1 gauge
@@ -48,8 +49,8 @@ class FakeFetcher:
         return None
 
 
-def _target(node: str) -> Target:
-    return Target(node, f"http://{node}:9110/metrics", f"http://{node}:9110/events")
+def _target(node: str) -> ScrapeTarget:
+    return ScrapeTarget(node, f"http://{node}:9110/metrics", f"http://{node}:9110/events")
 
 
 @pytest.fixture
@@ -62,14 +63,14 @@ async def tsdb(tmp_path: Path) -> AsyncIterator[Tsdb]:
         await db.close()
 
 
-def _scraper(tsdb: Tsdb, fetcher: FakeFetcher, targets: list[Target]) -> Scraper:
-    async def source() -> list[Target]:
+def _scraper(tsdb: Tsdb, fetcher: FakeFetcher, targets: list[ScrapeTarget]) -> Scraper:
+    async def source() -> list[ScrapeTarget]:
         return targets
 
     return Scraper(tsdb, source, interval=1.0, timeout=0.2, fetcher=fetcher, forward=True)
 
 
-async def _scrape_all(scraper: Scraper, targets: list[Target], now: float) -> None:
+async def _scrape_all(scraper: Scraper, targets: list[ScrapeTarget], now: float) -> None:
     batches = await asyncio.gather(*(scraper.scrape(_TargetState(t), now) for t in targets))
     scraper._pending.extend(batches)
     await scraper.flush()
@@ -132,7 +133,7 @@ async def test_events_fields_become_series_and_the_snapshot(tsdb: Tsdb) -> None:
     assert throttled.value == 0x50005
     snap = snapshots["ok"]
     assert (snap.up, snap.cpu, snap.temperature, snap.memory) == (True, 12.5, 55.0, None)
-    assert snap.cpu_points == "0.0,17.5"
+    assert sparkline(snap.cpu_history) == "0.0,17.5"
 
 
 async def test_exposition_for_forwarding_has_all_labels_and_timestamps(tsdb: Tsdb) -> None:
@@ -181,8 +182,8 @@ def test_targets_come_from_agent_url_or_ip_and_port() -> None:
         9110,
     )
     assert got == [
-        Target("a", "http://10.0.0.1:9110/metrics", "http://10.0.0.1:9110/events"),
-        Target("b", "https://b.example:9443/custom", "https://b.example:9443/events"),
+        ScrapeTarget("a", "http://10.0.0.1:9110/metrics", "http://10.0.0.1:9110/events"),
+        ScrapeTarget("b", "https://b.example:9443/custom", "https://b.example:9443/events"),
     ]
     assert got[0].instance == "10.0.0.1:9110"
 

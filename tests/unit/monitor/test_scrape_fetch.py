@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from piman.monitor.fetch import BadResponse, StreamFetcher, parse_head
+from piman.monitor.collector.fetch import BadResponse, StreamFetcher, parse_head
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from piman.monitor.query import EVENTS_JOB, MemoryQuery, MetricsQuery
-from piman.monitor.tsdb import TargetBatch, Tsdb
+from piman.monitor.collector.query import EVENTS_JOB, MemoryQuery, MetricsQuery
+from piman.monitor.collector.tsdb import TargetBatch, Tsdb
 
 T0 = 1_700_000_000.0  # a minute boundary + 20 s: 1_699_999_980 is one
 

@@ -11,7 +11,7 @@ from piman.config.models import NodeSettings
 from piman.config.power import SwitchSettings
 from piman.errors import PowerConnError, PowerFatalError
 from piman.fleet.lifecycle import PowerState
-from piman.power.base import PortReading
+from piman.fleet.power import PortReading
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -85,9 +85,6 @@ class FakeDriver:
         admin = self.sw.admin.get(port, PowerState.ON)
         detection = "deliveringPower" if admin is PowerState.ON else "disabled"
         return PortReading(admin=admin, detection=detection)
-
-    async def read_power_watts(self, port: int) -> float | None:
-        return None
 
     async def close(self) -> None:
         self.closed = True

@@ -182,7 +182,7 @@ async def test_resolve_rejects_unknown_targets(tmp_path: Path) -> None:
 async def test_cycle_uses_a_one_step_reboot_when_the_driver_has_one(tmp_path: Path) -> None:
     from piman.config.models import NodeSettings
     from piman.config.power import SwitchSettings
-    from piman.power.base import PortReading
+    from piman.fleet.power import PortReading
 
     reboots: list[int] = []
 
@@ -202,9 +202,6 @@ async def test_cycle_uses_a_one_step_reboot_when_the_driver_has_one(tmp_path: Pa
 
         async def get_port(self, port: int) -> PortReading:
             return PortReading(admin=PowerState.UNKNOWN)
-
-        async def read_power_watts(self, port: int) -> float | None:
-            return None
 
         async def close(self) -> None:
             return None

@@ -10,14 +10,14 @@ import httpx
 import pytest
 
 from piman.config.models import Config, NodeSettings
+from piman.config.overlay import apply_overlay
 from piman.config.power import SnmpSettings, SwitchSettings
 from piman.errors import ConfigError, PowerConnError, PowerFatalError
 from piman.fleet.lifecycle import PowerState
+from piman.inventory.bridge import FdbEntry, compare, yaml_fixes
 from piman.power.base import ManualActionRequired
-from piman.power.bridge import FdbEntry, compare, yaml_fixes
 from piman.power.command import CommandDriver
 from piman.power.manual import ManualDriver, SshRebootDriver
-from piman.power.overlay import apply_overlay
 from piman.power.profiles import PROFILES
 from piman.power.registry import DriverRegistry, default_registry
 from piman.power.snmp import SnmpTarget

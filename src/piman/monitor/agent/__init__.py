@@ -2,7 +2,7 @@
 
 Standard library only at run time, so that a Pi runs it in a few MB; nothing here imports the
 manager's side. Entry points: ``piman agent`` (the CLI, which execs
-``python -m piman.monitor.agent``) and :func:`piman.monitor.agent.app.main`.
+``python -m piman.monitor.agent``) and :func:`piman.monitor.agent.run.main`.
 """
 
 __all__ = [
@@ -17,5 +17,6 @@ __all__ = [
     "pi",
     "process",
     "procfs",
+    "run",
     "server",
 ]

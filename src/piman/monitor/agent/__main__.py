@@ -2,6 +2,6 @@
 
 import sys
 
-from piman.monitor.agent.app import main
+from piman.monitor.agent.run import main
 
 sys.exit(main())

@@ -1,4 +1,5 @@
-"""The threaded shell of ``piman agent``: sockets in, :class:`AgentApp` responses out.
+"""The threaded shell of ``piman agent``: sockets in, an app's responses out
+(:class:`~piman.monitor.agent.app.AgentApp`, or anything with its ``handle``).
 
 One thread per connection (``socketserver``), keep-alive, an idle timeout, and TLS done in the
 connection's thread so that a slow handshake never blocks ``accept``. ``ssl`` is imported only
@@ -10,11 +11,12 @@ from __future__ import annotations
 import logging
 import socket
 import socketserver
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from piman.monitor.agent.http import (
     MAX_HEAD,
     MalformedRequest,
+    Request,
     Response,
     encode_response,
     find_head_end,
@@ -24,9 +26,14 @@ from piman.monitor.agent.http import (
 if TYPE_CHECKING:
     import ssl
 
-    from piman.monitor.agent.app import AgentApp
+__all__ = ["AgentServer", "Handler", "make_ssl_context", "serve_socket"]
 
-__all__ = ["AgentServer", "make_ssl_context", "serve_socket"]
+
+class Handler(Protocol):
+    """What the server serves: one response per request (the agent's app)."""
+
+    def handle(self, request: Request) -> Response: ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +48,7 @@ def make_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return context
 
 
-def serve_socket(sock: socket.socket, app: AgentApp, peer: str) -> None:
+def serve_socket(sock: socket.socket, app: Handler, peer: str) -> None:
     """Answer requests on one connected socket until the client closes or idles out."""
     buf = bytearray()
     while True:
@@ -100,7 +107,7 @@ class AgentServer(socketserver.ThreadingTCPServer):
 
     def __init__(
         self,
-        app: AgentApp,
+        app: Handler,
         host: str,
         port: int,
         *,

@@ -14,11 +14,12 @@ from piman.netboot.dhcp.packets import (
     decode,
     encode,
 )
-from piman.netboot.dhcp.policy import Decision, DhcpPolicy, Outcome, PolicySettings, Reservation
+from piman.netboot.dhcp.policy import Decision, DhcpOutcome, DhcpPolicy, PolicySettings, Reservation
 from piman.netboot.dhcp.pxe import PiIdentity, parse_option97, pi_identity, pi_option43
 
 __all__ = [
     "Decision",
+    "DhcpOutcome",
     "DhcpPacket",
     "DhcpPolicy",
     "Lease",
@@ -28,7 +29,6 @@ __all__ = [
     "MalformedPacket",
     "MessageType",
     "Options",
-    "Outcome",
     "PiIdentity",
     "PolicySettings",
     "Reservation",

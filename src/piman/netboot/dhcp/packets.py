@@ -17,7 +17,7 @@ Normalisation (so that ``encode(decode(x))`` is a fixed point after one pass):
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from enum import IntEnum
 from ipaddress import IPv4Address
 from typing import Any
@@ -118,8 +118,6 @@ _TYPED: dict[int, tuple[str, str]] = {
     97: ("client_machine_id", "bytes"),
 }
 _ENCODE_ORDER = [53, *sorted(c for c in _TYPED if c != 53)]
-_FIELD_CODE = {name: code for code, (name, _) in _TYPED.items()}
-_OPTION_FIELDS = {f.name for f in fields(Options)}
 
 
 def mac_text(raw: bytes) -> str:
@@ -345,16 +343,3 @@ def encode(packet: DhcpPacket) -> bytes:
     )
     body = header + MAGIC_COOKIE + encode_options(packet.options)
     return body.ljust(300, b"\0")
-
-
-def with_options(options: Options, **changes: Any) -> Options:
-    """``replace`` for :class:`Options` that checks field names (a typo is a TypeError)."""
-    bad = set(changes) - _OPTION_FIELDS
-    if bad:
-        raise TypeError(f"unknown option fields: {sorted(bad)}")
-    return replace(options, **changes)
-
-
-def option_code(field_name: str) -> int:
-    """The option code of a typed :class:`Options` field."""
-    return _FIELD_CODE[field_name]

@@ -42,7 +42,7 @@ from piman.netboot.dhcp.pxe import PiIdentity, is_ipxe, is_pxe_client, pi_identi
 if TYPE_CHECKING:
     from piman.config.models import Config
 
-__all__ = ["OFFER_HOLD", "Decision", "DhcpPolicy", "Outcome", "PolicySettings", "Reservation"]
+__all__ = ["OFFER_HOLD", "Decision", "DhcpOutcome", "DhcpPolicy", "PolicySettings", "Reservation"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ _MAX_REMEMBERED_PIS = 100_000
 _ZERO = IPv4Address(0)
 
 
-class Outcome(StrEnum):
+class DhcpOutcome(StrEnum):
     OFFER = "offer"
     ACK = "ack"
     NAK = "nak"
@@ -125,7 +125,7 @@ class PolicySettings:
 class Decision:
     """What to do about one client message."""
 
-    outcome: Outcome
+    outcome: DhcpOutcome
     reply: DhcpPacket | None = None
     leases: tuple[Lease, ...] = ()  # journal these before sending ``reply``
     delay: float = 0.0  # seconds to wait before sending (per-class reply delay)
@@ -155,17 +155,17 @@ class DhcpPolicy:
 
     def handle(self, packet: DhcpPacket, now: float) -> Decision:
         if packet.op != BOOTREQUEST:
-            return Decision(Outcome.IGNORED, reason="not a BOOTREQUEST")
+            return Decision(DhcpOutcome.IGNORED, reason="not a BOOTREQUEST")
         mtype = packet.message_type
         if mtype is None:
-            return Decision(Outcome.IGNORED, reason="BOOTP without DHCP message type")
+            return Decision(DhcpOutcome.IGNORED, reason="BOOTP without DHCP message type")
         if packet.giaddr != _ZERO and packet.giaddr not in self.settings.network:
-            return Decision(Outcome.IGNORED, reason=f"relayed from foreign {packet.giaddr}")
+            return Decision(DhcpOutcome.IGNORED, reason=f"relayed from foreign {packet.giaddr}")
         identity = self._identify(packet)
         if self.settings.mode == "proxy":
             return self._proxy(packet, mtype, identity)
         if self.settings.mode != "authoritative":
-            return Decision(Outcome.IGNORED, reason="DHCP is off")
+            return Decision(DhcpOutcome.IGNORED, reason="DHCP is off")
         if mtype is MessageType.DISCOVER:
             return self._discover(packet, identity, now)
         if mtype is MessageType.REQUEST:
@@ -176,7 +176,9 @@ class DhcpPolicy:
             return self._release(packet, identity, now)
         if mtype is MessageType.INFORM:
             return self._inform(packet, identity)
-        return Decision(Outcome.IGNORED, identity=identity, reason=f"{mtype.name} from a client")
+        return Decision(
+            DhcpOutcome.IGNORED, identity=identity, reason=f"{mtype.name} from a client"
+        )
 
     def _identify(self, packet: DhcpPacket) -> PiIdentity | None:
         found = pi_identity(packet, self.settings.pi_ouis)
@@ -200,7 +202,7 @@ class DhcpPolicy:
             ip = self._choose(packet, now)
             if ip is None:
                 why = "no pool" if self.settings.pool is None else "pool exhausted"
-                return Decision(Outcome.IGNORED, identity=identity, reason=why)
+                return Decision(DhcpOutcome.IGNORED, identity=identity, reason=why)
             address = IPv4Address(ip)
             if identity is not None:  # Pi 3 rule: bound at OFFER time
                 lease = Lease(ip, mac, now + self.settings.lease_time, LeaseState.BOUND)
@@ -222,7 +224,7 @@ class DhcpPolicy:
                 leases = (lease,)
         reply = self._reply(packet, MessageType.OFFER, address, identity)
         return Decision(
-            Outcome.OFFER, reply, leases, self._delay(mac, identity), identity, address, "offer"
+            DhcpOutcome.OFFER, reply, leases, self._delay(mac, identity), identity, address, "offer"
         )
 
     def _choose(self, packet: DhcpPacket, now: float) -> int | None:
@@ -248,8 +250,8 @@ class DhcpPolicy:
             if ours is not None and ours.state is LeaseState.OFFERED:
                 freed = Lease(ours.ip, mac, now, LeaseState.RELEASED)
                 self.table.apply(freed)
-                return Decision(Outcome.IGNORED, leases=(freed,), reason="chose another server")
-            return Decision(Outcome.IGNORED, identity=identity, reason="chose another server")
+                return Decision(DhcpOutcome.IGNORED, leases=(freed,), reason="chose another server")
+            return Decision(DhcpOutcome.IGNORED, identity=identity, reason="chose another server")
         address = opts.requested_ip or (packet.ciaddr if packet.ciaddr != _ZERO else None)
         if address is None:
             return self._nak(packet, identity, "REQUEST names no address")
@@ -262,7 +264,7 @@ class DhcpPolicy:
             leases = (lease,)
         reply = self._reply(packet, MessageType.ACK, address, identity)
         return Decision(
-            Outcome.ACK, reply, leases, self._delay(mac, identity), identity, address, "ack"
+            DhcpOutcome.ACK, reply, leases, self._delay(mac, identity), identity, address, "ack"
         )
 
     def _nak(self, packet: DhcpPacket, identity: PiIdentity | None, why: str) -> Decision:
@@ -279,7 +281,7 @@ class DhcpPolicy:
                 relay_agent=packet.options.relay_agent,
             ),
         )
-        return Decision(Outcome.NAK, reply, identity=identity, reason=why)
+        return Decision(DhcpOutcome.NAK, reply, identity=identity, reason=why)
 
     def _decline(self, packet: DhcpPacket, identity: PiIdentity | None, now: float) -> Decision:
         address = packet.options.requested_ip
@@ -289,31 +291,35 @@ class DhcpPolicy:
                 packet.mac,
                 address,
             )
-            return Decision(Outcome.IGNORED, identity=identity, reason="decline outside pool")
+            return Decision(DhcpOutcome.IGNORED, identity=identity, reason="decline outside pool")
         lease = Lease(int(address), "", now + QUARANTINE, LeaseState.DECLINED)
         self.table.apply(lease)
         current = self.table.for_mac(packet.mac)
         if current is not None and current.ip == int(address):
             del self.table.by_mac[packet.mac]
-        return Decision(Outcome.IGNORED, leases=(lease,), identity=identity, reason="declined")
+        return Decision(DhcpOutcome.IGNORED, leases=(lease,), identity=identity, reason="declined")
 
     def _release(self, packet: DhcpPacket, identity: PiIdentity | None, now: float) -> Decision:
         current = self.table.for_ip(int(packet.ciaddr))
         if current is None or current.mac != packet.mac:
-            return Decision(Outcome.IGNORED, identity=identity, reason="release of a foreign lease")
+            return Decision(
+                DhcpOutcome.IGNORED, identity=identity, reason="release of a foreign lease"
+            )
         lease = Lease(current.ip, packet.mac, now, LeaseState.RELEASED)
         self.table.apply(lease)
-        return Decision(Outcome.IGNORED, leases=(lease,), identity=identity, reason="released")
+        return Decision(DhcpOutcome.IGNORED, leases=(lease,), identity=identity, reason="released")
 
     def _inform(self, packet: DhcpPacket, identity: PiIdentity | None) -> Decision:
         reply = self._reply(packet, MessageType.ACK, None, identity)
-        return Decision(Outcome.INFORM, reply, identity=identity, address=packet.ciaddr)
+        return Decision(DhcpOutcome.INFORM, reply, identity=identity, address=packet.ciaddr)
 
     def _proxy(
         self, packet: DhcpPacket, mtype: MessageType, identity: PiIdentity | None
     ) -> Decision:
         if identity is None or mtype is not MessageType.DISCOVER:
-            return Decision(Outcome.IGNORED, identity=identity, reason="proxy: not a Pi DISCOVER")
+            return Decision(
+                DhcpOutcome.IGNORED, identity=identity, reason="proxy: not a Pi DISCOVER"
+            )
         s = self.settings
         options = Options(
             message_type=MessageType.OFFER,
@@ -333,7 +339,7 @@ class DhcpPolicy:
             options=options,
         )
         delay = self._delay(packet.mac, identity)
-        return Decision(Outcome.OFFER, reply, (), delay, identity, None, "proxy offer")
+        return Decision(DhcpOutcome.OFFER, reply, (), delay, identity, None, "proxy offer")
 
     # --- replies -------------------------------------------------------------------------------
 

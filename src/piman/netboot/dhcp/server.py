@@ -17,16 +17,15 @@ neighbour entry itself (``SIOCSARP`` on ``manager.interface``), as dnsmasq does.
 from a port other than 68 (the demo's virtual Pis, tests on loopback) is answered where it spoke
 from.
 
-Sightings: Pis, and clients whose MAC the store already knows, are recorded on the node
-(``store.nodes.record_sighting``) from a background task, at most once per
-:data:`SIGHTING_INTERVAL` per MAC unless what is learnt changes; an unknown Pi becomes a ``new``
-node. Other clients (laptops, perfdhcp's thousands) never create nodes.
+Sightings: Pis, and clients whose MAC the store already knows, are handed to the inventory's
+sightings (:mod:`piman.inventory.sightings`: one throttle and one writer for DHCP and TFTP);
+an unknown Pi becomes a ``new`` node there. Other clients (laptops, perfdhcp's thousands) never
+create nodes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import logging
 import socket
@@ -43,26 +42,23 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from piman.errors import PimanError
 from piman.netboot.dhcp.leases import LeaseJournal, LeaseTable
 from piman.netboot.dhcp.packets import DhcpPacket, MalformedPacket, MessageType, decode, encode
-from piman.netboot.dhcp.policy import Decision, DhcpPolicy, Outcome, PolicySettings
+from piman.netboot.dhcp.policy import Decision, DhcpOutcome, DhcpPolicy, PolicySettings
 
 if TYPE_CHECKING:
-    from piman.store import Store
+    from piman.context import InventoryHandle
 
-__all__ = ["SIGHTING_INTERVAL", "DhcpServer", "DhcpServerError", "reply_destination"]
+__all__ = ["DhcpServer", "DhcpServerError", "reply_destination"]
 
 logger = logging.getLogger(__name__)
 
-SIGHTING_INTERVAL = 30.0
 SIOCSARP = 0x8955
 SO_RCVBUFFORCE = 33  # Linux <asm-generic/socket.h>
 ATF_COM = 0x02
 ARPHRD_ETHER = 1
 _BROADCAST = "255.255.255.255"
 _ZERO = IPv4Address(0)
-_SIGHTING_QUEUE = 10_000
 _READ_BURST = 64
 _RCVBUF = 8 << 20
-_Learnt = tuple[str | None, str | None, str | None, str | None]  # ip, serial, model, vendor class
 
 
 class DhcpServerError(PimanError):
@@ -122,13 +118,13 @@ class DhcpServer:
         journal_path: Path,
         listen: tuple[str, int] = ("0.0.0.0", 67),
         interface: str | None = None,
-        store: Store | None = None,
+        sightings: InventoryHandle | None = None,
         metrics: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.listen = listen
         self.interface = interface
-        self.store = store
+        self.sightings = sightings
         self.journal = LeaseJournal(journal_path)
         self.policy: DhcpPolicy | None = None
         self.metrics = _Metrics(metrics)
@@ -139,9 +135,6 @@ class DhcpServer:
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dhcp-journal")
         self._batch: list[tuple[DhcpPacket, Decision, tuple[str, int]]] = []
         self._wake = asyncio.Event()
-        self._sightings: asyncio.Queue[tuple[str, _Learnt]] = asyncio.Queue(_SIGHTING_QUEUE)
-        self._seen: dict[str, tuple[float, _Learnt]] = {}
-        self._known_macs: set[str] = set()
         self._warned: dict[str, float] = {}
 
     def _active_leases(self) -> float:
@@ -180,8 +173,8 @@ class DhcpServer:
             table.apply(lease)
         self.policy = DhcpPolicy(self.settings, table)
         self._batch = []  # a restart after a failure starts from the journal, not from memory
-        if self.store is not None:
-            self._known_macs = {n.mac for n in await self.store.nodes.list() if n.mac}
+        if self.sightings is not None:
+            await self.sightings.load()  # which non-Pi MACs are nodes (their sightings count)
         loop = asyncio.get_running_loop()
         try:
             sock = self._socket()
@@ -202,9 +195,7 @@ class DhcpServer:
         )
         self.ready.set()
         try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._flusher())
-                group.create_task(self._record_sightings())
+            await self._flusher()
         finally:
             self.ready.clear()
             loop.remove_reader(sock.fileno())
@@ -269,7 +260,7 @@ class DhcpServer:
                 decision.reason,
             )
         ident = decision.identity
-        if ident is not None and decision.outcome in (Outcome.OFFER, Outcome.ACK):
+        if ident is not None and decision.outcome in (DhcpOutcome.OFFER, DhcpOutcome.ACK):
             # Pis are few and netboot rarely: worth a line at INFO each.
             logger.info(
                 "[dhcp mac=%s model=%s serial=%s] %s %s",
@@ -281,7 +272,7 @@ class DhcpServer:
             )
         self._note_sighting(packet, decision)
         if decision.reply is None:
-            if decision.outcome is Outcome.IGNORED and not decision.leases:
+            if decision.outcome is DhcpOutcome.IGNORED and not decision.leases:
                 self.metrics.drops.labels("ignored").inc()
             if decision.leases:
                 self._batch.append((packet, decision, peer))
@@ -366,35 +357,16 @@ class DhcpServer:
     # --- sightings -----------------------------------------------------------------------------
 
     def _note_sighting(self, packet: DhcpPacket, decision: Decision) -> None:
-        if self.store is None or len(packet.chaddr) != 6:
+        if self.sightings is None or len(packet.chaddr) != 6:
             return
         mac = packet.mac
-        if decision.identity is None and mac not in self._known_macs:
-            return
         ident = decision.identity
-        learnt: _Learnt = (
-            str(decision.address) if decision.address else None,
-            ident.serial if ident else None,
-            ident.model.value if ident else None,
-            packet.options.vendor_class,
-        )
-        now = time.monotonic()
-        last = self._seen.get(mac)
-        if last is not None and last[1] == learnt and now - last[0] < SIGHTING_INTERVAL:
+        if ident is None and not self.sightings.is_known(mac):
             return
-        self._seen[mac] = (now, learnt)
-        with contextlib.suppress(asyncio.QueueFull):
-            self._sightings.put_nowait((mac, learnt))
-
-    async def _record_sightings(self) -> None:
-        while True:
-            mac, (ip, serial, model, vendor_class) = await self._sightings.get()
-            if self.store is None:
-                continue
-            try:
-                await self.store.nodes.record_sighting(
-                    mac, ip=ip, serial=serial, model=model, vendor_class=vendor_class
-                )
-                self._known_macs.add(mac)
-            except Exception:  # the store may be briefly unavailable; DHCP goes on
-                logger.exception("[dhcp mac=%s] could not record the sighting", mac)
+        self.sightings.note(
+            mac,
+            ip=str(decision.address) if decision.address else None,
+            serial=ident.serial if ident else None,
+            model=ident.model.value if ident else None,
+            vendor_class=packet.options.vendor_class,
+        )

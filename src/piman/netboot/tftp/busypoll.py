@@ -15,12 +15,21 @@ spins in a row that ended without the datagram, it rests for the next ``rest`` w
 sleep at once), then tries again. A Pi whose ACKs come later than the spin budget thus costs a
 few spins per thousand blocks. ``tftp.busy_poll: 0`` turns spinning off.
 
-The pump (:mod:`piman.netboot.tftp.pump`) does the spinning; this module only decides how long.
+The pump (:mod:`piman.netboot.tftp.pump`) waits through :meth:`BusyPoll.read` (a parked
+transfer's socket) and :meth:`BusyPoll.poll` (the epoll set): spin for as long as
+:meth:`BusyPoll.spin_for` says, then sleep.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import time
+from collections.abc import Callable
+
 __all__ = ["BusyPoll"]
+
+_DONTWAIT = socket.MSG_DONTWAIT
 
 
 class BusyPoll:
@@ -58,3 +67,50 @@ class BusyPoll:
             self._in_a_row = 0
             self._resting = self.rest
             self.rests += 1
+
+    # The waits -----------------------------------------------------------------------------
+
+    def read(self, fd: int, recv: Callable[[int, int], bytes], size: int) -> bytes:
+        """A datagram from a blocking socket that had none at once: spin for it a while, then
+        sleep in ``read`` (the socket's receive timeout ends the sleep: BlockingIOError)."""
+        spin = self.spin_for()
+        if spin:
+            clock = time.perf_counter
+            give_way = os.sched_yield
+            until = clock() + spin
+            while True:
+                give_way()  # a client on this CPU runs now, not at our next sleep
+                try:
+                    data = recv(size, _DONTWAIT)
+                except BlockingIOError:
+                    if clock() < until:
+                        continue
+                    self.miss()
+                    break
+                self.hit()
+                return data
+        return os.read(fd, size)
+
+    def poll(
+        self, poll: Callable[[float, int], list[tuple[int, int]]], wait: float, max_events: int
+    ) -> list[tuple[int, int]]:
+        """``epoll_wait``: ready sockets at once, or after a spin, or after a sleep of at most
+        ``wait`` seconds."""
+        events = poll(0.0, max_events)
+        if events or wait <= 0.0:
+            return events
+        spin = self.spin_for()
+        if spin:
+            clock = time.perf_counter
+            give_way = os.sched_yield
+            until = clock() + min(spin, wait)
+            while True:
+                give_way()
+                events = poll(0.0, max_events)
+                if events:
+                    self.hit()
+                    return events
+                if clock() >= until:
+                    self.miss()
+                    break
+        return poll(wait, max_events)

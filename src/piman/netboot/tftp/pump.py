@@ -75,7 +75,7 @@ try:
 except ImportError:  # built without a C compiler: the Python data path serves alone
     _lanes = None  # type: ignore[assignment]
 from piman.netboot.tftp.packets import MalformedPacket, Opcode, decode
-from piman.netboot.tftp.session import Action, ArmTimer, Outcome, Send
+from piman.netboot.tftp.session import Action, ArmTimer, Send, TransferOutcome
 from piman.netboot.tftp.transfer import Transfer, enable_gso
 
 __all__ = ["TransferPump"]
@@ -144,7 +144,7 @@ class TransferPump:
         self._submitted.clear()
         for transfer in left:
             self._release(transfer)
-            transfer.session.abort(Outcome.ABORTED, time.monotonic())
+            transfer.session.abort(TransferOutcome.ABORTED, time.monotonic())
         self._by_fd.clear()
         self._epoll.close()
         self._wake_r.close()
@@ -248,7 +248,7 @@ class TransferPump:
             while not self._stopping:
                 wait = self._wait_time(now)
                 if by_fd and busy.budget:
-                    events = self._wait_events(wait)
+                    events = busy.poll(poll, wait, _MAX_EVENTS)
                 else:
                     events = poll(wait, _MAX_EVENTS)
                 now = monotonic()  # one clock read per batch: a batch lasts microseconds
@@ -336,7 +336,7 @@ class TransferPump:
         read = os.read
         write = os.write
         submitted = self._submitted
-        wait = self._wait_read
+        busy = self.busy
         spins = self.busy.budget > 0  # else every wait sleeps in read at once
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _PARK_TIMEVAL)
@@ -356,7 +356,7 @@ class TransferPump:
                             try:
                                 data = recv(_READ_SIZE, _DONTWAIT)  # the ACK may be here
                             except BlockingIOError:
-                                data = wait(fd, recv)
+                                data = busy.read(fd, recv, _READ_SIZE)
                         else:
                             data = read(fd, _READ_SIZE)
                         if data != expected:
@@ -388,52 +388,6 @@ class TransferPump:
                 with contextlib.suppress(OSError):
                     os.set_blocking(fd, False)
 
-    def _wait_read(self, fd: int, recv: Callable[[int, int], bytes]) -> bytes:
-        """A parked transfer's ACK is not there yet: spin for it a while, then sleep in ``read``
-        (at most 5 ms: then :class:`BlockingIOError`)."""
-        busy = self.busy
-        spin = busy.spin_for()
-        if spin:
-            clock = time.perf_counter
-            give_way = os.sched_yield
-            until = clock() + spin
-            while True:
-                give_way()  # a client on this CPU runs now, not at our next sleep
-                try:
-                    data = recv(_READ_SIZE, _DONTWAIT)
-                except BlockingIOError:
-                    if clock() < until:
-                        continue
-                    busy.miss()
-                    break
-                busy.hit()
-                return data
-        return os.read(fd, _READ_SIZE)
-
-    def _wait_events(self, wait: float) -> list[tuple[int, int]]:
-        """``epoll_wait`` for the epoll loop: ready sockets at once, or after a spin, or after a
-        sleep of at most ``wait`` seconds."""
-        poll = self._epoll.poll
-        events = poll(0.0, _MAX_EVENTS)
-        if events or wait <= 0.0:
-            return events
-        busy = self.busy
-        spin = busy.spin_for()
-        if spin:
-            clock = time.perf_counter
-            give_way = os.sched_yield
-            until = clock() + min(spin, wait)
-            while True:
-                give_way()
-                events = poll(0.0, _MAX_EVENTS)
-                if events:
-                    busy.hit()
-                    return events
-                if clock() >= until:
-                    busy.miss()
-                    break
-        return poll(wait, _MAX_EVENTS)
-
     def _drain_wake(self) -> None:
         with contextlib.suppress(BlockingIOError, InterruptedError):
             while self._wake_r.recv(4096):
@@ -462,7 +416,7 @@ class TransferPump:
     def _failed(self, transfer: Transfer, err: Exception) -> None:
         """An unexpected error in one transfer (logged with its traceback) ends that transfer."""
         logger.error("%s transfer failed", transfer.log_prefix, exc_info=err)
-        transfer.session.abort(Outcome.ERROR, time.monotonic())
+        transfer.session.abort(TransferOutcome.ERROR, time.monotonic())
         self._close(transfer)
 
     def _datagram(self, transfer: Transfer, data: bytes) -> None:
@@ -494,7 +448,7 @@ class TransferPump:
 
     def _unreachable(self, transfer: Transfer, err: OSError) -> None:
         logger.debug("%s client unreachable: %s", transfer.log_prefix, err)
-        transfer.session.abort(Outcome.ABORTED, time.monotonic())
+        transfer.session.abort(TransferOutcome.ABORTED, time.monotonic())
         self._close(transfer)
 
     def _run(self, transfer: Transfer, actions: list[Action]) -> None:

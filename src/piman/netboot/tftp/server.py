@@ -34,11 +34,11 @@ from piman.netboot.tftp.packets import ErrorCode, MalformedPacket, Opcode, Reque
 from piman.netboot.tftp.pump import TransferPump
 from piman.netboot.tftp.session import (
     Action,
-    Outcome,
     Send,
     SessionSettings,
     SessionStats,
     TftpSession,
+    TransferOutcome,
 )
 from piman.netboot.tftp.transfer import Transfer
 
@@ -169,7 +169,7 @@ class TftpServer:
                 if transfer.sock is not None:  # still waiting for the hook
                     transfer.sock.close()
                     transfer.sock = None
-                transfer.session.abort(Outcome.ABORTED, now)
+                transfer.session.abort(TransferOutcome.ABORTED, now)
                 self._finish(transfer)
 
     def _socket(self, address: tuple[str, int], *, listener: bool) -> socket.socket:
@@ -277,7 +277,7 @@ class TftpServer:
                 raise
         except OSError as err:
             logger.warning("%s cannot open a transfer socket: %s", transfer.log_prefix, err)
-            session.refuse(ErrorCode.NOT_DEFINED, "", Outcome.ERROR, self._loop.time())
+            session.refuse(ErrorCode.NOT_DEFINED, "", TransferOutcome.ERROR, self._loop.time())
             self._finish(transfer)
             return
         transfer.sock = sock
@@ -286,7 +286,7 @@ class TftpServer:
             self._submit(
                 transfer,
                 session.refuse(
-                    ErrorCode.ACCESS_VIOLATION, "read-only server", Outcome.REFUSED,
+                    ErrorCode.ACCESS_VIOLATION, "read-only server", TransferOutcome.REFUSED,
                     self._loop.time(),
                 ),
             )  # fmt: skip
@@ -299,24 +299,24 @@ class TftpServer:
                 "%s refused path %r: %s", transfer.log_prefix, request.filename, err
             )  # fmt: skip
             actions = session.refuse(
-                ErrorCode.ACCESS_VIOLATION, "access violation", Outcome.ACCESS_DENIED,
+                ErrorCode.ACCESS_VIOLATION, "access violation", TransferOutcome.ACCESS_DENIED,
                 self._loop.time(),
             )  # fmt: skip
         except (OSError, TimeoutError) as err:
             logger.error("%s cannot read %r: %r", transfer.log_prefix, request.filename, err)  # noqa: TRY400
             actions = session.refuse(
-                ErrorCode.NOT_DEFINED, "read error", Outcome.ERROR, self._loop.time()
+                ErrorCode.NOT_DEFINED, "read error", TransferOutcome.ERROR, self._loop.time()
             )  # fmt: skip
         except Exception:  # one request's failure must not leak its transfer
             logger.exception("%s opening %r failed", transfer.log_prefix, request.filename)
             actions = session.refuse(
-                ErrorCode.NOT_DEFINED, "server error", Outcome.ERROR, self._loop.time()
+                ErrorCode.NOT_DEFINED, "server error", TransferOutcome.ERROR, self._loop.time()
             )  # fmt: skip
         else:
             now = self._loop.time()
             if source is None:
                 actions = session.refuse(
-                    ErrorCode.FILE_NOT_FOUND, "file not found", Outcome.NOT_FOUND, now
+                    ErrorCode.FILE_NOT_FOUND, "file not found", TransferOutcome.NOT_FOUND, now
                 )  # fmt: skip
             else:
                 actions = session.start(source, now)
@@ -324,7 +324,7 @@ class TftpServer:
 
     def _submit(self, transfer: Transfer, actions: list[Action]) -> None:
         if self._pump is None:  # stopping
-            transfer.session.abort(Outcome.ABORTED, time.monotonic())
+            transfer.session.abort(TransferOutcome.ABORTED, time.monotonic())
             self._finish(transfer)
             return
         self._pump.submit(transfer, _send_first(transfer, actions))
@@ -339,12 +339,16 @@ class TftpServer:
         self.metrics.active.dec()
         stats = transfer.session.stats
         self.history.append(stats)
-        outcome = stats.outcome or Outcome.ERROR
+        outcome = stats.outcome or TransferOutcome.ERROR
         self.metrics.transfers.labels(outcome.value).inc()
         self.metrics.bytes.inc(stats.sent_bytes)
         self.metrics.retransmits.inc(stats.retransmits)
         self.metrics.duration.observe(stats.duration)
-        level = logging.DEBUG if outcome in (Outcome.PROBE, Outcome.NOT_FOUND) else logging.INFO
+        level = (
+            logging.DEBUG
+            if outcome in (TransferOutcome.PROBE, TransferOutcome.NOT_FOUND)
+            else logging.INFO
+        )
         logger.log(
             level,
             "%s file=%s outcome=%s bytes=%d blocks=%d retransmits=%d blksize=%d windowsize=%d "

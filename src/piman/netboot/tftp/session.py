@@ -61,18 +61,18 @@ __all__ = [
     "Action",
     "ArmTimer",
     "Close",
-    "Outcome",
     "Send",
     "SessionSettings",
     "SessionStats",
     "TftpSession",
+    "TransferOutcome",
 ]
 
 MAX_BLKSIZE = 65464  # RFC 2348
 DEFAULT_BLKSIZE = 512  # RFC 1350
 
 
-class Outcome(StrEnum):
+class TransferOutcome(StrEnum):
     """How a transfer ended (the ``outcome`` label of the transfer metrics)."""
 
     OK = "ok"
@@ -104,7 +104,7 @@ class ArmTimer:
 class Close:
     """The transfer is over; release its socket."""
 
-    outcome: Outcome
+    outcome: TransferOutcome
 
 
 Action = Send | ArmTimer | Close
@@ -137,7 +137,7 @@ class SessionStats:
     windowsize: int = 1
     options: dict[str, str] = field(default_factory=dict)
     ended: float | None = None
-    outcome: Outcome | None = None
+    outcome: TransferOutcome | None = None
 
     @property
     def duration(self) -> float:
@@ -178,7 +178,9 @@ class TftpSession:
 
     # -- entry points -------------------------------------------------------------------------
 
-    def refuse(self, code: ErrorCode, message: str, outcome: Outcome, now: float) -> list[Action]:
+    def refuse(
+        self, code: ErrorCode, message: str, outcome: TransferOutcome, now: float
+    ) -> list[Action]:
         """Answer the request with an ERROR and close (not found, access violation …)."""
         return self._fail(code, message, outcome, now)
 
@@ -189,7 +191,7 @@ class TftpSession:
             source.close()
             return self._fail(
                 ErrorCode.ILLEGAL_OPERATION, f"unsupported mode {self.request.mode!r}",
-                Outcome.REFUSED, now,
+                TransferOutcome.REFUSED, now,
             )  # fmt: skip
         if mode == "netascii":
             converted = netascii(source.read(0, source.size))
@@ -201,7 +203,7 @@ class TftpSession:
         try:
             accepted = self._negotiate(source.size)
         except _Refusal as refusal:
-            return self._fail(refusal.code, refusal.message, Outcome.REFUSED, now)
+            return self._fail(refusal.code, refusal.message, TransferOutcome.REFUSED, now)
         self._total = source.size // self._blksize + 1
         self._memo = source.memo(self._blksize)
         self.stats.blksize = self._blksize
@@ -351,7 +353,7 @@ class TftpSession:
             return self._on_error(packet, now)
         return []  # DATA, requests and OACKs have no meaning here: ignore them
 
-    def abort(self, outcome: Outcome, now: float) -> list[Action]:
+    def abort(self, outcome: TransferOutcome, now: float) -> list[Action]:
         """End the transfer without telling the client (it is gone, or the server stops)."""
         if self.closed:
             return []
@@ -364,14 +366,14 @@ class TftpSession:
         limit = self.settings.transfer_timeout
         if limit is not None and now >= self.stats.started + limit:
             return self._fail(
-                ErrorCode.NOT_DEFINED, "transfer time limit reached", Outcome.EXPIRED, now
+                ErrorCode.NOT_DEFINED, "transfer time limit reached", TransferOutcome.EXPIRED, now
             )
         deadline = self.deadline
         if now < deadline:
             return [ArmTimer(deadline)]
         self._retries += 1
         if self._retries > self.settings.max_retries:
-            return self._close(Outcome.TIMEOUT, now)
+            return self._close(TransferOutcome.TIMEOUT, now)
         actions: list[Action] = []
         if self._oack is not None:
             actions.append(Send(self._oack))
@@ -424,14 +426,14 @@ class TftpSession:
         self._acked = n
         self._retries = 0
         if n == self._total:
-            return self._close(Outcome.OK, now)
+            return self._close(TransferOutcome.OK, now)
         return self._send_window(now)
 
     def _on_error(self, packet: Error, now: float) -> list[Action]:
         probe = (packet.code == ErrorCode.NOT_DEFINED and self._sent >= 1 and self._acked <= 1) or (
             packet.code == ErrorCode.OPTION_REFUSED and self._oack is not None
         )
-        return self._close(Outcome.PROBE if probe else Outcome.ABORTED, now)
+        return self._close(TransferOutcome.PROBE if probe else TransferOutcome.ABORTED, now)
 
     def _send_window(self, now: float) -> list[Action]:
         if self._window == 1 and self._sent == self._acked:  # lock-step: the hot path
@@ -466,10 +468,12 @@ class TftpSession:
         self._deadline = deadline
         return ArmTimer(deadline)
 
-    def _fail(self, code: ErrorCode, message: str, outcome: Outcome, now: float) -> list[Action]:
+    def _fail(
+        self, code: ErrorCode, message: str, outcome: TransferOutcome, now: float
+    ) -> list[Action]:
         return [Send(encode(Error(code, message))), *self._close(outcome, now)]
 
-    def _close(self, outcome: Outcome, now: float) -> list[Action]:
+    def _close(self, outcome: TransferOutcome, now: float) -> list[Action]:
         self.closed = True
         self._expect = None
         stats = self.stats

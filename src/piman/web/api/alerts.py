@@ -6,21 +6,19 @@ the store directly, or both; the evaluator reads them on every tick.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel, ConfigDict, Field
 
 from piman.config.types import parse_duration
-from piman.manager import ManagerContext
-from piman.monitor.alerts import Alert, Silence, make_silence
-from piman.monitor.rules import RuleError
-from piman.store.alert_tables import AlertRepository, SilenceRecord
+from piman.context import AlertingHandle
+from piman.errors import RuleError
+from piman.fleet.records import AlertRecord, SilenceRecord
+from piman.web.deps import Alerting
+from piman.web.security import Reader, Silencer
 
 __all__ = ["AlertOut", "AlertsOut", "HistoryOut", "SilenceIn", "SilenceOut", "router"]
 
@@ -44,17 +42,19 @@ class AlertOut(BaseModel):
     late: bool
 
     @classmethod
-    def of(cls, a: Alert, silences: list[Silence], now: float) -> AlertOut:
+    def of(
+        cls, a: AlertRecord, alerting: AlertingHandle, silences: list[SilenceRecord], now: float
+    ) -> AlertOut:
         return cls(
             fingerprint=a.fingerprint,
             alertname=a.rule,
-            state=a.state.value,
+            state=a.state,
             labels=a.labels,
             annotations=a.annotations,
             active_at=_dt(a.active_at) or datetime.now(UTC),
             starts_at=_dt(a.fired_at),
             value=a.value,
-            silenced_by=[s.id for s in silences if s.mutes(a.labels, now)],
+            silenced_by=alerting.silenced_by(a.labels, silences, now),
             late=a.late,
         )
 
@@ -75,12 +75,16 @@ class AlertsOut(BaseModel):
 
 
 class SilenceIn(BaseModel):
-    """A new silence: ``matchers`` such as ``["alertname=NodeDown", "node=~rack1-.*"]``."""
+    """A new silence: ``matchers`` such as ``["alertname=NodeDown", "node=~rack1-.*"]``.
+
+    It is recorded as made by the authenticated principal.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     matchers: list[str] | str
     duration: str = Field("2h", description="How long, e.g. 30m, 2h, 1d.")
     comment: str = ""
-    created_by: str = "api"
 
 
 class SilenceOut(BaseModel):
@@ -94,78 +98,48 @@ class SilenceOut(BaseModel):
 
     @classmethod
     def of(cls, s: SilenceRecord, now: float) -> SilenceOut:
-        state = "active" if s.active(now) else ("pending" if s.starts_at > now else "expired")
         return cls(
             id=s.id,
             matchers=s.matchers,
             starts_at=_dt(s.starts_at) or datetime.now(UTC),
             ends_at=_dt(s.ends_at) or datetime.now(UTC),
-            state=state,
+            state=s.status(now),
             created_by=s.created_by,
             comment=s.comment,
         )
 
 
-def _ctx(request: Request) -> ManagerContext:
-    ctx: ManagerContext = request.app.state.ctx
-    return ctx
-
-
-def _repo(request: Request) -> AlertRepository:
-    return AlertRepository(_ctx(request).store.session)
-
-
-def _alerting(request: Request) -> Any:
-    alerting = getattr(_ctx(request).monitor, "alerts", None)
-    if alerting is None:
-        raise HTTPException(503, "alerting is not running on this manager")
-    return alerting
-
-
 @router.get("/alerts", response_model=AlertsOut, summary="Firing and pending alerts, history")
 async def list_alerts(
-    request: Request, history: Annotated[int, Query(ge=0, le=1000)] = 20
+    _: Reader, alerting: Alerting, history: Annotated[int, Query(ge=0, le=1000)] = 20
 ) -> AlertsOut:
-    alerting = _alerting(request)
-    try:  # just after a start, wait for the evaluator to restore its state and catch up
-        await asyncio.wait_for(alerting.service.restored.wait(), 10)
-    except TimeoutError:
-        raise HTTPException(503, "alerting is starting (catching up)") from None
-    repo = _repo(request)
+    # Just after a start, wait for the evaluator to restore its state and catch up.
+    if not await alerting.wait_restored(10):
+        raise HTTPException(503, "alerting is starting (catching up)")
     now = time.time()
-    silences = [Silence.of(s) for s in await repo.silences(now=now)]
-    rows = await repo.history(history) if history else []
-    last = alerting.service.last_evaluated
+    silences = await alerting.silences(active_at=now)
+    rows = await alerting.history(history) if history else []
     return AlertsOut(
-        alerts=[AlertOut.of(a, silences, now) for a in alerting.service.active()],
+        alerts=[AlertOut.of(a, alerting, silences, now) for a in alerting.active()],
         history=[
             HistoryOut(
-                at=h.at,
+                at=_dt(h.at) or datetime.now(UTC),
                 alertname=h.rule,
                 state=h.state,
-                labels=json.loads(h.labels),
+                labels=h.labels,
                 value=h.value,
                 late=h.late,
             )
             for h in rows
         ],
-        last_evaluated=_dt(last),
+        last_evaluated=_dt(alerting.last_evaluated),
     )
 
 
-@router.get("/alerts/panel", include_in_schema=False, response_class=HTMLResponse)
-async def alerts_panel(request: Request) -> HTMLResponse:
-    """The web UI's alerts panel body, for the page's refresh script."""
-    from piman.web.ui.pages import templates
-
-    context = {"monitor": _ctx(request).monitor, "body_only": True}
-    return templates.TemplateResponse(request, "_alerts_panel.html", context)
-
-
 @router.get("/silences", response_model=list[SilenceOut], summary="Every silence, newest first")
-async def list_silences(request: Request) -> list[SilenceOut]:
+async def list_silences(_: Reader, alerting: Alerting) -> list[SilenceOut]:
     now = time.time()
-    return [SilenceOut.of(s, now) for s in await _repo(request).silences()]
+    return [SilenceOut.of(s, now) for s in await alerting.silences()]
 
 
 @router.post(
@@ -175,19 +149,18 @@ async def list_silences(request: Request) -> list[SilenceOut]:
     summary="Silence alerts matching the matchers for a while",
     responses={422: {"description": "Bad matchers or duration"}},
 )
-async def add_silence(body: SilenceIn, request: Request) -> SilenceOut:
+async def add_silence(body: SilenceIn, principal: Silencer, alerting: Alerting) -> SilenceOut:
     now = time.time()
     try:
-        silence = make_silence(
+        silence = await alerting.add_silence(
             body.matchers,
-            now=now,
             duration=parse_duration(body.duration),
-            created_by=body.created_by,
+            created_by=principal.actor,
             comment=body.comment,
+            now=now,
         )
     except (RuleError, ValueError) as err:
         raise HTTPException(422, str(err)) from None
-    await _repo(request).add_silence(silence)
     return SilenceOut.of(silence, now)
 
 
@@ -197,6 +170,6 @@ async def add_silence(body: SilenceIn, request: Request) -> SilenceOut:
     summary="Expire a silence now",
     responses={404: {"description": "No silence with that id"}},
 )
-async def expire_silence(silence_id: str, request: Request) -> SilenceOut:
+async def expire_silence(silence_id: str, _: Silencer, alerting: Alerting) -> SilenceOut:
     now = time.time()
-    return SilenceOut.of(await _repo(request).expire_silence(silence_id, now), now)
+    return SilenceOut.of(await alerting.expire_silence(silence_id, now=now), now)

@@ -3,7 +3,7 @@
 ``query_range`` answers in Prometheus' JSON shape (``resultType: matrix``, values as
 ``[unix_seconds, "string value"]``), so tools that read Prometheus' API can read piman's. It takes
 one metric name and optionally a node, not PromQL. ``/events`` fields are metrics too
-(``temperature_celsius``, ``cpu_percent`` …; see :mod:`piman.monitor.query`).
+(``temperature_celsius``, ``cpu_percent`` …; see :mod:`piman.monitor.collector.query`).
 ``disk_percent`` is psutil's definition: used / (used + free) of ``/``, not used / size.
 """
 
@@ -13,11 +13,12 @@ import math
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from piman.errors import NotFoundError
-from piman.monitor.expfmt import format_value
+from piman.monitor.collector.expfmt import format_value
+from piman.web.deps import Ctx, Monitor
+from piman.web.security import Reader
 
 __all__ = ["MAX_POINTS", "router"]
 
@@ -43,7 +44,8 @@ def _time(value: str | None, default: float) -> float:
 
 @router.get("/query_range", response_model=None)
 async def query_range(
-    request: Request,
+    _: Reader,
+    monitor: Monitor,
     metric: str | None = None,
     node: str | None = None,
     start: str | None = None,
@@ -56,7 +58,6 @@ async def query_range(
     samples are returned; with it, one point per step (the newest sample at or before each step
     time, within 5 minutes), as Prometheus' ``query_range`` does.
     """
-    monitor = request.app.state.ctx.monitor
     if not metric:
         return _bad("missing parameter `metric` (a metric name such as up or cpu_percent)")
     try:
@@ -73,8 +74,8 @@ async def query_range(
         if (t_end - t_start) / t_step > MAX_POINTS:
             return _bad(f"more than {MAX_POINTS} points per series; use a larger step")
     matchers = {"node": node} if node else None
-    series = await monitor.tsdb.range(metric, matchers, t_start, t_end, t_step)
-    result = [
+    series = await monitor.query_range(metric, matchers, t_start, t_end, t_step)
+    result: list[dict[str, Any]] = [
         {
             "metric": {"__name__": s.metric, **s.labels},
             "values": [[ts, format_value(v)] for ts, v in s.points],
@@ -85,15 +86,11 @@ async def query_range(
 
 
 @router.get("/nodes/{name}/events")
-async def node_events(request: Request, name: str) -> dict[str, Any]:
+async def node_events(name: str, _: Reader, ctx: Ctx, monitor: Monitor) -> dict[str, Any]:
     """The latest ``/events`` snapshot the collector got from a node's agent.
 
     404 for a node not in the inventory; ``events`` is null until a snapshot was scraped.
     """
-    ctx = request.app.state.ctx
-    try:
-        await ctx.store.nodes.get(name)
-    except NotFoundError:
-        raise NotFoundError(f"no node named {name!r}") from None
-    events = await ctx.monitor.tsdb.latest_events(name)
+    await ctx.store.nodes.get(name)  # NotFoundError → 404
+    events = await monitor.latest_events(name)
     return {"node": name, "events": events}

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel
 
-from piman.manager import ManagerContext
-from piman.store import NodeRecord
+from piman.fleet.records import NodeRecord
+from piman.web.deps import Ctx
+from piman.web.security import Reader
 
 __all__ = ["NodeOut", "SwitchOut", "router"]
 
@@ -61,14 +62,9 @@ class SwitchOut(BaseModel):
     nodes: int
 
 
-def _ctx(request: Request) -> ManagerContext:
-    ctx: ManagerContext = request.app.state.ctx
-    return ctx
-
-
 @router.get("/nodes", response_model=list[NodeOut], summary="List every node")
-async def list_nodes(request: Request) -> list[NodeOut]:
-    return [NodeOut.of(n) for n in await _ctx(request).store.nodes.list()]
+async def list_nodes(_: Reader, ctx: Ctx) -> list[NodeOut]:
+    return [NodeOut.of(n) for n in await ctx.store.nodes.list()]
 
 
 @router.get(
@@ -77,13 +73,13 @@ async def list_nodes(request: Request) -> list[NodeOut]:
     summary="One node",
     responses={404: {"description": "No node of that name"}},
 )
-async def get_node(name: str, request: Request) -> NodeOut:
-    return NodeOut.of(await _ctx(request).store.nodes.get(name))
+async def get_node(name: str, _: Reader, ctx: Ctx) -> NodeOut:
+    return NodeOut.of(await ctx.store.nodes.get(name))
 
 
 @router.get("/switches", response_model=list[SwitchOut], summary="List every switch")
-async def list_switches(request: Request) -> list[SwitchOut]:
-    store = _ctx(request).store
+async def list_switches(_: Reader, ctx: Ctx) -> list[SwitchOut]:
+    store = ctx.store
     nodes = await store.nodes.list()
     return [
         SwitchOut(

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from piman.access.roles import Action, allows
+from piman.context import AppContext, PowerHandle
 from piman.errors import NotFoundError
-from piman.manager import ManagerContext
-from piman.power.controller import Outcome, PowerController, Target
+from piman.fleet.power import PowerResult, PowerTarget
+from piman.web.deps import Ctx, Power
+from piman.web.security import Anyone, Operator, Reader
 
 __all__ = ["BulkPowerRequest", "PowerOut", "PowerRequest", "router"]
 
@@ -44,7 +47,7 @@ class PowerOut(BaseModel):
     error: str | None = None
 
     @classmethod
-    def of(cls, name: str | None, o: Outcome) -> PowerOut:
+    def of(cls, name: str | None, o: PowerResult) -> PowerOut:
         r = o.reading
         return cls(
             node=name,
@@ -59,17 +62,11 @@ class PowerOut(BaseModel):
         )
 
 
-def _controller(request: Request) -> PowerController:
-    ctx: ManagerContext = request.app.state.ctx
-    controller: PowerController = ctx.power
-    return controller
-
-
-def _target(controller: PowerController, name: str) -> Target | JSONResponse:
-    if controller.config.node(name) is None:
+def _target(ctx: AppContext, power: PowerHandle, name: str) -> PowerTarget | JSONResponse:
+    if ctx.config.node(name) is None:
         raise NotFoundError(f"no node named {name!r} in the configuration")
     try:
-        [target] = controller.resolve([name])
+        [target] = power.resolve([name])
     except NotFoundError as err:
         return JSONResponse({"error": "no_port", "detail": str(err)}, status_code=409)
     return target
@@ -88,12 +85,13 @@ _RESPONSES: dict[int | str, dict[str, str]] = {
     summary="Switch a node on, off, or power-cycle it",
     responses=_RESPONSES,
 )
-async def set_power(name: str, body: PowerRequest, request: Request) -> PowerOut | JSONResponse:
-    controller = _controller(request)
-    target = _target(controller, name)
+async def set_power(
+    name: str, body: PowerRequest, principal: Operator, ctx: Ctx, power: Power
+) -> PowerOut | JSONResponse:
+    target = _target(ctx, power, name)
     if isinstance(target, JSONResponse):
         return target
-    [outcome] = await controller.run(body.action, [target], actor="api")
+    [outcome] = await power.run(body.action, [target], actor=principal.actor)
     out = PowerOut.of(name, outcome)
     if not outcome.ok:
         return JSONResponse(out.model_dump(), status_code=502)
@@ -106,12 +104,13 @@ async def set_power(name: str, body: PowerRequest, request: Request) -> PowerOut
     summary="Read a node's port: admin state, detection, watts",
     responses=_RESPONSES,
 )
-async def get_power(name: str, request: Request) -> PowerOut | JSONResponse:
-    controller = _controller(request)
-    target = _target(controller, name)
+async def get_power(
+    name: str, principal: Reader, ctx: Ctx, power: Power
+) -> PowerOut | JSONResponse:
+    target = _target(ctx, power, name)
     if isinstance(target, JSONResponse):
         return target
-    [outcome] = await controller.run("status", [target], actor="api")
+    [outcome] = await power.run("status", [target], actor=principal.actor)
     out = PowerOut.of(name, outcome)
     if not outcome.ok:
         return JSONResponse(out.model_dump(), status_code=502)
@@ -124,8 +123,10 @@ async def get_power(name: str, request: Request) -> PowerOut | JSONResponse:
     summary="Run one power command on many targets (node names, switch:port, all)",
     responses={404: {"description": "A target names no node or port"}},
 )
-async def run_power(body: BulkPowerRequest, request: Request) -> list[PowerOut]:
-    controller = _controller(request)
-    targets = controller.resolve(body.targets)
-    outcomes = await controller.run(body.action, targets, actor="api")
+async def run_power(body: BulkPowerRequest, principal: Anyone, power: Power) -> list[PowerOut]:
+    needed = Action.READ if body.action == "status" else Action.POWER
+    if not allows(principal.role, needed):
+        raise HTTPException(403, f"role {principal.role} may not {needed.value}: ask an admin")
+    targets = power.resolve(body.targets)
+    outcomes = await power.run(body.action, targets, actor=principal.actor)
     return [PowerOut.of(o.target.node, o) for o in outcomes]

@@ -1,44 +1,159 @@
-"""Web pages. Server-rendered with Jinja2; a small script of ours refreshes the node table."""
+"""Web pages. Server-rendered with Jinja2; a small script of ours refreshes parts of a page."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
-from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from piman import __version__
-from piman.manager import ManagerContext
+from piman.access.roles import Action, allows
+from piman.context import AlertingHandle, AppContext, Principal
+from piman.web.deps import Ctx
+from piman.web.security import Reader, optional_principal
 
-__all__ = ["router"]
+__all__ = ["alerts_panel", "router", "sparkline", "templates"]
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
+SPARK_WIDTH, SPARK_HEIGHT = 80, 20
 
-async def _page_context(request: Request) -> dict[str, object]:
-    ctx: ManagerContext = request.app.state.ctx
+
+def sparkline(values: Any, top: float = 100.0) -> str:
+    """SVG polyline points for values in [0, top], oldest left; gaps (None) are skipped."""
+    points = list(values)
+    if not points:
+        return ""
+    dx = SPARK_WIDTH / max(len(points) - 1, 1)
+    out = []
+    for i, v in enumerate(points):
+        if v is None:
+            continue
+        y = SPARK_HEIGHT - min(max(v, 0.0), top) / top * SPARK_HEIGHT
+        out.append(f"{i * dx:.1f},{y:.1f}")
+    return " ".join(out)
+
+
+templates.env.filters["sparkline"] = sparkline
+
+
+def _when(ts: float | None) -> str:
+    return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def alerts_panel(alerting: AlertingHandle | None) -> dict[str, Any] | None:
+    """Display-ready rows for the alerts panel (local time, formatted values), or None."""
+    if alerting is None:
+        return None
+    return {
+        "active": [
+            {
+                "fingerprint": a.fingerprint,
+                "state": a.state,
+                "alertname": a.rule,
+                "node": a.labels.get("node", ""),
+                "value": f"{a.value:g}",
+                "since": _when(a.fired_at if a.fired_at is not None else a.active_at),
+                "summary": a.annotations.get("summary", ""),
+                "late": a.late,
+            }
+            for a in alerting.active()
+        ],
+        "history": [
+            {
+                "at": _when(h.at),
+                "alertname": h.rule,
+                "node": h.node,
+                "state": h.state,
+                "value": f"{h.value:g}",
+                "late": h.late,
+            }
+            for h in alerting.recent()[:10]
+        ],
+        "rules": alerting.rule_count,
+        "last_evaluated": _when(alerting.last_evaluated) or None,
+    }
+
+
+async def _page_context(ctx: AppContext, principal: Principal) -> dict[str, object]:
     nodes = await ctx.store.nodes.list()
     counts: dict[str, int] = {}
     for node in nodes:
         counts[node.state] = counts.get(node.state, 0) + 1
+    monitor = ctx.monitor
     return {
         "nodes": nodes,
         "counts": counts,
         "version": __version__,
         "manager": ctx.config.manager,
         "power_enabled": ctx.power is not None,
-        "monitor": ctx.monitor,
+        "can_power": ctx.power is not None and allows(principal.role, Action.POWER),
+        "principal": principal,
+        "monitoring": monitor is not None,
+        "snapshot": monitor.snapshot if monitor is not None else None,
+        "panel": alerts_panel(monitor.alerting if monitor is not None else None),
     }
 
 
+async def _page_principal(request: Request) -> Principal | None:
+    """The signed-in principal of a page request; None sends the browser to the login page."""
+    try:
+        return await optional_principal(request)
+    except HTTPException as err:
+        if err.status_code == 401:
+            return None  # an ended session: log in again
+        raise
+
+
+def _to_login(request: Request) -> RedirectResponse:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
+
+
+def _base(ctx: AppContext, principal: Principal | None) -> dict[str, object]:
+    return {"version": __version__, "manager": ctx.config.manager, "principal": principal}
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_page(request: Request, ctx: Ctx, next: str = "/") -> Response:
+    """The login form (its script posts JSON to ``/api/v1/auth/login``)."""
+    if not next.startswith("/") or next.startswith("//"):
+        next = "/"
+    context = {**_base(ctx, None), "next": next}
+    return templates.TemplateResponse(request, "login.html", context)
+
+
 @router.get("/", response_class=HTMLResponse)
-async def index(request: Request) -> HTMLResponse:
-    return templates.TemplateResponse(request, "index.html", await _page_context(request))
+async def index(request: Request, ctx: Ctx) -> Response:
+    principal = await _page_principal(request)
+    if principal is None:
+        return _to_login(request)
+    if not allows(principal.role, Action.READ):
+        context = _base(ctx, principal)
+        return templates.TemplateResponse(request, "forbidden.html", context, status_code=403)
+    return templates.TemplateResponse(request, "index.html", await _page_context(ctx, principal))
 
 
 @router.get("/ui/nodes", response_class=HTMLResponse)
-async def node_rows(request: Request) -> HTMLResponse:
+async def node_rows(request: Request, principal: Reader, ctx: Ctx) -> HTMLResponse:
     """The node table's body alone, for the page's refresh script."""
-    return templates.TemplateResponse(request, "_node_rows.html", await _page_context(request))
+    context = await _page_context(ctx, principal)
+    return templates.TemplateResponse(request, "_node_rows.html", context)
+
+
+@router.get("/ui/alerts", response_class=HTMLResponse)
+async def alerts_rows(request: Request, _: Reader, ctx: Ctx) -> HTMLResponse:
+    """The alerts panel's body alone, for the page's refresh script."""
+    monitor = ctx.monitor
+    context = {
+        "monitoring": monitor is not None,
+        "panel": alerts_panel(monitor.alerting if monitor is not None else None),
+        "body_only": True,
+    }
+    return templates.TemplateResponse(request, "_alerts_panel.html", context)

@@ -186,6 +186,7 @@ def test_public_names_of_the_dhcp_package() -> None:
 
     assert dhcp.__all__ == [
         "Decision",
+        "DhcpOutcome",
         "DhcpPacket",
         "DhcpPolicy",
         "Lease",
@@ -195,7 +196,6 @@ def test_public_names_of_the_dhcp_package() -> None:
         "MalformedPacket",
         "MessageType",
         "Options",
-        "Outcome",
         "PiIdentity",
         "PolicySettings",
         "Reservation",

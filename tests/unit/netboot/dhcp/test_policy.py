@@ -20,7 +20,13 @@ from piman.netboot.dhcp.packets import (
     encode_options,
     mac_bytes,
 )
-from piman.netboot.dhcp.policy import OFFER_HOLD, DhcpPolicy, Outcome, PolicySettings, Reservation
+from piman.netboot.dhcp.policy import (
+    OFFER_HOLD,
+    DhcpOutcome,
+    DhcpPolicy,
+    PolicySettings,
+    Reservation,
+)
 from piman.netboot.dhcp.pxe import parse_option97, pi_option43
 from piman.sim.netboot import PI_VENDOR_CLASS, option97, pi_discover, pi_request
 
@@ -56,11 +62,11 @@ def client(mac: str, mtype: MessageType, xid: int = 7, **opts: object) -> DhcpPa
 
 def dora(policy: DhcpPolicy, mac: str, now: float = NOW) -> IPv4Address:
     offer = policy.handle(client(mac, MessageType.DISCOVER), now)
-    assert offer.outcome is Outcome.OFFER
+    assert offer.outcome is DhcpOutcome.OFFER
     assert offer.reply is not None
     request = client(mac, MessageType.REQUEST, requested_ip=offer.reply.yiaddr, server_id=SERVER)
     ack = policy.handle(request, now)
-    assert ack.outcome is Outcome.ACK
+    assert ack.outcome is DhcpOutcome.ACK
     assert ack.reply is not None
     assert ack.reply.yiaddr == offer.reply.yiaddr
     return ack.reply.yiaddr
@@ -91,7 +97,7 @@ def test_unknown_clients_get_distinct_pool_addresses_and_keep_them() -> None:
 def test_no_pool_means_unknown_clients_get_no_answer() -> None:
     policy = DhcpPolicy(settings(pool=None))
     d = policy.handle(client("02:00:00:00:00:01", MessageType.DISCOVER), NOW)
-    assert d.outcome is Outcome.IGNORED
+    assert d.outcome is DhcpOutcome.IGNORED
     assert d.reply is None
 
 
@@ -100,7 +106,7 @@ def test_pool_exhaustion_then_expired_leases_are_reused_last() -> None:
     got = [dora(policy, f"02:00:00:00:00:0{i}") for i in range(4)]
     assert len(set(got)) == 4
     d = policy.handle(client("02:00:00:00:00:09", MessageType.DISCOVER), NOW + 1)
-    assert d.outcome is Outcome.IGNORED
+    assert d.outcome is DhcpOutcome.IGNORED
     assert d.reason == "pool exhausted"
     # After the leases expire, the one that expired first is reused.
     later = NOW + 3600 + 1
@@ -114,7 +120,7 @@ def test_request_for_a_foreign_address_is_nakked() -> None:
         d = policy.handle(
             client("02:00:00:00:00:02", MessageType.REQUEST, requested_ip=address), NOW
         )
-        assert d.outcome is Outcome.NAK
+        assert d.outcome is DhcpOutcome.NAK
         assert d.reply is not None
         assert d.reply.options.message_type is MessageType.NAK
         assert d.reply.yiaddr == IP(0)
@@ -125,7 +131,7 @@ def test_renewal_by_ciaddr_is_acked() -> None:
     ip = dora(policy, "02:00:00:00:00:01")
     renew = replace(client("02:00:00:00:00:01", MessageType.REQUEST), ciaddr=ip)
     d = policy.handle(renew, NOW + 1800)
-    assert d.outcome is Outcome.ACK
+    assert d.outcome is DhcpOutcome.ACK
     assert d.leases[0].expires == NOW + 1800 + 3600
 
 
@@ -140,7 +146,7 @@ def test_client_choosing_another_server_frees_our_offer() -> None:
         server_id=IP("198.18.0.254"),
     )
     d = policy.handle(other, NOW)
-    assert d.outcome is Outcome.IGNORED
+    assert d.outcome is DhcpOutcome.IGNORED
     assert d.leases[0].state.value == "released"
 
 
@@ -154,7 +160,7 @@ def test_decline_quarantines_and_release_frees() -> None:
     b = dora(policy, "02:00:00:00:00:01", NOW + 1)
     assert b != a
     nobody = policy.handle(client("02:00:00:00:00:02", MessageType.DISCOVER), NOW + 2)
-    assert nobody.outcome is Outcome.IGNORED
+    assert nobody.outcome is DhcpOutcome.IGNORED
     release = replace(client("02:00:00:00:00:01", MessageType.RELEASE), ciaddr=b)
     assert policy.handle(release, NOW + 3).leases[0].state.value == "released"
     assert dora(policy, "02:00:00:00:00:02", NOW + 4) == b
@@ -164,7 +170,7 @@ def test_inform_gets_options_without_an_address() -> None:
     policy = DhcpPolicy(settings())
     inform = replace(client("02:00:00:00:00:01", MessageType.INFORM), ciaddr=IP("198.18.0.40"))
     d = policy.handle(inform, NOW)
-    assert d.outcome is Outcome.INFORM
+    assert d.outcome is DhcpOutcome.INFORM
     assert d.reply is not None
     assert d.reply.options.message_type is MessageType.ACK
     assert d.reply.yiaddr == IP(0)
@@ -349,6 +355,6 @@ def test_pool_none_in_config_means_no_pool(tmp_path: Path) -> None:
 def test_requests_relayed_from_another_network_are_ignored() -> None:
     policy = DhcpPolicy(settings())
     far = replace(client("02:00:00:00:00:01", MessageType.DISCOVER), giaddr=IP("10.1.2.1"))
-    assert policy.handle(far, NOW).outcome is Outcome.IGNORED
+    assert policy.handle(far, NOW).outcome is DhcpOutcome.IGNORED
     near = replace(far, giaddr=IP("198.18.0.2"))
-    assert policy.handle(near, NOW).outcome is Outcome.OFFER
+    assert policy.handle(near, NOW).outcome is DhcpOutcome.OFFER

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from piman.config import Config, parse_config
 from piman.fleet import NodeState
+from piman.inventory.sightings import Sightings
 from piman.netboot.boottree import BootTree, check_boot_trees, read_neighbours, split_prefix
 from piman.netboot.tftp.files import AccessViolation, ByteSource
 from piman.store import Store, reconcile
@@ -49,6 +51,12 @@ async def store(config: Config, tmp_path: Path) -> AsyncIterator[Store]:
         await s.close()
 
 
+def boot_tree(config: Config, store: Store, **kw: Any) -> tuple[BootTree, Sightings]:
+    """The tree as the manager builds it: store lookups, and sightings written in the background."""
+    sightings = Sightings(store.nodes)
+    return BootTree(config, store.nodes, sightings=sightings, **kw), sightings
+
+
 async def text(source: ByteSource | None) -> str | None:
     return None if source is None else source.read(0, source.size).decode()
 
@@ -66,25 +74,26 @@ def test_split_prefix() -> None:
 
 
 async def test_unknown_clients_get_the_default_tree(config: Config, store: Store) -> None:
-    tree = BootTree(config, store, neighbours=dict)
+    tree, _sightings = boot_tree(config, store, neighbours=dict)
     assert await text(await tree("start4.elf", STRANGER)) == "start4 default"
     assert await text(await tree("/kernel8.img", STRANGER)) == "kernel default"
 
 
 async def test_known_node_by_ip_gets_its_own_tree(config: Config, store: Store) -> None:
-    tree = BootTree(config, store, neighbours=dict)
+    tree, _sightings = boot_tree(config, store, neighbours=dict)
     assert await text(await tree("start4.elf", CLIENT_A)) == "start4 a"
 
 
 async def test_serial_and_mac_prefixes_select_the_node(config: Config, store: Store) -> None:
-    tree = BootTree(config, store, neighbours=dict)
+    tree, _sightings = boot_tree(config, store, neighbours=dict)
     assert await text(await tree("1234abcd/kernel8.img", STRANGER)) == "kernel b"
     assert await text(await tree("dc-a6-32-00-00-01/kernel8.img", STRANGER)) == "kernel a"
 
 
 async def test_serial_prefix_teaches_the_store_the_serial(config: Config, store: Store) -> None:
-    tree = BootTree(config, store, neighbours=dict)
+    tree, sightings = boot_tree(config, store, neighbours=dict)
     assert await text(await tree("0badcafe/start4.elf", CLIENT_A)) == "start4 a"
+    await sightings.drain()
     node = await store.nodes.get("a")
     assert node.serial == "0badcafe"
     assert node.last_seen is not None
@@ -93,7 +102,7 @@ async def test_serial_prefix_teaches_the_store_the_serial(config: Config, store:
 async def test_prefix_without_start_files_is_not_found_so_the_pi_drops_it(
     config: Config, store: Store
 ) -> None:
-    tree = BootTree(config, store, neighbours=dict)
+    tree, _sightings = boot_tree(config, store, neighbours=dict)
     pi3 = ("198.18.0.13", 1024)
     assert await tree("000000c3/bootcode.bin", pi3) is None
     assert await text(await tree("bootcode.bin", pi3)) == "pi3"
@@ -102,7 +111,7 @@ async def test_prefix_without_start_files_is_not_found_so_the_pi_drops_it(
 async def test_installer_flag_switches_the_tree_and_generates_boot_config(
     config: Config, store: Store
 ) -> None:
-    tree = BootTree(config, store, neighbours=dict, installer=lambda n: n.name == "a")
+    tree, _sightings = boot_tree(config, store, neighbours=dict, installer=lambda n: n.name == "a")
     assert await text(await tree("1234abcd/start4.elf", STRANGER)) == "start4 b"
     assert await text(await tree("start4.elf", CLIENT_A)) == "start4 installer"
     cmdline = await text(await tree("cmdline.txt", CLIENT_A))
@@ -118,12 +127,12 @@ async def test_deploying_state_selects_the_installer_by_default(
     config: Config, store: Store
 ) -> None:
     await store.nodes.set_state("a", NodeState.DEPLOYING, force=True)
-    tree = BootTree(config, store, neighbours=dict)
+    tree, _sightings = boot_tree(config, store, neighbours=dict)
     assert await text(await tree("start4.elf", CLIENT_A)) == "start4 installer"
 
 
 async def test_own_tree_files_win_over_generated_ones(config: Config, store: Store) -> None:
-    tree = BootTree(config, store, neighbours=dict)
+    tree, _sightings = boot_tree(config, store, neighbours=dict)
     assert await text(await tree("1234abcd/cmdline.txt", STRANGER)) == "root=PARTUUID=b-own"
     generated = await text(await tree("cmdline.txt", CLIENT_A))
     assert generated is not None
@@ -134,20 +143,23 @@ async def test_templates_can_be_overridden_in_data_dir(config: Config, store: St
     templates = config.manager.data_dir / "templates"
     templates.mkdir()
     (templates / "config.txt").write_text("# custom for ${node} ${serial}\n")
-    tree = BootTree(config, store, neighbours=dict)
+    tree, _sightings = boot_tree(config, store, neighbours=dict)
     assert await text(await tree("config.txt", CLIENT_A)) == "# custom for a unknown\n"
 
 
 async def test_proxy_mode_learns_the_mac_from_the_neighbour_table(
     config: Config, store: Store
 ) -> None:
-    tree = BootTree(config, store, neighbours=lambda: {"10.9.8.7": "dc:a6:32:00:00:01"})
+    tree, _sightings = boot_tree(
+        config, store, neighbours=lambda: {"10.9.8.7": "dc:a6:32:00:00:01"}
+    )
     assert await text(await tree("start4.elf", ("10.9.8.7", 1024))) == "start4 a"
 
 
 async def test_unknown_pi_with_a_serial_is_recorded_as_new(config: Config, store: Store) -> None:
-    tree = BootTree(config, store, neighbours=lambda: {"10.9.8.6": "dc:a6:32:00:00:99"})
+    tree, sightings = boot_tree(config, store, neighbours=lambda: {"10.9.8.6": "dc:a6:32:00:00:99"})
     assert await text(await tree("feedf00d/start4.elf", ("10.9.8.6", 1024))) == "start4 default"
+    await sightings.drain()
     node = await store.nodes.find(mac="dc:a6:32:00:00:99")
     assert node is not None
     assert node.serial == "feedf00d"
@@ -155,7 +167,7 @@ async def test_unknown_pi_with_a_serial_is_recorded_as_new(config: Config, store
 
 
 async def test_traversal_through_a_prefix_is_refused(config: Config, store: Store) -> None:
-    tree = BootTree(config, store, neighbours=dict)
+    tree, _sightings = boot_tree(config, store, neighbours=dict)
     with pytest.raises(AccessViolation):
         await tree("1234abcd/../../../etc/passwd", STRANGER)
     with pytest.raises(AccessViolation):

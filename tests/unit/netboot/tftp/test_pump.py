@@ -114,7 +114,7 @@ def test_a_datagram_that_comes_during_the_spin_is_taken_without_sleeping(
     later = threading.Timer(0.01, theirs.send, (ACK_1,))
     later.start()
     try:
-        assert pump._wait_read(ours.fileno(), ours.recv) == ACK_1
+        assert pump.busy.read(ours.fileno(), ours.recv, 479) == ACK_1
     finally:
         later.join()
         pump.stop()
@@ -128,7 +128,7 @@ def test_after_a_spin_in_vain_the_wait_sleeps_until_the_datagram_comes(
     pump = TransferPump(on_close=lambda t: None)
     pump.busy = SendOnMiss(1e-3, theirs)
     try:
-        assert pump._wait_read(ours.fileno(), ours.recv) == ACK_1
+        assert pump.busy.read(ours.fileno(), ours.recv, 479) == ACK_1
     finally:
         pump.stop()
     assert (pump.busy.hits, pump.busy.missed) == (0, 1)
@@ -142,7 +142,7 @@ def test_a_parked_wait_still_ends_after_5_ms_of_silence(
     pump = TransferPump(on_close=lambda t: None, busy_poll=1e-3)
     try:
         with pytest.raises(BlockingIOError):  # the pump hands back to its epoll loop on this
-            pump._wait_read(ours.fileno(), ours.recv)
+            pump.busy.read(ours.fileno(), ours.recv, 479)
     finally:
         pump.stop()
     assert pump.busy.missed == 1
@@ -157,15 +157,17 @@ def test_the_epoll_wait_spins_then_sleeps_for_ready_sockets(
     later = threading.Timer(0.01, theirs.send, (ACK_1,))
     later.start()
     try:
-        assert pump._wait_events(1.0) == [(ours.fileno(), select.EPOLLIN)]
+        assert pump.busy.poll(pump._epoll.poll, 1.0, 256) == [(ours.fileno(), select.EPOLLIN)]
         assert (pump.busy.hits, pump.busy.missed) == (1, 0)
         ours.recv(16)
         pump.busy = SendOnMiss(1e-3, theirs)
-        assert pump._wait_events(1.0) == [(ours.fileno(), select.EPOLLIN)]
+        assert pump.busy.poll(pump._epoll.poll, 1.0, 256) == [(ours.fileno(), select.EPOLLIN)]
         assert (pump.busy.hits, pump.busy.missed) == (0, 1)
         ours.recv(16)
         pump.busy = BusyPoll(1e-3)
-        assert pump._wait_events(0.01) == []  # nothing comes: the sleep ends with the wait
+        assert (
+            pump.busy.poll(pump._epoll.poll, 0.01, 256) == []
+        )  # nothing comes: the sleep ends with the wait
     finally:
         later.join()
         pump.stop()

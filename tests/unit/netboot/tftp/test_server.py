@@ -11,7 +11,14 @@ import pytest
 from piman.netboot.tftp.files import BytesSource
 from piman.netboot.tftp.packets import ErrorCode, OAck, Opcode, Request, decode
 from piman.netboot.tftp.server import _send_first
-from piman.netboot.tftp.session import ArmTimer, Close, Outcome, Send, SessionSettings, TftpSession
+from piman.netboot.tftp.session import (
+    ArmTimer,
+    Close,
+    Send,
+    SessionSettings,
+    TftpSession,
+    TransferOutcome,
+)
 from piman.netboot.tftp.transfer import Transfer
 
 
@@ -63,10 +70,10 @@ def test_a_refusal_leaves_at_once_and_the_pump_closes(
     client, server = pair
     transfer = transfer_for(server, ())
     actions = transfer.session.refuse(ErrorCode.FILE_NOT_FOUND, "file not found",
-                                      Outcome.NOT_FOUND, 0.0)  # fmt: skip
+                                      TransferOutcome.NOT_FOUND, 0.0)  # fmt: skip
     left = _send_first(transfer, actions)
     assert client.recv(2048) == b"\0\5\0\1file not found\0"
-    assert left == [Close(Outcome.NOT_FOUND)]
+    assert left == [Close(TransferOutcome.NOT_FOUND)]
 
 
 class FullSocket:

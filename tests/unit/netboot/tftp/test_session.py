@@ -20,10 +20,10 @@ from piman.netboot.tftp.session import (
     Action,
     ArmTimer,
     Close,
-    Outcome,
     Send,
     SessionSettings,
     TftpSession,
+    TransferOutcome,
 )
 
 SETTINGS = SessionSettings(retransmit_timeout=1.0, max_retries=3, max_blksize=1468)
@@ -37,7 +37,7 @@ def sent(actions: list[Action]) -> list[object]:
     return [decode(a.data) for a in actions if isinstance(a, Send)]
 
 
-def closed(actions: list[Action]) -> Outcome | None:
+def closed(actions: list[Action]) -> TransferOutcome | None:
     return next((a.outcome for a in actions if isinstance(a, Close)), None)
 
 
@@ -71,7 +71,7 @@ def test_file_without_options_is_sent_in_512_byte_blocks_with_a_short_last_block
     assert sent(actions) == [Data(1, data[:512])]
     assert any(isinstance(a, ArmTimer) for a in actions)
     assert fetch(session, actions) == data
-    assert session.stats.outcome is Outcome.OK
+    assert session.stats.outcome is TransferOutcome.OK
     assert session.stats.blocks == 3
     assert session.stats.bytes == 1280
 
@@ -81,7 +81,7 @@ def test_file_of_exact_multiple_of_blksize_ends_with_an_empty_block() -> None:
     assert session.receive(Ack(1), 0.1)[0] == Send(b"\x00\x03\x00\x02" + b"x" * 512)
     last = session.receive(Ack(2), 0.2)
     assert sent(last) == [Data(3, b"")]
-    assert closed(session.receive(Ack(3), 0.3)) is Outcome.OK
+    assert closed(session.receive(Ack(3), 0.3)) is TransferOutcome.OK
 
 
 def test_options_are_acknowledged_and_blksize_capped_to_the_mtu_limit() -> None:
@@ -108,13 +108,13 @@ def test_invalid_option_value_is_refused_with_error_8() -> None:
         (err,) = sent(actions)
         assert isinstance(err, Error)
         assert err.code == ErrorCode.OPTION_REFUSED
-        assert closed(actions) is Outcome.REFUSED
+        assert closed(actions) is TransferOutcome.REFUSED
 
 
 def test_unsupported_mode_is_an_illegal_operation() -> None:
     _session, actions = start(b"a", rrq(mode="mail"))
     assert sent(actions)[0] == Error(ErrorCode.ILLEGAL_OPERATION, "unsupported mode 'mail'")
-    assert closed(actions) is Outcome.REFUSED
+    assert closed(actions) is TransferOutcome.REFUSED
 
 
 def test_netascii_converts_line_ends_and_tsize_counts_converted_bytes() -> None:
@@ -137,7 +137,7 @@ def test_timeout_retransmits_the_outstanding_block_then_gives_up() -> None:
     for attempt in range(1, 4):
         actions = session.timer(float(attempt))
         assert sent(actions) == [Data(1, b"z" * 512)]
-    assert closed(session.timer(4.0)) is Outcome.TIMEOUT
+    assert closed(session.timer(4.0)) is TransferOutcome.TIMEOUT
     assert session.stats.retransmits == 3
     assert session.closed
     assert session.receive(Ack(1), 5.0) == []
@@ -178,7 +178,7 @@ def test_window_transfer_delivers_the_whole_file() -> None:
     session, actions = start(data, rrq(windowsize="16", blksize="1468"))
     assert fetch(session, actions) == data
     assert session.stats.windowsize == 16
-    assert session.stats.outcome is Outcome.OK
+    assert session.stats.outcome is TransferOutcome.OK
 
 
 def test_windowsize_is_capped() -> None:
@@ -197,7 +197,7 @@ def test_block_numbers_wrap_to_zero_after_65535() -> None:
     assert nxt == [Data(1, b"q" * 8)]  # absolute 65537
     for n in range(1, 5):
         session.receive(Ack(n), 0.0)
-    assert closed(session.receive(Ack(5), 0.0)) is Outcome.OK  # the empty block 65541
+    assert closed(session.receive(Ack(5), 0.0)) is TransferOutcome.OK  # the empty block 65541
     assert session.stats.blocks == 65541
     assert session.stats.bytes == len(data)
 
@@ -206,27 +206,29 @@ def test_early_terminate_after_block_1_is_a_probe() -> None:
     session, actions = start(b"z" * 5000, rrq(tsize="0", blksize="1024"))
     session.receive(Ack(0), 0.0)
     actions = session.receive(Error(0, "Early terminate"), 0.1)
-    assert actions == [Close(Outcome.PROBE)]
-    assert session.stats.outcome is Outcome.PROBE
+    assert actions == [Close(TransferOutcome.PROBE)]
+    assert session.stats.outcome is TransferOutcome.PROBE
 
 
 def test_option_refusal_by_client_after_oack_is_a_probe() -> None:
     session, _ = start(b"z" * 5000, rrq(tsize="0"))
-    assert closed(session.receive(Error(8, "size only"), 0.1)) is Outcome.PROBE
+    assert closed(session.receive(Error(8, "size only"), 0.1)) is TransferOutcome.PROBE
 
 
 def test_client_error_mid_transfer_is_an_abort() -> None:
     session, _ = start(b"z" * 5000)
     session.receive(Ack(1), 0.0)
     session.receive(Ack(2), 0.0)
-    assert closed(session.receive(Error(3, "disk full"), 0.1)) is Outcome.ABORTED
+    assert closed(session.receive(Error(3, "disk full"), 0.1)) is TransferOutcome.ABORTED
 
 
 def test_refuse_sends_the_error_and_records_the_outcome() -> None:
     session = TftpSession(rrq("missing"), "198.18.0.5:1234", SETTINGS, now=0.0)
-    actions = session.refuse(ErrorCode.FILE_NOT_FOUND, "file not found", Outcome.NOT_FOUND, 0.0)
+    actions = session.refuse(
+        ErrorCode.FILE_NOT_FOUND, "file not found", TransferOutcome.NOT_FOUND, 0.0
+    )
     assert sent(actions) == [Error(1, "file not found")]
-    assert session.stats.outcome is Outcome.NOT_FOUND
+    assert session.stats.outcome is TransferOutcome.NOT_FOUND
 
 
 def test_whole_transfer_limit_expires_the_session() -> None:
@@ -235,7 +237,7 @@ def test_whole_transfer_limit_expires_the_session() -> None:
     assert actions[-1] == ArmTimer(2.0)
     actions = session.timer(2.0)
     assert isinstance(sent(actions)[0], Error)
-    assert closed(actions) is Outcome.EXPIRED
+    assert closed(actions) is TransferOutcome.EXPIRED
 
 
 def test_stats_record_duration_and_options() -> None:
@@ -265,7 +267,7 @@ def test_lockstep_hot_path_matches_receive_ack() -> None:
             assert fast.receive_ack(n, float(n)) == actions
         else:
             assert actions == [Send(datagram), ArmTimer(fast.deadline)]
-    assert fast.stats.outcome is slow.stats.outcome is Outcome.OK
+    assert fast.stats.outcome is slow.stats.outcome is TransferOutcome.OK
 
 
 def test_lockstep_hot_path_waits_for_ack_0_and_stops_when_closed() -> None:
@@ -278,7 +280,7 @@ def test_lockstep_hot_path_waits_for_ack_0_and_stops_when_closed() -> None:
     assert datagram is not None
     assert decode(datagram) == Data(2, data[1024:2048])
     assert fast.deadline == 1.3
-    fast.abort(Outcome.ABORTED, 0.4)
+    fast.abort(TransferOutcome.ABORTED, 0.4)
     assert fast.ack_datagram(ack(2), 0.5) is None  # closed: nothing more goes out
     windowed, _ = start(data, rrq(windowsize="2"))
     windowed.receive_ack(0, 0.1)
@@ -300,7 +302,7 @@ def test_lockstep_turns_prepared_ahead_match_receive_ack(batch: int) -> None:
         fast.lockstep_advance(len(turns), float(n - 1))
         assert fast.deadline == slow.deadline
     assert n == 8  # blocks 1..7 answered ahead; the ACK of block 8 (the last) closes
-    assert fast.receive_ack(8, 9.0) == slow.receive_ack(8, 9.0) == [Close(Outcome.OK)]
+    assert fast.receive_ack(8, 9.0) == slow.receive_ack(8, 9.0) == [Close(TransferOutcome.OK)]
     with pytest.raises(RuntimeError):
         fast.lockstep_advance(1, 10.0)
 
@@ -382,7 +384,7 @@ def test_window_hot_path_matches_receive_ack(acks: list[int]) -> None:
             assert fast.receive_ack(block, now) == actions
         else:
             assert actions == [*(Send(d) for d in train), ArmTimer(fast.deadline)]
-    assert fast.stats.outcome is slow.stats.outcome is Outcome.OK
+    assert fast.stats.outcome is slow.stats.outcome is TransferOutcome.OK
     assert fast.ack_window(14, 99.0) is None  # closed
 
 

@@ -1,9 +1,15 @@
-// piman web UI: refresh the parts of the page that declare data-refresh, without reloading.
+// piman web UI: refresh the parts of the page that declare data-refresh, without reloading;
+// log out. A refresh answered 401 (the session ended) sends the browser to the login page.
 "use strict";
 (function () {
+  function toLogin() {
+    const here = window.location.pathname + window.location.search;
+    window.location.assign("/login?next=" + encodeURIComponent(here));
+  }
   async function refresh(el) {
     try {
       const response = await fetch(el.dataset.refresh, { headers: { Accept: "text/html" } });
+      if (response.status === 401) return toLogin();
       if (!response.ok) return;
       const html = await response.text();
       const body = el.tBodies && el.tBodies[0];
@@ -17,5 +23,15 @@
     const every = parseInt(el.dataset.interval || "2000", 10);
     setInterval(() => refresh(el), every);
   }
-  window.piman = { refresh };
+  const logout = document.getElementById("logout");
+  if (logout) {
+    logout.addEventListener("click", async () => {
+      try {
+        await fetch("/api/v1/auth/logout", { method: "POST", headers: { Accept: "application/json" } });
+      } finally {
+        window.location.assign("/login");
+      }
+    });
+  }
+  window.piman = { refresh, toLogin };
 })();

@@ -19,6 +19,7 @@
         headers: { "Content-Type": "application/json", Accept: "application/json" },
         body: JSON.stringify({ action }),
       });
+      if (response.status === 401 && window.piman) return window.piman.toLogin();
       const data = await response.json();
       if (msg) msg.textContent = response.ok ? data.state : (data.error || data.detail || "failed");
       if (msg) msg.title = data.error || "";

@@ -10,47 +10,34 @@ the stored samples (:meth:`AlertService.catch_up`), marking what it sends late.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Gauge
 
-from piman.errors import ConfigError, ConfigProblem, PimanError
-from piman.monitor.alerts import (
+from piman.config.matchers import Matcher, Selector, matches
+from piman.errors import PimanError
+from piman.fleet.metrics import Sample, Series
+from piman.fleet.ports import AlertRepository
+from piman.fleet.records import AlertHistoryRecord, AlertRecord
+from piman.monitor.alerting.book import (
     Alert,
     AlertBook,
     AlertState,
     Group,
     GroupSettings,
     Notification,
-    Sample,
     SampleSource,
-    Series,
-    Silence,
     replay_times,
     samples_at,
 )
-from piman.monitor.notify import Notifier, build_receivers
-from piman.monitor.rules import Matcher, Rule, RuleError, Selector, default_rules, matches
-from piman.store.alert_tables import AlertRepository
+from piman.monitor.alerting.rules import Rule
+from piman.monitor.alerting.silences import Silence
 
-if TYPE_CHECKING:
-    from piman.manager import ManagerContext
-
-__all__ = [
-    "AlertService",
-    "Alerting",
-    "HistoryEntry",
-    "MetricsReader",
-    "QuerySource",
-    "build_alerting",
-    "configured_rules",
-]
+__all__ = ["AlertService", "MetricsReader", "QuerySource"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,22 +48,8 @@ KEEP_HISTORY = 30 * 86400.0  # alert history and delivered notifications
 PRUNE_EVERY = 3600.0
 
 
-class _Point(Protocol):
-    @property
-    def labels(self) -> Mapping[str, str]: ...
-    @property
-    def value(self) -> float: ...
-
-
-class _Stored(Protocol):
-    @property
-    def labels(self) -> Mapping[str, str]: ...
-    @property
-    def points(self) -> Sequence[tuple[float, float]]: ...
-
-
 class MetricsReader(Protocol):
-    """The part of :class:`piman.monitor.query.MetricsQuery` the evaluator uses."""
+    """The part of :class:`piman.monitor.collector.query.MetricsQuery` the evaluator uses."""
 
     async def latest(
         self,
@@ -85,7 +58,7 @@ class MetricsReader(Protocol):
         *,
         at: float | None = None,
         lookback: float = 300.0,
-    ) -> Sequence[_Point]: ...
+    ) -> Sequence[Sample]: ...
 
     async def range(
         self,
@@ -94,7 +67,7 @@ class MetricsReader(Protocol):
         start: float,
         end: float,
         step: float | None = None,
-    ) -> Sequence[_Stored]: ...
+    ) -> Sequence[Series]: ...
 
 
 class QuerySource:
@@ -116,26 +89,12 @@ class QuerySource:
     async def instant(self, selector: Selector, at: float) -> list[Sample]:
         equal, rest = self._split(selector)
         rows = await self.query.latest(selector.metric, equal, at=at, lookback=self.lookback)
-        return [Sample(r.labels, r.value) for r in rows if matches(rest, r.labels)]
+        return [r for r in rows if matches(rest, r.labels)]
 
     async def series(self, selector: Selector, start: float, end: float) -> list[Series]:
         equal, rest = self._split(selector)
         rows = await self.query.range(selector.metric, equal, start, end)
-        return [Series(r.labels, list(r.points)) for r in rows if matches(rest, r.labels)]
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
-    at: float
-    rule: str
-    labels: dict[str, str]
-    state: str
-    value: float
-    late: bool
-
-    @property
-    def node(self) -> str:
-        return self.labels.get("node", "")
+        return [r for r in rows if matches(rest, r.labels)]
 
 
 class AlertService:
@@ -173,7 +132,7 @@ class AlertService:
         self.started_at = 0.0
         self.restored = asyncio.Event()  # set once the book was restored from the store
         self.book = AlertBook(settings)
-        self.recent: list[HistoryEntry] = []
+        self.recent: list[AlertHistoryRecord] = []
         self.last_evaluated: float | None = None
         self._gauge = (
             Gauge("piman_alerts", "Alerts by state.", ["state"], registry=registry)
@@ -183,49 +142,9 @@ class AlertService:
 
     # What the UI, API and CLI read ------------------------------------------------------------
 
-    def active(self) -> list[Alert]:
-        return self.book.snapshot()
-
-    def firing(self) -> list[Alert]:
-        return [a for a in self.active() if a.state is AlertState.FIRING]
-
-    def pending(self) -> list[Alert]:
-        return [a for a in self.active() if a.state is AlertState.PENDING]
-
-    def panel(self) -> dict[str, Any]:
-        """Display-ready rows for the web UI's alerts panel (local time, formatted values)."""
-
-        def when(ts: float | None) -> str:
-            return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-        return {
-            "active": [
-                {
-                    "fingerprint": a.fingerprint,
-                    "state": a.state.value,
-                    "alertname": a.rule,
-                    "node": a.labels.get("node", ""),
-                    "value": f"{a.value:g}",
-                    "since": when(a.fired_at if a.fired_at is not None else a.active_at),
-                    "summary": a.annotations.get("summary", ""),
-                    "late": a.late,
-                }
-                for a in self.active()
-            ],
-            "history": [
-                {
-                    "at": when(h.at),
-                    "alertname": h.rule,
-                    "node": h.node,
-                    "state": h.state,
-                    "value": f"{h.value:g}",
-                    "late": h.late,
-                }
-                for h in self.recent[:10]
-            ],
-            "rules": len(self.rules),
-            "last_evaluated": when(self.last_evaluated) or None,
-        }
+    def active(self) -> list[AlertRecord]:
+        """Pending and firing alerts, firing and oldest first."""
+        return [a.record() for a in self.book.snapshot()]
 
     # Life cycle -------------------------------------------------------------------------------
 
@@ -234,12 +153,9 @@ class AlertService:
         self.started_at = self.clock()
         rows, groups, meta = await self.repo.load()
         self.book = AlertBook(self.settings)
-        self.book.restore([Alert.of_row(r) for r in rows], [Group.of_row(g) for g in groups])
+        self.book.restore([Alert.of_record(r) for r in rows], [Group.of_record(g) for g in groups])
         self.book.drop_rules_except({r.name for r in self.rules})
-        self.recent = [
-            HistoryEntry(h.at.timestamp(), h.rule, json.loads(h.labels), h.state, h.value, h.late)
-            for h in await self.repo.history(20)
-        ]
+        self.recent = await self.repo.history(20)
         last = float(meta[LAST_EVALUATED]) if LAST_EVALUATED in meta else None
         self.last_evaluated = last
         if self.ready is not None:
@@ -362,111 +278,13 @@ class AlertService:
         changes.meta[LAST_EVALUATED] = repr(now)
         await self.repo.save(changes)
         self.last_evaluated = now
-        for h in changes.history:
-            self.recent.insert(
-                0,
-                HistoryEntry(
-                    h["at"].timestamp(),
-                    h["rule"],
-                    json.loads(h["labels"]),
-                    h["state"],
-                    h["value"],
-                    h["late"],
-                ),
-            )
+        self.recent[:0] = reversed(changes.history)
         del self.recent[20:]
         if self._gauge is not None:
-            live = self.active()
+            live = self.book.snapshot()
             for state in (AlertState.PENDING, AlertState.FIRING):
                 self._gauge.labels(state.value).set(sum(1 for a in live if a.state is state))
         if notes:
             logger.info("alerts: queued %d notification(s)", len(notes))
             if self.wake is not None:
                 self.wake()
-
-
-@dataclass(slots=True)
-class Alerting:
-    """The alerting half of monitoring: what the API, the UI and the service list share."""
-
-    service: AlertService
-    notifier: Notifier
-    repo: AlertRepository
-    rules: list[Rule]
-
-
-def configured_rules(monitoring: Any) -> list[Rule]:
-    """Built-in defaults (unless ``default_rules: false``) then the configured rules.
-
-    A configured rule with the name of a default replaces it.
-    """
-    mine = [Rule.of(r) for r in monitoring.rules]
-    names = {r.name for r in mine}
-    defaults = default_rules(monitoring.config) if monitoring.default_rules else []
-    return [r for r in defaults if r.name not in names] + mine
-
-
-def external_url(config: Any) -> str:
-    if config.manager.external_url:
-        return str(config.manager.external_url)
-    host, port = config.manager.http_host_port
-    if host in ("0.0.0.0", "::", ""):
-        host = str(config.manager.address)
-    return f"http://{host}:{port}"
-
-
-def build_alerting(
-    ctx: ManagerContext,
-    query: MetricsReader,
-    *,
-    ready: Callable[[], Awaitable[object]] | None = None,
-    fresh: Callable[[], float] | None = None,
-) -> Alerting:
-    """Evaluator + notifier over the time-series store; adds the alerts API router to ctx.
-
-    ``ready`` is awaited before the first evaluation (the store is open); ``fresh`` returns the
-    time of the store's last write, so no rule is evaluated before the first scrape after start.
-    """
-    from piman.web.api.alerts import router
-
-    monitoring = ctx.config.monitoring
-    if monitoring is None:
-        raise ConfigError([ConfigProblem("config", "monitoring", "alerting needs monitoring")])
-    try:
-        rules = configured_rules(monitoring)
-    except RuleError as err:
-        raise ConfigError([ConfigProblem("config", "", str(err))]) from None
-    repo = AlertRepository(ctx.store.session)
-    receivers = build_receivers(
-        monitoring.notify, monitoring.webhooks, external_url=external_url(ctx.config)
-    )
-    sent = Counter(
-        "piman_notifications",
-        "Notification delivery attempts by receiver and result.",
-        ["receiver", "result"],
-        registry=ctx.metrics,
-    )
-
-    def count(receiver: str, ok: bool) -> None:
-        sent.labels(receiver.split(":", 1)[0], "delivered" if ok else "failed").inc()
-
-    notifier = Notifier(repo, receivers, on_result=count)
-    service = AlertService(
-        rules,
-        repo,
-        QuerySource(query, max(3 * monitoring.scrape_interval, 60.0)),
-        GroupSettings(
-            tuple(monitoring.group_by),
-            monitoring.group_wait,
-            monitoring.group_interval,
-            monitoring.repeat_interval,
-        ),
-        interval=monitoring.scrape_interval,
-        receivers=[r.name for r in receivers],
-        wake=notifier.wake,
-        registry=ctx.metrics,
-        ready=ready,
-        fresh=fresh,
-    )
-    ctx.routers.append(router)
-    return Alerting(service, notifier, repo, rules)

@@ -61,14 +61,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from piman.errors import StoreError
-from piman.monitor.query import (
-    DEFAULT_LOOKBACK,
-    Sample,
-    Series,
-    events_from_series,
-    labels_match,
-)
-from piman.monitor.tsdb_tables import SCHEMA, TargetBatch, connect, insert_samples
+from piman.fleet.metrics import Sample, Series
+from piman.monitor.collector.query import DEFAULT_LOOKBACK, events_from_series, labels_match
+from piman.monitor.collector.tsdb_tables import SCHEMA, TargetBatch, connect, insert_samples
 
 __all__ = ["TargetBatch", "Tsdb"]
 
@@ -76,7 +71,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 LabelTuple = tuple[tuple[str, str], ...]
-TARGET_LABELS = ("job", "instance", "node")
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,12 +31,19 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from piman.monitor.expfmt import MalformedText, format_sample, format_value, parse_series, scan
-from piman.monitor.fetch import StreamFetcher
-from piman.monitor.query import EVENT_FIELDS, EVENTS_JOB, SCRAPE_JOB
-from piman.monitor.tsdb import TargetBatch, Tsdb
+from piman.fleet.metrics import EVENT_FIELDS
+from piman.monitor.collector.expfmt import (
+    MalformedText,
+    format_sample,
+    format_value,
+    parse_series,
+    scan,
+)
+from piman.monitor.collector.fetch import StreamFetcher
+from piman.monitor.collector.query import EVENTS_JOB, SCRAPE_JOB
+from piman.monitor.collector.tsdb import TargetBatch, Tsdb
 
-__all__ = ["Fetcher", "Scraper", "Target", "targets_for"]
+__all__ = ["Fetcher", "ScrapeTarget", "Scraper", "targets_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +52,7 @@ _RESERVED = frozenset(("job", "instance", "node"))
 
 
 @dataclass(frozen=True, slots=True)
-class Target:
+class ScrapeTarget:
     """One agent to scrape."""
 
     node: str
@@ -66,7 +73,7 @@ class _Node(Protocol):
     def agent_url(self) -> str | None: ...
 
 
-def targets_for(nodes: Iterable[_Node], agent_port: int) -> list[Target]:
+def targets_for(nodes: Iterable[_Node], agent_port: int) -> list[ScrapeTarget]:
     """A target per node that has an ``agent_url`` or an IP (nodes with neither are skipped)."""
     out = []
     for n in nodes:
@@ -80,7 +87,7 @@ def targets_for(nodes: Iterable[_Node], agent_port: int) -> list[Target]:
             events = f"http://{n.ip}:{agent_port}/events"
         else:
             continue
-        out.append(Target(n.name, metrics, events))
+        out.append(ScrapeTarget(n.name, metrics, events))
     return out
 
 
@@ -96,7 +103,7 @@ class Fetcher(Protocol):
 class _TargetState:
     """Per-target caches: series text → series id (and → forwarding prefix)."""
 
-    target: Target
+    target: ScrapeTarget
     ids: dict[str, int] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
 
@@ -120,7 +127,7 @@ class Scraper:
     def __init__(
         self,
         tsdb: Tsdb,
-        targets: Callable[[], Awaitable[list[Target]]],
+        targets: Callable[[], Awaitable[list[ScrapeTarget]]],
         *,
         interval: float = 15.0,
         timeout: float | None = None,
@@ -135,14 +142,14 @@ class Scraper:
         self.fetcher = fetcher
         self.forward = forward
         self.on_flush = list(on_flush)
-        self._states: dict[Target, _TargetState] = {}
+        self._states: dict[ScrapeTarget, _TargetState] = {}
         self._pending: list[TargetBatch] = []
         self._prefixes: dict[int, str] = {}  # series id → exposition text, when forwarding
         self.cycles = 0
 
     # -- one target ----------------------------------------------------------------------
 
-    def phase(self, target: Target) -> float:
+    def phase(self, target: ScrapeTarget) -> float:
         """Fixed offset of a target inside the interval, from a hash of its address."""
         return (zlib.crc32(target.metrics_url.encode()) % 10_000) / 10_000 * self.interval
 

@@ -1,8 +1,8 @@
 """The read side of the time-series store: what the alert evaluator, the API and the UI ask.
 
 Everything here is plain data plus one :class:`MetricsQuery` protocol. The SQLite store
-(:class:`piman.monitor.tsdb.Tsdb`) implements it; :class:`MemoryQuery` is an in-memory fake for
-unit tests of code that reads metrics (the alert evaluator), with the same semantics.
+(:class:`piman.monitor.collector.tsdb.Tsdb`) implements it; :class:`MemoryQuery` is an in-memory
+fake for unit tests of code that reads metrics (the alert evaluator), with the same semantics.
 
 Series and labels
 -----------------
@@ -48,19 +48,16 @@ Time is always UNIX seconds as float (UTC).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+from piman.fleet.metrics import EVENT_FIELDS, Labels, Sample, Series
 
 __all__ = [
     "DEFAULT_LOOKBACK",
     "EVENTS_JOB",
-    "EVENT_FIELDS",
     "SCRAPE_JOB",
     "MemoryQuery",
     "MetricsQuery",
-    "Sample",
-    "Series",
     "events_from_series",
     "labels_match",
 ]
@@ -68,36 +65,6 @@ __all__ = [
 DEFAULT_LOOKBACK = 300.0
 SCRAPE_JOB = "piman"
 EVENTS_JOB = "piman_events"
-# The numeric /events fields stored as series under their own names.
-EVENT_FIELDS = (
-    "cpu_percent",
-    "memory_percent",
-    "disk_percent",
-    "temperature_celsius",
-    "num_pids",
-    "throttled",
-)
-
-Labels = Mapping[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """The value of one series at one time. ``labels`` include ``__name__``-less labels only."""
-
-    metric: str
-    labels: Labels
-    ts: float
-    value: float
-
-
-@dataclass(frozen=True, slots=True)
-class Series:
-    """One series over a time range: ``points`` are ``(ts, value)`` sorted by time."""
-
-    metric: str
-    labels: Labels
-    points: list[tuple[float, float]] = field(default_factory=list)
 
 
 def labels_match(labels: Labels, matchers: Labels | None) -> bool:

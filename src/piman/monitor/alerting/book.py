@@ -1,8 +1,9 @@
-"""Alert states and notification groups (pure core), and the evaluator service (thin shell).
+"""Alert states and notification groups: the alert book, a pure core (time passed in).
 
-Theory of operation. Every ``scrape_interval`` the :class:`AlertService` asks the time-series
-store for each rule's selector at ``now`` and hands the samples to :class:`AlertBook`, which keeps
-one :class:`Alert` per (rule, label set):
+Theory of operation. Every ``scrape_interval`` the evaluator
+(:class:`~piman.monitor.alerting.evaluator.AlertService`) asks the time-series store for each
+rule's selector at ``now`` and hands the samples to :class:`AlertBook`, which keeps one
+:class:`Alert` per (rule, label set):
 
 =============  ==========================  ==========================================
 state          condition true              condition false (or series gone)
@@ -34,31 +35,17 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import json
 import logging
 import re
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from piman.monitor.rules import (
-    Matcher,
-    Rule,
-    RuleError,
-    Selector,
-    fingerprint,
-    matches,
-    parse_matchers,
-)
-from piman.store.alert_tables import (
-    AlertGroupRow,
-    AlertStateRow,
-    SilenceRecord,
-    TickChanges,
-    from_ts,
-    to_ts,
-)
+from piman.config.matchers import Selector
+from piman.fleet.metrics import Sample, Series
+from piman.fleet.records import AlertGroupRecord, AlertHistoryRecord, AlertRecord, TickChanges
+from piman.monitor.alerting.rules import Rule, fingerprint
+from piman.monitor.alerting.silences import Silence
 
 __all__ = [
     "Alert",
@@ -67,11 +54,7 @@ __all__ = [
     "Group",
     "GroupSettings",
     "Notification",
-    "Sample",
     "SampleSource",
-    "Series",
-    "Silence",
-    "make_silence",
     "replay_times",
     "samples_at",
 ]
@@ -85,22 +68,6 @@ class AlertState(enum.StrEnum):
     RESOLVED = "resolved"
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One series' value at evaluation time."""
-
-    labels: Mapping[str, str]
-    value: float
-
-
-@dataclass(frozen=True, slots=True)
-class Series:
-    """One series' stored points ``(time, value)``, oldest first."""
-
-    labels: Mapping[str, str]
-    points: Sequence[tuple[float, float]]
-
-
 class SampleSource(Protocol):
     """What the evaluator needs of the time-series store."""
 
@@ -109,48 +76,6 @@ class SampleSource(Protocol):
 
     async def series(self, selector: Selector, start: float, end: float) -> list[Series]:
         """Each matching series' points with ``start <= time <= end``."""
-
-
-@dataclass(frozen=True, slots=True)
-class Silence:
-    id: str
-    matchers: tuple[Matcher, ...]
-    starts_at: float
-    ends_at: float
-
-    def mutes(self, labels: Mapping[str, str], now: float) -> bool:
-        return self.starts_at <= now < self.ends_at and matches(self.matchers, labels)
-
-    @classmethod
-    def of(cls, record: Any) -> Silence:
-        return cls(record.id, parse_matchers(record.matchers), record.starts_at, record.ends_at)
-
-
-def make_silence(
-    matchers: str | Sequence[str],
-    *,
-    now: float,
-    duration: float,
-    created_by: str = "piman",
-    comment: str = "",
-    starts_at: float | None = None,
-) -> SilenceRecord:
-    """A new silence record; RuleError for bad matchers, ValueError for a bad duration."""
-    text = matchers if isinstance(matchers, str) else ",".join(matchers)
-    parsed = parse_matchers(text)
-    if not parsed:
-        raise RuleError("a silence needs at least one matcher, e.g. alertname=NodeDown")
-    if duration <= 0:
-        raise ValueError("a silence must last more than 0 s")
-    start = now if starts_at is None else starts_at
-    return SilenceRecord(
-        id=str(uuid.uuid4()),
-        matchers=",".join(str(m) for m in parsed),
-        starts_at=start,
-        ends_at=start + duration,
-        created_by=created_by,
-        comment=comment,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,33 +103,33 @@ class Alert:
     def starts_at(self) -> float:
         return self.fired_at if self.fired_at is not None else self.active_at
 
-    def row(self) -> dict[str, Any]:
-        return {
-            "fingerprint": self.fingerprint,
-            "rule": self.rule,
-            "labels": json.dumps(self.labels, sort_keys=True),
-            "annotations": json.dumps(self.annotations, sort_keys=True),
-            "state": self.state.value,
-            "active_at": from_ts(self.active_at),
-            "fired_at": from_ts(self.fired_at),
-            "resolved_at": from_ts(self.resolved_at),
-            "value": self.value,
-            "late": self.late,
-        }
+    def record(self) -> AlertRecord:
+        return AlertRecord(
+            fingerprint=self.fingerprint,
+            rule=self.rule,
+            labels=dict(self.labels),
+            annotations=dict(self.annotations),
+            state=self.state.value,
+            active_at=self.active_at,
+            fired_at=self.fired_at,
+            resolved_at=self.resolved_at,
+            value=self.value,
+            late=self.late,
+        )
 
     @classmethod
-    def of_row(cls, row: AlertStateRow) -> Alert:
+    def of_record(cls, r: AlertRecord) -> Alert:
         return cls(
-            row.fingerprint,
-            row.rule,
-            json.loads(row.labels),
-            json.loads(row.annotations),
-            AlertState(row.state),
-            row.active_at.timestamp(),
-            to_ts(row.fired_at),
-            to_ts(row.resolved_at),
-            row.value,
-            row.late,
+            r.fingerprint,
+            r.rule,
+            dict(r.labels),
+            dict(r.annotations),
+            AlertState(r.state),
+            r.active_at,
+            r.fired_at,
+            r.resolved_at,
+            r.value,
+            r.late,
         )
 
 
@@ -217,26 +142,19 @@ class Group:
     last_flush_at: float | None = None
     sent: frozenset[tuple[str, str, float]] = frozenset()
 
-    def row(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "labels": json.dumps(self.labels, sort_keys=True),
-            "created_at": from_ts(self.created_at),
-            "next_flush_at": from_ts(self.next_flush_at),
-            "last_flush_at": from_ts(self.last_flush_at),
-            "sent": json.dumps(sorted(self.sent)),
-        }
+    def record(self) -> AlertGroupRecord:
+        return AlertGroupRecord(
+            key=self.key,
+            labels=dict(self.labels),
+            created_at=self.created_at,
+            next_flush_at=self.next_flush_at,
+            last_flush_at=self.last_flush_at,
+            sent=self.sent,
+        )
 
     @classmethod
-    def of_row(cls, row: AlertGroupRow) -> Group:
-        return cls(
-            row.key,
-            json.loads(row.labels),
-            row.created_at.timestamp(),
-            row.next_flush_at.timestamp(),
-            to_ts(row.last_flush_at),
-            frozenset((fp, st, float(t)) for fp, st, t in json.loads(row.sent)),
-        )
+    def of_record(cls, r: AlertGroupRecord) -> Group:
+        return cls(r.key, dict(r.labels), r.created_at, r.next_flush_at, r.last_flush_at, r.sent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,15 +343,15 @@ class AlertBook:
 
     def _history(self, alert: Alert, now: float, late: bool) -> None:
         self._changes.history.append(
-            {
-                "at": from_ts(now),
-                "fingerprint": alert.fingerprint,
-                "rule": alert.rule,
-                "labels": json.dumps(alert.labels, sort_keys=True),
-                "state": alert.state.value,
-                "value": alert.value,
-                "late": late,
-            }
+            AlertHistoryRecord(
+                at=now,
+                fingerprint=alert.fingerprint,
+                rule=alert.rule,
+                labels=dict(alert.labels),
+                state=alert.state.value,
+                value=alert.value,
+                late=late,
+            )
         )
 
     # Grouping ---------------------------------------------------------------------------------
@@ -542,10 +460,12 @@ class AlertBook:
     # Persistence ------------------------------------------------------------------------------
 
     def take_changes(self) -> TickChanges:
-        """What changed since the last call, as rows for :meth:`AlertRepository.save`."""
+        """What changed since the last call, as records for the store's ``alerts.save``."""
         changes = self._changes
-        changes.alerts = [self.alerts[fp].row() for fp in self._dirty_alerts if fp in self.alerts]
-        changes.groups = [self.groups[k].row() for k in self._dirty_groups if k in self.groups]
+        changes.alerts = [
+            self.alerts[fp].record() for fp in self._dirty_alerts if fp in self.alerts
+        ]
+        changes.groups = [self.groups[k].record() for k in self._dirty_groups if k in self.groups]
         deleted = set(changes.deleted_alerts) - set(self.alerts)
         changes.deleted_alerts = sorted(deleted)
         changes.deleted_groups = sorted(set(changes.deleted_groups) - set(self.groups))
@@ -583,5 +503,5 @@ def samples_at(series: Iterable[Series], at: float, lookback: float) -> list[Sam
             if t <= at and (best is None or t >= best[0]):
                 best = (t, v)
         if best is not None and at - best[0] <= lookback:
-            out.append(Sample(s.labels, best[1]))
+            out.append(Sample(s.metric, s.labels, best[0], best[1]))
     return out

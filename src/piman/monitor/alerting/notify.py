@@ -36,7 +36,8 @@ from urllib.parse import quote
 import httpx
 
 from piman.errors import ConfigError, ConfigProblem, NotifyError, StoreError
-from piman.store.alert_tables import AlertRepository, OutboxItem
+from piman.fleet.ports import AlertRepository
+from piman.fleet.records import OutboxItem
 
 __all__ = [
     "BACKOFF",

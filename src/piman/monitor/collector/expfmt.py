@@ -20,8 +20,8 @@ the format raises :class:`MalformedText`, never another exception.
 Measured on this machine (Python 3.11; a body recorded from Debian's prometheus-node-exporter:
 1,073 lines, 507 samples, 58 KB): :func:`scan` 0.74 µs/sample, :func:`parse` with a cold series
 cache 2.9 µs/sample (prometheus_client's parser: 15 µs/sample). The collector's own fast path
-(:meth:`piman.monitor.scrape.Scraper._ingest`: one dict lookup per line for series it has seen)
-0.50 µs/sample.
+(:meth:`piman.monitor.collector.scrape.Scraper._ingest`: one dict lookup per line for series it
+has seen) 0.50 µs/sample.
 """
 
 from __future__ import annotations

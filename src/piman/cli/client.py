@@ -1,0 +1,194 @@
+"""The one HTTP client of every ``--url`` command: the manager's REST API with a token, over TLS.
+
+A command takes :data:`UrlOption`, :data:`TokenOption` and :data:`CaFileOption` and builds a
+:class:`ManagerClient` with :func:`connect`. The token comes from ``--token``, else
+``$PIMAN_TOKEN``, else the file ``piman login`` wrote (``~/.config/piman/token``, or
+``$PIMAN_TOKEN_FILE``). Failures become one line and an exit code: 2 when the request was wrong
+(404 unknown name, 422 bad value), 1 otherwise (unreachable, not logged in, not allowed, the
+manager failed).
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import typer
+
+from piman.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, fail
+
+__all__ = [
+    "CaFileOption",
+    "ManagerClient",
+    "TokenOption",
+    "UrlOption",
+    "connect",
+    "token_file",
+]
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        help="A running manager's URL, e.g. http://127.0.0.1:8000 (default: $PIMAN_URL).",
+        envvar="PIMAN_URL",
+        show_default=False,
+    ),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        help="API token for --url (default: $PIMAN_TOKEN, else the one `piman login` stored).",
+        show_default=False,
+    ),
+]
+CaFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-file",
+        help="CA certificate to trust for an https --url (default: $PIMAN_CA_FILE, else the "
+        "system's CAs).",
+        envvar="PIMAN_CA_FILE",
+        show_default=False,
+    ),
+]
+
+
+def token_file() -> Path:
+    """Where ``piman login`` keeps the token."""
+    override = os.environ.get("PIMAN_TOKEN_FILE")
+    if override:
+        return Path(override)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "piman" / "token"
+
+
+def _stored_token() -> str | None:
+    path = token_file()
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        fail(f"cannot read the token file {path}: {err.strerror}")
+    return text or None
+
+
+class ManagerClient:
+    """``/api/v1`` of one manager. Methods return the decoded JSON or exit with one line."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        ca_file: Path | None = None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Accept": "application/json", "User-Agent": "piman-cli"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        verify: ssl.SSLContext | bool = True
+        if ca_file is not None:
+            if not ca_file.is_file():
+                fail(f"--ca-file {ca_file}: no such file", EXIT_BAD_INPUT)
+            try:
+                verify = ssl.create_default_context(cafile=str(ca_file))
+            except (OSError, ssl.SSLError) as err:
+                fail(f"--ca-file {ca_file}: not a PEM certificate ({err})", EXIT_BAD_INPUT)
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers=headers,
+            timeout=timeout,
+            verify=verify,
+            transport=transport,
+        )
+        self.authenticated = bool(token)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ManagerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(
+        self, method: str, path: str, body: Any = None, *, timeout: float | None = None
+    ) -> Any:
+        """``method /api/v1<path>``; the decoded JSON body, or exit with one line."""
+        try:
+            response = self._http.request(
+                method,
+                "/api/v1" + path,
+                json=body,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.ConnectError as err:
+            fail(f"cannot reach the manager at {self.url}: {err}")
+        except httpx.TimeoutException:
+            fail(f"the manager at {self.url} did not answer in time")
+        except httpx.HTTPError as err:
+            fail(f"cannot talk to the manager at {self.url}: {err}")
+        if response.is_success:
+            return response.json() if response.content else None
+        self._failed(response)
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> Any:
+        return self.request("POST", path, body, **kw)
+
+    def patch(self, path: str, body: Any = None, **kw: Any) -> Any:
+        return self.request("PATCH", path, body, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Any:
+        return self.request("DELETE", path, **kw)
+
+    def _failed(self, response: httpx.Response) -> NoReturn:
+        detail = _detail(response)
+        code = response.status_code
+        if code == 401:
+            hint = "" if self.authenticated else " (log in with `piman login URL` or pass --token)"
+            fail(f"{self.url}: not authenticated{hint}: {detail}")
+        if code == 403:
+            fail(f"{self.url}: not allowed: {detail}")
+        if code in (400, 404, 409, 422):
+            fail(detail, EXIT_BAD_INPUT)
+        if code == 429:
+            fail(f"{self.url}: too many attempts: {detail}")
+        fail(f"{self.url} answered {code}: {detail}", EXIT_FAILED)
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text[:200].strip() or response.reason_phrase
+    if isinstance(data, dict):
+        detail = data.get("detail", data.get("error", data))
+        if isinstance(detail, list):  # FastAPI validation errors
+            return "; ".join(
+                f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}"
+                for d in detail
+                if isinstance(d, dict)
+            )
+        return str(detail)
+    return str(data)
+
+
+def connect(url: str, token: str | None, ca_file: Path | None) -> ManagerClient:
+    """A client for ``--url`` with the token the user gave or stored."""
+    if not url.startswith(("http://", "https://")):
+        fail(f"--url {url!r} is not an http:// or https:// URL", EXIT_BAD_INPUT)
+    return ManagerClient(
+        url, token=token or os.environ.get("PIMAN_TOKEN") or _stored_token(), ca_file=ca_file
+    )

@@ -1,0 +1,273 @@
+"""The typed context: what the manager gives each capability, and the handle each one gives back.
+
+Theory of operation. The manager (``piman.manager``) opens the store and builds one
+:class:`AppContext`. It then calls each capability's ``build(ctx)`` in turn (inventory, power,
+netboot, monitor, access); a capability that the configuration turns off returns None, the
+others return a :class:`Built`: their **handle** and their long-running **services**. The
+manager sets the handle on the context (``ctx.power = built.handle`` …), so a later capability
+and the entry points (the web, the CLI's server) find it there, and runs the services.
+
+A handle is the whole of what the web and the CLI may call on a capability. Each is a
+:class:`~typing.Protocol` here, with values from ``piman.fleet`` in its signatures, so this
+module depends on no capability, and no capability on the web, the CLI or the manager. The
+arrows of the package (held by the import-linter contract in ``.importlinter``)::
+
+    cli, sim → web → manager → access | inventory | power | netboot | monitor
+             → context → store → fleet → config → errors
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, Protocol, TypeVar
+
+from prometheus_client import CollectorRegistry
+
+from piman.config.models import Config
+from piman.fleet.metrics import NodeSnapshot, Series
+from piman.fleet.ports import Repositories
+from piman.fleet.power import PowerAction, PowerResult, PowerTarget
+from piman.fleet.records import (
+    AlertHistoryRecord,
+    AlertRecord,
+    SilenceRecord,
+    TokenRecord,
+    UserRecord,
+)
+
+__all__ = [
+    "AccessHandle",
+    "AlertingHandle",
+    "AppContext",
+    "Built",
+    "InventoryHandle",
+    "MonitorHandle",
+    "NetbootHandle",
+    "PowerHandle",
+    "Principal",
+    "Service",
+]
+
+H = TypeVar("H", covariant=True)
+
+
+class Service(Protocol):
+    """A long-running part of the manager, run under a supervisor in one TaskGroup."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def serve(self) -> None:
+        """Run until cancelled. Raising means failure: the supervisor restarts it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Built(Generic[H]):
+    """What a capability's ``build(ctx)`` returns: its handle, the services to run, and what the
+    manager awaits before any service starts (``startup``, in order)."""
+
+    handle: H
+    services: tuple[Service, ...] = ()
+    startup: tuple[Callable[[], Awaitable[None]], ...] = ()
+
+
+# Inventory ---------------------------------------------------------------------------------------
+
+
+class InventoryHandle(Protocol):
+    """Sightings: what the netboot servers saw on the wire, recorded on the nodes."""
+
+    async def load(self) -> None:
+        """Learn which MACs the store knows (a server calls it when it starts)."""
+
+    def is_known(self, mac: str) -> bool:
+        """True when the store has a node with this MAC."""
+
+    def note(
+        self,
+        mac: str,
+        *,
+        ip: str | None = None,
+        serial: str | None = None,
+        model: str | None = None,
+        vendor_class: str | None = None,
+    ) -> bool:
+        """A device was seen; recorded in the background. False when throttled (nothing new)."""
+
+
+# Power -------------------------------------------------------------------------------------------
+
+
+class PowerHandle(Protocol):
+    """Switch ports through the configured power drivers (retries, read-back, staggering)."""
+
+    def resolve(self, specs: Sequence[str]) -> list[PowerTarget]:
+        """Node names, ``switch:port`` and ``all`` → targets; NotFoundError says which is wrong."""
+
+    async def run(
+        self, action: PowerAction, targets: Sequence[PowerTarget], *, actor: str
+    ) -> list[PowerResult]:
+        """One command on every target, in the order given; ``actor`` goes to the audit log."""
+
+
+# Netboot -----------------------------------------------------------------------------------------
+
+
+class NetbootHandle(Protocol):
+    """The netboot servers that run."""
+
+    def addresses(self) -> dict[str, tuple[str, int]]:
+        """``{"dhcp": (host, port), "tftp": …}`` for the servers that are listening."""
+
+
+# Monitoring --------------------------------------------------------------------------------------
+
+
+class AlertingHandle(Protocol):
+    """Alerts that fire or are pending, their history, and silences."""
+
+    @property
+    def rule_count(self) -> int: ...
+
+    @property
+    def last_evaluated(self) -> float | None: ...
+
+    async def wait_restored(self, within: float) -> bool:
+        """True once the evaluator restored its state and caught up after a start."""
+
+    def active(self) -> list[AlertRecord]:
+        """Pending and firing alerts, firing and oldest first."""
+
+    def recent(self) -> list[AlertHistoryRecord]:
+        """The last few transitions to firing or resolved, newest first (kept in memory)."""
+
+    async def history(self, limit: int) -> list[AlertHistoryRecord]:
+        """Transitions from the store, newest first."""
+
+    def silenced_by(
+        self, labels: Mapping[str, str], silences: Sequence[SilenceRecord], now: float
+    ) -> list[str]:
+        """Ids of the silences that mute an alert with these labels at ``now``."""
+
+    async def silences(self, *, active_at: float | None = None) -> list[SilenceRecord]:
+        """Every silence, newest first (only those active at ``active_at`` when given)."""
+
+    async def add_silence(
+        self,
+        matchers: str | Sequence[str],
+        *,
+        duration: float,
+        created_by: str,
+        comment: str = "",
+        now: float | None = None,
+    ) -> SilenceRecord:
+        """A new silence; RuleError for bad matchers, ValueError for a bad duration."""
+
+    async def expire_silence(self, silence_id: str, *, now: float | None = None) -> SilenceRecord:
+        """End a silence now (id or a unique prefix); NotFoundError."""
+
+
+class MonitorHandle(Protocol):
+    """The metrics store and the per-node snapshot the collector keeps; alerting when on."""
+
+    async def query_range(
+        self,
+        metric: str,
+        matchers: Mapping[str, str] | None,
+        start: float,
+        end: float,
+        step: float | None = None,
+    ) -> list[Series]:
+        """Series of one metric in ``[start, end]`` (raw, or one point per ``step``)."""
+
+    async def latest_events(self, node: str) -> dict[str, Any] | None:
+        """The newest ``/events`` JSON the collector got from a node's agent."""
+
+    def snapshot(self, node: str) -> NodeSnapshot | None:
+        """The node's latest values and short histories (None before its first scrape)."""
+
+    @property
+    def alerting(self) -> AlertingHandle | None: ...
+
+
+# Access ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who makes a request: an authenticated user (by password/session or by API token)."""
+
+    user: str
+    role: str
+    via: str  # "session", "token", "metrics-token", "local"
+    token_prefix: str | None = None
+
+    @property
+    def actor(self) -> str:
+        """How the audit log names this principal (never a name the client sent)."""
+        if self.via == "token" and self.token_prefix:
+            return f"{self.user} (token {self.token_prefix})"
+        return self.user
+
+
+class AccessHandle(Protocol):
+    """Accounts, API tokens, browser sessions and who may do what."""
+
+    async def check_password(self, name: str, password: str, *, client: str) -> UserRecord:
+        """The user whose password this is; AuthError, RateLimited (as :meth:`login`)."""
+
+    async def login(self, name: str, password: str, *, client: str) -> tuple[Principal, str]:
+        """Check a password; a new session. Returns the principal and the session cookie value.
+
+        AuthError (generic message) for a wrong name or password, RateLimited when the name or
+        the client failed too often.
+        """
+
+    async def logout(self, cookie: str) -> None: ...
+
+    async def from_session(self, cookie: str) -> Principal | None:
+        """The principal of a session cookie, or None (unknown, forged, idle or expired)."""
+
+    async def from_token(self, token: str) -> Principal | None:
+        """The principal of an API token, or None (unknown, revoked or expired)."""
+
+    async def users(self) -> list[UserRecord]: ...
+
+    async def add_user(self, name: str, role: str, password: str) -> UserRecord: ...
+
+    async def remove_user(self, name: str) -> None: ...
+
+    async def set_role(self, name: str, role: str) -> UserRecord: ...
+
+    async def set_password(self, name: str, password: str) -> UserRecord: ...
+
+    async def tokens(self, user: str | None) -> list[TokenRecord]: ...
+
+    async def create_token(
+        self, user: str, name: str, expires_at: datetime | None
+    ) -> tuple[TokenRecord, str]:
+        """A new token for ``user``; returns its record and the token itself (shown once)."""
+
+    async def revoke_token(self, token_id: int, *, user: str | None) -> TokenRecord:
+        """Revoke (only among ``user``'s tokens when given); NotFoundError."""
+
+
+# The context -------------------------------------------------------------------------------------
+
+
+@dataclass
+class AppContext:
+    """What the manager's parts share. Built once by the manager; passed down explicitly."""
+
+    config: Config
+    store: Repositories
+    metrics: CollectorRegistry
+    started_at: float = field(default_factory=time.time)
+    inventory: InventoryHandle | None = None
+    power: PowerHandle | None = None
+    netboot: NetbootHandle | None = None
+    monitor: MonitorHandle | None = None
+    access: AccessHandle | None = None

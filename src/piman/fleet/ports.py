@@ -1,0 +1,205 @@
+"""Ports: what the capabilities ask of the store, as Protocols (the store implements them).
+
+Capabilities depend on these, never on ``piman.store`` or SQLAlchemy: tests hand them fakes,
+the manager hands them :class:`piman.store.Store`. Every method is one transaction and raises
+:class:`~piman.errors.StoreError` when the database fails, :class:`~piman.errors.NotFoundError`
+for a name that does not exist.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Protocol
+
+from piman.fleet.lifecycle import NodeState, PowerState
+from piman.fleet.records import (
+    AlertGroupRecord,
+    AlertHistoryRecord,
+    AlertRecord,
+    AuditRecord,
+    NodeRecord,
+    OutboxItem,
+    SessionRecord,
+    SilenceRecord,
+    SwitchRecord,
+    TickChanges,
+    TokenRecord,
+    UserRecord,
+)
+
+__all__ = [
+    "AlertRepository",
+    "AuditRepository",
+    "NodeRepository",
+    "Repositories",
+    "SessionRepository",
+    "SwitchRepository",
+    "TokenRepository",
+    "UserRepository",
+]
+
+
+class SwitchRepository(Protocol):
+    async def list(self) -> list[SwitchRecord]: ...
+
+
+class NodeRepository(Protocol):
+    async def list(self) -> list[NodeRecord]:
+        """Every node, ordered by switch, port, then name."""
+
+    async def get(self, name: str) -> NodeRecord:
+        """One node by name; NotFoundError."""
+
+    async def find(
+        self, *, mac: str | None = None, ip: str | None = None, serial: str | None = None
+    ) -> NodeRecord | None:
+        """The node with this MAC, IP or serial (the first one given decides), or None."""
+
+    async def set_power_state(self, name: str, state: PowerState) -> None: ...
+
+    async def set_state(self, name: str, state: NodeState, *, force: bool = False) -> NodeRecord:
+        """Move a node through its lifecycle; IllegalTransition unless ``force``."""
+
+    async def record_sighting(
+        self,
+        mac: str,
+        *,
+        ip: str | None = None,
+        serial: str | None = None,
+        model: str | None = None,
+        vendor_class: str | None = None,
+        now: datetime | None = None,
+    ) -> NodeRecord:
+        """A node was seen on the wire: update what was learnt, or record a ``new`` node."""
+
+
+class AuditRepository(Protocol):
+    async def add(
+        self,
+        actor: str,
+        action: str,
+        target: str,
+        result: str,
+        detail: str | None = None,
+        *,
+        at: datetime | None = None,
+    ) -> None: ...
+
+    async def list(
+        self, *, target: str | None = None, action: str | None = None, limit: int = 100
+    ) -> list[AuditRecord]:
+        """Newest first."""
+
+
+class AlertRepository(Protocol):
+    """Alert states, groups, history, silences and the notification outbox."""
+
+    async def load(
+        self,
+    ) -> tuple[list[AlertRecord], list[AlertGroupRecord], dict[str, str]]:
+        """Everything the evaluator restores at start: alerts, groups, meta values."""
+
+    async def save(self, changes: TickChanges) -> None:
+        """One tick's changes, all or nothing."""
+
+    async def history(self, limit: int = 50) -> list[AlertHistoryRecord]:
+        """Newest first."""
+
+    async def states(self) -> list[AlertRecord]: ...
+
+    async def silences(self, *, now: float | None = None) -> list[SilenceRecord]:
+        """Every silence (newest first), or only those active at ``now``."""
+
+    async def add_silence(self, silence: SilenceRecord) -> None: ...
+
+    async def expire_silence(self, silence_id: str, now: float) -> SilenceRecord:
+        """End a silence now (by id or a unique prefix of it); NotFoundError."""
+
+    async def next_pending(self, receiver: str) -> OutboxItem | None:
+        """The oldest undelivered notification for a receiver."""
+
+    async def mark_delivered(self, item_id: int, at: float) -> None: ...
+
+    async def mark_failed(self, item_id: int, error: str, next_at: float) -> None: ...
+
+    async def outbox(self, *, pending_only: bool = False, limit: int = 100) -> list[OutboxItem]: ...
+
+    async def pending_counts(self) -> dict[str, int]: ...
+
+    async def prune(self, before: float) -> None:
+        """Drop delivered outbox rows and history older than ``before``."""
+
+
+class UserRepository(Protocol):
+    async def list(self) -> list[UserRecord]: ...
+
+    async def get(self, name: str) -> UserRecord | None: ...
+
+    async def count(self) -> int: ...
+
+    async def add(self, name: str, role: str, password_hash: str) -> UserRecord:
+        """A new user; StoreError when the name is taken."""
+
+    async def set_role(self, name: str, role: str) -> UserRecord:
+        """NotFoundError for an unknown user."""
+
+    async def set_password(self, name: str, password_hash: str) -> UserRecord:
+        """Also ends every session of that user (NotFoundError for an unknown user)."""
+
+    async def remove(self, name: str) -> None:
+        """Removes the user with their tokens and sessions; NotFoundError."""
+
+
+class TokenRepository(Protocol):
+    async def add(
+        self, user: str, name: str, prefix: str, digest: str, expires_at: datetime | None
+    ) -> TokenRecord: ...
+
+    async def by_digest(self, digest: str) -> TokenRecord | None: ...
+
+    async def list(self, user: str | None = None) -> list[TokenRecord]:
+        """Newest first; every user's when ``user`` is None."""
+
+    async def revoke(self, token_id: int, at: datetime, *, user: str | None = None) -> TokenRecord:
+        """Revoke one token (only among ``user``'s when given); NotFoundError."""
+
+    async def touch(self, token_id: int, at: datetime) -> None:
+        """Record a use (callers throttle)."""
+
+
+class SessionRepository(Protocol):
+    async def add(self, record: SessionRecord) -> None: ...
+
+    async def get(self, digest: str) -> SessionRecord | None: ...
+
+    async def touch(self, digest: str, at: datetime) -> None: ...
+
+    async def remove(self, digest: str) -> None: ...
+
+    async def prune(self, idle_before: datetime, now: datetime) -> int:
+        """Drop sessions idle since before ``idle_before`` or past their absolute expiry."""
+
+
+class Repositories(Protocol):
+    """Everything the store offers, one repository per kind of record."""
+
+    @property
+    def nodes(self) -> NodeRepository: ...
+
+    @property
+    def switches(self) -> SwitchRepository: ...
+
+    @property
+    def audit(self) -> AuditRepository: ...
+
+    @property
+    def alerts(self) -> AlertRepository: ...
+
+    @property
+    def users(self) -> UserRepository: ...
+
+    @property
+    def tokens(self) -> TokenRepository: ...
+
+    @property
+    def sessions(self) -> SessionRepository: ...

@@ -1,0 +1,14 @@
+"""The inventory capability, built for the manager: the sightings writer, always on."""
+
+from __future__ import annotations
+
+from piman.context import AppContext, Built, InventoryHandle
+from piman.inventory.sightings import Sightings
+
+__all__ = ["build"]
+
+
+def build(ctx: AppContext) -> Built[InventoryHandle]:
+    """One :class:`Sightings` for the DHCP and TFTP servers, and the service that writes it."""
+    sightings = Sightings(ctx.store.nodes)
+    return Built(sightings, (sightings,))
