@@ -14,7 +14,9 @@ Theory of operation
   with a bearer token and no cookie (the CLI, scripts) need neither → 403;
 - a mutating request with a body that is not ``application/json`` (HTML forms and
   ``sendBeacon`` cannot send that cross-origin without a CORS preflight, which is never
-  granted) → 415.
+  granted) → 415;
+- a body larger than :data:`MAX_BODY` → 413, or without a ``Content-Length`` (chunked) → 411:
+  no request can make the manager buffer more than that.
 
 Then routes ask for a principal through :data:`Reader`, :data:`Operator`, :data:`Admin`,
 :data:`Anyone` (any signed-in principal) or :func:`optional_principal`: a bearer token
@@ -42,6 +44,7 @@ from piman.context import AccessHandle, Principal
 from piman.web.deps import get_ctx
 
 __all__ = [
+    "MAX_BODY",
     "SESSION_COOKIE",
     "Admin",
     "Anyone",
@@ -58,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 SESSION_COOKIE = "piman_session"
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+MAX_BODY = 1 << 20  # bytes: the largest request body the API reads
 
 
 def _host_only(value: str) -> str:
@@ -171,10 +175,14 @@ class RequestGuard:
             return _reject(
                 403, "cross_origin", "a request with a session cookie must say its Origin"
             )
-        has_body = headers.get(b"content-length", b"0") not in (b"0", b"") or (
-            b"transfer-encoding" in headers
-        )
-        if has_body:
+        if b"transfer-encoding" in headers:
+            return _reject(411, "length_required", "send the body with a Content-Length")
+        length = headers.get(b"content-length", b"0").strip() or b"0"
+        if not length.isdigit():
+            return _reject(400, "bad_length", "Content-Length is not a number")
+        if int(length) > MAX_BODY:
+            return _reject(413, "too_large", f"a request body has at most {MAX_BODY} bytes")
+        if int(length) > 0:
             kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
             if kind != b"application/json":
                 return _reject(415, "content_type", "send the body as application/json")

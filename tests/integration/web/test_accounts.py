@@ -360,6 +360,56 @@ async def test_a_cookie_request_without_origin_or_fetch_metadata_is_refused(rig:
     assert scripted.status_code == 201  # a script with a token needs no Origin
 
 
+async def test_bodies_are_bounded(rig: Rig) -> None:
+    big = b'{"name": "' + b"x" * (1 << 20) + b'"}'
+    headers = {"Origin": BASE, "Content-Type": "application/json"}
+    too_large = await rig.client.post("/api/v1/auth/login", content=big, headers=headers)
+    assert too_large.status_code == 413
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"username": "olga", '
+        yield b'"password": "olga-password"}'
+
+    chunked = await rig.client.post("/api/v1/auth/login", content=chunks(), headers=headers)
+    assert chunked.status_code == 411
+
+
+async def test_metrics_can_require_a_token(tmp_path: Path) -> None:
+    config = Config.model_validate(
+        {
+            "manager": {
+                "address": "198.18.0.1",
+                "data_dir": str(tmp_path),
+                "metrics_token": "m-s3cret",
+            }
+        }
+    )
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'piman.db'}")
+    await store.open()
+    try:
+        ctx = AppContext(config=config, store=store, metrics=CollectorRegistry())
+        ctx.access = build(ctx).handle
+        await ctx.access.add_user("vic", "viewer", "vic-password")
+        await ctx.access.add_user("ula", "user", "ula-password")
+        _, viewer = await ctx.access.create_token("vic", "prometheus", None)
+        _, user = await ctx.access.create_token("ula", "x", None)
+        transport = httpx.ASGITransport(app=create_app(ctx))
+        async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
+            assert (await client.get("/metrics")).status_code == 401
+            wrong = await client.get("/metrics", headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+            right = await client.get("/metrics", headers={"Authorization": "Bearer m-s3cret"})
+            assert right.status_code == 200
+            assert "# TYPE piman_logins_total counter" in right.text
+            ok = await client.get("/metrics", headers={"Authorization": f"Bearer {viewer}"})
+            assert ok.status_code == 200
+            no = await client.get("/metrics", headers={"Authorization": f"Bearer {user}"})
+            assert no.status_code == 401
+            assert (await client.get("/healthz")).status_code == 200  # always open
+    finally:
+        await store.close()
+
+
 def test_host_policy_knows_the_machine_and_configured_names() -> None:
     config = Config.model_validate(
         {
