@@ -33,6 +33,9 @@ from piman.fleet.power import PowerAction, PowerResult, PowerTarget
 from piman.fleet.records import (
     AlertHistoryRecord,
     AlertRecord,
+    DeploymentEventRecord,
+    DeploymentRecord,
+    EnvironmentRecord,
     SilenceRecord,
     TokenRecord,
     UserRecord,
@@ -43,6 +46,8 @@ __all__ = [
     "AlertingHandle",
     "AppContext",
     "Built",
+    "DeployHandle",
+    "DeployOptions",
     "InventoryHandle",
     "MonitorHandle",
     "NetbootHandle",
@@ -193,6 +198,85 @@ class MonitorHandle(Protocol):
     def alerting(self) -> AlertingHandle | None: ...
 
 
+# Deploy ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeployOptions:
+    """What one deployment overrides of ``deploy.customise`` (None: the configured value)."""
+
+    hostname: str | None = None  # a name, or a pattern with {node}
+    ssh_keys: tuple[str, ...] = ()  # added to the configured keys
+    user: str | None = None
+    password_hash: str | None = None
+
+
+class DeployHandle(Protocol):
+    """Environments and deployments; the node-facing ``/boot/v1`` conversation."""
+
+    async def environments(self) -> list[EnvironmentRecord]: ...
+
+    async def environment(self, name: str) -> EnvironmentRecord:
+        """NotFoundError for an unknown name."""
+
+    async def start(
+        self,
+        nodes: Sequence[str],
+        environment: str | None,
+        *,
+        actor: str,
+        options: DeployOptions | None = None,
+    ) -> list[DeploymentRecord]:
+        """Deploy to each node (all or none): NotFoundError (node, environment), ConflictError
+        (a node already deploying), ValueError (a node that cannot be powered or deployed)."""
+
+    async def deployment(self, deployment_id: int) -> DeploymentRecord: ...
+
+    async def deployments(
+        self, *, node: str | None = None, active: bool | None = None, limit: int = 100
+    ) -> list[DeploymentRecord]: ...
+
+    async def events(
+        self, deployment_id: int, *, after: int = 0
+    ) -> list[DeploymentEventRecord]: ...
+
+    async def wait_change(self, within: float) -> None:
+        """Return when any deployment changed here, or after ``within`` seconds (for SSE)."""
+
+    async def cancel(self, deployment_id: int, *, actor: str) -> DeploymentRecord: ...
+
+    # The installer (``/boot/v1``): every call checks the secret and the node's address.
+
+    async def hello(self, token: str, client: str, report: Mapping[str, Any]) -> str:
+        """The plan for the deployment that holds this one-time token; Forbidden why not."""
+
+    async def progress(
+        self, deployment_id: int, session: str, client: str, report: Mapping[str, Any]
+    ) -> None:
+        """Forbidden (bad session), Gone (the deployment ended: the installer stops)."""
+
+    async def result(
+        self, deployment_id: int, session: str, client: str, report: Mapping[str, Any]
+    ) -> None: ...
+
+    async def files(self, deployment_id: int, session: str, client: str) -> bytes:
+        """The customisation tar for the boot partition."""
+
+    # The boot tree asks these (fast: no database on the TFTP path).
+
+    def boot_choice(self, node: str) -> str | None:
+        """``installer``, ``local`` or None (no active deployment: the node's usual tree)."""
+
+    def installer_args(self, node: str) -> dict[str, str] | None:
+        """The installer's kernel parameters for this node (token, URL, disk), or None."""
+
+    def boot_cmdline(self, node: str) -> str | None:
+        """The cmdline.txt the node's own tree serves (with first-boot words), or None."""
+
+    def local_boot_seen(self, node: str) -> None:
+        """The node fetched its own boot files."""
+
+
 # Access ------------------------------------------------------------------------------------------
 
 
@@ -234,6 +318,9 @@ class AccessHandle(Protocol):
     async def from_token(self, token: str) -> Principal | None:
         """The principal of an API token, or None (unknown, revoked or expired)."""
 
+    def from_local(self, secret: str, user: str) -> Principal | None:
+        """Root's CLI on the manager machine (``data_dir/local.key``), or None."""
+
     async def users(self) -> list[UserRecord]: ...
 
     async def add_user(self, name: str, role: str, password: str) -> UserRecord: ...
@@ -270,4 +357,5 @@ class AppContext:
     power: PowerHandle | None = None
     netboot: NetbootHandle | None = None
     monitor: MonitorHandle | None = None
+    deploy: DeployHandle | None = None
     access: AccessHandle | None = None

@@ -9,17 +9,22 @@ clear line and an exit code (2 for bad input, 1 for a failed operation); service
     ├── AccessError                 a request was not allowed
     │   ├── AuthError               no valid credentials: wrong password, unknown token (HTTP 401)
     │   ├── Forbidden               the principal's role does not allow it (HTTP 403)
+    │   ├── Gone                    what the request is about has ended (HTTP 410)
     │   └── RateLimited             too many failed logins; ``retry_after`` seconds (HTTP 429)
     ├── ConfigError                 bad configuration: file, field path, what was expected (exit 2)
     ├── RuleError                   an alert expression or matcher does not parse (a ValueError too)
     ├── StoreError                  the database could not be opened, migrated or written
     ├── NotFoundError               a named node, switch or object does not exist
+    ├── ConflictError               the request clashes with what is: taken name, busy node (409)
     ├── ProtocolError               a peer broke a wire protocol
     │   └── MalformedPacket         (per codec; subclasses ValueError too) bytes that do not decode
     ├── PowerError                  a power operation failed (see piman.power.base)
     │   ├── PowerConnError          unreachable / timed out: worth retrying
     │   └── PowerFatalError         bad credentials, unknown/read-only OID, bad settings: no retry
-    └── NotifyError                 a notification could not be delivered (retried from the outbox)
+    ├── NotifyError                 a notification could not be delivered (retried from the outbox)
+    ├── ImageError                  a disk image or block map is corrupt or truncated (exit 2;
+    │                               piman.deploy.errors)
+    └── InstallerBuildError         the installer could not be built (piman.deploy.installer)
 
 Codecs define their own ``MalformedPacket`` subclasses next to the packet types.
 """
@@ -33,7 +38,9 @@ __all__ = [
     "AuthError",
     "ConfigError",
     "ConfigProblem",
+    "ConflictError",
     "Forbidden",
+    "Gone",
     "NotFoundError",
     "NotifyError",
     "PimanError",
@@ -91,6 +98,10 @@ class Forbidden(AccessError):
     """The principal is known but its role does not allow this."""
 
 
+class Gone(AccessError):
+    """What the request is about has ended (a cancelled or finished deployment)."""
+
+
 class RateLimited(AccessError):
     """Too many failed attempts; try again after ``retry_after`` seconds."""
 
@@ -105,6 +116,10 @@ class StoreError(PimanError):
 
 class NotFoundError(PimanError):
     """A named object (node, switch, alert, environment) does not exist."""
+
+
+class ConflictError(PimanError):
+    """The request clashes with the current state: a name taken, a node already deploying."""
 
 
 class ProtocolError(PimanError):

@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from piman.access import service as access_service
 from piman.config.models import Config
 from piman.context import AppContext, Built, Service
+from piman.deploy import service as deploy_service
 from piman.errors import PimanError
 from piman.inventory import service as inventory_service
 from piman.monitor import service as monitor_service
@@ -41,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 5.0
 RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
-CAPABILITIES = ("inventory", "access", "power", "netboot", "monitor")
+CAPABILITIES = ("inventory", "access", "power", "deploy", "netboot", "monitor")
 
 Frontend = Callable[[AppContext], Service]
 """Builds a front end (the HTTP server) once every capability's handle is on the context."""
@@ -99,6 +100,8 @@ class Manager:
             ctx.access = take(access_service.build(ctx))
         if "power" in on:
             ctx.power = take(power_service.build(ctx))
+        if "deploy" in on:
+            ctx.deploy = take(deploy_service.build(ctx))
         if "netboot" in on:
             ctx.netboot = take(netboot_service.build(ctx))
         if "monitor" in on:

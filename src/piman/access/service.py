@@ -19,8 +19,10 @@ Theory of operation
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -52,6 +54,8 @@ from piman.fleet.records import SessionRecord, TokenRecord, UserRecord
 __all__ = [
     "ADMIN_PASSWORD_ENV",
     "INITIAL_PASSWORD_FILE",
+    "LOCAL_KEY_FILE",
+    "LOCAL_PREFIX",
     "SESSION_KEY_FILE",
     "AccessService",
     "build",
@@ -63,6 +67,8 @@ logger = logging.getLogger(__name__)
 ADMIN_PASSWORD_ENV = "PIMAN_ADMIN_PASSWORD"
 INITIAL_PASSWORD_FILE = "initial-admin-password"
 SESSION_KEY_FILE = "session.key"
+LOCAL_KEY_FILE = "local.key"  # root on the manager machine: the CLI without a token
+LOCAL_PREFIX = "local."
 TOUCH_EVERY = timedelta(seconds=60)  # how often a session's or token's last use is written
 PRUNE_EVERY = 3600.0
 HASHING_AT_ONCE = 2
@@ -93,9 +99,9 @@ def _write_private(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def load_session_key(data_dir: Path) -> bytes:
-    """The manager's session key (``data_dir/session.key``), made on first use."""
-    path = data_dir / SESSION_KEY_FILE
+def load_session_key(data_dir: Path, name: str = SESSION_KEY_FILE) -> bytes:
+    """The manager's session key (``data_dir/session.key``), made on first use (0600)."""
+    path = data_dir / name
     try:
         key = path.read_bytes()
     except FileNotFoundError:
@@ -123,6 +129,7 @@ class AccessService:
         *,
         data_dir: Path,
         session_key: bytes,
+        local_key: bytes | None = None,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], datetime] = _now,
         monotonic: Callable[[], float] = time.monotonic,
@@ -133,6 +140,7 @@ class AccessService:
         self.settings = settings
         self.data_dir = data_dir
         self.session_key = session_key
+        self.local_key = local_key
         # Per name, and per client address (a classroom behind one NAT address shares that).
         self.by_name = LoginThrottle(settings.login_attempts, settings.login_window)
         self.by_address = LoginThrottle(4 * settings.login_attempts, settings.login_window)
@@ -231,6 +239,19 @@ class AccessService:
             await self.store.sessions.touch(key, now)
         return Principal(user.name, user.role, "session")
 
+    # -- the manager machine's own CLI -----------------------------------------------------------
+
+    def from_local(self, secret: str, user: str) -> Principal | None:
+        """Root on the manager machine (it can read ``data_dir/local.key``) acts as an admin;
+        the audit log names the local account the CLI says ran it (``local:root``)."""
+        if self.local_key is None or not secret.startswith(LOCAL_PREFIX):
+            return None
+        expected = LOCAL_PREFIX + self.local_key.hex()
+        if not hmac.compare_digest(secret.encode(), expected.encode()):
+            return None
+        who = user if re.fullmatch(r"[a-z0-9._ ()-]{1,64}", user or "") else "unknown"
+        return Principal(f"local:{who}", Role.ADMIN.value, "local")
+
     # -- tokens --------------------------------------------------------------------------------
 
     async def from_token(self, token: str) -> Principal | None:
@@ -326,6 +347,7 @@ def build(ctx: AppContext) -> Built[AccessHandle]:
         ctx.config.access,
         data_dir=data_dir,
         session_key=load_session_key(data_dir),
+        local_key=load_session_key(data_dir, LOCAL_KEY_FILE),
         registry=ctx.metrics,
     )
     return Built(service, (service,), startup=(service.bootstrap,))

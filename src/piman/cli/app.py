@@ -11,7 +11,9 @@ from piman.cli import (
     alerts_cmd,
     common,
     config_cmd,
+    deploy_cmd,
     export_cmd,
+    installer_cmd,
     nodes_cmd,
     power_cmd,
     server_cmd,
@@ -52,6 +54,8 @@ agent_cmd.register(app)
 alerts_cmd.register(app)
 export_cmd.register(app)
 access_cmd.register(app)
+deploy_cmd.register(app)
+installer_cmd.register(app)
 
 
 def main() -> None:

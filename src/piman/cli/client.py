@@ -10,8 +10,11 @@ manager failed).
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -89,11 +92,14 @@ class ManagerClient:
         ca_file: Path | None = None,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        local_user: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         headers = {"Accept": "application/json", "User-Agent": "piman-cli"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        if local_user:
+            headers["X-Piman-Local-User"] = local_user
         verify: ssl.SSLContext | bool = True
         if ca_file is not None:
             if not ca_file.is_file():
@@ -121,9 +127,19 @@ class ManagerClient:
         self.close()
 
     def request(
-        self, method: str, path: str, body: Any = None, *, timeout: float | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        timeout: float | None = None,
+        missing_ok: bool = False,
     ) -> Any:
-        """``method /api/v1<path>``; the decoded JSON body, or exit with one line."""
+        """``method /api/v1<path>``; the decoded JSON body, or exit with one line.
+
+        With ``missing_ok``, a route the manager does not have (404, or 503 for a capability
+        that is off) answers None instead.
+        """
         try:
             response = self._http.request(
                 method,
@@ -139,7 +155,53 @@ class ManagerClient:
             fail(f"cannot talk to the manager at {self.url}: {err}")
         if response.is_success:
             return response.json() if response.content else None
+        if missing_ok and response.status_code in (404, 503):
+            return None
         self._failed(response)
+
+    def events(self, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """A server-sent-events stream of a deployment, ``(event, data)`` by ``(event, data)``,
+        until an ``event: deployment`` says it finished (``result`` set).
+
+        A dropped connection (the manager restarting) is taken up again with ``Last-Event-ID``,
+        for up to two minutes of trying.
+        """
+        last: str | None = None
+        failures = 0
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if last is not None:
+                headers["Last-Event-ID"] = last
+            finished = False
+            try:
+                with self._http.stream(
+                    "GET", "/api/v1" + path, headers=headers, timeout=httpx.Timeout(30, read=60)
+                ) as response:
+                    if not response.is_success:
+                        response.read()
+                        self._failed(response)
+                    event, data = "message", ""
+                    for line in response.iter_lines():
+                        if line.startswith("event:"):
+                            event = line[6:].strip()
+                        elif line.startswith("data:"):
+                            data += line[5:].strip()
+                        elif line.startswith("id:"):
+                            last = line[3:].strip()
+                        elif line == "" and data:
+                            payload = json.loads(data)
+                            yield event, payload
+                            finished = event == "deployment" and payload.get("result") is not None
+                            event, data = "message", ""
+                            failures = 0
+            except (httpx.TransportError, httpx.RemoteProtocolError):
+                pass
+            if finished:
+                return
+            failures += 1
+            if failures > 60:
+                fail(f"lost the manager at {self.url} (tried for two minutes)")
+            time.sleep(2.0)
 
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
@@ -185,10 +247,30 @@ def _detail(response: httpx.Response) -> str:
     return str(data)
 
 
-def connect(url: str, token: str | None, ca_file: Path | None) -> ManagerClient:
-    """A client for ``--url`` with the token the user gave or stored."""
+def connect(
+    url: str, token: str | None, ca_file: Path | None, *, local_key: Path | None = None
+) -> ManagerClient:
+    """A client for ``--url`` with the token the user gave or stored.
+
+    With none of those, and ``local_key`` readable (root on the manager machine:
+    ``data_dir/local.key``), the client acts as the local admin; the audit log names the local
+    account (``local:root``).
+    """
     if not url.startswith(("http://", "https://")):
         fail(f"--url {url!r} is not an http:// or https:// URL", EXIT_BAD_INPUT)
-    return ManagerClient(
-        url, token=token or os.environ.get("PIMAN_TOKEN") or _stored_token(), ca_file=ca_file
-    )
+    given = token or os.environ.get("PIMAN_TOKEN") or _stored_token()
+    if given is None and local_key is not None:
+        try:
+            key = local_key.read_bytes()
+        except OSError:
+            key = b""
+        if key:
+            from piman.cli.common import local_actor
+
+            return ManagerClient(
+                url,
+                token="local." + key.hex(),
+                ca_file=ca_file,
+                local_user=local_actor().removeprefix("local:"),
+            )
+    return ManagerClient(url, token=given, ca_file=ca_file)

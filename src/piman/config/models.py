@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from piman.config.access import AccessSettings, TlsSettings
+from piman.config.deploy import DeploySettings
 from piman.config.monitoring import MonitoringSettings
 from piman.config.netboot import DhcpSettings, TftpSettings
 from piman.config.power import SwitchSettings
@@ -104,6 +105,9 @@ class NodeSettings(BaseModel):
     model: str | None = None
     hostname: str | None = None
     agent_url: str | None = None
+    # Reinstalls: the environment this node runs (piman reinstall's default) and its disk.
+    environment: str | None = None
+    disk: str | None = None
 
     @field_validator("serial", mode="before")
     @classmethod
@@ -144,6 +148,7 @@ class Config(BaseModel):
     switches: list[SwitchSettings] = Field(default_factory=list)
     nodes: list[NodeSettings] = Field(default_factory=list)
     monitoring: MonitoringSettings | None = None
+    deploy: DeploySettings | None = None
     access: AccessSettings = Field(default_factory=AccessSettings)
     # Reservations from hosts.csv (not written in YAML; filled by the loader).
     hosts: list[HostReservation] = Field(default_factory=list, exclude=True)

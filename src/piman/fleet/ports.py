@@ -9,7 +9,7 @@ for a name that does not exist.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from piman.fleet.lifecycle import NodeState, PowerState
 from piman.fleet.records import (
@@ -17,6 +17,9 @@ from piman.fleet.records import (
     AlertHistoryRecord,
     AlertRecord,
     AuditRecord,
+    DeploymentEventRecord,
+    DeploymentRecord,
+    EnvironmentRecord,
     NodeRecord,
     OutboxItem,
     SessionRecord,
@@ -30,6 +33,8 @@ from piman.fleet.records import (
 __all__ = [
     "AlertRepository",
     "AuditRepository",
+    "DeploymentRepository",
+    "EnvironmentRepository",
     "NodeRepository",
     "Repositories",
     "SessionRepository",
@@ -180,6 +185,77 @@ class SessionRepository(Protocol):
         """Drop sessions idle since before ``idle_before`` or past their absolute expiry."""
 
 
+class EnvironmentRepository(Protocol):
+    async def list(self) -> list[EnvironmentRecord]: ...
+
+    async def get(self, name: str) -> EnvironmentRecord:
+        """NotFoundError for an unknown name."""
+
+    async def add(self, record: EnvironmentRecord) -> None:
+        """ConflictError when the name is taken."""
+
+    async def remove(self, name: str) -> None:
+        """NotFoundError for an unknown name; ConflictError while a deployment uses it."""
+
+
+class DeploymentRepository(Protocol):
+    """Deployments and their events. ``claim`` is how managers share the work (DESIGN.md §7)."""
+
+    async def create(
+        self,
+        *,
+        node: str,
+        environment: str,
+        state: str,
+        options: dict[str, Any],
+        created_by: str,
+        bytes_total: int,
+        deadline_at: datetime | None,
+        token_digest: str | None,
+        token_expires_at: datetime | None,
+    ) -> DeploymentRecord:
+        """A new active deployment; ConflictError when the node already has one."""
+
+    async def get(self, deployment_id: int) -> DeploymentRecord:
+        """NotFoundError for an unknown id."""
+
+    async def by_token(self, digest: str) -> DeploymentRecord | None:
+        """The active deployment whose one-time token has this SHA-256."""
+
+    async def by_session(self, digest: str) -> DeploymentRecord | None:
+        """The active deployment whose installer session has this SHA-256."""
+
+    async def update(
+        self, deployment_id: int, *, expect_state: str | None = None, **changes: Any
+    ) -> DeploymentRecord:
+        """Change fields (``state``, ``attempt``, ``ranges_done``…) in one transaction.
+
+        With ``expect_state``, ConflictError when the deployment moved on meanwhile (another
+        writer won): callers re-read and decide again.
+        """
+
+    async def claim(
+        self, owner: str, *, now: datetime, lease_until: datetime, limit: int
+    ) -> list[DeploymentRecord]:
+        """Active deployments this owner drives from now on until ``lease_until``: those it
+        holds already and those whose lease is free or expired (``FOR UPDATE SKIP LOCKED`` on
+        PostgreSQL, so two managers never take the same one)."""
+
+    async def add_event(
+        self, deployment_id: int, state: str, kind: str, detail: str, *, at: datetime | None = None
+    ) -> DeploymentEventRecord: ...
+
+    async def events(
+        self, deployment_id: int, *, after: int = 0, limit: int = 1000
+    ) -> list[DeploymentEventRecord]:
+        """Oldest first, those with an id above ``after``."""
+
+    async def list(
+        self, *, node: str | None = None, active: bool | None = None, limit: int = 100
+    ) -> list[DeploymentRecord]:
+        """Newest first."""
+
+
 class Repositories(Protocol):
     """Everything the store offers, one repository per kind of record."""
 
@@ -203,3 +279,9 @@ class Repositories(Protocol):
 
     @property
     def sessions(self) -> SessionRepository: ...
+
+    @property
+    def environments(self) -> EnvironmentRepository: ...
+
+    @property
+    def deployments(self) -> DeploymentRepository: ...

@@ -15,6 +15,9 @@ __all__ = [
     "AlertHistoryRecord",
     "AlertRecord",
     "AuditRecord",
+    "DeploymentEventRecord",
+    "DeploymentRecord",
+    "EnvironmentRecord",
     "NodeRecord",
     "OutboxItem",
     "SessionRecord",
@@ -208,3 +211,70 @@ class SessionRecord:
     last_seen_at: datetime
     expires_at: datetime  # absolute expiry
     address: str | None = None
+
+
+# Reinstalls --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EnvironmentRecord:
+    """An OS image the manager can deploy, as imported (``piman env add``)."""
+
+    name: str
+    source: str  # the file it was imported from (name only)
+    source_sha256: str
+    kind: str  # img, xz, gz, zst, piseduce, rootfs
+    image_size: int
+    image_sha256: str
+    mapped_bytes: int
+    table: str  # mbr | gpt
+    os_family: str
+    customisation: str  # firstrun | cloudinit | none
+    boot_files: tuple[str, ...]
+    cmdline: str | None
+    description: str
+    created_at: datetime
+    created_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentRecord:
+    """One deployment of an environment to one node, where it stands (see deploy.machine)."""
+
+    id: int
+    node: str
+    environment: str
+    state: str  # a deploy.machine.State value
+    attempt: int  # power cycles spent in the current step
+    deadline_at: datetime | None  # when the current step times out
+    ranges_done: int  # plan ranges written and synced on the node
+    bytes_done: int
+    bytes_total: int
+    token_digest: str | None  # the one-time token for the installer's hello (SHA-256)
+    token_expires_at: datetime | None
+    session_digest: str | None  # the installer's session after hello (SHA-256)
+    options: dict[str, Any]  # hostname, ssh keys, user … for this deployment
+    result: str | None  # ok | failed | cancelled, once finished
+    reason: str | None
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    claimed_by: str | None  # the manager driving it
+    lease_until: datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.result is None
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentEventRecord:
+    """Something that happened to a deployment (a transition, a progress report, a log line)."""
+
+    id: int
+    deployment: int
+    at: datetime
+    state: str
+    kind: str  # transition | progress | power | log
+    detail: str

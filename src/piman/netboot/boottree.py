@@ -3,9 +3,10 @@
 :class:`BootTree` is the TFTP server's application hook. A request is answered from one of three
 trees, all under ``manager.data_dir``:
 
-- ``nodes/<name>/boot/``: the node's own SD card boot files (normal boot);
-- ``installer/``: the installer, while the deploy engine says so (``installer(node)`` is true;
-  by default when the node's state is ``deploying``);
+- ``nodes/<name>/boot/``: the node's own boot files (normal boot; after a deployment, the
+  environment's boot partition);
+- ``installer/<arch>/`` (or ``installer/``): the netboot installer, while the deploy engine
+  says so (``deploy.boot_choice(node)`` is ``installer``; tests pass ``installer=``);
 - the default tree ``tftp.root`` (default ``boot/``) for unknown clients, and for known nodes
   whose own tree does not exist yet.
 
@@ -21,10 +22,13 @@ Pi 4 prefix rule: the firmware probes ``<serial>/start4.elf``; when neither ``st
 "not found" unless the tree it maps to has one of them, or (Pi 5, which has no start4.elf) a
 ``config.txt`` and a ``.dtb``.
 
-``config.txt`` and ``cmdline.txt`` for a known node are generated from templates
+``config.txt``, ``cmdline.txt`` and ``boot.ipxe`` for a known node are generated from templates
 (``string.Template``; package data in ``piman/netboot/templates/``, overridden by files of the
-same name in ``<data_dir>/templates/``): always for the installer tree (``installer-*.txt``),
-and for the node's own tree when its SD card copy has no such file.
+same name in ``<data_dir>/templates/``): always for the installer tree (``installer-*``, with the
+deployment's one-time token on the kernel command line), and for the node's own tree when it has
+no such file. While a freshly deployed node boots for the first time, its ``cmdline.txt`` is the
+deploy engine's (with the first-boot words), and the first file it fetches from its own tree
+tells the engine it booted.
 
 :func:`check_boot_trees` warns about files the Pi firmware cannot fetch over TFTP (more than
 65535 blocks at the node's block size); the manager calls it at start, ``piman config check``
@@ -44,8 +48,7 @@ from string import Template
 
 from piman.config.models import Config
 from piman.config.types import parse_host_port
-from piman.context import InventoryHandle
-from piman.fleet.lifecycle import NodeState
+from piman.context import DeployHandle, InventoryHandle
 from piman.fleet.ports import NodeRepository
 from piman.fleet.records import NodeRecord
 from piman.netboot.tftp.files import ByteSource, BytesSource, FileCache, resolve_inside
@@ -64,7 +67,8 @@ logger = logging.getLogger(__name__)
 CACHE_SECONDS = 2.0  # how long a (prefix, IP) → node answer is reused
 _SERIAL_RE = re.compile(r"^[0-9a-f]{8}$")
 _MAC_DASH_RE = re.compile(r"^[0-9a-f]{2}(-[0-9a-f]{2}){5}$")
-_GENERATED = ("config.txt", "cmdline.txt")
+_GENERATED = ("config.txt", "cmdline.txt", "boot.ipxe")
+_PI_FAMILIES = ("pi", "cm")  # model names of Pis (pi4, pi3b+, cm4 …): the arm64 installer
 _START_FILES = ("start4.elf", "start.elf")
 # Block size each Pi family asks for (PROTOCOLS.md §2): Pi 3 ROM none (512), Pi 4 1024
 # (1468 since late 2022, but older firmware is common), Pi 5 1468.
@@ -99,8 +103,11 @@ def read_neighbours(path: Path = Path("/proc/net/arp")) -> dict[str, str]:
     return table
 
 
-def _deploying(node: NodeRecord) -> bool:
-    return node.state == NodeState.DEPLOYING.value
+def installer_arch(model: str | None) -> str:
+    """The installer a node of this model boots: ``arm64`` for Pis, ``amd64`` for PCs."""
+    if model and model.lower() in ("amd64", "x86_64", "x86-64", "pc"):
+        return "amd64"
+    return "arm64"
 
 
 class BootTree:
@@ -112,7 +119,8 @@ class BootTree:
         nodes: NodeRepository | None = None,
         *,
         sightings: InventoryHandle | None = None,
-        installer: Callable[[NodeRecord], bool] = _deploying,
+        deploy: DeployHandle | None = None,
+        installer: Callable[[NodeRecord], bool] | None = None,
         neighbours: Callable[[], dict[str, str]] = read_neighbours,
         cache: FileCache | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -120,6 +128,7 @@ class BootTree:
         self.config = config
         self.nodes = nodes
         self.sightings = sightings
+        self.deploy = deploy
         self.installer = installer
         self.neighbours = neighbours
         self.cache = cache or FileCache()
@@ -141,6 +150,8 @@ class BootTree:
                 client[0], node.name if node else "-", value,
             )  # fmt: skip
             return None
+        if node is not None and self.deploy is not None and self.choice(node) == "local":
+            self.deploy.local_boot_seen(node.name)
         if node is not None and rest in _GENERATED:
             text = self.render(rest, node, tree)
             if text is not None:
@@ -200,12 +211,22 @@ class BootTree:
 
     # -- trees --------------------------------------------------------------------------------
 
+    def choice(self, node: NodeRecord) -> str | None:
+        """``installer``, ``local`` or None (no deployment: the node's usual tree)."""
+        if self.installer is not None:
+            return "installer" if self.installer(node) else None
+        return self.deploy.boot_choice(node.name) if self.deploy is not None else None
+
+    def installer_tree(self, node: NodeRecord) -> Path:
+        per_arch = self.installer_root / installer_arch(node.model)
+        return per_arch if per_arch.is_dir() else self.installer_root
+
     def tree_for(self, node: NodeRecord | None) -> Path:
         """The directory this node boots from now."""
         if node is None:
             return self.default_root
-        if self.installer(node):
-            return self.installer_root
+        if self.choice(node) == "installer":
+            return self.installer_tree(node)
         own = self.nodes_root / node.name / "boot"
         return own.resolve() if own.is_dir() else self.default_root
 
@@ -216,14 +237,24 @@ class BootTree:
         return has_config and any(tree.glob("*.dtb"))
 
     def render(self, name: str, node: NodeRecord, tree: Path) -> str | None:
-        """A generated ``config.txt``/``cmdline.txt``, or None to serve the tree's own file."""
-        installing = tree == self.installer_root
-        if not installing and (tree / name).is_file():
-            return None
+        """A generated boot file, or None to serve the tree's own file."""
+        installing = self.choice(node) == "installer"
+        if not installing:
+            if name == "cmdline.txt" and self.deploy is not None:
+                first = self.deploy.boot_cmdline(node.name)
+                if first is not None:
+                    return first
+            if (tree / name).is_file() or name == "boot.ipxe":
+                return None
+        args = self.deploy.installer_args(node.name) if installing and self.deploy else None
         template = self._template(f"installer-{name}" if installing else name)
-        _, port = parse_host_port(self.config.manager.http)
+        host, port = parse_host_port(self.config.manager.http)
+        if host in ("0.0.0.0", "::", ""):
+            host = str(self.config.manager.address)
         model = node.model or "pi"
         kernel = "kernel8.img" if not model.startswith("pi5") else "kernel_2712.img"
+        if installer_arch(node.model) == "amd64":
+            kernel = "vmlinuz"
         return template.safe_substitute(
             node=node.name,
             serial=node.serial or "unknown",
@@ -232,9 +263,10 @@ class BootTree:
             model=model,
             hostname=node.hostname or node.name,
             manager=str(self.config.manager.address),
-            http_url=f"http://{self.config.manager.address}:{port}/boot/v1",
+            http_url=f"http://{host}:{port}/boot/v1",
             kernel=kernel,
             initramfs="initrd.img",
+            piman_args=" ".join(f"{k}={v}" for k, v in (args or {}).items()),
         )
 
     def _template(self, name: str) -> Template:

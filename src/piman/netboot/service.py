@@ -59,7 +59,7 @@ def _tftp(ctx: AppContext) -> TftpServer | None:
     check_boot_trees(config)  # logs a warning per file too large for the Pi firmware
     listen = parse_host_port(config.tftp.listen) if config.tftp.listen else ("0.0.0.0", 69)
     return TftpServer(
-        BootTree(config, ctx.store.nodes, sightings=ctx.inventory),
+        BootTree(config, ctx.store.nodes, sightings=ctx.inventory, deploy=ctx.deploy),
         config.tftp,
         listen=listen,
         interface=None if _is_loopback(listen[0]) else config.manager.interface,

@@ -190,7 +190,7 @@ class DemoFleet:
                 ready.cancel()
                 return
             for pi in self.pis:  # until the power capability drives them, Pis start powered
-                pi.powered.set()
+                pi.set_power(True)
             sims = [
                 group.create_task(run_switches(self.config, self.pis), name="sim-switches"),
                 group.create_task(run_netboot(self.config, self.pis), name="sim-netboot"),

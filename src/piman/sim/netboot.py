@@ -17,6 +17,7 @@ import random
 import socket
 from collections.abc import Sequence
 from ipaddress import IPv4Address
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from piman.fleet.models import PiModel
@@ -32,6 +33,7 @@ from piman.netboot.dhcp.packets import (
     mac_bytes,
 )
 from piman.netboot.tftp import packets as tftp
+from piman.sim.installer import installing, run_installer
 
 if TYPE_CHECKING:
     from piman.config.models import Config
@@ -199,10 +201,12 @@ async def tftp_fetch(
     probe: bool = False,
     wait: float = 1.0,
     retries: int = 3,
+    into: bytearray | None = None,
 ) -> int | None:
     """Read ``filename`` as a Pi does; the bytes received, or None on an error/timeout.
 
     ``probe``: stop after block 1 with ERROR 0 ``Early terminate`` (an existence check).
+    ``into``: keep the file's bytes there (the Pi reads ``cmdline.txt`` to start its kernel).
     """
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -237,6 +241,8 @@ async def tftp_fetch(
                     await loop.sock_sendto(sock, last, dest)
                     continue
                 total += len(packet.data)
+                if into is not None:
+                    into += packet.data
                 if probe:
                     early = tftp.Error(tftp.ErrorCode.NOT_DEFINED, "Early terminate")
                     await loop.sock_sendto(sock, tftp.encode(early), dest)
@@ -251,8 +257,13 @@ async def tftp_fetch(
         sock.close()
 
 
-async def tftp_sequence(pi: VirtualPi, target: tuple[str, int]) -> list[tuple[str, int | None]]:
-    """The TFTP requests of ``pi``'s model, in order: (file, bytes received or None)."""
+async def tftp_sequence(
+    pi: VirtualPi, target: tuple[str, int], cmdline: bytearray | None = None
+) -> list[tuple[str, int | None]]:
+    """The TFTP requests of ``pi``'s model, in order: (file, bytes received or None).
+
+    ``cmdline``: receives the ``cmdline.txt`` the Pi got (what its kernel would start with).
+    """
     family = pi.model.family or 4
     got: list[tuple[str, int | None]] = []
     if family == 3:
@@ -267,30 +278,52 @@ async def tftp_sequence(pi: VirtualPi, target: tuple[str, int]) -> list[tuple[st
     got.append((probe_name, found))
     prefix = f"{pi.serial}/" if found is not None else ""
     for name in _FILES[family]:
-        got.append((prefix + name, await tftp_fetch(target, prefix + name, opts)))
+        into = cmdline if name == "cmdline.txt" else None
+        got.append((prefix + name, await tftp_fetch(target, prefix + name, opts, into=into)))
     return got
 
 
+async def _rest(pi: VirtualPi, boot: int, seconds: float) -> None:
+    """Sleep ``seconds``, or less when the Pi is power-cycled meanwhile (it boots at once)."""
+    end = asyncio.get_running_loop().time() + seconds
+    while pi.boots == boot:
+        left = end - asyncio.get_running_loop().time()
+        if left <= 0 or not await pi.power_changed(left):
+            return
+
+
 async def _pi_loop(
-    pi: VirtualPi, target: tuple[str, int], tftp_target: tuple[str, int] | None
+    pi: VirtualPi,
+    target: tuple[str, int],
+    tftp_target: tuple[str, int] | None,
+    work: Path | None,
 ) -> None:
     while True:
         await pi.powered.wait()
+        boot = pi.boots
+        rebooted = False
         try:
             address = await netboot_once(pi, target)
             logger.debug("[sim pi=%s] DHCP gave %s", pi.name, address)
             if address is not None and tftp_target is not None:
-                files = await tftp_sequence(pi, tftp_target)
+                cmdline = bytearray()
+                files = await tftp_sequence(pi, tftp_target, cmdline)
                 logger.debug("[sim pi=%s] TFTP %s", pi.name, files)
+                if work is not None and installing(bytes(cmdline)):
+                    code = await run_installer(pi, bytes(cmdline), work)
+                    rebooted = code == 0 and pi.boots == boot  # it reboots into its new system
         except OSError as err:
             logger.warning("[sim pi=%s] netboot failed: %s", pi.name, err)
             address = None
+        if rebooted:
+            continue
         pause = NETBOOT_INTERVAL if address is not None else 5.0
-        await asyncio.sleep(pause * (0.5 + random.random()))
+        await _rest(pi, boot, pause * (0.5 + random.random()))
 
 
 async def run_netboot(config: Config, pis: Sequence[VirtualPi]) -> None:
-    """Run until cancelled: every powered virtual Pi netboots now and then."""
+    """Run until cancelled: every powered virtual Pi netboots now and then, and at once after a
+    power cycle; one whose boot tree serves the installer runs it (``deploy:`` configured)."""
     dhcp = config.dhcp
     if dhcp is None or dhcp.listen is None or not dhcp.enabled:
         return
@@ -305,6 +338,7 @@ async def run_netboot(config: Config, pis: Sequence[VirtualPi]) -> None:
         loopback(tftp_conf.listen) if tftp_conf and tftp_conf.enabled and tftp_conf.listen else None
     )
     target = loopback(dhcp.listen)
+    work = config.manager.data_dir / "sim" if config.deploy is not None else None
     async with asyncio.TaskGroup() as group:
         for pi in pis:
-            group.create_task(_pi_loop(pi, target, tftp_target))
+            group.create_task(_pi_loop(pi, target, tftp_target, work))

@@ -35,6 +35,32 @@ class VirtualPi:
     ip: str
     agent_port: int = 0
     powered: asyncio.Event = field(default_factory=asyncio.Event)
+    boots: int = 0  # power-ons so far: a new one restarts whatever the Pi was doing
+    _watchers: list[asyncio.Event] = field(default_factory=list)
+
+    def set_power(self, on: bool) -> None:
+        if on and not self.powered.is_set():
+            self.boots += 1
+        if on:
+            self.powered.set()
+        else:
+            self.powered.clear()
+        for watcher in self._watchers:
+            watcher.set()
+
+    async def power_changed(self, within: float | None = None) -> bool:
+        """Wait until the power goes off or on (True), or ``within`` seconds pass (False)."""
+        event = asyncio.Event()
+        self._watchers.append(event)
+        try:
+            async with asyncio.timeout(within):
+                await event.wait()
+        except TimeoutError:
+            return False
+        else:
+            return True
+        finally:
+            self._watchers.remove(event)
 
     @property
     def mac_bytes(self) -> bytes:

@@ -260,10 +260,7 @@ def _power_follows(pis: Iterable[VirtualPi]) -> Callable[[int, bool], None]:
         logger.info(
             "[switch=%s port=%d] %s powered %s", pi.switch, port, pi.name, "on" if on else "off"
         )
-        if on:
-            pi.powered.set()
-        else:
-            pi.powered.clear()
+        pi.set_power(on)
 
     return changed
 

@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import (
 from piman.errors import StoreError
 from piman.store.account_tables import SessionRepository, TokenRepository, UserRepository
 from piman.store.alert_tables import AlertRepository
+from piman.store.deploy_tables import DeploymentRepository, EnvironmentRepository
 from piman.store.repositories import AuditRepository, NodeRepository, SwitchRepository
 
 __all__ = ["Store"]
@@ -134,6 +135,14 @@ class Store:
     @property
     def sessions(self) -> SessionRepository:
         return SessionRepository(self.session)
+
+    @property
+    def environments(self) -> EnvironmentRepository:
+        return EnvironmentRepository(self.session)
+
+    @property
+    def deployments(self) -> DeploymentRepository:
+        return DeploymentRepository(self.session, postgres=not self.is_sqlite)
 
     async def __aenter__(self) -> Store:
         await self.open()

@@ -27,7 +27,7 @@ from piman import __version__
 from piman.access.roles import Action, allows
 from piman.context import AppContext
 from piman.errors import AuthError, Forbidden, NotFoundError, PimanError, RateLimited
-from piman.web.api import accounts, alerts, monitoring, nodes, power
+from piman.web.api import accounts, alerts, boot, deploy, monitoring, nodes, power
 from piman.web.security import HostPolicy, Reader, RequestGuard, optional_principal
 from piman.web.ui import pages
 
@@ -133,6 +133,9 @@ def create_app(ctx: AppContext) -> FastAPI:
     app.include_router(nodes.router, prefix="/api/v1")
     if ctx.power is not None:
         app.include_router(power.router, prefix="/api/v1")
+    if ctx.deploy is not None:
+        app.include_router(deploy.router, prefix="/api/v1")
+        app.include_router(boot.router)
     if ctx.monitor is not None:
         app.include_router(monitoring.router, prefix="/api/v1")
         if ctx.monitor.alerting is not None:

@@ -48,6 +48,7 @@ __all__ = [
     "SESSION_COOKIE",
     "Admin",
     "Anyone",
+    "Deployer",
     "HostPolicy",
     "Operator",
     "Reader",
@@ -215,7 +216,12 @@ async def optional_principal(request: Request) -> Principal | None:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise _unauthorized("use Authorization: Bearer <token>")
-        principal = await _access(request).from_token(token.strip())
+        token = token.strip()
+        access = _access(request)
+        if token.startswith("local."):
+            principal = access.from_local(token, request.headers.get("x-piman-local-user", ""))
+        else:
+            principal = await access.from_token(token)
         if principal is None:
             raise _unauthorized("the token is unknown, revoked or expired")
     elif cookie is not None:
@@ -253,5 +259,6 @@ def require(action: Action) -> Callable[..., Awaitable[Principal]]:
 Anyone = Annotated[Principal, Depends(_anyone)]
 Reader = Annotated[Principal, Depends(require(Action.READ))]
 Operator = Annotated[Principal, Depends(require(Action.POWER))]
+Deployer = Annotated[Principal, Depends(require(Action.DEPLOY))]
 Silencer = Annotated[Principal, Depends(require(Action.SILENCE))]
 Admin = Annotated[Principal, Depends(require(Action.ADMIN))]

@@ -21,6 +21,7 @@ from piman.access.secrets import new_token
 from piman.access.service import build as build_access
 from piman.config.models import Config
 from piman.context import AppContext
+from piman.deploy.service import build as build_deploy
 from piman.errors import NotFoundError
 from piman.fleet.lifecycle import PowerState
 from piman.fleet.metrics import NodeSnapshot, Series
@@ -77,9 +78,30 @@ TABLE: Mapping[tuple[str, str], tuple[str, Any]] = {
     ("GET", "/api/v1/silences"): ("read", None),
     ("POST", "/api/v1/silences"): ("operate", {"matchers": ["node=pi1"], "duration": "1h"}),
     ("DELETE", "/api/v1/silences/{silence_id}"): ("operate", None),
+    ("GET", "/api/v1/environments"): ("read", None),
+    ("GET", "/api/v1/environments/{name}"): ("read", None),
+    ("GET", "/api/v1/deployments"): ("read", None),
+    ("POST", "/api/v1/deployments"): ("operate", {"nodes": ["pi1"], "environment": "nope"}),
+    ("GET", "/api/v1/deployments/{deployment_id}"): ("read", None),
+    ("GET", "/api/v1/deployments/{deployment_id}/history"): ("read", None),
+    ("GET", "/api/v1/deployments/{deployment_id}/events"): ("read", None),
+    ("POST", "/api/v1/deployments/{deployment_id}/cancel"): ("operate", None),
+    # The installer's conversation: no account opens it, only a deployment's own secrets.
+    ("POST", "/boot/v1/hello"): ("installer", {"node": "pi1"}),
+    ("POST", "/boot/v1/deployments/{deployment_id}/progress"): (
+        "installer",
+        {"step": "write_image"},
+    ),
+    ("POST", "/boot/v1/deployments/{deployment_id}/result"): ("installer", {"ok": True}),
+    ("GET", "/boot/v1/deployments/{deployment_id}/files.tar"): ("installer", None),
 }
 MOUNTS = {"/static": "/static/piman.css", "/api/v1/docs/assets": "/api/v1/docs/assets/index.css"}
-PATH_VALUES = {"name": "pi1", "token_id": "999999", "silence_id": "nope"}
+PATH_VALUES = {
+    "name": "pi1",
+    "token_id": "999999",
+    "silence_id": "nope",
+    "deployment_id": "999999",
+}
 
 
 class FakePower:
@@ -149,6 +171,7 @@ async def rig(
     config = Config.model_validate(
         {
             "manager": {"address": "198.18.0.1", "data_dir": str(tmp_path)},
+            "deploy": {},
             "switches": [{"name": "rack1", "driver": "manual"}],
             "nodes": [{"name": "pi1", "switch": "rack1", "port": 1}],
         }
@@ -161,6 +184,9 @@ async def rig(
     ctx.monitor = FakeMonitor()
     access = build_access(ctx).handle
     ctx.access = access
+    deploy = build_deploy(ctx)  # the real service; its engine and image stream are not started
+    assert deploy is not None
+    ctx.deploy = deploy.handle
     headers: dict[str, dict[str, str]] = {"anonymous": {}}
     for role in ("user", "viewer", "operator", "admin"):
         await access.add_user(role, role, f"password-of-{role}")
@@ -236,6 +262,8 @@ async def test_every_route_is_in_the_table_and_answers_each_principal_as_decided
                 if who in ("expired", "revoked"):
                     wanted = 303  # a bad token on a page: log in again
                 ok = got == wanted
+            elif rule == "installer":  # no principal is an installer: always 403
+                ok = got == 403
             elif who in SIGNED_IN_OK[rule]:
                 ok = got not in (401, 403)
             elif who in ("anonymous", "expired", "revoked"):

@@ -87,18 +87,48 @@ async def _page_context(ctx: AppContext, principal: Principal) -> dict[str, obje
     for node in nodes:
         counts[node.state] = counts.get(node.state, 0) + 1
     monitor = ctx.monitor
+    deploy = ctx.deploy
+    can_deploy = deploy is not None and allows(principal.role, Action.DEPLOY)
     return {
         "nodes": nodes,
+        "deploying": await _deployments(ctx),
+        "deploy_enabled": deploy is not None,
+        "can_deploy": can_deploy,
+        "environments": [e.name for e in await deploy.environments()]
+        if can_deploy and deploy
+        else [],
         "counts": counts,
         "version": __version__,
         "manager": ctx.config.manager,
         "power_enabled": ctx.power is not None,
         "can_power": ctx.power is not None and allows(principal.role, Action.POWER),
+        "can_act": (ctx.power is not None and allows(principal.role, Action.POWER)) or can_deploy,
         "principal": principal,
         "monitoring": monitor is not None,
         "snapshot": monitor.snapshot if monitor is not None else None,
         "panel": alerts_panel(monitor.alerting if monitor is not None else None),
     }
+
+
+async def _deployments(ctx: AppContext) -> dict[str, dict[str, object]]:
+    """Per node, its active deployment (else its last one): step, percent, bytes, outcome."""
+    if ctx.deploy is None:
+        return {}
+    out: dict[str, dict[str, object]] = {}
+    for d in reversed(await ctx.deploy.deployments(limit=200)):  # oldest first: newest wins
+        total = max(d.bytes_total, 1)
+        out[d.node] = {
+            "id": d.id,
+            "environment": d.environment,
+            "step": d.result or d.state.replace("_", " "),
+            "active": d.result is None,
+            "percent": min(100, round(100 * d.bytes_done / total)),
+            "done_mib": f"{d.bytes_done / 1048576:.0f}",
+            "total_mib": f"{d.bytes_total / 1048576:.0f}",
+            "reason": d.reason or "",
+            "result": d.result or "",
+        }
+    return out
 
 
 async def _page_principal(request: Request) -> Principal | None:

@@ -1,0 +1,476 @@
+#!/bin/sh
+# piman's netboot installer: puts a deployment's image on the node's disk (busybox sh).
+#
+# The contract is docs/boot-protocol.md (the /boot/v1 conversation). In order:
+#   1. parameters from the kernel command line; network up; hello with the one-time token,
+#      whose answer is the plan ($TMP/plan)
+#   2. size check; 3. the head fetched and checked: nothing on the disk changes before here
+#   4. each range after `resume`, outside the head: fetched, checked, written once with dd;
+#      sync every few ranges; progress at least every `progress_every` seconds
+#   5. sync, the head written last, sync, partition table re-read
+#   6. every range of the plan read back and checked
+#   7. files.tar extracted onto partition 1; 8. result, then reboot
+# A failure posts {"ok": false, ...} when a session exists, and never writes afterwards.
+#
+# busybox wget accepts a 206 answer only when it continues a file (-c), from the file's size,
+# and cannot say where to stop. So bytes a..b of the image are fetched into a sparse file made
+# a bytes long first, from {image}?end=b (docs/boot-protocol.md §3): the bytes land at their
+# own offsets, dd reads them with skip= equal to seek=, and a cut download goes on by asking
+# again.
+#
+# ranges_done and resume count the plan's ranges outside the head, in plan order: the head
+# is always fetched and written again.
+#
+# For tests and the demo: PIMAN_CMDLINE (a file read instead of /proc/cmdline), PIMAN_NO_NET=1
+# (leave the network alone), PIMAN_NO_REBOOT=1 (exit instead of reboot/poweroff: 0 on success,
+# 1 failed, 2 refused or unusable parameters, 3 cancelled), PIMAN_TMP (instead of /tmp),
+# PIMAN_RETRY_SECONDS and PIMAN_RETRY_PAUSE (how long and how often to retry the manager).
+
+set -u
+
+TMP=${PIMAN_TMP:-/tmp}
+RETRY_SECONDS=${PIMAN_RETRY_SECONDS:-600}  # per request: the manager may be restarting
+RETRY_PAUSE=${PIMAN_RETRY_PAUSE:-5}
+RANGE_SECONDS=120     # deadline of one wget of a range (at most 4 MiB)
+CONTROL_SECONDS=30    # deadline of one wget of anything else
+SYNC_EVERY=8          # ranges written between two syncs
+FAIL_WAIT=60          # seconds the console stays readable after a failure
+UDHCPC_SCRIPT=${0%/*}/udhcpc.script
+
+URL='' TOKEN='' NODE='' DISK='' IFACE=''
+DEPLOYMENT='' SESSION='' IMAGE='' STATUS=0
+DISK_BYTES=0 IMAGE_BYTES=0 BS=0 HEAD_BLOCKS=0 HEAD_BYTES=0 RESUME=0 PROGRESS_EVERY=5
+RANGES_TOTAL=0 RANGES_DONE=0 BYTES_TOTAL=0 BYTES_DONE=0 PROGRESS_AT=0
+PART='' LOOP='' MOUNTED='' SKIPPED=''
+STEP=hello  # what fetch names in progress and failures: hello (the head), then write_image
+
+log() { echo "piman-installer: $*" >&2; }
+
+now() { date +%s; }
+
+json_string() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')"; }
+
+# Ends the installer. 0: reboot into the new system; otherwise power off (after a pause on a
+# failure, so the console can be read). With PIMAN_NO_REBOOT=1 it exits with the code instead.
+finish() {
+    release_partition
+    if [ "${PIMAN_NO_REBOOT:-0}" = 1 ]; then exit "$1"; fi
+    if [ "$1" = 0 ]; then sync; reboot -f; fi
+    if [ "$1" = 1 ]; then sleep "$FAIL_WAIT"; fi
+    poweroff -f
+}
+
+# fail STEP REASON: reports {"ok": false} when the manager gave a session, then finishes.
+fail() {
+    log "FAILED at $1: $2"
+    if [ -n "$SESSION" ] && [ -n "$DEPLOYMENT" ]; then
+        post /dev/null "$URL/boot/v1/deployments/$DEPLOYMENT/result" \
+            "{\"ok\": false, \"step\": \"$1\", \"reason\": $(json_string "$2")}"
+    fi
+    finish 1
+}
+
+# --- HTTP (busybox wget) -----------------------------------------------------------------
+
+# get OUT URL SECONDS [wget arguments]: STATUS becomes 200 for any 2xx, the code of an HTTP
+# error answer, or 0 when no answer came (refused, cut, timed out).
+get() {
+    g_out=$1 g_url=$2 g_secs=$3
+    shift 3
+    if timeout "$g_secs" wget -q -O "$g_out" --header "Authorization: Bearer ${SESSION:-$TOKEN}" \
+        "$@" "$g_url" 2>"$TMP/wget.err"; then
+        STATUS=200
+    else
+        # busybox wget says "server returned error: HTTP/1.1 403 Forbidden" on stderr
+        STATUS=$(sed -n 's/.*server returned error: HTTP\/[0-9.]* \([0-9][0-9][0-9]\).*/\1/p' \
+            "$TMP/wget.err" | head -n 1)
+        STATUS=${STATUS:-0}
+    fi
+}
+
+status_text() { if [ "$STATUS" = 0 ]; then echo "no answer"; else echo "HTTP $STATUS"; fi; }
+
+# post OUT URL JSON
+post() {
+    get "$1" "$2" "$CONTROL_SECONDS" --header "Content-Type: application/json" --post-data "$3"
+}
+
+# retrying COMMAND...: runs an HTTP call again, after a pause, while the manager does not
+# answer or answers 5xx, for RETRY_SECONDS.
+retrying() {
+    r_deadline=$(($(now) + RETRY_SECONDS))
+    while :; do
+        "$@"
+        case $STATUS in 0 | 5??) ;; *) return ;; esac
+        [ "$(now)" -lt "$r_deadline" ] || return
+        log "the manager is not there ($(status_text)); asking again in ${RETRY_PAUSE}s"
+        sleep "$RETRY_PAUSE"
+    done
+}
+
+# progress STEP: where the work stands; a 410 answer (cancelled) stops everything at once.
+progress() {
+    PROGRESS_AT=$(now)
+    post /dev/null "$URL/boot/v1/deployments/$DEPLOYMENT/progress" "{\"step\": \"$1\", \
+\"ranges_done\": $RANGES_DONE, \"bytes_done\": $BYTES_DONE, \"bytes_total\": $BYTES_TOTAL}"
+    case $STATUS in
+        200) ;;
+        410) log "the deployment was cancelled (410 Gone): stopping"; finish 3 ;;
+        *) log "progress not taken (HTTP $STATUS); going on" ;;
+    esac
+}
+
+progress_due() { [ $(($(now) - PROGRESS_AT)) -ge "$PROGRESS_EVERY" ]; }
+
+# --- 1. parameters, network, hello ------------------------------------------------------
+
+read_parameters() {
+    set -f
+    for word in $(cat "${PIMAN_CMDLINE:-/proc/cmdline}"); do
+        case $word in
+            piman.url=*) URL=${word#*=} ;;
+            piman.token=*) TOKEN=${word#*=} ;;
+            piman.node=*) NODE=${word#*=} ;;
+            piman.disk=*) DISK=${word#*=} ;;
+            piman.iface=*) IFACE=${word#*=} ;;
+        esac
+    done
+    set +f
+    if [ -z "$URL" ] || [ -z "$TOKEN" ] || [ -z "$DISK" ]; then
+        log "the kernel command line lacks piman.url, piman.token or piman.disk"
+        finish 2
+    fi
+    log "node ${NODE:-?}, disk $DISK, manager $URL"
+}
+
+# The named interface, else the first one with a carrier (links take seconds to come up).
+pick_interface() {
+    for dev in /sys/class/net/*; do
+        name=${dev##*/}
+        [ "$name" = lo ] && continue
+        [ -z "$IFACE" ] || [ "$name" = "$IFACE" ] || continue
+        ip link set "$name" up 2>/dev/null
+        if [ "$(cat "$dev/carrier" 2>/dev/null)" = 1 ]; then echo "$name"; return 0; fi
+    done
+    return 1
+}
+
+network_up() {
+    if [ "${PIMAN_NO_NET:-0}" = 1 ]; then log "network: left as it is"; return; fi
+    ip link set lo up
+    n_deadline=$(($(now) + RETRY_SECONDS))
+    while :; do
+        # udhcpc stays in the background after a lease, to renew it
+        if n_if=$(pick_interface) && udhcpc -i "$n_if" -s "$UDHCPC_SCRIPT" -n -t 5 -T 3; then
+            log "network: $n_if up (DHCP)"; return
+        fi
+        [ "$(now)" -lt "$n_deadline" ] || { log "network: no link or no DHCP answer"; finish 2; }
+        sleep 2
+    done
+}
+
+hello() {
+    w=0  # an SD card or USB disk may take a few seconds to appear
+    while [ ! -b "$DISK" ] && [ ! -f "$DISK" ] && [ "$w" -lt 30 ]; do sleep 1; w=$((w + 1)); done
+    [ -b "$DISK" ] || [ -f "$DISK" ] || { log "no disk $DISK"; finish 2; }
+    DISK_BYTES=$(stat -c %s "$DISK")
+    [ ! -b "$DISK" ] || DISK_BYTES=$(blockdev --getsize64 "$DISK")
+    retrying post "$TMP/plan" "$URL/boot/v1/hello" "{\"node\": $(json_string "$NODE"), \
+\"disk\": $(json_string "$DISK"), \"disk_bytes\": $DISK_BYTES, \"installer\": \"1\"}"
+    case $STATUS in
+        200) log "hello: accepted" ;;
+        0 | 5??) log "hello: the manager at $URL does not answer"; finish 2 ;;
+        *) log "hello refused (HTTP $STATUS): wrong, used or expired token; disk untouched"
+            finish 2 ;;
+    esac
+}
+
+# --- the plan ---------------------------------------------------------------------------
+
+number() { case $2 in '' | *[!0-9]*) fail hello "plan: $1 is not a number: '$2'" ;; esac; }
+
+# Byte length of blocks FIRST..LAST (the image's last block may be short).
+range_bytes() {
+    rb_end=$((($2 + 1) * BS))
+    [ "$rb_end" -le "$IMAGE_BYTES" ] || rb_end=$IMAGE_BYTES
+    echo $((rb_end - $1 * BS))
+}
+
+# Reads $TMP/plan into variables and $TMP/ranges ("index first last sha256 in_head"). The
+# sizes and resume come before the ranges (docs/boot-protocol.md §2).
+read_plan() {
+    : >"$TMP/ranges"
+    p_end=0 p_count=0 p_prev=-1
+    while read -r key a b c _ <&3; do
+        case $key in
+            piman-plan) [ "$a" = 1 ] || fail hello "plan version '$a' is not 1" ;;
+            deployment) number deployment "$a"; DEPLOYMENT=$a ;;
+            session) SESSION=$a ;;
+            image) IMAGE=$a ;;
+            image_bytes) number image_bytes "$a"; IMAGE_BYTES=$a ;;
+            block_bytes) number block_bytes "$a"; BS=$a ;;
+            head_blocks) number head_blocks "$a"; HEAD_BLOCKS=$a ;;
+            resume) number resume "$a"; RESUME=$a ;;
+            progress_every) number progress_every "$a"; PROGRESS_EVERY=$a ;;
+            range)
+                number "the first block of range $p_count" "$a"
+                number "the last block of range $p_count" "$b"
+                case $c in *[!0-9a-f]*) c='' ;; esac
+                [ ${#c} = 64 ] || fail hello "plan: range $p_count has no sha256"
+                [ "$a" -gt "$p_prev" ] && [ "$b" -ge "$a" ] ||
+                    fail hello "plan: range $p_count ($a-$b) is out of order"
+                [ "$BS" -gt 0 ] && [ "$IMAGE_BYTES" -gt 0 ] || fail hello "plan: range before sizes"
+                p_len=$(range_bytes "$a" "$b") BYTES_TOTAL=$((BYTES_TOTAL + p_len)) in_head=1
+                if [ "$a" -ge "$HEAD_BLOCKS" ]; then  # resume and ranges_done count these
+                    in_head=0 RANGES_TOTAL=$((RANGES_TOTAL + 1))
+                    [ "$RANGES_TOTAL" -gt "$RESUME" ] || BYTES_DONE=$((BYTES_DONE + p_len))
+                elif [ "$b" -ge "$HEAD_BLOCKS" ]; then
+                    fail hello "plan: range $p_count straddles the head"
+                fi
+                echo "$p_count $a $b $c $in_head" >>"$TMP/ranges"
+                p_prev=$b p_count=$((p_count + 1))
+                ;;
+            end) p_end=1 ;;
+        esac
+    done 3<"$TMP/plan"
+    [ -n "$SESSION" ] || { log "the plan has no session"; finish 2; }
+    [ "$p_end" = 1 ] || fail hello "the plan is cut short (no 'end' line)"
+    [ -n "$IMAGE" ] && [ "$BS" -gt 0 ] && [ "$IMAGE_BYTES" -gt 0 ] ||
+        fail hello "the plan lacks image, image_bytes or block_bytes"
+    [ "$p_prev" -lt $(((IMAGE_BYTES + BS - 1) / BS)) ] ||
+        fail hello "plan: a range ends past the image"
+    [ "$RESUME" -le "$RANGES_TOTAL" ] || fail hello "plan: resume $RESUME > $RANGES_TOTAL ranges"
+    HEAD_BYTES=$((HEAD_BLOCKS * BS))
+    [ "$HEAD_BYTES" -le "$IMAGE_BYTES" ] || HEAD_BYTES=$IMAGE_BYTES
+    RANGES_DONE=$RESUME
+    log "plan: deployment $DEPLOYMENT, $p_count ranges ($BYTES_TOTAL of $IMAGE_BYTES bytes)," \
+        "resume $RESUME"
+}
+
+# --- fetching the image -----------------------------------------------------------------
+
+# fetch OUT FIRST_BYTE LAST_BYTE: OUT holds those image bytes at their own offsets, after a
+# hole. A cut download goes on where it stopped; no answer or 5xx is retried for RETRY_SECONDS.
+fetch() {
+    f_out=$1 f_a=$2 f_b=$3
+    f_want=$((f_b - f_a + 1))
+    rm -f "$f_out"
+    truncate -s "$f_a" "$f_out"
+    f_deadline=$(($(now) + RETRY_SECONDS))
+    while :; do
+        f_have=$(($(stat -c %s "$f_out") - f_a))
+        [ "$f_have" -lt "$f_want" ] || return 0
+        get "$f_out" "$IMAGE?end=$f_b" "$RANGE_SECONDS" -c  # sends Range: bytes=<size>-
+        f_got=$(($(stat -c %s "$f_out") - f_a))
+        case $STATUS in
+            200) [ "$f_got" = "$f_have" ] || continue ;;  # else an empty answer: try again
+            0 | 5??) ;;
+            410) log "the deployment was cancelled (410 Gone): stopping"; finish 3 ;;
+            *) fail "$STEP" "the image server answered HTTP $STATUS for bytes $f_a-$f_b" ;;
+        esac
+        [ "$(now)" -lt "$f_deadline" ] ||
+            fail "$STEP" "no image bytes $f_a-$f_b for ${RETRY_SECONDS}s"
+        log "image bytes $f_a-$f_b: stopped at $f_got of $f_want ($(status_text));" \
+            "going on in ${RETRY_PAUSE}s"
+        if progress_due; then progress "$STEP"; fi
+        sleep "$RETRY_PAUSE"
+    done
+}
+
+# sha256 FILE SKIP_BLOCKS BYTES: the digest of BYTES bytes of FILE after SKIP_BLOCKS blocks.
+sha256() {
+    s=$(dd if="$1" bs="$BS" skip="$2" count="$3" iflag=count_bytes 2>/dev/null | sha256sum)
+    echo "${s%% *}"
+}
+
+# fetch_range INDEX FIRST LAST SHA: $TMP/range holds the range, checked (fetched twice at most).
+fetch_range() {
+    fr_len=$(range_bytes "$2" "$3")
+    for fr_try in 1 2; do
+        fetch "$TMP/range" $(($2 * BS)) $(($2 * BS + fr_len - 1))
+        [ "$(stat -c %s "$TMP/range")" = $(($2 * BS + fr_len)) ] &&
+            [ "$(sha256 "$TMP/range" "$2" "$fr_len")" = "$4" ] && return 0
+        log "range $1 does not match its sha256 (fetch $fr_try)"
+    done
+    fail write_image "range $1 (blocks $2-$3) does not match its sha256"
+}
+
+# --- 3. the head, 4. the ranges, 5. the head written last ------------------------------
+
+check_head() {
+    fetch "$TMP/head" 0 $((HEAD_BYTES - 1))
+    [ "$(stat -c %s "$TMP/head")" = "$HEAD_BYTES" ] ||
+        fail hello "the head is not $HEAD_BYTES bytes"
+    mbr=$(od -An -tx1 -j 510 -N 2 "$TMP/head" | tr -d ' \n')
+    gpt=$(dd if="$TMP/head" bs=1 skip=512 count=8 2>/dev/null)
+    [ "$mbr" = 55aa ] || [ "$gpt" = "EFI PART" ] ||
+        fail hello "the image's head holds no partition table"
+    while read -r idx first last sha in_head <&3; do
+        [ "$in_head" = 1 ] || continue
+        [ "$(sha256 "$TMP/head" "$first" "$(range_bytes "$first" "$last")")" = "$sha" ] ||
+            fail hello "range $idx (blocks $first-$last) of the head does not match its sha256"
+    done 3<"$TMP/ranges"
+    log "head: $HEAD_BYTES bytes with a partition table"
+}
+
+write_ranges() {
+    w_seen=0 w_pending=0 w_bytes=0
+    while read -r idx first last sha in_head <&3; do
+        [ "$in_head" = 0 ] || continue
+        w_seen=$((w_seen + 1))
+        [ "$w_seen" -gt "$RESUME" ] || continue  # written and synced by an earlier run
+        w_len=$(range_bytes "$first" "$last")
+        fetch_range "$idx" "$first" "$last" "$sha"
+        dd if="$TMP/range" of="$DISK" bs="$BS" skip="$first" seek="$first" conv=notrunc \
+            2>"$TMP/dd.err" ||
+            fail write_image "writing range $idx (blocks $first-$last): $(tail -n 1 "$TMP/dd.err")"
+        w_pending=$((w_pending + 1)) w_bytes=$((w_bytes + w_len))
+        if [ "$w_pending" -ge "$SYNC_EVERY" ] || progress_due; then
+            sync
+            RANGES_DONE=$w_seen BYTES_DONE=$((BYTES_DONE + w_bytes)) w_pending=0 w_bytes=0
+            progress write_image
+        fi
+    done 3<"$TMP/ranges"
+    sync
+    RANGES_DONE=$RANGES_TOTAL BYTES_DONE=$((BYTES_DONE + w_bytes))
+    progress write_image
+}
+
+write_head() {
+    sync
+    dd if="$TMP/head" of="$DISK" bs="$BS" conv=notrunc 2>"$TMP/dd.err" ||
+        fail write_image "writing the head: $(tail -n 1 "$TMP/dd.err")"
+    sync
+    BYTES_DONE=$BYTES_TOTAL
+    if [ -b "$DISK" ]; then
+        blockdev --rereadpt "$DISK" || log "warning: the partition table was not re-read"
+    fi
+    log "image written ($BYTES_TOTAL bytes in ranges)"
+}
+
+# --- 6. verify ----------------------------------------------------------------------------
+
+verify() {
+    if [ -b "$DISK" ]; then  # read the disk, not the page cache
+        blockdev --flushbufs "$DISK"
+        echo 3 >/proc/sys/vm/drop_caches 2>/dev/null
+    fi
+    BYTES_DONE=0
+    progress verify
+    while read -r idx first last sha _ <&3; do
+        v_len=$(range_bytes "$first" "$last")
+        [ "$(sha256 "$DISK" "$first" "$v_len")" = "$sha" ] ||
+            fail verify "range $idx (blocks $first-$last) reads back different"
+        BYTES_DONE=$((BYTES_DONE + v_len))
+        if progress_due; then progress verify; fi
+    done 3<"$TMP/ranges"
+    log "verified: every range reads back as planned"
+}
+
+# --- 7. customise -----------------------------------------------------------------------
+
+# le OFFSET SIZE: an unsigned little-endian integer of the disk (od reads in host order,
+# little-endian on every machine this runs on).
+le() { od -An -tu"$2" -j "$1" -N "$2" "$DISK" | tr -d ' \n'; }
+
+# The byte offset of partition 1 of the disk image, from its MBR or GPT (512-byte sectors).
+partition1_offset() {
+    if [ "$(od -An -tx1 -j 450 -N 1 "$DISK" | tr -d ' \n')" = ee ]; then
+        p_start=$(le $(($(le 584 8) * 512 + 32)) 8)  # GPT: the first entry's first LBA
+    else
+        p_start=$(le 454 4)
+    fi
+    [ "${p_start:-0}" -gt 0 ] && echo $((p_start * 512))
+}
+
+# Sets PART to partition 1 as a block device, or SKIPPED to why it cannot be reached.
+find_partition() {
+    if [ -b "$DISK" ]; then
+        case ${DISK##*/} in
+            mmcblk* | nvme* | loop*) PART=${DISK}p1 ;;
+            *) PART=${DISK}1 ;;
+        esac
+        w=0
+        while [ ! -b "$PART" ] && [ "$w" -lt 10 ]; do sleep 1; w=$((w + 1)); done
+        [ -b "$PART" ] || fail customise "no partition $PART after re-reading the table"
+        return
+    fi
+    if [ "$(id -u)" != 0 ]; then
+        SKIPPED="not root: partition 1 of the regular file $DISK needs a loop device"; return
+    fi
+    offset=$(partition1_offset) || { SKIPPED="no partition 1 in the MBR/GPT of $DISK"; return; }
+    if LOOP=$(losetup -f 2>/dev/null) && losetup -o "$offset" "$LOOP" "$DISK" 2>/dev/null; then
+        PART=$LOOP
+    else
+        LOOP='' SKIPPED="no loop device for the regular file $DISK"
+    fi
+}
+
+release_partition() {
+    if [ -n "$MOUNTED" ]; then umount "$MOUNTED" 2>/dev/null; MOUNTED=''; fi
+    if [ -n "$LOOP" ]; then losetup -d "$LOOP" 2>/dev/null; LOOP=''; fi
+}
+
+customise() {
+    progress customise
+    retrying get "$TMP/files.tar" "$URL/boot/v1/deployments/$DEPLOYMENT/files.tar" \
+        "$CONTROL_SECONDS"
+    [ "$STATUS" = 200 ] || fail customise "files.tar: HTTP $STATUS"
+    find_partition
+    if [ -n "$SKIPPED" ]; then log "customise skipped: $SKIPPED"; return; fi
+    mkdir -p "$TMP/p1"
+    if ! mount -t vfat "$PART" "$TMP/p1" 2>"$TMP/mount.err"; then
+        if [ -n "$LOOP" ] && ! grep -qw vfat /proc/filesystems; then
+            SKIPPED="this kernel cannot mount vfat (partition 1 of the regular file $DISK)"
+            release_partition
+            log "customise skipped: $SKIPPED"; return
+        fi
+        fail customise "cannot mount $PART (vfat): $(tail -n 1 "$TMP/mount.err")"
+    fi
+    MOUNTED=$TMP/p1
+    tar -xf "$TMP/files.tar" -C "$TMP/p1" 2>"$TMP/tar.err" ||
+        fail customise "extracting files.tar: $(tail -n 1 "$TMP/tar.err")"
+    sync
+    umount "$TMP/p1" || fail customise "cannot unmount $PART"
+    MOUNTED=''
+    release_partition
+    log "customised: files.tar extracted onto $PART"
+}
+
+# --- 8. result ----------------------------------------------------------------------------
+
+report_ok() {
+    r_extra=''
+    if [ -n "$SKIPPED" ]; then
+        r_extra=", \"customise\": \"skipped\", \"reason\": $(json_string "$SKIPPED")"
+    fi
+    retrying post /dev/null "$URL/boot/v1/deployments/$DEPLOYMENT/result" \
+        "{\"ok\": true, \"bytes_written\": $BYTES_TOTAL$r_extra}"
+    [ "$STATUS" = 200 ] || log "the result was not taken (HTTP $STATUS)"
+    log "done: rebooting"
+    finish 0
+}
+
+main() {
+    mkdir -p "$TMP"
+    read_parameters
+    network_up
+    hello
+    read_plan
+    log "size: image $IMAGE_BYTES bytes, disk $DISK_BYTES bytes"
+    [ "$IMAGE_BYTES" -le "$DISK_BYTES" ] ||
+        fail hello "the image ($IMAGE_BYTES bytes) is larger than $DISK ($DISK_BYTES bytes)"
+    check_head
+    progress hello  # the last chance to be told "cancelled" before the disk changes
+    STEP=write_image
+    log "erasing the partition table, writing $((RANGES_TOTAL - RESUME)) of $RANGES_TOTAL ranges"
+    dd if=/dev/zero of="$DISK" bs="$BS" count=$(((HEAD_BYTES + BS - 1) / BS)) conv=notrunc \
+        2>"$TMP/dd.err" || fail write_image "erasing the head: $(tail -n 1 "$TMP/dd.err")"
+    write_ranges
+    write_head
+    verify
+    customise
+    report_ok
+}
+
+main "$@"
