@@ -273,8 +273,9 @@ class DeployHandle(Protocol):
     def boot_cmdline(self, node: str) -> str | None:
         """The cmdline.txt the node's own tree serves (with first-boot words), or None."""
 
-    def local_boot_seen(self, node: str) -> None:
-        """The node fetched its own boot files."""
+    def local_boot_seen(self, node: str, name: str) -> None:
+        """The node fetched ``name`` from its own boot files (``config.txt`` or ``boot.ipxe``
+        start a boot: the first-boot words of ``cmdline.txt`` are for the first one only)."""
 
 
 # Access ------------------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ LEASE = 30.0  # seconds a claim lasts without renewal
 POWER_BATCH = 0.3
 TICK = 1.0
 AGENT_EVERY = 5.0
+BOOT_REPEAT = 5.0  # seconds within which a second config.txt is the same boot
 
 
 def utcnow() -> datetime:
@@ -90,10 +91,13 @@ class Engine:
         self.library = library
         self.power = power
         self.clock = clock
-        self.owner = owner or f"{socket.gethostname()}:{time.time_ns() % 10**9}"
+        # Stable across restarts: a manager that comes back takes its deployments at once;
+        # another manager (another host or data directory) waits for their leases to pass.
+        self.owner = owner or f"{socket.gethostname()}:{config.manager.data_dir}"[:128]
         self.tokens: dict[int, str] = {}
         self.boot: dict[str, tuple[int, str]] = {}  # node → (deployment, installer | local)
         self.firstboot: dict[str, str] = {}  # node → cmdline.txt while it boots for the first time
+        self.local_boots: dict[str, tuple[int, float]] = {}  # node → (boots counted, when)
         self._locks: dict[int, asyncio.Lock] = {}
         self._changed = asyncio.Event()
         self._power_queue: dict[str, list[tuple[int, str]]] = {}
@@ -259,6 +263,7 @@ class Engine:
             logger.warning("[deploy=%d] own boot tree not written: %s", record.id, err)
             return
         base = " ".join((env.cmdline or "").split())
+        self.local_boots.pop(record.node, None)
         if env.customisation == "firstrun":
             self.firstboot[record.node] = f"{base} {FIRSTRUN_WORDS}\n"
         await self.store.deployments.add_event(
@@ -268,10 +273,26 @@ class Engine:
             f"own boot files in {tree} ({len(env.boot_files)} files)",
         )
 
+    def count_boot(self, node: str, name: str) -> bool:
+        """Count a boot of the node's new system when ``name`` starts one (``config.txt``: every
+        Pi reads it once per boot; ``boot.ipxe`` for PXE machines). A repeat within
+        :data:`BOOT_REPEAT` seconds is the same boot (a TFTP retry). True when counted."""
+        if name not in ("config.txt", "boot.ipxe"):
+            return False
+        count, at = self.local_boots.get(node, (0, -BOOT_REPEAT))
+        now = time.monotonic()
+        if now - at < BOOT_REPEAT:
+            return False
+        self.local_boots[node] = (count + 1, now)
+        return True
+
     def boot_cmdline(self, node: str) -> str | None:
-        """While a node boots its new system for the first time, the first-boot words."""
+        """During the first boot of a node's new system, its ``cmdline.txt`` with the first-boot
+        words (``firstrun.sh`` runs once, then reboots: the second boot gets the plain file)."""
         choice = self.boot.get(node)
         if choice is None or choice[1] != "local":
+            return None
+        if self.local_boots.get(node, (0, 0.0))[0] > 1:
             return None
         return self.firstboot.get(node)
 
@@ -282,10 +303,9 @@ class Engine:
         switch = self.config.switch(node.switch) if node and node.switch else None
         if switch is not None and switch.driver == "manual":
             where = f"{switch.name}:{node.port}" if node and node.port else switch.name
-            text = (
-                f"power-cycle {record.node} ({where}) now: it must netboot the installer"
-                if verb != "off"
-                else f"switch {record.node} ({where}) off now, then on: it must netboot"
+            installing = m.State(record.state) in m.INSTALLER_STEPS
+            text = f"power-cycle {record.node} ({where}) now: " + (
+                "it netboots the installer" if installing else "it boots its new system"
             )
             self.spawn(self._manual(record.id, text))
             return
@@ -400,7 +420,9 @@ class Engine:
                 continue
             if record.deadline_at is not None and now >= record.deadline_at:
                 await self.apply(record.id, m.Timeout())
-            elif record.state == m.State.AGENT_UP.value:
+            elif record.state in (m.State.BOOT_LOCAL.value, m.State.AGENT_UP.value) and (
+                record.options.get("expect_agent", True)
+            ):  # a node that boots from its own card fetches nothing: its agent tells
                 last = self._agent_checked.get(record.id, 0.0)
                 if time.monotonic() - last >= AGENT_EVERY:
                     self._agent_checked[record.id] = time.monotonic()

@@ -390,9 +390,11 @@ class DeployService:
     def boot_cmdline(self, node: str) -> str | None:
         return self.engine.boot_cmdline(node)
 
-    def local_boot_seen(self, node: str) -> None:
+    def local_boot_seen(self, node: str, name: str) -> None:
         choice = self.engine.boot.get(node)
-        if choice is not None and choice[1] == "local":
+        if choice is None or choice[1] != "local":
+            return
+        if self.engine.count_boot(node, name) or name == "cmdline.txt":
             self.engine.spawn(self._local_boot(choice[0]))
 
     async def _local_boot(self, deployment_id: int) -> None:

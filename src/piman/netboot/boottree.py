@@ -151,7 +151,7 @@ class BootTree:
             )  # fmt: skip
             return None
         if node is not None and self.deploy is not None and self.choice(node) == "local":
-            self.deploy.local_boot_seen(node.name)
+            self.deploy.local_boot_seen(node.name, rest)
         if node is not None and rest in _GENERATED:
             text = self.render(rest, node, tree)
             if text is not None:

@@ -388,6 +388,7 @@ class SimulatedAgents:
         self.sources: dict[str, SimulatedPi] = {}
         self.servers: dict[str, AgentStreamServer] = {}
         self._powered_since: dict[str, float] = {}
+        self._boots: dict[str, int] = {}
         for index, pi in enumerate(self.pis):
             source = SimulatedPi(
                 pi.name, family=pi.model.family, revision=pi.revision, hot=index % 5 == 2
@@ -401,7 +402,12 @@ class SimulatedAgents:
         """Start or stop agents to match the Pis' power (one pass)."""
         for pi in self.pis:
             server = self.servers[pi.name]
-            if pi.powered.is_set():
+            if self._boots.get(pi.name, pi.boots) != pi.boots and server.serving:
+                await server.close()  # power-cycled between two passes: it boots again
+                self._powered_since.pop(pi.name, None)
+                logger.info("[pi=%s] agent down (power cycle)", pi.name)
+            self._boots[pi.name] = pi.boots
+            if pi.powered.is_set() and not pi.installing:
                 since = self._powered_since.setdefault(pi.name, now)
                 if not server.serving and now - since >= self.boot_seconds:
                     self.sources[pi.name].boot()
@@ -417,7 +423,10 @@ class SimulatedAgents:
                 self._powered_since.pop(pi.name, None)
                 if server.serving:
                     await server.close()
-                    logger.info("[pi=%s] agent down (no power)", pi.name)
+                    logger.info(
+                        "[pi=%s] agent down (%s)",
+                        pi.name, "installing" if pi.installing else "no power",
+                    )  # fmt: skip
 
     async def run(self) -> None:
         """Follow the Pis' power until cancelled; registers the Pis for :func:`heat` & co."""

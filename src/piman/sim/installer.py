@@ -83,6 +83,7 @@ async def run_installer(pi: VirtualPi, cmdline: bytes, work: Path) -> int | None
         "PIMAN_RETRY_PAUSE": "1",
     }
     logger.info("[sim pi=%s] booted the installer", pi.name)
+    pi.installing = True
     proc = await asyncio.create_subprocess_exec(
         str(path / "sh"), str(INSTALLER),
         env=env, stdin=asyncio.subprocess.DEVNULL,
@@ -110,6 +111,7 @@ async def run_installer(pi: VirtualPi, cmdline: bytes, work: Path) -> int | None
                 proc.kill()
         await done
         await reader
+        pi.installing = False
         shutil.rmtree(tmp, ignore_errors=True)
     if lost.done() and not lost.cancelled():
         logger.info("[sim pi=%s] lost power while installing", pi.name)

@@ -36,6 +36,7 @@ class VirtualPi:
     agent_port: int = 0
     powered: asyncio.Event = field(default_factory=asyncio.Event)
     boots: int = 0  # power-ons so far: a new one restarts whatever the Pi was doing
+    installing: bool = False  # running the netboot installer (its agent is down meanwhile)
     _watchers: list[asyncio.Event] = field(default_factory=list)
 
     def set_power(self, on: bool) -> None:

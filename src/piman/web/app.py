@@ -26,7 +26,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from piman import __version__
 from piman.access.roles import Action, allows
 from piman.context import AppContext
-from piman.errors import AuthError, Forbidden, NotFoundError, PimanError, RateLimited
+from piman.errors import (
+    AuthError,
+    ConflictError,
+    Forbidden,
+    Gone,
+    NotFoundError,
+    PimanError,
+    RateLimited,
+)
 from piman.web.api import accounts, alerts, boot, deploy, monitoring, nodes, power
 from piman.web.security import HostPolicy, Reader, RequestGuard, optional_principal
 from piman.web.ui import pages
@@ -71,6 +79,14 @@ def create_app(ctx: AppContext) -> FastAPI:
     @app.exception_handler(Forbidden)
     async def _forbidden(_request: Request, err: Forbidden) -> JSONResponse:
         return JSONResponse({"error": "forbidden", "detail": str(err)}, status_code=403)
+
+    @app.exception_handler(ConflictError)
+    async def _conflict(_request: Request, err: ConflictError) -> JSONResponse:
+        return JSONResponse({"error": "conflict", "detail": str(err)}, status_code=409)
+
+    @app.exception_handler(Gone)
+    async def _gone(_request: Request, err: Gone) -> JSONResponse:
+        return JSONResponse({"error": "gone", "detail": str(err)}, status_code=410)
 
     @app.exception_handler(RateLimited)
     async def _throttled(_request: Request, err: RateLimited) -> JSONResponse:
