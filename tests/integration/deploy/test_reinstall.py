@@ -288,8 +288,8 @@ def test_reinstall_with_the_cli_the_installer_and_the_agent(rig: Rig, tmp_path: 
     steps = [e["detail"] for e in history.json() if e["kind"] == "transition"]
     assert steps == [
         "created by local:root: lite to pi1", "new → power_off", "power_off → hello",
-        "hello → write_image", "write_image → verify", "verify → customise", "customise → boot_local", "boot_local → agent_up",
-        "agent_up → deployed",
+        "hello → write_image", "write_image → verify", "verify → customise",
+        "customise → boot_local", "boot_local → agent_up", "agent_up → deployed",
     ]  # fmt: skip
     text = httpx.get(f"{rig.url}/metrics").text
     assert metric(text, 'piman_deployments_total{result="ok"}') == 1
