@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from tests.support import (
     demo_logins,
     log_in,
     needs_chromium,
+    needs_tool,
     running_demo,
 )
 
@@ -54,3 +56,46 @@ def test_node_table_shows_the_demo_nodes_and_refreshes(demo: str, tmp_path: Path
             assert foreign == [], "the page loaded something from elsewhere"
         finally:
             browser.close()
+
+
+def test_an_operator_reinstalls_a_virtual_pi_from_the_page(demo: str, tmp_path: Path) -> None:
+    """Deploy → the dialog → the progress cell moves → the node comes back deployed; the
+    virtual Pi ran the real installer against its SD card file."""
+    needs_chromium()
+    needs_tool("busybox", "sfdisk", "mkfs.vfat", "mcopy", "mke2fs")
+    from playwright.sync_api import sync_playwright
+
+    root = tmp_path / "demo"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            log_in(page, demo, "operator", demo_logins(root)["operator"])
+            row = page.locator('#nodes tbody tr[data-node="rack1-pi02"]')
+            # The demo imports its OS image in the background: the page lists it once ready.
+            deadline = time.monotonic() + 30
+            while "demo-os" not in page.locator("#deploy-env").inner_text():
+                assert time.monotonic() < deadline, "the demo environment never appeared"
+                page.reload()
+            row.locator("button.deploy-btn").click()
+            dialog = page.locator("#deploy-dialog")
+            assert dialog.is_visible()
+            assert "rack1-pi02" in dialog.inner_text()
+            page.fill("#deploy-hostname", "lab-02")
+            page.click("#deploy-go")
+            # The progress cell shows a bar while it runs, then the outcome.
+            page.wait_for_selector(
+                '#nodes tr[data-node="rack1-pi02"] td.deployment progress', timeout=20_000
+            )
+            page.wait_for_selector(
+                '#nodes tr[data-node="rack1-pi02"] td.deployment .deploy-ok', timeout=90_000
+            )
+            assert "demo-os: ok" in row.locator("td.deployment").inner_text()
+            assert "deployed" in row.locator("td").nth(1).inner_text()
+            page.screenshot(path=str(tmp_path / "deployed.png"), full_page=True)
+        finally:
+            browser.close()
+    # The virtual SD card holds the image's partition table and boot partition now.
+    card = (root / "sim" / "sd" / "rack1-pi02.img").read_bytes()
+    assert card[510:512] == b"\x55\xaa"
+    assert b"bootfs" in card[1 << 20 : (1 << 20) + 4096]

@@ -306,6 +306,10 @@ class DeployService:
             record.id, record.state, "log",
             "installer: done" if ok else f"installer: failed in {step or '?'}: {reason}",
         )  # fmt: skip
+        if ok and report.get("customise") == "skipped":  # e.g. a file as the disk (tests, demo)
+            await self.store.deployments.add_event(
+                record.id, record.state, "log", f"customisation skipped: {reason or '?'}"
+            )
         if ok and isinstance(report.get("bytes_written"), int):
             await self.store.deployments.update(record.id, bytes_done=report["bytes_written"])
         self._files.pop(record.id, None)

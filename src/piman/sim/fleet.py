@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,12 @@ import yaml
 from piman.config import Config, load_config
 from piman.manager import Manager
 from piman.sim.agents import run_agents
+from piman.sim.image import (
+    DEMO_ENVIRONMENT,
+    build_demo_image,
+    missing_tools,
+    stand_in_installer_tree,
+)
 from piman.sim.netboot import run_netboot
 from piman.sim.pi import VirtualPi, make_pi
 from piman.sim.switch import run_switches
@@ -80,6 +87,18 @@ def build_demo_config(
         },
         "tftp": {"enabled": True, "listen": f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"},
         "monitoring": {"scrape_interval": "5s", "group_wait": "5s"},
+        "deploy": {
+            "default_environment": DEMO_ENVIRONMENT,
+            "image_listen": f"127.0.0.1:{free_port()}",
+            "check_address": False,  # every virtual Pi speaks from 127.0.0.1
+            "timeouts": {
+                "power_off": "30s",
+                "netboot_installer": "30s",
+                "hello": "2m",
+                "write_image": "2m",
+                "agent_up": "2m",
+            },
+        },
         "switches": [
             {
                 "name": name,
@@ -110,6 +129,7 @@ def build_demo_config(
                 "serial": pi.serial,
                 "model": pi.model.value,
                 "agent_url": f"http://127.0.0.1:{pi.agent_port}/metrics",
+                "disk": str(root / "sim" / "sd" / f"{pi.name}.img"),  # its virtual SD card
             }
             for pi in pis
         ],
@@ -178,6 +198,48 @@ class DemoFleet:
         self.logins = logins
         return logins
 
+    async def demo_environment(self) -> None:
+        """Import the demo OS as environment ``demo-os`` (once), so a virtual Pi can be
+        reinstalled from the web page or with ``piman deploy``."""
+        from piman.deploy.environments import EnvironmentLibrary
+        from piman.errors import NotFoundError, PimanError
+
+        stand_in_installer_tree(self.root)
+        for pi in self.pis:  # virtual SD cards: sparse files
+            card = self.root / "sim" / "sd" / f"{pi.name}.img"
+            card.parent.mkdir(parents=True, exist_ok=True)
+            if not card.exists():
+                with card.open("wb") as f:
+                    f.truncate(64 << 20)
+        assert self.manager.ctx is not None  # the manager is ready
+        store = self.manager.ctx.store
+        with contextlib.suppress(NotFoundError):
+            await store.environments.get(DEMO_ENVIRONMENT)
+            return
+        missing = missing_tools()
+        if missing:
+            logger.warning(
+                "demo: no OS image to reinstall with: %s missing (Debian: apt install fdisk "
+                "dosfstools mtools e2fsprogs)", ", ".join(missing),
+            )  # fmt: skip
+            return
+        image = self.root / "sim" / "demo-os.img"
+        try:
+            await asyncio.to_thread(build_demo_image, image)
+            await EnvironmentLibrary(self.root, store.environments).add(
+                DEMO_ENVIRONMENT, image, created_by="demo",
+                description="piman's demo OS: cloud-init seeds, 8 MiB of data",
+            )  # fmt: skip
+        except (OSError, subprocess.CalledProcessError, PimanError) as err:
+            logger.warning("demo: the demo OS image could not be made: %s", err)
+            return
+        finally:
+            image.unlink(missing_ok=True)
+        logger.info(
+            "demo: environment %s ready: press Deploy on a node, or run "
+            "`piman deploy %s -c %s`", DEMO_ENVIRONMENT, self.pis[0].name, self.config_path,
+        )  # fmt: skip
+
     async def run(self, on_ready: Callable[[str], None] | None = None) -> None:
         """Run the manager and the simulated fleet until stopped."""
         if not self.logins:
@@ -192,6 +254,7 @@ class DemoFleet:
             for pi in self.pis:  # until the power capability drives them, Pis start powered
                 pi.set_power(True)
             sims = [
+                group.create_task(self.demo_environment(), name="sim-environment"),
                 group.create_task(run_switches(self.config, self.pis), name="sim-switches"),
                 group.create_task(run_netboot(self.config, self.pis), name="sim-netboot"),
                 group.create_task(run_agents(self.pis), name="sim-agents"),

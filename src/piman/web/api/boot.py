@@ -72,6 +72,7 @@ class ResultIn(BaseModel):
     step: str = Field("", max_length=32)
     reason: str = Field("", max_length=2000)
     bytes_written: int | None = Field(None, ge=0)
+    customise: str = Field("", max_length=16)  # "skipped" (with the reason) when it could not
 
 
 @router.post(

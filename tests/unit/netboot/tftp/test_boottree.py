@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from piman.config import Config, parse_config
-from piman.fleet import NodeState
 from piman.inventory.sightings import Sightings
 from piman.netboot.boottree import BootTree, check_boot_trees, read_neighbours, split_prefix
 from piman.netboot.tftp.files import AccessViolation, ByteSource
@@ -108,6 +107,29 @@ async def test_prefix_without_start_files_is_not_found_so_the_pi_drops_it(
     assert await text(await tree("bootcode.bin", pi3)) == "pi3"
 
 
+class Deploying:
+    """What the deploy engine tells the boot tree (DeployHandle's boot-tree half)."""
+
+    def __init__(self, choices: dict[str, str], firstboot: str | None = None) -> None:
+        self.choices = choices
+        self.firstboot = firstboot
+        self.seen: list[tuple[str, str]] = []
+
+    def boot_choice(self, node: str) -> str | None:
+        return self.choices.get(node)
+
+    def installer_args(self, node: str) -> dict[str, str] | None:
+        if self.choices.get(node) != "installer":
+            return None
+        return {"piman.url": "http://198.18.0.1:8080", "piman.token": "t0k3n", "piman.node": node}
+
+    def boot_cmdline(self, node: str) -> str | None:
+        return self.firstboot if self.choices.get(node) == "local" else None
+
+    def local_boot_seen(self, node: str, name: str) -> None:
+        self.seen.append((node, name))
+
+
 async def test_installer_flag_switches_the_tree_and_generates_boot_config(
     config: Config, store: Store
 ) -> None:
@@ -116,19 +138,32 @@ async def test_installer_flag_switches_the_tree_and_generates_boot_config(
     assert await text(await tree("start4.elf", CLIENT_A)) == "start4 installer"
     cmdline = await text(await tree("cmdline.txt", CLIENT_A))
     assert cmdline is not None
-    assert "piman.url=http://198.18.0.1:8080/boot/v1" in cmdline
-    assert "piman.node=a" in cmdline
+    assert "rdinit=/init" in cmdline
     config_txt = await text(await tree("config.txt", CLIENT_A))
     assert config_txt is not None
     assert "initramfs initrd.img followkernel" in config_txt
 
 
-async def test_deploying_state_selects_the_installer_by_default(
+async def test_a_deployment_serves_the_installer_with_its_token_then_the_own_files(
     config: Config, store: Store
 ) -> None:
-    await store.nodes.set_state("a", NodeState.DEPLOYING, force=True)
-    tree, _sightings = boot_tree(config, store, neighbours=dict)
+    deploying = Deploying({"a": "installer"})
+    tree, _sightings = boot_tree(config, store, neighbours=dict, deploy=deploying)
     assert await text(await tree("start4.elf", CLIENT_A)) == "start4 installer"
+    cmdline = await text(await tree("cmdline.txt", CLIENT_A))
+    assert cmdline is not None
+    assert "piman.url=http://198.18.0.1:8080 piman.token=t0k3n piman.node=a" in cmdline
+    assert deploying.seen == []
+    # The image is written: the node's own tree, with the first-boot words on its command line.
+    deploying.choices["a"] = "local"
+    deploying.firstboot = "root=PARTUUID=a-02 systemd.run=/boot/firstrun.sh\n"
+    assert await text(await tree("start4.elf", CLIENT_A)) == "start4 a"
+    assert await text(await tree("cmdline.txt", CLIENT_A)) == deploying.firstboot
+    assert deploying.seen == [("a", "start4.elf"), ("a", "cmdline.txt")]
+    # No deployment: the node's usual tree, and nothing told to the engine.
+    del deploying.choices["a"]
+    assert await text(await tree("start4.elf", CLIENT_A)) == "start4 a"
+    assert len(deploying.seen) == 2
 
 
 async def test_own_tree_files_win_over_generated_ones(config: Config, store: Store) -> None:
