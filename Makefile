@@ -30,7 +30,15 @@ $(VENV)/.test: pyproject.toml setup.py src/piman/netboot/tftp/_lanes.c | $(BIN)/
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@ $(VENV)/.manager
 
+# What the demo's virtual Pis need to reinstall (the installer runs under busybox; the demo OS
+# image is made with sfdisk, mkfs.vfat, mcopy, mke2fs). Without them the demo runs, minus that.
+DEMO_APT_PACKAGES := busybox-static fdisk dosfstools mtools e2fsprogs
+
 demo: $(VENV)/.manager
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=$$(for p in $(DEMO_APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	  if [ -n "$$missing" ]; then echo "installing Debian packages:" $$missing; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi; fi
 	$(BIN)/piman demo
 
 apt-deps:

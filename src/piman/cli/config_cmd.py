@@ -79,12 +79,30 @@ def show(config: Config) -> None:
         f"[bold]manager[/bold] {m.address}  network {m.effective_network}  "
         f"interface {m.interface or '-'}  http {m.http}  data {m.data_dir}"
     )
+    dhcp = config.dhcp
+    dhcp_text = "off" if dhcp is None or not dhcp.enabled else dhcp.mode
+    if dhcp is not None and dhcp.enabled:
+        dhcp_text += f" on {dhcp.listen or m.interface or 'every interface'}"
+        reserved = sum(1 for n in config.nodes if n.mac and n.ip) + len(config.hosts)
+        dhcp_text += f" (pool {dhcp.pool or 'none'}, {reserved} reserved)"
+    tftp = config.tftp
+    tftp_text = "off"
+    if tftp is not None and tftp.enabled:
+        tftp_text = f"on ({tftp.root or m.data_dir / 'boot'})"
+    deploy = config.deploy
+    deploy_text = "off"
+    if deploy is not None and deploy.enabled:
+        deploy_text = f"on (default environment {deploy.default_environment or '-'}"
+        if deploy.seed_rootfs is not None:
+            deploy_text += f", else {deploy.seed_rootfs}"
+        deploy_text += ")"
     sections = [
-        f"dhcp {config.dhcp.mode if config.dhcp else 'off'}",
-        f"tftp {'on' if config.tftp and config.tftp.enabled else 'off'}",
+        f"dhcp {dhcp_text}",
+        f"tftp {tftp_text}",
+        f"deploy {deploy_text}",
         f"monitoring {'on' if config.monitoring and config.monitoring.enabled else 'off'}",
     ]
-    console.print("  ".join(sections))
+    console.print("  ".join(sections), markup=False)
 
     switches = Table(title=f"{len(config.switches)} switches", title_justify="left")
     for col in ("name", "address", "driver", "profile", "uplink", "nodes"):

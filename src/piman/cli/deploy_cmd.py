@@ -11,6 +11,7 @@ machine no token is needed (``data_dir/local.key``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import threading
@@ -88,8 +89,7 @@ def env_add(
 
     Example: piman env add 2025-05-13-raspios-bookworm-arm64-lite.img.xz --name raspios-lite
     """
-    from piman.deploy.environments import EnvironmentLibrary, check_name
-    from piman.store import Store
+    from piman.deploy.environments import check_name
 
     try:
         check_name(name)
@@ -101,7 +101,24 @@ def env_add(
         fail(f"--sha256 {sha256!r} is not a SHA-256 (64 hex digits)", EXIT_BAD_INPUT)
     if not source.is_file():
         fail(f"{source}: no such file", EXIT_BAD_INPUT)
-    cfg = load(config)
+    record = _import(load(config), name, source, sha256.lower() if sha256 else None, description)
+    console.print(
+        f"environment {record.name}: {record.os_family}, {_size(record.image_size)} "
+        f"({_size(record.mapped_bytes)} mapped), {record.table}, first boot: "
+        f"{record.customisation}",
+        markup=False,
+    )
+
+
+def _import(
+    cfg: Config, name: str, source: Path, sha256: str | None, description: str,
+    *, replace: bool = False,
+) -> Any:  # fmt: skip
+    """Import ``source`` as environment ``name`` with a progress bar per phase (all or nothing);
+    ``replace``: remove an environment of that name first."""
+    from piman.deploy.environments import EnvironmentLibrary
+    from piman.store import Store
+
     progress = Progress(
         TextColumn("{task.description:<8}"),
         BarColumn(),
@@ -124,9 +141,12 @@ def env_add(
         await store.open()
         try:
             library = EnvironmentLibrary(cfg.manager.data_dir, store.environments)
+            if replace:
+                with contextlib.suppress(NotFoundError):
+                    await library.remove(name)
             record = await library.add(
                 name, source, created_by=local_actor(), description=description,
-                expect_sha256=sha256.lower() if sha256 else None, on_progress=step,
+                expect_sha256=sha256, on_progress=step,
             )  # fmt: skip
             await store.audit.add(local_actor(), "env.add", name, "ok", source.name)
             return record
@@ -142,12 +162,7 @@ def env_add(
         fail(str(err))
     except KeyboardInterrupt:
         fail("interrupted: nothing was imported", 130)
-    console.print(
-        f"environment {record.name}: {record.os_family}, {_size(record.image_size)} "
-        f"({_size(record.mapped_bytes)} mapped), {record.table}, first boot: "
-        f"{record.customisation}",
-        markup=False,
-    )
+    return record
 
 
 def _env_rows(
@@ -418,10 +433,53 @@ def reinstall(
         if node is None:
             fail(f"no node on {sw.name} port {pi}", EXIT_BAD_INPUT)
         names.append(node.name)
+    seed = cfg.deploy.seed_rootfs if cfg.deploy is not None else None
+    if env is None and seed is not None and cfg.deploy and not cfg.deploy.default_environment:
+        if not any(getattr(cfg.node(n), "environment", None) for n in names):
+            env = _seed_environment(cfg, seed)
     with _manager(config, url, token, ca_file) as client:
         made = _start(client, names, env, None, [])
         code = _follow(client, made, wait)
     raise typer.Exit(code)
+
+
+SEED_ENVIRONMENT = "seed-rootfs"
+
+
+def _seed_environment(cfg: Config, rootfs: Path) -> str:
+    """The seed's ``install/boot/rootfs.tgz`` as environment ``seed-rootfs``: imported on first
+    use, imported again when the tarball changed (its SHA-256 differs from the recorded one)."""
+    import hashlib
+
+    from piman.store import Store
+
+    if not rootfs.is_file():
+        fail(
+            f"no environment given and no {rootfs}: put the root filesystem tarball there "
+            "(as the original piman wanted), or name one with --env",
+            EXIT_BAD_INPUT,
+        )
+
+    async def recorded() -> str | None:
+        store = Store(cfg.database_url)
+        await store.open()
+        try:
+            return (await store.environments.get(SEED_ENVIRONMENT)).source_sha256
+        except NotFoundError:
+            return None
+        finally:
+            await store.close()
+
+    digest = hashlib.sha256()
+    with rootfs.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    known = asyncio.run(recorded())
+    if known != digest.hexdigest():
+        err_console.print(f"importing {rootfs} as environment {SEED_ENVIRONMENT}", markup=False)
+        _import(cfg, SEED_ENVIRONMENT, rootfs, digest.hexdigest(), "the seed's rootfs.tgz",
+                replace=known is not None)  # fmt: skip
+    return SEED_ENVIRONMENT
 
 
 @node_app.command("show")

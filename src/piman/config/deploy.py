@@ -106,6 +106,9 @@ class DeploySettings(BaseModel):
     timeouts: dict[str, Duration] = Field(default_factory=dict)
     disk: str = "/dev/mmcblk0"  # the installer's target unless the node says otherwise
     customise: CustomiseSettings = Field(default_factory=CustomiseSettings)
+    # The seed's root filesystem tarball (install/boot/rootfs.tgz): what `piman reinstall`
+    # deploys when no environment is named or configured (set for the seed's YAML format).
+    seed_rootfs: Path | None = None
     # Installers per architecture and model family are looked up under data_dir/installer.
 
     @field_validator("timeouts")

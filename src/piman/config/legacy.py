@@ -121,7 +121,42 @@ def convert_legacy(
             paths[f"nodes[{n}]"] = f"{where}.pi_addresses[{port - 1}]"
 
     new: dict[str, Any] = {"manager": manager, "switches": switches, "nodes": nodes}
+    # The seed's `piman.py server` ran DHCP, TFTP and the hello server: so does piman with it.
+    dhcp: dict[str, Any] = {"mode": "authoritative"}
+    pool = _free_pool(manager.get("network"), data, nodes, switches)
+    if pool is not None:
+        dhcp["pool"] = pool
+    new |= {"dhcp": dhcp, "tftp": {"enabled": True}, "deploy": {}}
+    paths["dhcp"] = "interface"
     return new, paths, problems
+
+
+def _free_pool(
+    network: str | None, data: Mapping[str, Any], nodes: list[dict[str, Any]],
+    switches: list[dict[str, Any]],
+) -> str | None:  # fmt: skip
+    """Addresses for Pis that hosts.csv does not name: the longest run of free addresses in the
+    upper half of the seed's subnet, at most 100 of them, at its top (None when none is free)."""
+    if network is None:
+        return None
+    net = IPv4Network(network)
+    used = {str(data.get("server_address"))} | {str(n.get("ip")) for n in nodes}
+    used |= {str(s.get("address")) for s in switches}
+    hosts = list(net.hosts())
+    best: tuple[int, int] = (0, -1)  # (start, end) indexes into hosts, inclusive
+    start = None
+    for i in range(len(hosts) // 2, len(hosts) + 1):
+        free = i < len(hosts) and str(hosts[i]) not in used
+        if free and start is None:
+            start = i
+        if not free and start is not None:
+            if i - start > best[1] - best[0] + 1:
+                best = (start, i - 1)
+            start = None
+    if best[1] < best[0]:
+        return None
+    first = max(best[0], best[1] - 99)
+    return f"{hosts[first]}-{hosts[best[1]]}"
 
 
 def _is_ipv4(value: object) -> bool:

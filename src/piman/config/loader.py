@@ -113,6 +113,7 @@ def parse_config(
     problems: list[ConfigProblem] = []
     if is_legacy(data):
         data, paths, problems = convert_legacy(data, source)
+        _seed_files(data, hosts, base_dir)
 
     try:
         config = Config.model_validate(data)
@@ -146,6 +147,20 @@ def parse_config(
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _seed_files(data: dict[str, Any], hosts: Path | None, base_dir: Path | None) -> None:
+    """Where the seed kept its files: ``hosts.csv`` and ``install/boot`` (the TFTP root, with
+    ``rootfs.tgz`` in it), beside the configuration or in the working directory."""
+    places = [p for p in (base_dir, Path.cwd()) if p is not None]
+    if hosts is None:
+        found = next((p / "hosts.csv" for p in places if (p / "hosts.csv").is_file()), None)
+        if found is not None:
+            data["dhcp"]["hosts_file"] = str(found.resolve())
+    boot = next((p / "install" / "boot" for p in places if (p / "install" / "boot").is_dir()), None)
+    if boot is not None:
+        data["tftp"]["root"] = str(boot.resolve())
+        data["deploy"]["seed_rootfs"] = str((boot / "rootfs.tgz").resolve())
 
 
 def _merge_hosts(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -267,3 +268,46 @@ def test_tftp_busy_poll_takes_microseconds_and_refuses_long_spins() -> None:
         "piman.yaml: tftp.busy_poll: 1s is too long a spin "
         "(expected at most 10ms, e.g. 100us; 0 turns it off)"
     ]
+
+
+def test_the_seed_format_serves_as_the_seed_did(tmp_path: Path, monkeypatch: Any) -> None:
+    """DHCP on the seed's interface with hosts.csv beside the config, TFTP from install/boot,
+    reinstalls from its rootfs.tgz: what `python3 piman.py server` ran."""
+    (tmp_path / "seed.yaml").write_text(SEED)
+    (tmp_path / "hosts.csv").write_text("dc:a6:32:00:00:0d,172.30.4.13\n")
+    boot = tmp_path / "install" / "boot"
+    boot.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path.parent)  # not the config's directory
+    config = load_config(tmp_path / "seed.yaml")
+    assert config.dhcp is not None
+    assert (config.dhcp.mode, config.manager.interface) == ("authoritative", "ens4")
+    assert str(config.dhcp.pool) == "172.30.4.154-172.30.4.253"  # the free top of the subnet
+    assert config.node("switch0-pi01").mac == "dc:a6:32:00:00:0d"  # type: ignore[union-attr]
+    assert config.tftp is not None
+    assert config.tftp.enabled
+    assert config.tftp.root == boot
+    assert config.deploy is not None
+    assert config.deploy.seed_rootfs == boot / "rootfs.tgz"
+
+
+def test_the_seed_files_are_found_in_the_working_directory_too(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    (conf / "seed.yaml").write_text(SEED)
+    (tmp_path / "hosts.csv").write_text("dc:a6:32:00:00:0e,172.30.4.14\n")
+    (tmp_path / "install" / "boot").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    config = load_config(conf / "seed.yaml")
+    assert config.node("switch0-pi02").mac == "dc:a6:32:00:00:0e"  # type: ignore[union-attr]
+    assert config.tftp is not None
+    assert config.tftp.root == tmp_path / "install" / "boot"
+    # Without them: the boot trees under data_dir, no reservations, no seed tarball.
+    monkeypatch.chdir(conf)
+    bare = load_config(conf / "seed.yaml")
+    assert bare.tftp is not None
+    assert bare.tftp.root is None
+    assert bare.deploy is not None
+    assert bare.deploy.seed_rootfs is None
+    assert bare.node("switch0-pi02").mac is None  # type: ignore[union-attr]
