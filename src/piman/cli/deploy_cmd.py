@@ -117,6 +117,7 @@ def _import(
     """Import ``source`` as environment ``name`` with a progress bar per phase (all or nothing);
     ``replace``: remove an environment of that name first."""
     from piman.deploy.environments import EnvironmentLibrary
+    from piman.deploy.errors import ImageError
     from piman.store import Store
 
     progress = Progress(
@@ -156,10 +157,12 @@ def _import(
     try:
         with progress:
             record = asyncio.run(run())
-    except (NotFoundError, ConflictError, ValueError) as err:
-        fail(str(err), EXIT_BAD_INPUT)
+    except (NotFoundError, ConflictError, ValueError, ImageError) as err:
+        fail(str(err), EXIT_BAD_INPUT)  # the image (or the name) is what is wrong
     except PimanError as err:
         fail(str(err))
+    except OSError as err:  # a full disk, a read error: nothing was kept
+        fail(f"{source}: {err.strerror or err}: nothing was imported")
     except KeyboardInterrupt:
         fail("interrupted: nothing was imported", 130)
     return record

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from piman.deploy import bmap as bmaps
+from piman.deploy.errors import ImageError
 from piman.deploy.images import ImageInfo, inspect
 from piman.deploy.sources import import_source
 from piman.errors import ConflictError, NotFoundError, PimanError
@@ -124,12 +125,16 @@ class EnvironmentLibrary:
         info_src = import_source(source, raw, expect_sha256=expect_sha256, on_progress=imported)
         if on_progress is not None:
             on_progress("inspect", 0, None)
-        info: ImageInfo = inspect(raw)
-        if on_progress is not None:
-            on_progress("map", 0, info.size)
-        block_map = bmaps.compute(
-            raw, info, max_range_blocks=MAX_RANGE_BLOCKS, split_at_block=HEAD_BLOCKS
-        )
+        try:
+            info: ImageInfo = inspect(raw)
+            if on_progress is not None:
+                on_progress("map", 0, info.size)
+            block_map = bmaps.compute(
+                raw, info, max_range_blocks=MAX_RANGE_BLOCKS, split_at_block=HEAD_BLOCKS
+            )
+        except ImageError as err:  # named after our work file: name the user's source instead
+            text = str(err).removeprefix(f"{raw.name}: ")
+            raise ImageError(f"{source.name}: {text}") from None
         bmaps.write(block_map, work / "image.bmap")
         if on_progress is not None:
             on_progress("map", info.size, info.size)
