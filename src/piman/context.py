@@ -209,6 +209,7 @@ class DeployOptions:
     ssh_keys: tuple[str, ...] = ()  # added to the configured keys
     user: str | None = None
     password_hash: str | None = None
+    customisation: str | None = None  # firstrun | cloudinit | none (else the environment's)
 
 
 class DeployHandle(Protocol):

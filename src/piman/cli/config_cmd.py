@@ -80,7 +80,7 @@ def show(config: Config) -> None:
         f"interface {m.interface or '-'}  http {m.http}  data {m.data_dir}"
     )
     dhcp = config.dhcp
-    dhcp_text = "off" if dhcp is None or not dhcp.enabled else dhcp.mode
+    dhcp_text: str = "off" if dhcp is None or not dhcp.enabled else dhcp.mode
     if dhcp is not None and dhcp.enabled:
         dhcp_text += f" on {dhcp.listen or m.interface or 'every interface'}"
         reserved = sum(1 for n in config.nodes if n.mac and n.ip) + len(config.hosts)

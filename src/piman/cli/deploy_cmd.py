@@ -355,8 +355,9 @@ def _follow(client: ManagerClient, deployments: list[dict[str, Any]], wait: bool
 
 
 def _start(client: ManagerClient, nodes: list[str], env: str | None, hostname: str | None,
-           keys: list[str]) -> list[dict[str, Any]]:  # fmt: skip
-    body = {"nodes": nodes, "environment": env, "hostname": hostname, "ssh_keys": keys}
+           keys: list[str], customisation: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    body = {"nodes": nodes, "environment": env, "hostname": hostname, "ssh_keys": keys,
+            "customisation": customisation}  # fmt: skip
     made: list[dict[str, Any]] = client.post("/deployments", body)
     return made
 
@@ -378,6 +379,13 @@ def deploy(
     hostname: Annotated[
         str | None, typer.Option("--hostname", help="Host name or pattern, e.g. lab-{node}.")
     ] = None,
+    customisation: Annotated[
+        str | None,
+        typer.Option(
+            "--customisation",
+            help="First-boot format: firstrun, cloudinit or none (default: the image's).",
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow until done.")] = True,
     config: ConfigOption = None,
     url: UrlOption = None,
@@ -390,6 +398,9 @@ def deploy(
 
     Example: piman deploy rack1-02 rack1-03 --env raspios-lite --ssh-key ~/.ssh/id_ed25519.pub
     """
+    if customisation is not None and customisation not in ("firstrun", "cloudinit", "none"):
+        fail(f"--customisation {customisation!r}: expected firstrun, cloudinit or none",
+             EXIT_BAD_INPUT)  # fmt: skip
     keys = []
     for path in ssh_key or []:
         try:
@@ -397,7 +408,7 @@ def deploy(
         except OSError as err:
             fail(f"--ssh-key {path}: {err.strerror}", EXIT_BAD_INPUT)
     with _manager(config, url, token, ca_file) as client:
-        made = _start(client, nodes, env, hostname, keys)
+        made = _start(client, nodes, env, hostname, keys, customisation)
         code = _follow(client, made, wait)
     raise typer.Exit(code)
 

@@ -65,6 +65,9 @@ class CustomiseSettings(BaseModel):
     keyboard: str | None = None
     locale: str | None = None
     install_agent: bool = True  # the node comes up running `piman agent`
+    # Extra files for the boot partition: its path → a file on the manager, e.g.
+    # {"config.txt": /etc/piman/config.txt, "piman/motd": /etc/piman/motd}.
+    extra_files: dict[str, Path] = Field(default_factory=dict)
 
     @field_validator("user")
     @classmethod

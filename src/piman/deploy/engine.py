@@ -95,6 +95,7 @@ class Engine:
         # another manager (another host or data directory) waits for their leases to pass.
         self.owner = owner or f"{socket.gethostname()}:{config.manager.data_dir}"[:128]
         self.tokens: dict[int, str] = {}
+        self.ended: set[int] = set()  # finished here: their image stream is closed
         self.boot: dict[str, tuple[int, str]] = {}  # node → (deployment, installer | local)
         self.firstboot: dict[str, str] = {}  # node → cmdline.txt while it boots for the first time
         self.local_boots: dict[str, tuple[int, float]] = {}  # node → (boots counted, when)
@@ -163,8 +164,7 @@ class Engine:
                     "result": finish.result,
                     "reason": finish.reason or None,
                     "finished_at": now,
-                    "token_digest": None,
-                    "session_digest": None,
+                    "token_digest": None,  # the session stays: its installer is told 410 Gone
                     "claimed_by": None,
                     "lease_until": None,
                 }
@@ -215,6 +215,7 @@ class Engine:
                 self._ask_power(record, verb)
             elif isinstance(action, m.Finish):
                 self.finished.labels(action.result).inc()
+                self.ended.add(record.id)
                 self.tokens.pop(record.id, None)
                 self._agent_checked.pop(record.id, None)
                 if self.boot.get(record.node, (0, ""))[0] == record.id:

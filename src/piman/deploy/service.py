@@ -25,12 +25,12 @@ from piman.config.models import Config
 from piman.config.types import parse_host_port
 from piman.context import AppContext, Built, DeployHandle, DeployOptions, PowerHandle
 from piman.deploy import machine as m
-from piman.deploy.customise import FirstBoot, render, to_tar
+from piman.deploy.customise import FORMATS, FirstBoot, render, to_tar
 from piman.deploy.engine import Engine
 from piman.deploy.environments import HEAD_BLOCKS, EnvironmentLibrary
 from piman.deploy.imageserver import ImageServer
 from piman.deploy.nodeapi import Plan, digest, new_secret, outside_head, render_plan
-from piman.errors import Forbidden, Gone, NotFoundError
+from piman.errors import Forbidden, Gone, NotFoundError, PimanError
 from piman.fleet.lifecycle import TRANSITIONS, NodeState
 from piman.fleet.ports import Repositories
 from piman.fleet.records import (
@@ -173,13 +173,17 @@ class DeployService:
         FirstBoot(hostname=hostname, instance_id="check", ssh_keys=options.ssh_keys)  # validates
         custom = self.settings.customise
         declared = self.config.node(node.name)
+        fmt = options.customisation or env.customisation
+        if fmt not in FORMATS:
+            raise ValueError(f"{fmt!r} is not a first-boot format ({', '.join(FORMATS)})")
         return {
             "hostname": hostname,
             "user": options.user or custom.user,
             "password_hash": options.password_hash or custom.password_hash,
             "ssh_keys": list(options.ssh_keys),
+            "customisation": fmt,
             "disk": (declared.disk if declared is not None else None) or self.settings.disk,
-            "expect_agent": custom.install_agent and env.customisation != "none",
+            "expect_agent": custom.install_agent and fmt != "none",
         }
 
     async def deployment(self, deployment_id: int) -> DeploymentRecord:
@@ -332,6 +336,12 @@ class DeployService:
             if monitoring and monitoring.agent_token
             else None
         )
+        extra = {}
+        for target, path in custom.extra_files.items():
+            try:
+                extra[target] = path.read_bytes()
+            except OSError as err:
+                raise PimanError(f"deploy.customise.extra_files: {path}: {err.strerror}") from None
         boot = FirstBoot(
             hostname=opts["hostname"],
             instance_id=f"piman-{record.id}",
@@ -345,8 +355,10 @@ class DeployService:
             agent_files=agent_files() if custom.install_agent else {},
             agent_token=token,
             agent_port=monitoring.agent_port if monitoring else 9110,
+            extra_files=extra,
         )
-        rendered = render(env.customisation, boot, cmdline=env.cmdline)
+        fmt = str(opts.get("customisation") or env.customisation)
+        rendered = render(fmt, boot, cmdline=env.cmdline)
         for note in rendered.notes:
             await self.store.deployments.add_event(record.id, record.state, "log", note)
         data = to_tar(rendered.files)
@@ -363,7 +375,7 @@ class DeployService:
             node = await self.store.nodes.get(record.node)
             entry = (record.id, node.ip or "", self.library.image(record.environment))
             self._sessions[digest(session)] = entry
-        if entry[0] != deployment_id:
+        if entry[0] != deployment_id or deployment_id in self.engine.ended:
             return None
         if self.settings.check_address and entry[1] != client:
             return None

@@ -12,7 +12,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
@@ -139,6 +139,9 @@ class DeployIn(BaseModel):
         None, max_length=63, description="A name, or a pattern with {node}"
     )
     ssh_keys: list[str] = Field(default_factory=list, max_length=64)
+    customisation: Literal["firstrun", "cloudinit", "none"] | None = Field(
+        None, description="The first-boot format (default: what the environment's image uses)"
+    )
 
 
 @router.get("/environments", response_model=list[EnvironmentOut], summary="Every environment")
@@ -168,7 +171,9 @@ async def get_environment(name: str, _: Reader, deploy: Deploy) -> EnvironmentOu
     },
 )
 async def start(body: DeployIn, principal: Deployer, deploy: Deploy) -> list[DeploymentOut]:
-    options = DeployOptions(hostname=body.hostname, ssh_keys=tuple(body.ssh_keys))
+    options = DeployOptions(
+        hostname=body.hostname, ssh_keys=tuple(body.ssh_keys), customisation=body.customisation
+    )
     try:
         made = await deploy.start(
             body.nodes, body.environment, actor=principal.actor, options=options
