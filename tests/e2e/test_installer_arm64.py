@@ -20,8 +20,8 @@ from pathlib import Path
 
 from piman.deploy.installer import build_installer
 from tests.integration.deploy.test_installer_script import (
-    FILES,
     FILL,
+    KEPT,
     MIB,
     FakeManager,
     make_image,
@@ -91,13 +91,18 @@ def _reinstall(tmp_path: Path, kernel: Path, initrd: Path, arch: str) -> None:
     for r in fake.ranges:
         if r.end <= BOOT[0] or r.start >= BOOT[1]:
             assert written[r.start : r.end] == image[r.start : r.end], f"range {r.index} differs"
-    expected = {**FILES, "config.txt": b"arm_64bit=1\nkernel=kernel8.img\n"}
+    expected = {**KEPT, "config.txt": b"arm_64bit=1\nkernel=kernel8.img\n"}
     for name, content in expected.items():
         shown = subprocess.run(
             ["mtype", "-i", f"{disk}@@{BOOT[0]}", f"::{name}"], capture_output=True, check=False
         )
         assert shown.returncode == 0, shown.stderr
         assert shown.stdout == content, name
+    for gone in ("piman/remove", "kernel8.img"):  # piman/remove names files to delete
+        shown = subprocess.run(
+            ["mtype", "-i", f"{disk}@@{BOOT[0]}", f"::{gone}"], capture_output=True, check=False
+        )
+        assert shown.returncode != 0, gone
 
 
 def _boot(arch: str, kernel: Path, initrd: Path, disk: Path, fake: FakeManager) -> str:

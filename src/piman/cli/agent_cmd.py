@@ -51,7 +51,7 @@ def agent(
 ) -> None:
     """Serve this machine's /metrics (node_exporter names plus rpi_*) and /events (JSON).
 
-    Runs until stopped; needs only psutil and prometheus_client (pip install "piman\\[agent]").
+    Runs until stopped; needs only the Python standard library (pip install "piman\\[agent]").
     A systemd unit ships in the package (piman/monitor/agent/piman-agent.service).
 
     Example: PIMAN_AGENT_TOKEN=s3cret piman agent --port 9110 --tls-cert a.pem --tls-key a.key

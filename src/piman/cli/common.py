@@ -101,11 +101,18 @@ def with_store(config: Path | None, work: Callable[[Config, Store], Awaitable[T]
         fail(str(err))
 
 
-def load(config: Path | None, hosts: Path | None = None) -> Config:
-    """Load the configuration the user named (or the default one), exiting 2 on problems."""
+def load(config: Path | None, hosts: Path | None = None, overlay: Path | None = None) -> Config:
+    """Load the configuration the user named (or the default one) with its overlay (``overlay``,
+    else ``$PIMAN_OVERLAY``) laid over it, exiting 2 on problems."""
+    from piman.config.overlay import load_overlay
+
     path = config or default_config_path()
+    extra = overlay or (
+        Path(os.environ["PIMAN_OVERLAY"]) if os.environ.get("PIMAN_OVERLAY") else None
+    )
     try:
-        return load_config(path, hosts=hosts)
+        cfg = load_config(path, hosts=hosts)
+        return cfg if extra is None else load_overlay(cfg, extra)
     except ConfigError as err:
         report_config_error(err)
         raise typer.Exit(EXIT_BAD_INPUT) from None

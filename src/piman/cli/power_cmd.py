@@ -9,7 +9,6 @@ settings such as ``snmp.host``/``port`` or a ``data_dir``.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated
@@ -28,10 +27,9 @@ from piman.cli.common import (
     fail,
     load,
     local_actor,
-    report_config_error,
 )
 from piman.config.models import Config
-from piman.errors import ConfigError, NotFoundError, PimanError, StoreError
+from piman.errors import NotFoundError, PimanError, StoreError
 from piman.fleet.power import PowerAction, PowerResult, PowerTarget
 from piman.power.controller import PowerController
 
@@ -55,19 +53,7 @@ power_app = typer.Typer(
 
 
 def _config(config: Path | None, overlay: Path | None) -> Config:
-    from piman.config.overlay import load_overlay
-
-    cfg = load(config)
-    path = overlay or (
-        Path(os.environ["PIMAN_OVERLAY"]) if os.environ.get("PIMAN_OVERLAY") else None
-    )
-    if path is None:
-        return cfg
-    try:
-        return load_overlay(cfg, path)
-    except ConfigError as err:
-        report_config_error(err)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+    return load(config, overlay=overlay)
 
 
 def _describe(o: PowerResult) -> str:

@@ -287,6 +287,29 @@ class Engine:
         self.local_boots[node] = (count + 1, now)
         return True
 
+    def reissue(self, deployment_id: int) -> str:
+        """A new one-time token for an installer that booted again after its hello (its node
+        restarted): kept in memory at once for the boot tree, its hash written meanwhile (the
+        installer needs many seconds to boot before it says hello)."""
+        token = new_secret()
+        self.tokens[deployment_id] = token
+
+        async def persist() -> None:
+            with contextlib.suppress(NotFoundError):
+                await self.store.deployments.update(
+                    deployment_id,
+                    token_digest=digest(token),
+                    token_expires_at=self.clock() + timedelta(seconds=self.settings.token_ttl),
+                )
+                record = await self.store.deployments.get(deployment_id)
+                await self.store.deployments.add_event(
+                    deployment_id, record.state, "log",
+                    "the node booted the installer again: a new one-time token",
+                )  # fmt: skip
+
+        self.spawn(persist())
+        return token
+
     def boot_cmdline(self, node: str) -> str | None:
         """During the first boot of a node's new system, its ``cmdline.txt`` with the first-boot
         words (``firstrun.sh`` runs once, then reboots: the second boot gets the plain file)."""

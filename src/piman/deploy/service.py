@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
@@ -29,9 +30,11 @@ from piman.deploy.customise import FORMATS, FirstBoot, render, to_tar
 from piman.deploy.engine import Engine
 from piman.deploy.environments import HEAD_BLOCKS, EnvironmentLibrary
 from piman.deploy.imageserver import ImageServer
+from piman.deploy.installer import installer_paths
 from piman.deploy.nodeapi import Plan, digest, new_secret, outside_head, render_plan
 from piman.errors import Forbidden, Gone, NotFoundError, PimanError
 from piman.fleet.lifecycle import TRANSITIONS, NodeState
+from piman.fleet.models import PiModel, installer_arch
 from piman.fleet.ports import Repositories
 from piman.fleet.records import (
     DeploymentEventRecord,
@@ -54,6 +57,13 @@ def reachable(listen: str, manager_address: str) -> tuple[str, int]:
     if host in ("0.0.0.0", "::", ""):
         host = manager_address
     return host, port
+
+
+def _family(model: str | None) -> int | None:
+    try:
+        return PiModel(model).family if model else None
+    except ValueError:
+        return None
 
 
 def agent_files() -> dict[str, bytes]:
@@ -109,6 +119,9 @@ class DeployService:
         options = options or DeployOptions()
         if not nodes:
             raise ValueError("name at least one node")
+        for path in self.settings.customise.ssh_key_files:  # read at files.tar time: check now
+            if not path.is_file() or not os.access(path, os.R_OK):
+                raise ValueError(f"deploy.customise.ssh_key_files: {path} cannot be read")
         records: list[NodeRecord] = []
         for name in dict.fromkeys(nodes):
             node = await self.store.nodes.get(name)  # NotFoundError
@@ -118,6 +131,8 @@ class DeployService:
                     f"no environment for {name}: give one (--env) or set deploy.default_environment"
                 )
             self._check_powerable(name)
+            self._check_reachable(node)
+            self._check_installer(node)
             state = NodeState(node.state)
             if NodeState.DEPLOYING not in TRANSITIONS[state] and state is not NodeState.DEPLOYING:
                 raise ValueError(f"node {name} is {state}: it cannot be deployed from there")
@@ -163,6 +178,28 @@ class DeployService:
             raise ValueError(
                 f"node {name}'s switch has no power driver (use driver: manual if a person "
                 "power-cycles it)"
+            )
+
+    def _check_reachable(self, node: NodeRecord) -> None:
+        if self.settings.check_address and node.ip is None:
+            raise ValueError(
+                f"node {node.name} has no address: declare its ip (or reserve one in hosts.csv)"
+                " so that its installer's hello can be checked"
+            )
+
+    def _check_installer(self, node: NodeRecord) -> None:
+        """The installer this node boots is built (and can boot its model)."""
+        arch = installer_arch(node.model)
+        paths = installer_paths(self.config.manager.data_dir, arch)  # type: ignore[arg-type]
+        if not paths.kernel.is_file():
+            raise ValueError(
+                f"node {node.name} boots the {arch} installer, which is not built: run "
+                f"`piman installer build --arch {arch}` on the manager"
+            )
+        if (node.model or "").startswith("pi5") and not any(paths.root.glob("bcm2712*.dtb")):
+            raise ValueError(
+                f"node {node.name} is a Pi 5: the installer's kernel has no bcm2712 device tree "
+                "(Debian bookworm's has none), so a Pi 5 cannot be reinstalled with this build"
             )
 
     def _options(
@@ -230,9 +267,7 @@ class DeployService:
             logger.warning("[deploy=%d] hello from %s with an expired token", record.id, client)
             raise Forbidden("this token has expired")
         await self._check_address(record, client)
-        if m.State(record.state) not in (
-            m.State.POWER_OFF, m.State.NETBOOT_INSTALLER, m.State.HELLO,
-        ):  # fmt: skip
+        if m.State(record.state) not in m.INSTALLER_STEPS:
             raise Forbidden(f"this deployment is in {record.state}, not waiting for a hello")
         session = new_secret()
         record = await self.store.deployments.update(
@@ -361,7 +396,13 @@ class DeployService:
         rendered = render(fmt, boot, cmdline=env.cmdline)
         for note in rendered.notes:
             await self.store.deployments.add_event(record.id, record.state, "log", note)
-        data = to_tar(rendered.files)
+        files = dict(rendered.files)
+        node = await self.store.nodes.get(record.node)
+        if _family(node.model) == 3:
+            # A Pi 3 boots from its card whenever bootcode.bin is there: without it, it netboots
+            # (its OTP bit set) and gets its own boot files from the manager, as every Pi does.
+            files["piman/remove"] = b"bootcode.bin\n"
+        data = to_tar(files)
         self._files[record.id] = data
         return data
 
@@ -392,8 +433,10 @@ class DeployService:
         if choice is None or choice[1] != "installer":
             return None
         token = self.engine.tokens.get(choice[0])
-        if token is None:
-            return None
+        if token is None:  # used by a hello: the node restarted the installer since
+            if choice[0] in self.engine.ended:
+                return None
+            token = self.engine.reissue(choice[0])
         declared = self.config.node(node)
         host, port = reachable(self.config.manager.http, str(self.config.manager.address))
         return {

@@ -13,6 +13,7 @@ __all__ = [
     "BoardRevision",
     "PiModel",
     "decode_revision",
+    "installer_arch",
     "model_from_mac",
     "serial_from_pi3_mac",
 ]
@@ -121,3 +122,10 @@ def model_from_mac(mac: str, ouis: dict[str, PiModel] | None = None) -> PiModel:
 def serial_from_pi3_mac(mac: str) -> str:
     """On Pi 3/3B+ the MAC's low 24 bits equal the serial's: the serial as far as it is known."""
     return "00" + mac.lower().replace(":", "")[-6:]
+
+
+def installer_arch(model: str | None) -> str:
+    """The installer a node of this model boots: ``arm64`` for Pis, ``amd64`` for PCs."""
+    if model and model.lower() in ("amd64", "x86_64", "x86-64", "pc"):
+        return "amd64"
+    return "arm64"

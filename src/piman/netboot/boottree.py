@@ -49,6 +49,7 @@ from string import Template
 from piman.config.models import Config
 from piman.config.types import parse_host_port
 from piman.context import DeployHandle, InventoryHandle
+from piman.fleet.models import installer_arch
 from piman.fleet.ports import NodeRepository
 from piman.fleet.records import NodeRecord
 from piman.netboot.tftp.files import ByteSource, BytesSource, FileCache, resolve_inside
@@ -101,13 +102,6 @@ def read_neighbours(path: Path = Path("/proc/net/arp")) -> dict[str, str]:
         if len(fields) >= 4 and int(fields[2], 16) & 0x2 and fields[3] != "00:00:00:00:00:00":
             table[fields[0]] = fields[3].lower()
     return table
-
-
-def installer_arch(model: str | None) -> str:
-    """The installer a node of this model boots: ``arm64`` for Pis, ``amd64`` for PCs."""
-    if model and model.lower() in ("amd64", "x86_64", "x86-64", "pc"):
-        return "amd64"
-    return "arm64"
 
 
 class BootTree:
@@ -253,8 +247,8 @@ class BootTree:
             host = str(self.config.manager.address)
         model = node.model or "pi"
         kernel = "kernel8.img" if not model.startswith("pi5") else "kernel_2712.img"
-        if installer_arch(node.model) == "amd64":
-            kernel = "vmlinuz"
+        if installing:  # the installer's own kernel: Debian's arm64 Image boots every Pi
+            kernel = "vmlinuz" if installer_arch(node.model) == "amd64" else "kernel8.img"
         return template.safe_substitute(
             node=node.name,
             serial=node.serial or "unknown",
@@ -299,7 +293,9 @@ def check_boot_trees(config: Config) -> list[str]:
     data_dir = config.manager.data_dir
     trees: list[tuple[Path, int, str]] = [
         (config.tftp_root, shared, "default tree"),
-        (data_dir / "installer", shared, "installer tree"),
+        # the installers the boot tree serves (not installer/cache: the builder's downloads)
+        (data_dir / "installer" / "arm64", shared, "installer tree"),
+        (data_dir / "installer" / "amd64", min(_DEFAULT_BLKSIZE, cap), "amd64 installer tree"),
     ]
     for node in config.nodes:
         trees.append(

@@ -14,6 +14,7 @@ import httpx
 import pytest
 import yaml
 
+from piman.sim.image import stand_in_installer_tree
 from tests.support import api_token, bearer, free_port, needs_root, needs_tool
 from tests.unit.deploy.test_images import build_image
 
@@ -36,6 +37,7 @@ def config_file(root: Path, data: Path, http: int = 0) -> Path:
     }
     path = root / "piman.yaml"
     path.write_text(yaml.safe_dump(config))
+    stand_in_installer_tree(data)  # placeholders: no installer boots here
     return path
 
 

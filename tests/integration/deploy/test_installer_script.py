@@ -51,7 +51,9 @@ FILES = {
     "cmdline.txt": b"console=serial0,115200 root=LABEL=root rootwait\n",
     "ssh": b"",
     "piman/node.txt": b"name=pi-07\n",
+    "piman/remove": b"kernel8.img\n",  # deleted from partition 1 after the tar, then itself
 }
+KEPT = {name: data for name, data in FILES.items() if name != "piman/remove"}
 
 
 # --- the image and its plan -------------------------------------------------------------
@@ -479,11 +481,15 @@ def test_writes_verifies_and_reports_the_image(image: bytes, tmp_path: Path) -> 
             assert "vfat" in result["reason"]
     else:
         needs_tool("mtype")
-        for name, data in FILES.items():
+        for name, data in KEPT.items():
             shown = subprocess.run(
                 ["mtype", "-i", f"{target}@@{MIB}", f"::{name}"], capture_output=True, check=True
             )
             assert shown.stdout == data, name
+        for gone in ("piman/remove", "kernel8.img"):
+            shown = subprocess.run(["mtype", "-i", f"{target}@@{MIB}", f"::{gone}"],
+                                   capture_output=True, check=False)  # fmt: skip
+            assert shown.returncode != 0, gone
 
 
 def test_cut_downloads_resume_where_they_stopped(image: bytes, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from piman.deploy.environments import EnvironmentLibrary
 from piman.deploy.service import DeployService
 from piman.deploy.service import build as build_deploy
 from piman.errors import ConflictError, Forbidden, Gone
+from piman.sim.image import stand_in_installer_tree
 from piman.store import Store, reconcile
 from tests.unit.deploy.test_images import RASPIOS_BOOT, build_image
 
@@ -34,10 +35,10 @@ class Rig:
         self.service = service
         self.engine = service.engine
 
-    async def started(self, **options: Any) -> int:
-        """A deployment of pi1, driven until it waits for the installer's hello."""
+    async def started(self, node: str = "pi1", **options: Any) -> int:
+        """A deployment of ``node``, driven until it waits for the installer's hello."""
         (d,) = await self.service.start(
-            ["pi1"], "lite", actor="test", options=DeployOptions(**options)
+            [node], "lite", actor="test", options=DeployOptions(**options)
         )
         await self.engine.tick()  # claims it and applies Start: the manual switch's instruction
         for _ in range(100):
@@ -65,6 +66,13 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
             "nodes": [
                 {"name": "pi1", "switch": "rack1", "port": 1, "ip": NODE_IP},
                 {"name": "pi2", "switch": "rack1", "port": 2, "ip": "198.18.0.12"},
+                {
+                    "name": "pi3",
+                    "switch": "rack1",
+                    "port": 3,
+                    "ip": "198.18.0.13",
+                    "model": "pi3b+",
+                },
             ],
         }
     )
@@ -73,6 +81,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     await reconcile(store, config)
     library = EnvironmentLibrary(config.manager.data_dir, store.environments)
     await library.add("lite", build_image(tmp_path / "lite.img"), created_by="test")
+    stand_in_installer_tree(config.manager.data_dir)  # the installer is not booted here
     ctx = AppContext(config=config, store=store, metrics=CollectorRegistry())
     built = build_deploy(ctx)
     assert built is not None
@@ -183,3 +192,40 @@ async def test_files_tar_carries_the_first_boot_of_the_chosen_format(rig: Rig) -
     assert files["piman/motd"] == b"welcome to the lab\n"  # deploy.customise.extra_files
     assert any(name.endswith("piman-agent.service") for name in files)
     assert RASPIOS_BOOT["cmdline.txt"] not in files.values()  # the image's own is kept
+
+
+async def test_a_node_that_boots_the_installer_again_gets_a_new_token(rig: Rig) -> None:
+    ident = await rig.started()
+    first = rig.engine.tokens[ident]
+    old = plan_values(await rig.service.hello(first, NODE_IP, REPORT))["session"]
+    await rig.service.progress(ident, old, NODE_IP, {"step": "write_image", "ranges_done": 2})
+    # The node restarted (a power blip): its boot tree serves the installer with a new token.
+    args = rig.service.installer_args("pi1")
+    assert args is not None
+    assert args["piman.token"] != first
+    await asyncio.sleep(0.1)  # its hash is written meanwhile
+    plan = plan_values(await rig.service.hello(args["piman.token"], NODE_IP, REPORT))
+    assert plan["resume"] == "2"
+    with pytest.raises(Forbidden):  # the first installer's session ended
+        await rig.service.progress(ident, old, NODE_IP, {"step": "write_image"})
+
+
+async def test_what_cannot_be_deployed_is_refused_before_anything_starts(
+    rig: Rig, tmp_path: Path
+) -> None:
+    installer = rig.ctx.config.manager.data_dir / "installer" / "arm64"
+    (installer / "kernel8.img").unlink()
+    with pytest.raises(ValueError, match="piman installer build --arch arm64"):
+        await rig.service.start(["pi1"], "lite", actor="test")
+    assert await rig.service.deployments() == []
+
+
+async def test_a_pi3_keeps_netbooting_after_its_reinstall(rig: Rig) -> None:
+    ident = await rig.started("pi3")
+    pi3 = "198.18.0.13"
+    session = plan_values(await rig.service.hello(rig.engine.tokens[ident], pi3, REPORT))["session"]
+    data = await rig.service.files(ident, session, pi3)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        remove = tar.extractfile("piman/remove")
+        assert remove is not None
+        assert remove.read() == b"bootcode.bin\n"

@@ -35,6 +35,7 @@ import yaml
 from piman.deploy import bmap as bmaps
 from piman.deploy.customise import FIRSTRUN_WORDS
 from piman.deploy.installer import SOURCES_DIR
+from piman.sim.image import stand_in_installer_tree
 from piman.sim.netboot import tftp_fetch
 from tests.support import api_token, bearer, free_port, free_udp_port, needs_tool
 from tests.unit.deploy.test_images import RASPIOS_BOOT, build_image
@@ -105,6 +106,9 @@ class Rig:
         }
         self.config = root / "piman.yaml"
         self.config.write_text(yaml.safe_dump(config))
+        # The test plays the node's boot ROM and runs installer.sh itself: the installer's
+        # kernel and firmware are labelled placeholders (tests/e2e boots the real ones).
+        stand_in_installer_tree(self.data)
 
     def piman(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

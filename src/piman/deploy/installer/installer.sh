@@ -434,6 +434,13 @@ customise() {
     MOUNTED=$TMP/p1
     tar -xf "$TMP/files.tar" -C "$TMP/p1" 2>"$TMP/tar.err" ||
         fail customise "extracting files.tar: $(tail -n 1 "$TMP/tar.err")"
+    if [ -f "$TMP/p1/piman/remove" ]; then  # files the node must not boot from its card
+        while read -r c_name; do
+            case $c_name in '' | /* | *..*) continue ;; esac
+            rm -f "$TMP/p1/$c_name" && log "customise: removed $c_name"
+        done <"$TMP/p1/piman/remove"
+        rm -f "$TMP/p1/piman/remove"
+    fi
     sync
     umount "$TMP/p1" || fail customise "cannot unmount $PART"
     MOUNTED=''
