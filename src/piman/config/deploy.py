@@ -99,6 +99,9 @@ class DeploySettings(BaseModel):
     # Where installers stream the image from (a sendfile server of its own): the manager's
     # address as the nodes reach it, and this port.
     image_listen: HostPort = "0.0.0.0:8001"
+    # With manager.tls the API is HTTPS only, which the installer's busybox wget cannot speak:
+    # /boot/v1 alone is then also served over plain HTTP here.
+    api_listen: HostPort = "0.0.0.0:8002"
     # How long a deployment's one-time token is good for (boot to hello).
     token_ttl: Duration = 1800.0
     # Hello only from the address the manager knows for the node (off only in the demo, where

@@ -438,7 +438,8 @@ class DeployService:
                 return None
             token = self.engine.reissue(choice[0])
         declared = self.config.node(node)
-        host, port = reachable(self.config.manager.http, str(self.config.manager.address))
+        plain = self.settings.api_listen if self.config.manager.tls else self.config.manager.http
+        host, port = reachable(plain, str(self.config.manager.address))
         return {
             "piman.url": f"http://{host}:{port}",
             "piman.token": token,

@@ -39,7 +39,7 @@ from piman.web.api import accounts, alerts, boot, deploy, monitoring, nodes, pow
 from piman.web.security import HostPolicy, Reader, RequestGuard, optional_principal
 from piman.web.ui import pages
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "create_installer_app"]
 
 STATIC = Path(__file__).parent / "ui" / "static"
 OPENAPI_URL = "/api/v1/openapi.json"
@@ -67,7 +67,29 @@ def create_app(ctx: AppContext) -> FastAPI:
     )
     app.state.ctx = ctx
     app.add_middleware(RequestGuard, policy=HostPolicy.of(ctx.config))
+    _errors(app)
 
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    return _rest(app, ctx)
+
+
+def create_installer_app(ctx: AppContext) -> FastAPI:
+    """Only ``/boot/v1``, for the plain-HTTP listener of a manager whose API is HTTPS
+    (``manager.tls``): the installer's busybox wget speaks plain HTTP. Its own secrets (the
+    one-time token, the session) and the node's address are what it checks."""
+    app = FastAPI(title="piman installer API", version=__version__, openapi_url=None,
+                  docs_url=None, redoc_url=None)  # fmt: skip
+    app.state.ctx = ctx
+    app.add_middleware(RequestGuard, policy=HostPolicy.of(ctx.config))
+    _errors(app)
+    app.include_router(boot.router)
+    return app
+
+
+def _errors(app: FastAPI) -> None:
     @app.exception_handler(NotFoundError)
     async def _not_found(_request: Request, err: NotFoundError) -> JSONResponse:
         return JSONResponse({"error": "not_found", "detail": str(err)}, status_code=404)
@@ -100,10 +122,8 @@ def create_app(ctx: AppContext) -> FastAPI:
     async def _failed(_request: Request, err: PimanError) -> JSONResponse:
         return JSONResponse({"error": "failed", "detail": str(err)}, status_code=500)
 
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok", "version": __version__}
 
+def _rest(app: FastAPI, ctx: AppContext) -> FastAPI:
     metrics_token = ctx.config.manager.metrics_token
 
     @app.get("/metrics", include_in_schema=False)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -13,7 +14,7 @@ import uvicorn
 from piman.config.types import parse_host_port
 from piman.context import AppContext
 from piman.errors import PimanError
-from piman.web.app import create_app
+from piman.web.app import create_app, create_installer_app
 
 __all__ = ["HttpService", "bind_tcp"]
 
@@ -80,6 +81,30 @@ class HttpService:
             raise PimanError(f"manager.tls: cannot use {tls.cert if tls else ''}: {err}") from err
         scheme = "https" if tls else "http"
         logger.info("HTTP on %s://%s:%d/", scheme, self.host, self.bound_port)
+        deploy = self.ctx.config.deploy
+        try:
+            if tls is None or self.ctx.deploy is None or deploy is None:
+                await server.serve(sockets=[sock])
+                return
+            async with asyncio.TaskGroup() as group:  # and /boot/v1 in plain HTTP
+                group.create_task(server.serve(sockets=[sock]))
+                group.create_task(self._installer_api(deploy.api_listen))
+        finally:
+            server.should_exit = True
+            sock.close()
+
+    async def _installer_api(self, listen: str) -> None:
+        host, port = parse_host_port(listen)
+        sock = bind_tcp(host, port)
+        config = uvicorn.Config(
+            create_installer_app(self.ctx),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+        )
+        server = _EmbeddedServer(config)
+        logger.info("installer API (/boot/v1) on http://%s:%d/", host, sock.getsockname()[1])
         try:
             await server.serve(sockets=[sock])
         finally:

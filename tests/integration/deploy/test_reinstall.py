@@ -21,6 +21,7 @@ import random
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ from piman.deploy.customise import FIRSTRUN_WORDS
 from piman.deploy.installer import SOURCES_DIR
 from piman.sim.image import stand_in_installer_tree
 from piman.sim.netboot import tftp_fetch
+from tests.integration.manager.test_access_cli import _self_signed as self_signed
 from tests.support import api_token, bearer, free_port, free_udp_port, needs_tool
 from tests.unit.deploy.test_images import RASPIOS_BOOT, build_image
 
@@ -59,13 +61,15 @@ def busybox_path(where: Path) -> Path:
 class Rig:
     """One manager's configuration, its process, and the node's side (TFTP, installer, agent)."""
 
-    def __init__(self, root: Path, root_mib: int = 16, payload: int = 0) -> None:
+    def __init__(self, root: Path, root_mib: int = 16, payload: int = 0, tls: bool = False) -> None:
         self.root = root
         self.data = root / "data"
         self.sd = root / "sd.img"
         self.http, self.images = free_port(), free_port()
         self.tftp, self.agent_port = free_udp_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.http}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.http}"
+        self.api = free_port()  # the plain-HTTP /boot/v1 of a TLS manager
+        self.verify: ssl.SSLContext | bool = True
         self.proc: subprocess.Popen[bytes] | None = None
         self.agent: subprocess.Popen[bytes] | None = None
         self.log = root / "manager.log"
@@ -104,6 +108,11 @@ class Rig:
                 }
             ],
         }
+        if tls:
+            cert, key = self_signed(root)
+            config["manager"]["tls"] = {"cert": str(cert), "key": str(key)}
+            config["deploy"]["api_listen"] = f"127.0.0.1:{self.api}"
+            self.verify = ssl.create_default_context(cafile=str(cert))
         self.config = root / "piman.yaml"
         self.config.write_text(yaml.safe_dump(config))
         # The test plays the node's boot ROM and runs installer.sh itself: the installer's
@@ -125,7 +134,8 @@ class Rig:
         while True:
             assert self.proc.poll() is None, self.log.read_text()
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                got = httpx.get(f"{self.url}/healthz", timeout=1, verify=self.verify)
+                if got.status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -149,7 +159,12 @@ class Rig:
 
     def token(self) -> dict[str, str]:
         password = (self.data / "initial-admin-password").read_text().strip()
-        return bearer(api_token(self.url, "admin", password))
+        if self.verify is True:
+            return bearer(api_token(self.url, "admin", password))
+        body = {"username": "admin", "password": password, "name": "t"}
+        made = httpx.post(f"{self.url}/api/v1/auth/token", verify=self.verify, json=body)
+        assert made.status_code == 201, made.text
+        return bearer(made.json()["token"])
 
     def tftp_get(self, name: str) -> bytes | None:
         """A file as a PXE client at the node's address asks for it (no serial prefix)."""
@@ -202,8 +217,9 @@ class Rig:
 
     def deployment(self, headers: dict[str, str], ident: int) -> dict[str, Any]:
         got: dict[str, Any] = httpx.get(
-            f"{self.url}/api/v1/deployments/{ident}", headers=headers, timeout=10
-        ).json()
+            f"{self.url}/api/v1/deployments/{ident}", headers=headers, timeout=10,
+            verify=self.verify,
+        ).json()  # fmt: skip
         return got
 
     def wait_state(
@@ -355,3 +371,30 @@ def test_the_manager_killed_while_the_image_is_written_resumes(tmp_path: Path) -
         rig.stop()
         if os.environ.get("PIMAN_KEEP_LOGS"):
             shutil.copy(rig.log, Path("/tmp") / "reinstall-kill.log")
+
+
+def test_a_manager_on_https_serves_the_installer_over_plain_http(tmp_path: Path) -> None:
+    """busybox wget speaks no TLS: with manager.tls, /boot/v1 is also on deploy.api_listen."""
+    needs_tool("busybox")
+    rig = Rig(tmp_path, tls=True)
+    try:
+        assert rig.piman("env", "add", str(rig.image), "--name", "lite").returncode == 0
+        rig.start()
+        headers = rig.token()
+        made = httpx.post(f"{rig.url}/api/v1/deployments", headers=headers, verify=rig.verify,
+                          json={"nodes": ["pi1"], "environment": "lite"})  # fmt: skip
+        assert made.status_code == 201, made.text
+        (d,) = made.json()
+        cmdline = rig.wait_for_installer()
+        assert f"piman.url=http://127.0.0.1:{rig.api} ".encode() in cmdline
+        plain = f"http://127.0.0.1:{rig.api}"
+        assert httpx.get(f"{plain}/api/v1/nodes", headers=headers).status_code == 404  # only
+        installer = rig.installer(cmdline, tmp_path / "node")
+        console, _ = installer.communicate(timeout=120)
+        assert installer.returncode == 0, console
+        rig.boot_new_system()
+        end = rig.wait_state(headers, d["id"], {"deployed", "failed", "cancelled"})
+        assert end["result"] == "ok", end
+        rig.card_holds_the_image()
+    finally:
+        rig.stop()
