@@ -281,3 +281,28 @@ async def test_static_files_and_docs_assets_are_open(
     client, _ = rig
     for url in MOUNTS.values():
         assert (await client.get(url)).status_code == 200, url
+
+
+async def test_the_plain_http_installer_app_has_only_installer_routes(
+    rig: tuple[httpx.AsyncClient, dict[str, dict[str, str]]],
+) -> None:
+    """What a TLS manager also serves in plain HTTP (deploy.api_listen): /boot/v1 alone."""
+    from piman.web.app import create_installer_app
+
+    client, headers = rig
+    app = create_installer_app(client.app.state.ctx)  # type: ignore[attr-defined]
+    routes = set()
+    for route in iter_route_contexts(app.routes):
+        assert isinstance(route.original_route, APIRoute), route
+        assert route.path is not None
+        assert route.methods is not None
+        routes |= {(m, route.path) for m in route.methods if m != "HEAD"}
+    assert routes
+    assert {TABLE[r][0] for r in routes} == {"installer"}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
+    ) as plain:
+        for who in ("anonymous", "admin"):
+            got = await plain.post("/boot/v1/hello", json={"node": "pi1"}, headers=headers[who])
+            assert got.status_code == 403, (who, got.text)
+            assert (await plain.get("/api/v1/nodes", headers=headers[who])).status_code == 404
