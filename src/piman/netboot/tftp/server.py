@@ -29,6 +29,7 @@ from ipaddress import IPv4Address
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from piman.config.netboot import TftpSettings
+from piman.errors import PimanError
 from piman.netboot.tftp.files import AccessViolation, Opener
 from piman.netboot.tftp.packets import ErrorCode, MalformedPacket, Opcode, Request, decode
 from piman.netboot.tftp.pump import TransferPump
@@ -137,7 +138,13 @@ class TftpServer:
         """Listen until cancelled; open transfers are closed on the way out."""
         loop = asyncio.get_running_loop()
         self._loop = loop
-        sock = self._socket(self.listen, listener=True)
+        try:
+            sock = self._socket(self.listen, listener=True)
+        except OSError as err:  # one line, as DHCP says it: no such interface, port taken …
+            where = f"{self.listen[0]}:{self.listen[1]}"
+            if self.interface is not None:
+                where += f" on interface {self.interface}"
+            raise PimanError(f"TFTP cannot listen on {where}: {err.strerror or err}") from err
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Listener(self), sock=sock
         )  # fmt: skip
