@@ -23,6 +23,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    update,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
@@ -346,27 +347,43 @@ class DeploymentRepository:
     async def claim(
         self, owner: str, *, now: datetime, lease_until: datetime, limit: int
     ) -> list[DeploymentRecord]:
+        """Take (or renew) the leases of up to ``limit`` active deployments that are free, lapsed
+        or already ``owner``'s. Each row is taken by one conditional UPDATE, so two managers
+        never both get it, even on SQLite whose SELECT holds no lock (PostgreSQL also skips the
+        rows another manager has locked meanwhile)."""
+        free = or_(
+            DeploymentRow.claimed_by.is_(None),
+            DeploymentRow.claimed_by == owner,
+            DeploymentRow.lease_until.is_(None),
+            DeploymentRow.lease_until < now,
+        )
         async with self._session() as s:
             query = (
-                select(DeploymentRow)
-                .where(
-                    DeploymentRow.result.is_(None),
-                    or_(
-                        DeploymentRow.claimed_by.is_(None),
-                        DeploymentRow.claimed_by == owner,
-                        DeploymentRow.lease_until.is_(None),
-                        DeploymentRow.lease_until < now,
-                    ),
-                )
+                select(DeploymentRow.id)
+                .where(DeploymentRow.result.is_(None), free)
                 .order_by(DeploymentRow.id)
                 .limit(limit)
             )
             if self._postgres:
                 query = query.with_for_update(skip_locked=True)
-            rows = list(await s.scalars(query))
-            for row in rows:
-                row.claimed_by = owner
-                row.lease_until = lease_until
+            taken: list[int] = []
+            for ident in list(await s.scalars(query)):
+                done = await s.execute(
+                    update(DeploymentRow)
+                    .where(DeploymentRow.id == ident, DeploymentRow.result.is_(None), free)
+                    .values(claimed_by=owner, lease_until=lease_until)
+                    .execution_options(synchronize_session=False)
+                )
+                if getattr(done, "rowcount", 0) == 1:
+                    taken.append(ident)
+            if not taken:
+                return []
+            rows = await s.scalars(
+                select(DeploymentRow)
+                .where(DeploymentRow.id.in_(taken))
+                .order_by(DeploymentRow.id)
+                .execution_options(populate_existing=True)
+            )
             return [_deployment(r) for r in rows]
 
     async def add_event(
