@@ -29,11 +29,12 @@ from piman.access import service as access_service
 from piman.config.models import Config
 from piman.context import AppContext, Built, Service
 from piman.deploy import service as deploy_service
-from piman.errors import PimanError
+from piman.errors import PimanError, StoreError
 from piman.inventory import service as inventory_service
 from piman.monitor import service as monitor_service
 from piman.netboot import service as netboot_service
 from piman.power import service as power_service
+from piman.private_files import make_private_dir
 from piman.store import Store, reconcile
 
 __all__ = ["CAPABILITIES", "RESTART_DELAYS", "STOP_TIMEOUT", "Frontend", "Manager"]
@@ -112,6 +113,11 @@ class Manager:
     async def run(self) -> None:
         """Open the store, start every service, run until :meth:`stop`."""
         t0 = time.perf_counter()
+        data_dir = self.config.manager.data_dir
+        try:  # 0700 whatever the umask: it holds keys, the database, the logs
+            make_private_dir(data_dir)
+        except OSError as err:
+            raise StoreError(f"cannot create data_dir {data_dir}: {err.strerror or err}") from err
         store = Store(self.config.database_url)
         await store.open()
         try:

@@ -5,7 +5,7 @@ works in its own transaction and raises :class:`~piman.errors.StoreError` when t
 fails (SQLAlchemy's errors never leave the store). Usage::
 
     store = Store(config.database_url)
-    await store.open()          # creates the SQLite directory, runs Alembic migrations
+    await store.open()          # creates the SQLite file (0600, directory 0700), migrates
     try:
         await reconcile(store, config)      # piman.store.reconcile
         nodes = await store.nodes.list()
@@ -15,6 +15,7 @@ fails (SQLAlchemy's errors never leave the store). Usage::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,6 +35,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from piman.errors import StoreError
+from piman.private_files import make_private
 from piman.store.account_tables import SessionRepository, TokenRepository, UserRepository
 from piman.store.alert_tables import AlertRepository
 from piman.store.deploy_tables import DeploymentRepository, EnvironmentRepository
@@ -44,6 +46,7 @@ __all__ = ["Store"]
 logger = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")  # files SQLite keeps beside a database
 
 
 class Store:
@@ -70,19 +73,25 @@ class Store:
         connect_args: dict[str, Any] = {}
         if self.is_sqlite and url.database and url.database != ":memory:":
             path = Path(url.database)
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
+            try:  # 0600 in a 0700 directory, whatever the umask; SQLite's companions follow
+                make_private(path, *SQLITE_COMPANIONS)
             except OSError as err:
-                raise StoreError(f"cannot create {path.parent}: {err.strerror}") from err
+                where = err.filename or path
+                raise StoreError(f"cannot create {where}: {err.strerror or err}") from err
             connect_args["timeout"] = 30
         self._engine = create_async_engine(self.url, connect_args=connect_args, pool_pre_ping=True)
         if self.is_sqlite:
             event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
         self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
         try:
-            async with self._engine.begin() as conn:
-                await conn.run_sync(_upgrade)
-        except (SQLAlchemyError, OSError) as err:
+            async with self._engine.connect() as conn:
+                if self.is_sqlite:  # the driver's own BEGIN/COMMIT off: _upgrade_sqlite's
+                    auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    await auto.run_sync(_upgrade_sqlite)
+                else:  # PostgreSQL: transactional DDL, the whole upgrade in one transaction
+                    async with conn.begin():
+                        await conn.run_sync(_upgrade)
+        except (SQLAlchemyError, OSError, StoreError) as err:
             await self.close()
             raise StoreError(f"cannot open the database {_safe(self.url)}: {_reason(err)}") from err
         logger.info("store open: %s", _safe(self.url))
@@ -161,11 +170,45 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _upgrade(connection: Connection) -> None:
+def _upgrade(connection: Connection, target: str = "heads") -> None:
+    """Alembic's upgrade to ``target`` on ``connection``, inside the caller's transaction."""
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = connection
-    command.upgrade(cfg, "heads")
+    command.upgrade(cfg, target)
+
+
+def _upgrade_sqlite(connection: Connection) -> None:
+    """The whole upgrade in one SQLite transaction: all of it or nothing, even after ``kill -9``.
+
+    Python's sqlite3 opens a transaction only before INSERT/UPDATE/DELETE, so a migration's
+    CREATE TABLEs used to commit one by one before its version was written: a manager killed
+    mid-upgrade left tables without a version, and the next start failed on "table already
+    exists". ``connection`` is in the driver's autocommit mode, so the transaction here is ours:
+    ``BEGIN IMMEDIATE`` takes the write lock before Alembic reads the version (a second manager
+    starting at the same time waits, then finds the schema up to date). Foreign keys are off
+    meanwhile, as SQLite's own procedure for schema changes asks (a table rebuilt by a batch
+    migration must not cascade its deletes), and checked before the commit.
+    """
+    connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    try:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            _upgrade(connection)
+            _check_foreign_keys(connection)
+        except BaseException:
+            with contextlib.suppress(SQLAlchemyError):  # SQLite may have rolled back already
+                connection.exec_driver_sql("ROLLBACK")
+            raise
+        connection.exec_driver_sql("COMMIT")
+    finally:
+        connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+
+
+def _check_foreign_keys(connection: Connection) -> None:
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").first()
+    if broken is not None:
+        raise StoreError(f"the upgrade breaks a foreign key of table {broken[0]}")
 
 
 def _safe(url: str) -> str:

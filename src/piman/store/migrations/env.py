@@ -1,7 +1,10 @@
 """Alembic environment: piman runs migrations itself on a connection it passes in.
 
 ``piman.store.db.Store.open()`` calls ``alembic.command.upgrade(cfg, "heads")`` with
-``cfg.attributes["connection"]`` set to a sync connection (from ``AsyncConnection.run_sync``).
+``cfg.attributes["connection"]`` set to a sync connection (from ``AsyncConnection.run_sync``),
+already in the caller's transaction (on SQLite a ``BEGIN IMMEDIATE`` of ``_upgrade_sqlite``'s
+own): Alembic's ``begin_transaction`` below is then a no-op, and the whole upgrade, version
+included, commits or rolls back as one.
 """
 
 from __future__ import annotations
