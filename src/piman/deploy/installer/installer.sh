@@ -5,10 +5,10 @@
 #   1. parameters from the kernel command line; network up; hello with the one-time token,
 #      whose answer is the plan ($TMP/plan)
 #   2. size check; 3. the head fetched and checked: nothing on the disk changes before here
-#   4. each range after `resume`, outside the head: fetched, checked, written once with dd;
-#      sync every few ranges; progress at least every `progress_every` seconds
-#   5. sync, the head written last, sync, partition table re-read
-#   6. every range of the plan read back and checked
+#   4. each range after `resume`, outside the head: fetched, written once with dd; sync every
+#      few ranges; progress at least every `progress_every` seconds
+#   5. every range outside the head read back and checked (a bad one fetched again, checked,
+#      rewritten); then the head written last, sync, partition table re-read, read back
 #   7. files.tar extracted onto partition 1; 8. result, then reboot
 # A failure posts {"ok": false, ...} when a session exists, and never writes afterwards.
 #
@@ -283,6 +283,16 @@ sha256() {
     echo "${s%% *}"
 }
 
+# fetch_body INDEX FIRST LAST: $TMP/range holds the range, its size checked. Its SHA-256 is
+# checked once, when it is read back from the disk (verify): hashing costs more CPU than
+# anything else here, and busybox's SHA-256 runs at a few hundred MB/s.
+fetch_body() {
+    fb_len=$(range_bytes "$2" "$3")
+    fetch "$TMP/range" $(($2 * BS)) $(($2 * BS + fb_len - 1))
+    [ "$(stat -c %s "$TMP/range")" = $(($2 * BS + fb_len)) ] ||
+        fail "$STEP" "range $1 (blocks $2-$3) came short"
+}
+
 # fetch_range INDEX FIRST LAST SHA: $TMP/range holds the range, checked (fetched twice at most).
 fetch_range() {
     fr_len=$(range_bytes "$2" "$3")
@@ -324,10 +334,8 @@ write_ranges() {
         w_seen=$((w_seen + 1))
         [ "$w_seen" -gt "$RESUME" ] || continue  # written and synced by an earlier run
         w_len=$(range_bytes "$first" "$last")
-        fetch_range "$idx" "$first" "$last" "$sha"
-        dd if="$TMP/range" of="$DISK" bs="$BS" skip="$first" seek="$first" conv=notrunc \
-            2>"$TMP/dd.err" ||
-            fail write_image "writing range $idx (blocks $first-$last): $(tail -n 1 "$TMP/dd.err")"
+        fetch_body "$idx" "$first" "$last"
+        write_range "$idx" "$first" "$last"
         w_pending=$((w_pending + 1)) w_bytes=$((w_bytes + w_len))
         if [ "$w_pending" -ge "$SYNC_EVERY" ] || progress_due; then
             sync
@@ -338,6 +346,12 @@ write_ranges() {
     sync
     RANGES_DONE=$RANGES_TOTAL BYTES_DONE=$((BYTES_DONE + w_bytes))
     progress write_image
+}
+
+# write_range INDEX FIRST LAST: $TMP/range onto the disk at its own blocks.
+write_range() {
+    dd if="$TMP/range" of="$DISK" bs="$BS" skip="$2" seek="$2" conv=notrunc 2>"$TMP/dd.err" ||
+        fail "$STEP" "writing range $1 (blocks $2-$3): $(tail -n 1 "$TMP/dd.err")"
 }
 
 write_head() {
@@ -354,21 +368,48 @@ write_head() {
 
 # --- 6. verify ----------------------------------------------------------------------------
 
-verify() {
+# Reads back every range outside the head (the head is not written yet) and checks its SHA-256;
+# a range that reads back different is fetched again, checked before it is written this time,
+# and read back again (twice at most), so a download corrupted on the way is repaired.
+verify_body() {
+    drop_caches
+    BYTES_DONE=0
+    progress verify
+    while read -r idx first last sha in_head <&3; do
+        [ "$in_head" = 0 ] || continue
+        v_len=$(range_bytes "$first" "$last")
+        v_try=0
+        while [ "$(sha256 "$DISK" "$first" "$v_len")" != "$sha" ]; do
+            v_try=$((v_try + 1))
+            [ "$v_try" -le 2 ] ||
+                fail verify "range $idx (blocks $first-$last) reads back different"
+            log "range $idx reads back different: fetching it again ($v_try)"
+            fetch_range "$idx" "$first" "$last" "$sha"
+            write_range "$idx" "$first" "$last"
+            sync
+            drop_caches
+        done
+        BYTES_DONE=$((BYTES_DONE + v_len))
+        if progress_due; then progress verify; fi
+    done 3<"$TMP/ranges"
+}
+
+# The head's ranges, read back once it is written.
+verify_head() {
+    drop_caches
+    while read -r idx first last sha in_head <&3; do
+        [ "$in_head" = 1 ] || continue
+        [ "$(sha256 "$DISK" "$first" "$(range_bytes "$first" "$last")")" = "$sha" ] ||
+            fail verify "range $idx (blocks $first-$last) of the head reads back different"
+    done 3<"$TMP/ranges"
+    log "verified: every range reads back as planned"
+}
+
+drop_caches() {
     if [ -b "$DISK" ]; then  # read the disk, not the page cache
         blockdev --flushbufs "$DISK"
         echo 3 >/proc/sys/vm/drop_caches 2>/dev/null
     fi
-    BYTES_DONE=0
-    progress verify
-    while read -r idx first last sha _ <&3; do
-        v_len=$(range_bytes "$first" "$last")
-        [ "$(sha256 "$DISK" "$first" "$v_len")" = "$sha" ] ||
-            fail verify "range $idx (blocks $first-$last) reads back different"
-        BYTES_DONE=$((BYTES_DONE + v_len))
-        if progress_due; then progress verify; fi
-    done 3<"$TMP/ranges"
-    log "verified: every range reads back as planned"
 }
 
 # --- 7. customise -----------------------------------------------------------------------
@@ -478,8 +519,10 @@ main() {
     dd if=/dev/zero of="$DISK" bs="$BS" count=$(((HEAD_BYTES + BS - 1) / BS)) conv=notrunc \
         2>"$TMP/dd.err" || fail write_image "erasing the head: $(tail -n 1 "$TMP/dd.err")"
     write_ranges
+    STEP=verify
+    verify_body  # before the partition table: a card that fails here does not boot
     write_head
-    verify
+    verify_head
     customise
     report_ok
 }
