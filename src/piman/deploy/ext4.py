@@ -80,6 +80,9 @@ class ExtSuperblock:
     ro_compat: int
     first_meta_bg: int
     backup_bgs: tuple[int, int]  # sparse_super2
+    inodes_per_group: int
+    inode_size: int
+    reserved_gdt_blocks: int  # room for the descriptor table to grow (resize_inode)
     csum_seed: int  # crc32c seed of metadata checksums
     uuid: bytes
     label: str
@@ -155,6 +158,11 @@ def read_superblock(region: Region) -> ExtSuperblock:
         ro_compat=ro_compat,
         first_meta_bg=struct.unpack_from("<I", sb, 0x104)[0],
         backup_bgs=struct.unpack_from("<2I", sb, 0x24C),
+        inodes_per_group=struct.unpack_from("<I", sb, 0x28)[0],
+        inode_size=struct.unpack_from("<H", sb, 0x58)[0]
+        if struct.unpack_from("<I", sb, 0x4C)[0]
+        else 128,
+        reserved_gdt_blocks=struct.unpack_from("<H", sb, 0xCE)[0],
         csum_seed=seed if incompat & _INCOMPAT_CSUM_SEED else crc32c(uuid),
         uuid=uuid,
         label=sb[0x78:0x88].split(b"\0", 1)[0].decode("utf-8", errors="replace"),
@@ -171,10 +179,15 @@ def allocation(region: Region) -> ExtAllocation:
     head = max(2048, (sb.first_data_block + 1) * sb.block_size)
     ranges: list[Extent] = [(0, min(fs_bytes, head))]
     uncertain: list[int] = []
+    tables: list[tuple[int, int]] | None = None  # every group's bitmaps and inode table
     for group in range(sb.group_count):
         first = sb.first_data_block + group * sb.blocks_per_group
         last = min(first + sb.blocks_per_group, sb.blocks_count)  # exclusive
         used = _group_usage(region, sb, group, first, last)
+        if used is _UNINIT:
+            if tables is None:
+                tables = _group_tables(region, sb)
+            used = _uninit_usage(sb, group, first, last, tables)
         if used is None:
             uncertain.append(group)
             used = [(first, last)]
@@ -183,11 +196,14 @@ def allocation(region: Region) -> ExtAllocation:
     return ExtAllocation(tuple(ranges), tuple(uncertain), False)
 
 
+_UNINIT: list[tuple[int, int]] = []  # _group_usage's answer for a BLOCK_UNINIT group
+
+
 def _group_usage(
     region: Region, sb: ExtSuperblock, group: int, first: int, last: int
 ) -> list[tuple[int, int]] | None:
-    """Block ranges ``[start, end)`` in use in one group, or ``None`` when its bitmap cannot be
-    trusted."""
+    """Block ranges ``[start, end)`` in use in one group, ``None`` when its bitmap cannot be
+    trusted, or :data:`_UNINIT` when the group's bitmap was never written (BLOCK_UNINIT)."""
     desc = _descriptor(region, sb, group)
     if desc is None:
         return None
@@ -195,7 +211,9 @@ def _group_usage(
     bitmap_block = struct.unpack_from("<I", desc, 0)[0]
     if sb.desc_size >= 64:
         bitmap_block |= struct.unpack_from("<I", desc, 0x20)[0] << 32
-    if flags & _BG_BLOCK_UNINIT or not sb.first_data_block <= bitmap_block < sb.blocks_count:
+    if flags & _BG_BLOCK_UNINIT:
+        return _UNINIT
+    if not sb.first_data_block <= bitmap_block < sb.blocks_count:
         return None
     clusters = sb.blocks_per_group // sb.cluster_ratio
     bitmap = region.read(bitmap_block * sb.block_size, clusters // 8)
@@ -223,6 +241,49 @@ def _group_usage(
                     used[-1] = (used[-1][0], end)
                 else:
                     used.append((start, end))
+    return used
+
+
+def _group_tables(region: Region, sb: ExtSuperblock) -> list[tuple[int, int]] | None:
+    """Every group's block bitmap, inode bitmap and inode table as block ranges (flex_bg puts
+    them in other groups than their own); None when a descriptor cannot be trusted."""
+    table_blocks = -(-sb.inodes_per_group * sb.inode_size // sb.block_size)
+    out: list[tuple[int, int]] = []
+    for group in range(sb.group_count):
+        desc = _descriptor(region, sb, group)
+        if desc is None:
+            return None
+        block_bitmap, inode_bitmap, inode_table = struct.unpack_from("<3I", desc, 0)
+        if sb.desc_size >= 64:
+            hi = struct.unpack_from("<3I", desc, 0x20)
+            block_bitmap |= hi[0] << 32
+            inode_bitmap |= hi[1] << 32
+            inode_table |= hi[2] << 32
+        out += [(block_bitmap, block_bitmap + 1), (inode_bitmap, inode_bitmap + 1),
+                (inode_table, inode_table + table_blocks)]  # fmt: skip
+    return out
+
+
+def _uninit_usage(
+    sb: ExtSuperblock, group: int, first: int, last: int, tables: list[tuple[int, int]] | None
+) -> list[tuple[int, int]] | None:
+    """What a BLOCK_UNINIT group holds, as the kernel's ``ext4_init_block_bitmap`` computes
+    it: its superblock backup, descriptor table and reserved descriptor blocks when it has a
+    backup, and whatever group's bitmaps and inode table lie in it. None (the whole group)
+    under meta_bg or bigalloc, whose layouts this does not compute, or untrusted descriptors."""
+    if tables is None or sb.incompat & _INCOMPAT_META_BG or sb.cluster_ratio > 1:
+        return None
+    spans: list[tuple[int, int]] = []
+    if _has_superblock(sb, group):
+        gdt = -(-sb.group_count * sb.desc_size // sb.block_size)
+        spans.append((first, first + 1 + gdt + sb.reserved_gdt_blocks))
+    spans += [(a, b) for a, b in tables if a < last and b > first]
+    used: list[tuple[int, int]] = []
+    for a, b in sorted((max(a, first), min(b, last)) for a, b in spans):
+        if used and a <= used[-1][1]:
+            used[-1] = (used[-1][0], max(b, used[-1][1]))
+        else:
+            used.append((a, b))
     return used
 
 

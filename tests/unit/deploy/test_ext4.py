@@ -89,7 +89,7 @@ def used_blocks(result: ext4.ExtAllocation, block: int) -> set[int]:
 
 
 @pytest.mark.parametrize("options", LAYOUTS.values(), ids=LAYOUTS.keys())
-def test_allocation_is_what_dumpe2fs_says_and_whole_uninit_groups(
+def test_allocation_is_what_dumpe2fs_says_even_for_uninit_groups(
     tmp_path: Path, options: tuple[str, ...]
 ) -> None:
     files = {"etc/hostname": b"pi\n", "big.bin": random.Random(5).randbytes(2 * MIB)}
@@ -101,10 +101,13 @@ def test_allocation_is_what_dumpe2fs_says_and_whole_uninit_groups(
     groups = dumpe2fs_groups(image, sb.cluster_ratio)
     assert len(groups) == sb.group_count
     assert not result.whole
-    assert list(result.uncertain_groups) == [i for i, g in enumerate(groups) if g[2]]
+    # A BLOCK_UNINIT group's bitmap was never written: its metadata is computed as the kernel
+    # does, except under meta_bg and bigalloc, where the whole group counts (conservative).
+    whole = "meta_bg" in " ".join(options) or sb.cluster_ratio > 1
+    assert list(result.uncertain_groups) == [i for i, g in enumerate(groups) if g[2] and whole]
     for span, free, uninit in groups:
-        expected = set(span) if uninit else set(span) - free
-        assert used & set(span) == expected
+        expected = set(span) if uninit and whole else set(span) - free
+        assert used & set(span) == expected, (span, uninit)
     assert all(a[1] < b[0] for a, b in zip(result.ranges, result.ranges[1:], strict=False))
 
 
