@@ -1,0 +1,903 @@
+"""Reinstall throughput: piman's installer vs a PiSeduce-style ``curl | dd`` pipe vs Debian's
+``bmaptool copy``, 1 / 8 / 16 nodes at once on loopback; and image serving against nginx.
+
+Usage: ``.venv/bin/python bench/deploy.py [--size-gib 1] [--counts 1 8 16] [--repeat 1]
+[--quick] [--keep] [--targets DIR] [--json FILE]`` as root, with Debian's busybox, curl, nginx
+(nginx-light), bmaptool (bmap-tools), sfdisk, mkfs.vfat, mcopy and mke2fs. ``--quick``: a
+256 MiB image, 1 and 4 at once. About 5 minutes per ``--repeat`` on a 2-CPU machine.
+
+The image: a raw disk image (``--size-gib``) with an MBR, a FAT boot partition and an ext4 root
+filled with random files (nothing compresses) until 25 % of the image is mapped, imported with
+``piman env add`` (which writes ``image.img`` and its bmap 2.0 file, the one bmaptool reads).
+The root is made without ``metadata_csum``/``uninit_bg``: with mke2fs's defaults, block groups
+flagged ``BLOCK_UNINIT`` are mapped whole by piman (src/piman/deploy/ext4.py), and the same
+files would map ~75 % of the image instead of 25 %.
+
+piman: the real manager (``piman server``) with 16 nodes on a ``driver: manual`` switch. Each
+deployment is made with ``POST /api/v1/deployments``; each node fetches its installer command
+line over TFTP (``<serial>/cmdline.txt``, the Pi 4 prefix; placeholders for the installer's
+``start4.elf`` and kernel stand in for ``piman installer build``: without them the boot tree
+does not answer prefixed requests and deployments do not start) and runs the real
+``installer.sh`` under busybox sh (a PATH of busybox applets only, ``PIMAN_NO_NET=1``,
+``PIMAN_NO_REBOOT=1``) with a file as its disk. Exit 0 means: every mapped range fetched
+(``wget -c`` of one range at a time), checked (SHA-256), written with ``dd``, synced, the head
+written last, every range read back and checked again, the result reported. Then each node
+fetches ``<serial>/config.txt`` from its own tree, as a freshly installed Pi does, and the
+deployment ends ``deployed``. All installers speak from 127.0.0.1, so ``deploy.check_address``
+is off.
+
+Anchors, run in the same process tree, against Debian's nginx serving the same file (a hard link
+to ``data_dir/environments/bench/image.img``; ``sendfile on``, workers as ``nobody``):
+``curl -s URL | dd of=TARGET bs=4M conv=fsync`` (PiSeduce-style: the whole image streamed and
+written, no check; ``conv=fsync`` because the other two also make their writes durable before
+they exit) and ``bmaptool copy --bmap image.bmap URL TARGET`` (default verification: the SHA-256
+of each mapped range as it is read from the stream, not read back; over HTTP bmaptool cannot
+seek, so it reads the whole image and drops the unmapped bytes; it fsyncs at the end).
+
+Placement: the targets are files in the work directory (``tempfile``, like the other benches:
+/tmp, the machine's disk; ``--targets DIR`` puts them elsewhere, e.g. on tmpfs), preallocated
+to the image size afresh before every run (then ``sync``, so no run flushes another's); the
+installers' scratch (``PIMAN_TMP``) is on tmpfs (/dev/shm) when there is one, as ``/tmp`` in
+the installer's initramfs is RAM. The table header says where both are.
+
+Columns: ``wall`` from the start of the first writer to the exit of the last; ``MB/s/writer``
+= image bytes / wall, ``agg`` = writers × image bytes / wall; ``wire/writer`` = bytes the
+server sent per writer (piman: ``piman_deploy_streamed_bytes_total`` from /metrics, bodies
+only; nginx: ``$bytes_sent`` from its access log, headers included) and ``wire/mapped`` its
+ratio to the mapped bytes; ``server CPU s/GB`` = user + system time of the manager process (or
+of nginx's master and workers) per GB sent; ``writers CPU s`` = user + system time of the
+writers and everything they ran (busybox sh, wget, dd, sha256sum; curl and dd; bmaptool).
+Every target is checked against the bmap after its run (untimed). Serving: 16 ``curl -o
+/dev/null`` of the whole image at once from nginx and from piman's image stream (with sessions
+from a hello), and piman's served bytes per second with 16 installers. Each cell is the median
+of ``--repeat`` runs; within a row of the same ``n`` the methods take turns.
+
+Reading it: on loopback a byte on the wire costs next to nothing, and every writer runs on the
+same CPUs as the servers. The goals against the dd pipe come from piman moving a quarter of
+the bytes; they show where a link or the disk is the limit, not the writers' CPU. The
+installer's customise step needs a loop device and vfat: on a kernel without vfat it is
+skipped (and said so in the result), as on this project's machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # piman's tests: the image builder
+
+from tests.support import api_token, free_port, free_udp_port
+from tests.unit.deploy.test_images import RASPIOS_BOOT, build_image
+
+from piman.deploy import bmap as bmaps
+from piman.deploy.images import inspect
+from piman.deploy.installer import SOURCES_DIR
+from piman.deploy.installer.build import installer_paths
+from piman.sim.netboot import tftp_fetch
+
+MIB = 1 << 20
+GIB = 1 << 30
+PIMAN = [sys.executable, "-m", "piman"]
+TOOLS = ("busybox", "curl", "nginx", "bmaptool", "sfdisk", "mkfs.vfat", "mcopy", "mke2fs")
+MAPPED_SHARE = 0.25
+GOAL_DD, GOAL_BMAPTOOL, GOAL_WIRE, GOAL_NGINX, GOAL_UPLINK = 3.0, 1.0, 1.05, 0.8, 1.25e9
+METHODS = ("piman", "curl | dd", "bmaptool")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system time of a process (all its threads, reaped children included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    """User + system time of this script's reaped descendants so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def where(path: Path) -> str:
+    """``path`` and what holds it: ``/tmp (ext4 on /dev/vda)``."""
+    best = ("", "?", "?")
+    for line in Path("/proc/mounts").read_text().splitlines():
+        dev, mnt, kind = line.split()[:3]
+        if str(path).startswith(mnt.rstrip("/") + "/") and len(mnt) >= len(best[0]):
+            best = (mnt, kind, dev)
+    return f"{path} ({best[1]} on {best[2]})"
+
+
+# -- the image -------------------------------------------------------------------------------
+
+
+def make_image(path: Path, size: int) -> tuple[Path, int]:
+    """A Pi-like image of ``size`` bytes whose bmap maps MAPPED_SHARE of it; its mapped bytes.
+
+    The root's files are random bytes; their total is adjusted once after a first build, by the
+    metadata (journal, inode tables, FAT) the first build mapped beside them."""
+    rng = random.Random(2024)
+    boot = {**RASPIOS_BOOT, "start4.elf": rng.randbytes(2_228_224), "fixup4.dat": b"fx"}
+    want = int(size * MAPPED_SHARE)
+    payload = want - size // 25  # a first guess at the metadata: ~4 % of the image
+    mapped = 0
+    for _ in range(3):
+        path.unlink(missing_ok=True)
+        for staging in (path.with_name(path.name + ".boot"), path.with_name(path.name + ".root")):
+            shutil.rmtree(staging, ignore_errors=True)
+        files = {
+            "etc/hostname": b"raspberrypi\n",
+            "etc/os-release": b'ID=debian\nVERSION_ID="12"\n',
+        }
+        left, i = payload, 0
+        while left > 0:
+            files[f"usr/lib/bench/blob{i:03d}.bin"] = rng.randbytes(min(left, 32 * MIB))
+            left, i = left - 32 * MIB, i + 1
+        # -O ^metadata_csum,^uninit_bg: every group's bitmap is written (see the module doc)
+        build_image(path, boot, files, root_mib=size // MIB - 17,
+                    ext_options=("-O", "^metadata_csum,^uninit_bg"))  # fmt: skip
+        mapped = bmaps.mapped_bytes(bmaps.compute(path, inspect(path)))
+        if abs(mapped - want) <= size // 100:
+            break
+        payload += want - mapped
+    for leftover in (path.with_name(path.name + ".boot"), path.with_name(path.name + ".root")):
+        shutil.rmtree(leftover, ignore_errors=True)
+    return path, mapped
+
+
+def check_target(target: Path, block_map: bmaps.Bmap) -> None:
+    """Every mapped range of ``target`` holds the image's bytes (RuntimeError if not)."""
+    with target.open("rb") as f:
+        for r in block_map.ranges:
+            start = r.first * block_map.block_size
+            end = min((r.last + 1) * block_map.block_size, block_map.image_size)
+            f.seek(start)
+            if hashlib.sha256(f.read(end - start)).hexdigest() != r.sha256:
+                raise RuntimeError(f"{target}: blocks {r.first}-{r.last} differ from the image")
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+class Processes:
+    """Everything this script starts, ended (by process group) on exit and on Ctrl-C."""
+
+    def __init__(self) -> None:
+        self.running: list[subprocess.Popen[bytes]] = []
+
+    def start(self, cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+        self.running.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if proc in self.running:
+            self.running.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.running[:]):
+            self.stop(proc)
+        # A Ctrl-C inside Popen() can land after the fork, before the process is recorded:
+        # end whatever child this process still has, by its id (each leads its own group).
+        me = os.getpid()
+        for task in Path(f"/proc/{me}/task").iterdir():
+            for pid in map(int, (task / "children").read_text().split()):
+                with contextlib.suppress(ProcessLookupError):
+                    if os.getpgid(pid) == pid:
+                        os.killpg(pid, signal.SIGKILL)
+                    else:
+                        os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+
+
+@dataclass
+class Run:
+    """One run of ``n`` writers (or readers) at once."""
+
+    wall: float
+    wire: int  # bytes the server sent
+    server_cpu: float
+    writers_cpu: float
+    retries: int = 0  # installer lines saying it asked again
+
+
+def run_at_once(
+    procs: Processes,
+    cmds: list[list[str]],
+    envs: Sequence[dict[str, str] | None],
+    logs: list[Path],
+) -> float:
+    """Start the commands at once; wall time until the last exits (a thread waits for each, so
+    that no wait rounds the time; a watchdog ends them after 30 minutes)."""
+    handles = [log.open("wb") for log in logs]
+    t0 = time.perf_counter()
+    started = [
+        procs.start(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        for cmd, env, out in zip(cmds, envs, handles, strict=True)
+    ]
+    ends: list[float] = []
+
+    def wait(proc: subprocess.Popen[bytes]) -> None:
+        proc.wait()
+        ends.append(time.perf_counter())
+
+    waiters = [threading.Thread(target=wait, args=(p,)) for p in started]
+    for w in waiters:
+        w.start()
+
+    def kill_all() -> None:
+        for proc in started:
+            procs.stop(proc, signal.SIGKILL)
+
+    watchdog = threading.Timer(1800, kill_all)
+    watchdog.start()
+    try:
+        for w in waiters:
+            w.join()
+    finally:
+        watchdog.cancel()
+        for out in handles:
+            out.close()
+    for p, log in zip(started, logs, strict=True):
+        if p in procs.running:
+            procs.running.remove(p)
+        if p.returncode != 0:
+            tail = log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{' '.join(p.args)} exited {p.returncode}:\n{tail}")  # type: ignore[arg-type]
+    return max(ends) - t0
+
+
+# -- nginx -----------------------------------------------------------------------------------
+
+NGINX_CONF = """\
+daemon off;
+master_process on;
+worker_processes auto;
+user nobody nogroup;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    log_format bytes '$bytes_sent';
+    access_log {dir}/access.log bytes;
+    client_body_temp_path {dir}/body;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 30;
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+"""
+
+
+class Nginx:
+    """Debian's nginx serving ``root`` on loopback, in the foreground (workers as nobody)."""
+
+    def __init__(self, procs: Processes, work: Path, root: Path) -> None:
+        self.dir = work / "nginx"
+        self.dir.mkdir()
+        self.port = free_port()
+        conf = self.dir / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(dir=self.dir, port=self.port, root=root))
+        self.proc = procs.start(
+            ["nginx", "-c", str(conf), "-p", str(self.dir), "-e", str(self.dir / "error.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.url = f"http://127.0.0.1:{self.port}"
+        wait_for(lambda: httpx.get(self.url + "/image.img", headers={"Range": "bytes=0-0"}), 206)
+        self.log_at = 0
+
+    def pids(self) -> list[int]:
+        kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        return [self.proc.pid, *map(int, kids)]
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids())
+
+    def sent_since_mark(self) -> int:
+        """Bytes sent for the requests logged since the last call."""
+        log = self.dir / "access.log"
+        with log.open("rb") as f:
+            f.seek(self.log_at)
+            text = f.read()
+        self.log_at += len(text)
+        return sum(int(line) for line in text.split())
+
+
+def wait_for(probe: Callable[[], httpx.Response], status: int = 200, within: float = 30) -> None:
+    """Until ``probe`` answers ``status``."""
+    deadline = time.monotonic() + within
+    answer = None
+    while True:
+        try:
+            answer = probe()
+            if answer.status_code == status:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"a server did not come up: {answer and answer.status_code}")
+        time.sleep(0.1)
+
+
+# -- piman -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    name: str
+    serial: str
+    disk: Path
+    home: Path  # the installer's files: its command line, bin/, tmp/
+
+
+class Manager:
+    """``piman server`` with ``nodes`` Pi 4s on a manual switch and the ``bench`` environment."""
+
+    def __init__(
+        self, procs: Processes, work: Path, targets: Path, scratch: Path, image: Path, count: int
+    ) -> None:
+        self.procs = procs
+        self.data = work / "data"
+        self.http, self.images, self.tftp = free_port(), free_port(), free_udp_port()
+        self.url = f"http://127.0.0.1:{self.http}"
+        self.log = work / "manager.log"
+        self.nodes = [
+            Node(f"n{i:02d}", f"5e{i:06x}", targets / f"sd{i:02d}.img",
+                 scratch / f"n{i:02d}")
+            for i in range(1, count + 1)
+        ]  # fmt: skip
+        config = {
+            "manager": {
+                "address": "127.0.0.2",  # as in the tests: the installers are 127.0.0.1
+                "network": "127.0.0.0/8",
+                "data_dir": str(self.data),
+                "http": f"127.0.0.1:{self.http}",
+            },
+            "tftp": {"listen": f"127.0.0.1:{self.tftp}"},
+            "deploy": {
+                "image_listen": f"127.0.0.1:{self.images}",
+                "check_address": False,  # every installer here speaks from 127.0.0.1
+                "max_parallel": max(16, count),
+                "customise": {"install_agent": False},
+            },
+            "switches": [{"name": "rack1", "driver": "manual"}],
+            "nodes": [
+                {
+                    "name": n.name,
+                    "switch": "rack1",
+                    "port": i + 1,
+                    "ip": f"127.0.1.{i + 1}",
+                    "mac": f"dc:a6:32:00:01:{i + 1:02x}",
+                    "serial": n.serial,
+                    "model": "pi4",
+                    "disk": str(n.disk),
+                }
+                for i, n in enumerate(self.nodes)
+            ],
+        }
+        self.config = work / "piman.yaml"
+        self.config.write_text(yaml.safe_dump(config))
+        added = subprocess.run(
+            [*PIMAN, "env", "add", str(image), "--name", "bench", "-c", str(self.config)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if added.returncode != 0:
+            raise RuntimeError(f"piman env add: {added.stderr}")
+        self.image = self.data / "environments" / "bench" / "image.img"
+        self.bmap_file = self.data / "environments" / "bench" / "image.bmap"
+        self.bmap = bmaps.read(self.bmap_file)
+        # Bench-only placeholders for a built installer (`piman installer build`): the boot
+        # tree answers a Pi 4's prefixed request (<serial>/cmdline.txt) only when the installer
+        # tree holds a start4.elf, and deployments need its kernel to exist. The installer
+        # itself runs here as a process, not booted.
+        tree = installer_paths(self.data, "arm64")
+        tree.root.mkdir(parents=True, exist_ok=True)
+        for placeholder in (tree.root / "start4.elf", tree.kernel):
+            placeholder.write_bytes(b"placeholder")
+        with self.log.open("ab") as out:
+            self.proc = procs.start(
+                [*PIMAN, "server", "-c", str(self.config)], stdout=out, stderr=subprocess.STDOUT
+            )
+        wait_for(lambda: httpx.get(self.url + "/healthz"))
+        password = (self.data / "initial-admin-password").read_text().strip()
+        self.headers = {"Authorization": f"Bearer {api_token(self.url, 'admin', password)}"}
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+    def streamed(self) -> int:
+        text = httpx.get(self.url + "/metrics", timeout=30).text
+        found = re.search(r"^piman_deploy_streamed_bytes_total (\S+)$", text, re.M)
+        return int(float(found[1])) if found else 0
+
+    def deploy(self, nodes: list[Node]) -> dict[str, int]:
+        """New deployments of ``bench``; node name → deployment id."""
+        made = httpx.post(
+            self.url + "/api/v1/deployments",
+            headers=self.headers,
+            json={"nodes": [n.name for n in nodes], "environment": "bench"},
+            timeout=60,
+        )
+        if made.status_code != 201:
+            raise RuntimeError(f"POST /api/v1/deployments: {made.status_code} {made.text}")
+        return {d["node"]: d["id"] for d in made.json()}
+
+    async def _tftp(self, name: str) -> bytes | None:
+        got = bytearray()
+        size = await tftp_fetch(("127.0.0.1", self.tftp), name, (("blksize", "1468"),), into=got)
+        return None if size is None else bytes(got)
+
+    def cmdlines(self, nodes: list[Node], within: float = 60) -> dict[str, bytes]:
+        """Each node's installer command line, as its firmware fetches it (Pi 4 prefix)."""
+
+        async def one(node: Node) -> bytes:
+            deadline = time.monotonic() + within
+            while time.monotonic() < deadline:
+                text = await self._tftp(f"{node.serial}/cmdline.txt")
+                if text is not None and b"piman.token=" in text:
+                    return text
+                await asyncio.sleep(0.2)
+            raise RuntimeError(f"{node.name}: the boot tree never served the installer")
+
+        async def every() -> list[bytes]:
+            return await asyncio.gather(*(one(n) for n in nodes))
+
+        return dict(zip((n.name for n in nodes), asyncio.run(every()), strict=True))
+
+    def boot_local(self, nodes: list[Node], ids: dict[str, int]) -> None:
+        """Each node boots its new system (fetches its own config.txt): deployed."""
+
+        async def every() -> None:
+            await asyncio.gather(*(self._tftp(f"{n.serial}/config.txt") for n in nodes))
+
+        asyncio.run(every())
+        self.wait_ended(ids, want="deployed")
+
+    def wait_ended(self, ids: dict[str, int], want: str, within: float = 60) -> None:
+        deadline = time.monotonic() + within
+        for ident in ids.values():
+            while True:
+                d = httpx.get(f"{self.url}/api/v1/deployments/{ident}", headers=self.headers)
+                state = d.json()["state"]
+                if state == want:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"deployment {ident} is {state}, not {want}")
+                time.sleep(0.05)
+
+    def cancel(self, ids: dict[str, int]) -> None:
+        for ident in ids.values():
+            httpx.post(f"{self.url}/api/v1/deployments/{ident}/cancel", headers=self.headers)
+        self.wait_ended(ids, want="cancelled")
+
+    def hello(self, token: str, node: Node) -> tuple[str, str]:
+        """What an installer's hello gives: (session, image URL)."""
+        body = {"node": node.name, "disk": str(node.disk), "disk_bytes": self.bmap.image_size,
+                "installer": "1"}  # fmt: skip
+        plan = httpx.post(self.url + "/boot/v1/hello", json=body, timeout=60,
+                          headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        plan.raise_for_status()
+        fields = dict(line.split(" ", 1) for line in plan.text.splitlines() if " " in line)
+        return fields["session"], fields["image"]
+
+
+def token_of(cmdline: bytes) -> str:
+    found = re.search(rb"piman\.token=(\S+)", cmdline)
+    assert found is not None
+    return found[1].decode()
+
+
+def busybox_bin(where_to: Path) -> Path:
+    """A directory of busybox applets: the installer's whole PATH."""
+    busybox = Path(shutil.which("busybox") or "busybox").resolve()
+    where_to.mkdir(parents=True, exist_ok=True)
+    names = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True)
+    for name in names.stdout.split():
+        (where_to / name).symlink_to(busybox)
+    return where_to
+
+
+# -- the runs --------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    procs: Processes
+    work: Path
+    manager: Manager
+    nginx: Nginx
+    bin: Path
+    size: int
+
+    def fresh_targets(self, nodes: list[Node]) -> None:
+        """Each target a new file, preallocated to the image size; nothing dirty left."""
+        for node in nodes:
+            node.disk.unlink(missing_ok=True)
+            with node.disk.open("wb") as f:
+                os.posix_fallocate(f.fileno(), 0, self.size)
+        os.sync()
+
+    def piman(self, nodes: list[Node]) -> Run:
+        self.fresh_targets(nodes)
+        ids = self.manager.deploy(nodes)
+        lines = self.manager.cmdlines(nodes)
+        cmds, envs, logs = [], [], []
+        for node in nodes:
+            shutil.rmtree(node.home, ignore_errors=True)
+            (node.home / "tmp").mkdir(parents=True)
+            (node.home / "cmdline").write_bytes(lines[node.name])
+            cmds.append([str(self.bin / "sh"), str(SOURCES_DIR / "installer.sh")])
+            envs.append({"PATH": str(self.bin), "PIMAN_CMDLINE": str(node.home / "cmdline"),
+                         "PIMAN_NO_NET": "1", "PIMAN_NO_REBOOT": "1",
+                         "PIMAN_TMP": str(node.home / "tmp")})  # fmt: skip
+            logs.append(self.work / "logs" / f"piman-{node.name}.log")
+        wire0, cpu0, kids0 = self.manager.streamed(), self.manager.cpu(), children_cpu()
+        wall = run_at_once(self.procs, cmds, envs, logs)
+        cpu, kids = self.manager.cpu() - cpu0, children_cpu() - kids0
+        wire = self.manager.streamed() - wire0
+        retries = sum(log.read_text().count("asking again") + log.read_text().count("going on in")
+                      for log in logs)  # fmt: skip
+        self.manager.boot_local(nodes, ids)
+        for node in nodes:
+            check_target(node.disk, self.manager.bmap)
+        return Run(wall, wire, cpu, kids, retries)
+
+    def anchor(self, nodes: list[Node], command: Callable[[Node], list[str]], label: str) -> Run:
+        self.fresh_targets(nodes)
+        self.nginx.sent_since_mark()
+        logs = [self.work / "logs" / f"{label}-{n.name}.log" for n in nodes]
+        cpu0, kids0 = self.nginx.cpu(), children_cpu()
+        wall = run_at_once(self.procs, [command(n) for n in nodes], [None] * len(nodes), logs)
+        cpu, kids = self.nginx.cpu() - cpu0, children_cpu() - kids0
+        wire = self.nginx.sent_since_mark()
+        for node in nodes:
+            check_target(node.disk, self.manager.bmap)
+        return Run(wall, wire, cpu, kids)
+
+    def dd_pipe(self, nodes: list[Node]) -> Run:
+        url = self.nginx.url + "/image.img"
+
+        def command(node: Node) -> list[str]:
+            pipe = f"curl -sSf {url} | dd of={node.disk} bs=4M conv=fsync status=none"
+            return ["bash", "-o", "pipefail", "-c", pipe]
+
+        return self.anchor(nodes, command, "dd")
+
+    def bmaptool(self, nodes: list[Node]) -> Run:
+        url = self.nginx.url + "/image.img"
+
+        def command(node: Node) -> list[str]:
+            return ["bmaptool", "-q", "copy", "--bmap", str(self.manager.bmap_file), url,
+                    str(node.disk)]  # fmt: skip
+
+        return self.anchor(nodes, command, "bmaptool")
+
+    def serve_nginx(self, count: int) -> Run:
+        """``count`` curl -o /dev/null of the whole image at once from nginx."""
+        url = self.nginx.url + "/image.img"
+        self.nginx.sent_since_mark()
+        logs = [self.work / "logs" / f"serve-nginx-{i}.log" for i in range(count)]
+        cpu0, kids0 = self.nginx.cpu(), children_cpu()
+        cmds = [["curl", "-sSf", "-o", "/dev/null", url] for _ in range(count)]
+        wall = run_at_once(self.procs, cmds, [None] * count, logs)
+        cpu, kids = self.nginx.cpu() - cpu0, children_cpu() - kids0
+        return Run(wall, self.nginx.sent_since_mark(), cpu, kids)
+
+    def serve_piman(self, nodes: list[Node]) -> Run:
+        """As many curl -o /dev/null of the whole image from piman's image stream, each with
+        the session of a hello; the deployments are cancelled afterwards."""
+        ids = self.manager.deploy(nodes)
+        lines = self.manager.cmdlines(nodes)
+        cmds = []
+        for node in nodes:
+            session, url = self.manager.hello(token_of(lines[node.name]), node)
+            cmds.append(["curl", "-sS", "-f", "-o", "/dev/null", "-H",
+                         f"Authorization: Bearer {session}", url])  # fmt: skip
+        logs = [self.work / "logs" / f"serve-piman-{n.name}.log" for n in nodes]
+        wire0, cpu0, kids0 = self.manager.streamed(), self.manager.cpu(), children_cpu()
+        wall = run_at_once(self.procs, cmds, [None] * len(nodes), logs)
+        cpu, kids = self.manager.cpu() - cpu0, children_cpu() - kids0
+        wire = self.manager.streamed() - wire0
+        self.manager.cancel(ids)
+        return Run(wall, wire, cpu, kids)
+
+
+# -- the table -------------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    method: str
+    n: int
+    runs: list[Run] = field(default_factory=list)
+
+    def median(self, key: str) -> float:
+        return statistics.median(float(getattr(r, key)) for r in self.runs)
+
+
+def row(cell: Cell, size: int, mapped: int) -> dict[str, Any]:
+    wall, wire = cell.median("wall"), cell.median("wire")
+    cpu = cell.median("server_cpu")
+    return {
+        "method": cell.method,
+        "n": cell.n,
+        "wall_s": round(wall, 3),
+        "best_wall_s": round(min(r.wall for r in cell.runs), 3),
+        "mb_s_per_writer": round(size / wall / 1e6, 1),
+        "mb_s_aggregate": round(cell.n * size / wall / 1e6, 1),
+        "wire_bytes_per_writer": int(wire / cell.n),
+        "wire_per_mapped": round(wire / cell.n / mapped, 4),
+        "server_cpu_s": round(cpu, 2),
+        "server_cpu_s_per_gb": round(cpu / (wire / 1e9), 3) if wire else None,
+        "writers_cpu_s": round(cell.median("writers_cpu"), 2),
+        "installer_retries": int(cell.median("retries")),
+        "runs": [asdict(r) for r in cell.runs],
+    }
+
+
+def print_table(report: dict[str, Any]) -> None:
+    meta = report["setup"]
+    print()
+    print(f"image {meta['image_bytes'] / GIB:.2f} GiB, mapped {meta['mapped_bytes'] / MIB:.1f} "
+          f"MiB ({meta['mapped_share'] * 100:.1f} %), {meta['ranges']} ranges; "
+          f"median of {meta['repeat']} run(s); {meta['cpus']} CPUs")  # fmt: skip
+    print(f"targets: {meta['targets']}; installer scratch: {meta['scratch']}")
+    print("servers: piman's image stream (server CPU: the whole manager process, API and TFTP "
+          f"included) / Debian nginx {meta['nginx']} (sendfile on, {meta['nginx_workers']} "
+          "workers)")  # fmt: skip
+    start, end = meta["load_average_1min"]
+    print(
+        f"load average (1 min) at start {start:.2f}, at end {end:.2f}"
+        + ("  (other work on this machine: the figures are noisy)" if start > 0.5 else "")
+    )
+    print()
+    head = (f"{'method':12s} {'n':>3s} {'wall s':>7s} {'(best)':>7s} {'MB/s/writer':>11s} "
+            f"{'MB/s agg':>9s} {'wire MB/writer':>14s} {'wire/mapped':>11s} "
+            f"{'server CPU s/GB':>15s} {'writers CPU s':>13s}")  # fmt: skip
+    print(head)
+    for r in report["rows"]:
+        per_gb = "-" if r["server_cpu_s_per_gb"] is None else f"{r['server_cpu_s_per_gb']:.3f}"
+        retried = f"  ({r['installer_retries']} retries)" if r["installer_retries"] else ""
+        print(f"{r['method']:12s} {r['n']:3d} {r['wall_s']:7.2f} ({r['best_wall_s']:5.2f}) "
+              f"{r['mb_s_per_writer']:11.1f} {r['mb_s_aggregate']:9.1f} "
+              f"{r['wire_bytes_per_writer'] / 1e6:14.1f} {r['wire_per_mapped']:11.3f} "
+              f"{per_gb:>15s} {r['writers_cpu_s']:13.1f}{retried}")  # fmt: skip
+    print()
+    print("piman against the anchors (ratio = anchor wall / piman wall; > 1: piman faster)")
+    goals = (f"≥{GOAL_DD}", f"≥{GOAL_BMAPTOOL}", f"≤{GOAL_WIRE}")
+    print(f"{'n':>3s} {'×curl|dd':>9s} {goals[0]:>7s} {'×bmaptool':>10s} {goals[1]:>7s} "
+          f"{'wire/mapped':>11s} {goals[2]:>7s}")  # fmt: skip
+    for g in report["goals"]["per_n"]:
+        print(f"{g['n']:3d} {g['x_dd']:9.2f} {verdict(g['met_dd']):>7s} {g['x_bmaptool']:10.2f} "
+              f"{verdict(g['met_bmaptool']):>7s} {g['wire_per_mapped']:11.3f} "
+              f"{verdict(g['met_wire']):>7s}")  # fmt: skip
+    s = report["goals"]["serving"]
+    print()
+    print(f"image serving, {s['n']} at once (GB/s = bytes sent / wall; CPU of the server)")
+    print(f"{'server and clients':40s} {'wall s':>7s} {'GB/s':>6s} {'CPU s/GB':>9s}")
+    for label, key in (("nginx, curl -o /dev/null", "nginx_curl"),
+                       ("piman image stream, curl -o /dev/null", "piman_curl"),
+                       ("piman image stream, installers", "piman_installers")):  # fmt: skip
+        v = s[key]
+        print(f"{label:40s} {v['wall_s']:7.2f} {v['gb_s']:6.2f} {v['cpu_s_per_gb']:9.3f}")
+    print(f"goal: at least min({GOAL_NGINX} × nginx, {GOAL_UPLINK / 1e9} GB/s) = "
+          f"{s['goal_gb_s']:.2f} GB/s: curl clients {s['piman_curl']['gb_s']:.2f} "
+          f"({verdict(s['met_curl'])}), installers {s['piman_installers']['gb_s']:.2f} "
+          f"({verdict(s['met_installers'])})")  # fmt: skip
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+def serving(run: Run) -> dict[str, float]:
+    return {"wall_s": round(run.wall, 3), "gb_s": round(run.wire / run.wall / 1e9, 3),
+            "cpu_s_per_gb": round(run.server_cpu / (run.wire / 1e9), 3)}  # fmt: skip
+
+
+def interrupted(signum: int, _frame: object) -> None:
+    """Ctrl-C or SIGTERM: raise, so that ``finally`` stops every process and removes files."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-gib", type=float, default=1.0, help="image size (GiB)")
+    parser.add_argument("--counts", type=int, nargs="*", default=[1, 8, 16])
+    parser.add_argument("--repeat", type=int, default=1, help="runs per cell (median)")
+    parser.add_argument("--quick", action="store_true", help="256 MiB image, 1 and 4 at once")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--targets", type=Path, help="where the target files go (default: the work directory)"
+    )
+    parser.add_argument("--json", type=Path, help="write the table here as JSON")
+    args = parser.parse_args()
+    path = os.environ["PATH"] + ":/usr/sbin:/sbin"
+    missing = [t for t in TOOLS if shutil.which(t, path=path) is None]
+    if missing:
+        raise SystemExit(f"needs {', '.join(missing)} (Debian: busybox curl nginx-light bmap-tools "
+                         "fdisk dosfstools mtools e2fsprogs)")  # fmt: skip
+    os.environ["PATH"] = path
+    size = 256 * MIB if args.quick else int(args.size_gib * GIB) // MIB * MIB
+    counts = [1, 4] if args.quick else sorted(set(args.counts))
+    work = Path(tempfile.mkdtemp(prefix="piman-bench-deploy-"))
+    shm = Path("/dev/shm")
+    scratch = Path(
+        tempfile.mkdtemp(prefix="piman-bench-deploy-", dir=shm if shm.is_dir() else work)
+    )
+    targets = Path(tempfile.mkdtemp(prefix="piman-bench-targets-", dir=args.targets or work))
+    procs = Processes()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: asyncio.run would take it over
+        signal.signal(sig, interrupted)
+    try:
+        report = run(procs, work, targets, scratch, size, counts, args.repeat)
+        print_table(report)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+    finally:
+        procs.stop_all()
+        shutil.rmtree(scratch, ignore_errors=True)
+        if args.targets:
+            shutil.rmtree(targets, ignore_errors=True)
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run(
+    procs: Processes,
+    work: Path,
+    targets: Path,
+    scratch: Path,
+    size: int,
+    counts: list[int],
+    repeat: int,
+) -> dict[str, Any]:
+    """Set up the image, the manager and nginx; measure; the report."""
+    (work / "logs").mkdir()
+    load_at_start = os.getloadavg()[0]
+    print(f"building a {size / GIB:.2f} GiB image in {work} …", flush=True)
+    image, _ = make_image(work / "bench.img", size)
+    manager = Manager(procs, work, targets, scratch, image, max(counts))
+    image.unlink()  # the manager holds its own copy
+    www = work / "www"
+    www.mkdir()
+    os.link(manager.image, www / "image.img")  # the same file (inode) nginx serves
+    for readable in (work, www):  # nginx's workers run as nobody
+        readable.chmod(0o755)
+    nginx = Nginx(procs, work, www)
+    bench = Bench(procs, work, manager, nginx, busybox_bin(work / "bin"), size)
+    with (www / "image.img").open("rb") as f:  # warm the page cache for every server alike
+        while f.read(16 * MIB):
+            pass
+    cells, serve = measure(bench, counts, repeat)
+    nginx_version = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr
+    setup = {
+        "image_bytes": size,
+        "mapped_bytes": bmaps.mapped_bytes(manager.bmap),
+        "mapped_share": round(bmaps.mapped_bytes(manager.bmap) / size, 4),
+        "ranges": len(manager.bmap.ranges),
+        "repeat": repeat,
+        "cpus": len(os.sched_getaffinity(0)),
+        "targets": where(targets),
+        "scratch": where(scratch),
+        "nginx": nginx_version.strip().rsplit("/", 1)[-1],
+        "nginx_workers": len(nginx.pids()) - 1,
+        "load_average_1min": [load_at_start, os.getloadavg()[0]],
+    }
+    return report(setup, cells, serve, counts)
+
+
+def measure(
+    bench: Bench, counts: list[int], repeat: int
+) -> tuple[dict[tuple[str, int], Cell], dict[str, list[Run]]]:
+    """Every method at every count, taking turns; then serving at the largest count."""
+    cells: dict[tuple[str, int], Cell] = {}
+    runners = {"piman": bench.piman, "curl | dd": bench.dd_pipe, "bmaptool": bench.bmaptool}
+    for n in counts:
+        nodes = bench.manager.nodes[:n]
+        for r in range(repeat):
+            for method in METHODS[r % 3 :] + METHODS[: r % 3]:
+                result = runners[method](nodes)
+                cells.setdefault((method, n), Cell(method, n)).runs.append(result)
+                print(f"  {method} x{n}: {result.wall:.2f} s, {result.wire / 1e6:.0f} MB sent",
+                      flush=True)  # fmt: skip
+    top = max(counts)
+    serve: dict[str, list[Run]] = {"nginx_curl": [], "piman_curl": []}
+    for r in range(repeat):
+        for key in ("nginx_curl", "piman_curl")[r % 2 :] + ("nginx_curl", "piman_curl")[: r % 2]:
+            if key == "nginx_curl":
+                got = bench.serve_nginx(top)
+            else:
+                got = bench.serve_piman(bench.manager.nodes[:top])
+            serve[key].append(got)
+            print(f"  serving {key} x{top}: {got.wall:.2f} s, "
+                  f"{got.wire / got.wall / 1e9:.2f} GB/s", flush=True)  # fmt: skip
+    return cells, serve
+
+
+def report(
+    setup: dict[str, Any],
+    cells: dict[tuple[str, int], Cell],
+    serve: dict[str, list[Run]],
+    counts: list[int],
+) -> dict[str, Any]:
+    """The table as data, with the ratios and the goals."""
+    size, mapped = setup["image_bytes"], setup["mapped_bytes"]
+    per_n = []
+    for n in counts:
+        p, d, b = (cells[(m, n)].median("wall") for m in METHODS)
+        wire = cells[("piman", n)].median("wire") / n / mapped
+        per_n.append({
+            "n": n,
+            "x_dd": round(d / p, 3),
+            "x_bmaptool": round(b / p, 3),
+            "wire_per_mapped": round(wire, 4),
+            "met_dd": d / p >= GOAL_DD,
+            "met_bmaptool": b / p >= GOAL_BMAPTOOL,
+            "met_wire": wire <= GOAL_WIRE,
+        })  # fmt: skip
+    top = max(counts)
+
+    def median_run(runs: list[Run]) -> Run:
+        return sorted(runs, key=lambda x: x.wall)[len(runs) // 2]
+
+    nginx_rate = serving(median_run(serve["nginx_curl"]))
+    piman_rate = serving(median_run(serve["piman_curl"]))
+    installers_rate = serving(median_run(cells[("piman", top)].runs))
+    goal = min(GOAL_NGINX * nginx_rate["gb_s"], GOAL_UPLINK / 1e9)
+    return {
+        "setup": setup,
+        "rows": [row(cells[(m, n)], size, mapped) for n in counts for m in METHODS],
+        "goals": {
+            "per_n": per_n,
+            "serving": {
+                "n": top,
+                "nginx_curl": nginx_rate,
+                "piman_curl": piman_rate,
+                "piman_installers": installers_rate,
+                "goal_gb_s": round(goal, 3),
+                "met_curl": piman_rate["gb_s"] >= goal,
+                "met_installers": installers_rate["gb_s"] >= goal,
+            },
+        },
+    }
+
+
+if __name__ == "__main__":
+    main()
