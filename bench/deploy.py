@@ -9,9 +9,8 @@ Usage: ``.venv/bin/python bench/deploy.py [--size-gib 1] [--counts 1 8 16] [--re
 The image: a raw disk image (``--size-gib``) with an MBR, a FAT boot partition and an ext4 root
 filled with random files (nothing compresses) until 25 % of the image is mapped, imported with
 ``piman env add`` (which writes ``image.img`` and its bmap 2.0 file, the one bmaptool reads).
-The root is made without ``metadata_csum``/``uninit_bg``: with mke2fs's defaults, block groups
-flagged ``BLOCK_UNINIT`` are mapped whole by piman (src/piman/deploy/ext4.py), and the same
-files would map ~75 % of the image instead of 25 %.
+The root is made with mke2fs's defaults (``metadata_csum``: block groups flagged
+``BLOCK_UNINIT``, whose metadata piman computes as the kernel does, src/piman/deploy/ext4.py).
 
 piman: the real manager (``piman server``) with 16 nodes on a ``driver: manual`` switch. Each
 deployment is made with ``POST /api/v1/deployments``; each node fetches its installer command
@@ -20,8 +19,9 @@ line over TFTP (``<serial>/cmdline.txt``, the Pi 4 prefix; placeholders for the 
 does not answer prefixed requests and deployments do not start) and runs the real
 ``installer.sh`` under busybox sh (a PATH of busybox applets only, ``PIMAN_NO_NET=1``,
 ``PIMAN_NO_REBOOT=1``) with a file as its disk. Exit 0 means: every mapped range fetched
-(``wget -c`` of one range at a time), checked (SHA-256), written with ``dd``, synced, the head
-written last, every range read back and checked again, the result reported. Then each node
+(``wget -c`` of one range at a time), written with ``dd``, synced, read back and checked
+(SHA-256, once per range), the head (checked before anything was erased) written last and read
+back, the result reported. Then each node
 fetches ``<serial>/config.txt`` from its own tree, as a freshly installed Pi does, and the
 deployment ends ``deployed``. All installers speak from 127.0.0.1, so ``deploy.check_address``
 is off.
@@ -153,9 +153,7 @@ def make_image(path: Path, size: int) -> tuple[Path, int]:
         while left > 0:
             files[f"usr/lib/bench/blob{i:03d}.bin"] = rng.randbytes(min(left, 32 * MIB))
             left, i = left - 32 * MIB, i + 1
-        # -O ^metadata_csum,^uninit_bg: every group's bitmap is written (see the module doc)
-        build_image(path, boot, files, root_mib=size // MIB - 17,
-                    ext_options=("-O", "^metadata_csum,^uninit_bg"))  # fmt: skip
+        build_image(path, boot, files, root_mib=size // MIB - 17)  # mke2fs's default ext4
         mapped = bmaps.mapped_bytes(bmaps.compute(path, inspect(path)))
         if abs(mapped - want) <= size // 100:
             break
