@@ -35,7 +35,10 @@ from piman.fleet.records import (
     AlertRecord,
     DeploymentEventRecord,
     DeploymentRecord,
+    DiscoveredDevice,
     EnvironmentRecord,
+    NodeRecord,
+    OutboxItem,
     SilenceRecord,
     TokenRecord,
     UserRecord,
@@ -83,7 +86,13 @@ class Built(Generic[H]):
 
 
 class InventoryHandle(Protocol):
-    """Sightings: what the netboot servers saw on the wire, recorded on the nodes."""
+    """Sightings: what the netboot servers saw on the wire, recorded on the nodes.
+
+    A MAC the store has no node for is not made a node: it goes to the discovered list (in
+    memory, bounded, each device forgotten a day after it was last seen), which
+    :meth:`discovered` reads and :meth:`accept` turns into nodes, one at a time, by an
+    operator's decision (``piman discover`` builds on these two).
+    """
 
     async def load(self) -> None:
         """Learn which MACs the store knows (a server calls it when it starts)."""
@@ -100,7 +109,19 @@ class InventoryHandle(Protocol):
         model: str | None = None,
         vendor_class: str | None = None,
     ) -> bool:
-        """A device was seen; recorded in the background. False when throttled (nothing new)."""
+        """A device was seen: a node's sighting is recorded in the background, another device
+        is listed as discovered. False when it taught nothing new (throttled)."""
+
+    def discovered(self) -> list[DiscoveredDevice]:
+        """Devices seen on the wire that are not nodes, the most recently seen first."""
+
+    async def accept(self, mac: str, name: str | None = None) -> NodeRecord:
+        """Make the discovered device ``mac`` a ``new`` node named ``name`` (default
+        ``pi-<mac without colons>``) with what was seen of it, and stop listing it.
+
+        NotFoundError when no such device is listed, ConflictError when the name is taken,
+        ValueError for a malformed MAC or name.
+        """
 
 
 # Power -------------------------------------------------------------------------------------------
@@ -173,6 +194,13 @@ class AlertingHandle(Protocol):
 
     async def expire_silence(self, silence_id: str, *, now: float | None = None) -> SilenceRecord:
         """End a silence now (id or a unique prefix); NotFoundError."""
+
+    async def outbox(self, *, state: str | None = None, limit: int = 100) -> list[OutboxItem]:
+        """Notifications of the outbox, newest first, all or those in ``state``: ``pending``,
+        ``dead``, ``undelivered`` (pending or dead), ``delivered``; ValueError for another."""
+
+    async def requeue_dead(self, ids: Sequence[int] = ()) -> int:
+        """Dead notifications (those of ``ids``, or all) pending again now; how many."""
 
 
 class MonitorHandle(Protocol):

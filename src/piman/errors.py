@@ -22,6 +22,9 @@ clear line and an exit code (2 for bad input, 1 for a failed operation); service
     │   ├── PowerConnError          unreachable / timed out: worth retrying
     │   └── PowerFatalError         bad credentials, unknown/read-only OID, bad settings: no retry
     ├── NotifyError                 a notification could not be delivered (retried from the outbox)
+    │   └── NotifyRejected          the receiver refused this one notification (HTTP 4xx): no retry
+    ├── QueryTooLarge               a metrics query would read or return too much (HTTP 422;
+    │                               piman.monitor.collector.query)
     ├── ImageError                  a disk image or block map is corrupt or truncated (exit 2;
     │                               piman.deploy.errors)
     └── InstallerBuildError         the installer could not be built (piman.deploy.installer)
@@ -43,6 +46,7 @@ __all__ = [
     "Gone",
     "NotFoundError",
     "NotifyError",
+    "NotifyRejected",
     "PimanError",
     "PowerConnError",
     "PowerError",
@@ -143,3 +147,10 @@ class PowerFatalError(PowerError):
 
 class NotifyError(PimanError):
     """A notification could not be delivered; the outbox retries it."""
+
+
+class NotifyRejected(NotifyError):
+    """The receiver answered and refused this notification (HTTP 4xx): a retry will not help.
+
+    The outbox gives up on it at once (dead letter) and goes on with the next one.
+    """

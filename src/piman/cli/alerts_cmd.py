@@ -1,4 +1,5 @@
-"""``piman alerts``: what fires and what is pending, recent history, and silences.
+"""``piman alerts``: what fires and what is pending, recent history, silences, and the outbox
+of notifications (waiting, delivered, or given up on: dead).
 
 Every command asks a running manager with ``--url``, or reads and writes the store directly
 (silences written to the store are picked up by a running manager on its next evaluation).
@@ -21,7 +22,7 @@ from piman.cli.common import EXIT_BAD_INPUT, ConfigOption, console, fail, local_
 from piman.config.types import parse_duration
 from piman.errors import RuleError
 from piman.fleet.ports import AlertRepository
-from piman.fleet.records import SilenceRecord
+from piman.fleet.records import OutboxItem, SilenceRecord
 from piman.monitor.alerting.silences import make_silence
 
 if TYPE_CHECKING:
@@ -261,6 +262,77 @@ def expire(
 
     record = _with_store(config, run)
     console.print(f"silence {record.id} expired")
+
+
+OUTBOX_STATES = ("pending", "dead", "undelivered", "delivered", "all")
+
+
+def _outbox_row(item: OutboxItem) -> dict[str, Any]:
+    from piman.web.api.alerts import OutboxOut
+
+    return OutboxOut.of(item).model_dump(mode="json")
+
+
+@app.command("outbox")
+def outbox(
+    state: Annotated[
+        str,
+        typer.Option(help="pending, dead, undelivered (pending and dead), delivered or all."),
+    ] = "undelivered",
+    retry_dead: Annotated[
+        bool, typer.Option("--retry-dead", help="Send every dead notification again first.")
+    ] = False,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many rows to show.")] = 50,
+    config: ConfigOption = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    ca_file: CaFileOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Notifications per receiver: waiting, delivered, or dead (given up on after their last
+    attempt, or refused by the receiver). --retry-dead queues the dead ones again.
+
+    Example: piman alerts outbox --state dead
+    """
+    if state not in OUTBOX_STATES:
+        fail(f"--state: {state!r} is not one of {', '.join(OUTBOX_STATES)}", EXIT_BAD_INPUT)
+    wanted = None if state == "all" else state
+    requeued: int | None = None
+    if url:
+        with _client(url, token, ca_file) as client:
+            if retry_dead:
+                requeued = client.post("/alerts/outbox/retry", {"ids": []})["requeued"]
+            query = f"?limit={limit}" + (f"&state={wanted}" if wanted else "")
+            rows = client.get(f"/alerts/outbox{query}")
+    else:
+
+        async def run(repo: AlertRepository) -> tuple[int | None, list[OutboxItem]]:
+            count = await repo.requeue_dead(time.time()) if retry_dead else None
+            return count, await repo.outbox(state=wanted, limit=limit)
+
+        requeued, items = _with_store(config, run)
+        rows = [_outbox_row(i) for i in items]
+    if as_json:
+        console.print_json(json.dumps(rows, default=str))
+        return
+    if requeued is not None:
+        console.print(f"{requeued} dead notification(s) queued again")
+    table = Table(title=f"{len(rows)} notifications ({state})", title_justify="left")
+    for col in ("id", "receiver", "state", "alert", "queued", "attempts", "last error"):
+        table.add_column(col)
+    for r in rows:
+        labels = r["group_labels"]
+        what = " ".join(v for k, v in sorted(labels.items()) if k != "alertname")
+        table.add_row(
+            str(r["id"]),
+            r["receiver"],
+            r["state"],
+            f"{r['status']} {labels.get('alertname', '')} {what}".strip(),
+            _when(r["created_at"]),
+            str(r["attempts"]),
+            r["last_error"] or "",
+        )
+    console.print(table)
 
 
 def register(root: typer.Typer) -> None:

@@ -6,6 +6,13 @@ it at load time, the alert evaluator runs it. Pure: parsing and matching, nothin
 - A matcher is ``name="value"`` (equal), ``name!="value"``, ``name=~"regex"`` or
   ``name!~"regex"``; regexes are fully anchored, as in Prometheus and Alertmanager. Quotes may be
   double, single or left out for simple values.
+- Regexes are RE2, the syntax of Alertmanager and Prometheus (Go's ``regexp``), and run on RE2
+  (PyPI ``google-re2``): matching takes time linear in the label's length whatever the pattern,
+  so a silence written by any operator cannot stall the event loop that evaluates it at every
+  tick and page load. Perl-only constructs (backreferences, lookaround, possessive repeats) are
+  refused when the matcher is made. Sizes are bounded: :data:`MAX_REGEX` characters per regex,
+  :data:`MAX_MATCHERS` matchers and :data:`MAX_MATCHERS_TEXT` characters per matcher list, and
+  :data:`RE2_MAX_MEM` bytes of compiled program per regex (a bigger one is refused, quickly).
 - A selector is a metric name with optional matchers in braces: ``up``,
   ``rpi_throttle_condition{condition="under_voltage",scope="now"}``.
 - An expression is ``<selector> <op> <number>`` with op one of ``> >= < <= == !=``.
@@ -15,14 +22,22 @@ Every failure raises :class:`~piman.errors.RuleError` with one line that says wh
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+import re2  # type: ignore[import-untyped]
 
 from piman.errors import RuleError
 
 __all__ = [
+    "MAX_MATCHERS",
+    "MAX_MATCHERS_TEXT",
+    "MAX_REGEX",
     "NAME_PATTERN",
+    "RE2_MAX_MEM",
     "Matcher",
     "Selector",
     "check_field",
@@ -45,6 +60,39 @@ _MATCHER_RE = re.compile(
     r"(?:\"(?P<dq>(?:[^\"\\]|\\.)*)\"|'(?P<sq>(?:[^'\\]|\\.)*)'|(?P<bare>[^,\s\"'{}]+))\s*"
 )
 
+MAX_REGEX = 4096  # characters of one regex (a rack's node names, alternated, fit)
+MAX_MATCHERS = 64  # matchers in one silence or selector
+MAX_MATCHERS_TEXT = 16384  # characters of one matcher list
+RE2_MAX_MEM = 1 << 20  # bytes RE2 may use for one compiled regex; bigger ones are refused
+
+
+def _re2_options() -> Any:
+    options = re2.Options()
+    options.max_mem = RE2_MAX_MEM
+    options.log_errors = False  # errors are raised as RuleError, not written to stderr
+    options.never_capture = True  # only "does it match" is asked: the DFA answers that
+    return options
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=256)
+def _compile(pattern: str) -> Any:
+    """A compiled RE2 regex (cached: silences are parsed again at every tick); RuleError."""
+    try:
+        return re2.compile(pattern, _re2_options())
+    except re2.error as err:
+        reason = err.args[0] if err.args else "does not compile"
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise RuleError(f"{pattern!r} is not a valid regex: {reason}") from None
+
 
 @dataclass(frozen=True, slots=True)
 class Matcher:
@@ -53,15 +101,19 @@ class Matcher:
     label: str
     op: str
     value: str
+    _regex: Any = field(default=None, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if self.op not in ("=", "!=", "=~", "!~"):
             raise RuleError(f"{self.op!r} is not a matcher operator (expected = != =~ !~)")
         if self.op in ("=~", "!~"):
-            try:
-                re.compile(self.value)
-            except re.error as err:
-                raise RuleError(f"{self.value!r} is not a valid regex: {err}") from None
+            if len(self.value) > MAX_REGEX:
+                raise RuleError(
+                    f"the regex for {self.label!r} is longer than {MAX_REGEX} characters"
+                )
+            if not _is_utf8(self.value):
+                raise RuleError("the regex is not valid Unicode text (a lone surrogate)")
+            object.__setattr__(self, "_regex", _compile(self.value))
 
     def match(self, labels: Mapping[str, str]) -> bool:
         got = labels.get(self.label, "")
@@ -69,7 +121,9 @@ class Matcher:
             return got == self.value
         if self.op == "!=":
             return got != self.value
-        hit = re.fullmatch(self.value, got) is not None
+        if not _is_utf8(got):  # RE2 reads UTF-8: a lone surrogate reads as U+FFFD
+            got = got.encode("utf-8", "replace").decode("utf-8")
+        hit = self._regex.fullmatch(got) is not None
         return hit if self.op == "=~" else not hit
 
     def __str__(self) -> str:
@@ -83,7 +137,14 @@ def matches(matchers: Iterable[Matcher], labels: Mapping[str, str]) -> bool:
 
 
 def parse_matchers(text: str) -> tuple[Matcher, ...]:
-    """``a="x", b!~"y.*"`` (braces, quotes and commas optional) → matchers; RuleError if bad."""
+    """``a="x", b!~"y.*"`` (braces, quotes and commas optional) → matchers; RuleError if bad.
+
+    At most :data:`MAX_MATCHERS` matchers in at most :data:`MAX_MATCHERS_TEXT` characters.
+    """
+    if len(text) > MAX_MATCHERS_TEXT:
+        raise RuleError(f"the matchers are longer than {MAX_MATCHERS_TEXT} characters")
+    if not _is_utf8(text):
+        raise RuleError("the matchers are not valid Unicode text (a lone surrogate)")
     body = text.strip()
     if body.startswith("{") and body.endswith("}"):
         body = body[1:-1]
@@ -99,6 +160,8 @@ def parse_matchers(text: str) -> tuple[Matcher, ...]:
             raise RuleError(f'{rest!r} is not a label matcher (expected e.g. node="rack1-02")')
         raw = m.group("dq") if m.group("dq") is not None else m.group("sq")
         value = m.group("bare") if raw is None else re.sub(r"\\(.)", r"\1", raw)
+        if len(out) == MAX_MATCHERS:
+            raise RuleError(f"more than {MAX_MATCHERS} matchers")
         out.append(Matcher(m.group("label"), m.group("op"), value))
         pos = m.end()
     return tuple(out)

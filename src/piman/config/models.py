@@ -105,6 +105,8 @@ class NodeSettings(BaseModel):
     model: str | None = None
     hostname: str | None = None
     agent_url: str | None = None
+    # This node's agent token, instead of monitoring.agent_token (sent to its agent URL only).
+    agent_token: SecretStr | None = None
     # Reinstalls: the environment this node runs (piman reinstall's default) and its disk.
     environment: str | None = None
     disk: str | None = None

@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+)
 
 from piman.config.matchers import check_field
 from piman.config.types import Duration
@@ -56,6 +64,18 @@ class MonitoringSettings(BaseModel):
     # The seed piman's monitoring.config thresholds (cpu, memory, disk, timeout …).
     config: dict[str, Any] = Field(default_factory=dict)
     forward_url: str | None = None  # VictoriaMetrics /api/v1/import/prometheus
-    # Agents started with a bearer token / TLS (piman agent --token, --tls-cert).
+    # Agents started with a bearer token / TLS (piman agent --token, --tls-cert). The token is
+    # sent only to the agents of nodes declared under `nodes:` (a node's own agent_token wins),
+    # never to a node the manager only discovered.
     agent_token: SecretStr | None = None
     agent_ca_file: Path | None = None  # CA for https agent_urls (default: system CAs)
+    # What one scrape of one agent may bring (Prometheus' scrape_config limits). A scrape over
+    # any of them fails as a whole: up 0, nothing stored, the reason in the log.
+    body_size_limit: ByteSize = Field(default=ByteSize(4 << 20), ge=1024)  # bytes of /metrics
+    sample_limit: int = Field(default=5000, ge=1)  # samples in one scrape
+    # Series one target may have (vmagent's series_limit): a scrape that would add new series
+    # beyond it fails. Series that have not reported for `retention` are forgotten.
+    series_limit: int = Field(default=5000, ge=1)
+    label_limit: int = Field(default=30, ge=0)  # labels of one series, besides its name
+    label_name_length_limit: int = Field(default=128, ge=1)
+    label_value_length_limit: int = Field(default=512, ge=1)  # the metric name counts as one

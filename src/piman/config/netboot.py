@@ -86,6 +86,10 @@ class DhcpSettings(BaseModel):
     reply_delay: dict[str, Duration] = Field(default_factory=dict)
     # Send option 43 text with three trailing spaces to these models (Pi 3B ROM bug).
     option43_padded_models: list[str] = Field(default_factory=list)
+    # Pool guard: new pool leases a minute, overall (default: a quarter of the pool, at least 8)
+    # and per client (its MAC, or its switch port when a relay adds option 82); 0 is no limit.
+    new_leases_per_minute: int | None = Field(default=None, ge=0)
+    new_leases_per_client: int = Field(default=4, ge=0)
 
     @field_validator("pool", mode="before")
     @classmethod
@@ -105,11 +109,22 @@ class TftpSettings(BaseModel):
     enabled: bool = True
     root: Path | None = None  # default: <data_dir>/boot
     listen: HostPort | None = None
-    max_transfers: int | None = Field(default=None, ge=1)  # None: no cap
-    transfer_timeout: Duration | None = None  # None: no whole-transfer limit
+    # Transfers at once. Each holds a socket (and a file when too large to cache): the server
+    # lowers this at start to fit the open-file limit beside ``fd_reserve``.
+    max_transfers: int = Field(default=256, ge=1)
+    # File descriptors TFTP leaves to the rest of the manager (HTTP, the store, the journal).
+    fd_reserve: int = Field(default=512, ge=0)
+    # Whole-transfer limit (None: none). A 30 MB initramfs in lock-step at blksize 1024 with a
+    # 1 ms round trip takes 30 s; a client that ACKs just in time holds a slot this long at most.
+    transfer_timeout: Duration | None = 600.0
     retransmit_timeout: Duration = 1.0
+    # The longest ``timeout`` option (RFC 2349, 1-255 s) granted; a client asking more gets
+    # the server's own ``retransmit_timeout`` (the option is left out of the OACK).
+    max_client_timeout: Duration = Field(default=10.0, ge=1, le=255)
     max_retries: int = Field(default=5, ge=0)
     rate_limit: float = Field(default=50.0, gt=0)  # new requests per second per source
+    # New requests per second from all sources together (spoofed sources each look new).
+    rate_limit_total: float = Field(default=1000.0, gt=0)
     # Sources the rate limit never applies to: loopback cannot be spoofed from the network
     # (the demo's virtual Pis all ask from 127.0.0.1).
     rate_limit_exempt: list[IPv4Network] = Field(

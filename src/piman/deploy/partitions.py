@@ -180,6 +180,10 @@ def _read_gpt(region: Region) -> PartitionTable:
     array = region.read(array_start, array_bytes)
     if zlib.crc32(array) != entries_crc:
         raise ImageError("the CRC32 of the GPT entry array does not match: the table is corrupt")
+    usable = (first_usable * sector, (last_usable + 1) * sector)
+    for start, end in ((0, 2 * sector), (array_start, array_start + array_bytes)):
+        if start < end and start < usable[1] and usable[0] < end:
+            raise ImageError("the GPT header's usable sectors overlap the partition table itself")
     partitions = []
     for i in range(count):
         type_guid, _unique, first, last, _attrs, name = _GPT_ENTRY.unpack_from(

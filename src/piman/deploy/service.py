@@ -366,11 +366,11 @@ class DeployService:
         for path in custom.ssh_key_files:
             keys += [k for k in path.read_text().splitlines() if k.strip()]
         monitoring = self.config.monitoring
-        token = (
-            monitoring.agent_token.get_secret_value()
-            if monitoring and monitoring.agent_token
-            else None
+        declared = self.config.node(record.node)  # its own agent token first, as the collector
+        secret = (declared.agent_token if declared else None) or (
+            monitoring.agent_token if monitoring else None
         )
+        token = secret.get_secret_value() if secret else None
         extra = {}
         for target, path in custom.extra_files.items():
             try:

@@ -8,6 +8,7 @@ for a name that does not exist.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -74,8 +75,10 @@ class NodeRepository(Protocol):
         model: str | None = None,
         vendor_class: str | None = None,
         now: datetime | None = None,
+        name: str | None = None,
     ) -> NodeRecord:
-        """A node was seen on the wire: update what was learnt, or record a ``new`` node."""
+        """A node was seen on the wire: update what was learnt, or record a ``new`` node (named
+        ``name``, default ``pi-<mac>``; ConflictError when another node has that name)."""
 
 
 class AuditRepository(Protocol):
@@ -121,18 +124,27 @@ class AlertRepository(Protocol):
         """End a silence now (by id or a unique prefix of it); NotFoundError."""
 
     async def next_pending(self, receiver: str) -> OutboxItem | None:
-        """The oldest undelivered notification for a receiver."""
+        """The oldest notification for a receiver that is neither delivered nor dead."""
 
     async def mark_delivered(self, item_id: int, at: float) -> None: ...
 
     async def mark_failed(self, item_id: int, error: str, next_at: float) -> None: ...
 
-    async def outbox(self, *, pending_only: bool = False, limit: int = 100) -> list[OutboxItem]: ...
+    async def mark_dead(self, item_id: int, error: str, at: float) -> None:
+        """Give up on a notification: it stays in the outbox, ``dead``, and is not retried."""
+
+    async def requeue_dead(self, at: float, ids: Sequence[int] = ()) -> int:
+        """Dead notifications (those of ``ids``, or all) pending again from ``at``; how many."""
+
+    async def outbox(
+        self, *, pending_only: bool = False, state: str | None = None, limit: int = 100
+    ) -> list[OutboxItem]:
+        """Newest first; ``pending_only`` or ``state`` (pending, dead, undelivered, delivered)."""
 
     async def pending_counts(self) -> dict[str, int]: ...
 
     async def prune(self, before: float) -> None:
-        """Drop delivered outbox rows and history older than ``before``."""
+        """Drop delivered and dead outbox rows and history older than ``before``."""
 
 
 class UserRepository(Protocol):

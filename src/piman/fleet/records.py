@@ -17,6 +17,7 @@ __all__ = [
     "AuditRecord",
     "DeploymentEventRecord",
     "DeploymentRecord",
+    "DiscoveredDevice",
     "EnvironmentRecord",
     "NodeRecord",
     "OutboxItem",
@@ -62,6 +63,22 @@ class NodeRecord:
         if self.switch is None:
             return "-"
         return f"{self.switch}:{self.port}" if self.port is not None else self.switch
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveredDevice:
+    """A device the netboot servers saw that is not a node: kept in memory (bounded, expiring)
+    until an operator accepts it (``InventoryHandle.accept``). ``sightings`` counts the packets
+    that named it; the other fields are the latest the wire said (None: never said)."""
+
+    mac: str
+    first_seen: datetime
+    last_seen: datetime
+    sightings: int
+    ip: str | None = None
+    serial: str | None = None
+    model: str | None = None
+    vendor_class: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +169,14 @@ class OutboxItem:
     next_attempt_at: float
     delivered_at: float | None
     last_error: str | None
+    dead_at: float | None = None  # given up on (attempts exhausted or refused): not retried
+
+    @property
+    def state(self) -> str:
+        """``pending``, ``delivered`` or ``dead``."""
+        if self.delivered_at is not None:
+            return "delivered"
+        return "dead" if self.dead_at is not None else "pending"
 
 
 @dataclass(slots=True)

@@ -10,5 +10,6 @@ __all__ = ["build"]
 
 def build(ctx: AppContext) -> Built[InventoryHandle]:
     """One :class:`Sightings` for the DHCP and TFTP servers, and the service that writes it."""
-    sightings = Sightings(ctx.store.nodes)
-    return Built(sightings, (sightings,))
+    sightings = Sightings(ctx.store.nodes, registry=ctx.metrics)
+    # Which MACs are nodes is known before any netboot server starts (unknown ones are only listed).
+    return Built(sightings, (sightings,), startup=(sightings.load,))

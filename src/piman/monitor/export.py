@@ -29,6 +29,7 @@ import httpx
 import yaml
 
 from piman.fleet.metrics import EVENT_FIELDS
+from piman.monitor.alerting.notify import safe_url, scrub_url
 from piman.monitor.alerting.rules import Rule, default_rules
 
 if TYPE_CHECKING:
@@ -282,8 +283,20 @@ class VictoriaForwarder:
                     self.url, content=body.encode(), headers={"Content-Type": "text/plain"}
                 )
             response.raise_for_status()
+        except httpx.HTTPStatusError as err:  # its text quotes the whole URL: not logged
+            self.failed += 1
+            logger.warning(
+                "forward to %s failed, cycle dropped: answered %d",
+                safe_url(self.url),
+                err.response.status_code,
+            )
+            return
         except httpx.HTTPError as err:
             self.failed += 1
-            logger.warning("forward to %s failed, cycle dropped: %s", self.url, err)
+            logger.warning(
+                "forward to %s failed, cycle dropped: %s",
+                safe_url(self.url),
+                scrub_url(f"{type(err).__name__}: {err}", self.url),
+            )
             return
         self.sent += body.count("\n")

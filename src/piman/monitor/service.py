@@ -22,7 +22,9 @@ from piman.fleet.metrics import NodeSnapshot, Series
 from piman.fleet.ports import NodeRepository
 from piman.monitor.alerting.service import Alerting, build_alerting
 from piman.monitor.collector.fetch import StreamFetcher
-from piman.monitor.collector.scrape import Scraper, ScrapeTarget, targets_for
+from piman.monitor.collector.ingest import ScrapeLimits
+from piman.monitor.collector.query import QueryLimits
+from piman.monitor.collector.scrape import Scraper, ScrapeTarget, targets_for, with_tokens
 from piman.monitor.collector.snapshot import NodeSnapshots
 from piman.monitor.collector.tsdb import TargetBatch, Tsdb
 from piman.monitor.export import VictoriaForwarder
@@ -75,6 +77,13 @@ class CollectorMetrics:
         self.series = Gauge(
             "piman_collector_series", "Series known to the metrics store.", registry=registry
         )
+        self.failures = Counter(
+            "piman_collector_scrape_failures",
+            "Failed scrapes by reason (timeout, unreachable, http_status, malformed, "
+            "body_size_limit, sample_limit, series_limit, label_limit …).",
+            ["reason"],
+            registry=registry,
+        )
         self.cpu = Counter(
             "piman_collector_store_cpu_seconds",
             "CPU time of the metrics store's writer thread.",
@@ -85,6 +94,9 @@ class CollectorMetrics:
 
     async def update(self, batches: list[TargetBatch]) -> None:
         up = sum(1 for b in batches if len(b) >= 3 and b.values[-3] == 1.0)
+        for b in batches:
+            if b.error is not None:
+                self.failures.labels(b.error).inc()
         self.targets.labels("up").set(up)
         self.targets.labels("down").set(len(batches) - up)
         t = self.tsdb
@@ -110,6 +122,7 @@ class Monitoring:
         self.tsdb = tsdb
         self.scraper = scraper
         self.snapshots = snapshots
+        self.query_limits = QueryLimits()
         self._alerting: Alerting | None = None
 
     @property
@@ -128,7 +141,8 @@ class Monitoring:
         end: float,
         step: float | None = None,
     ) -> list[Series]:
-        return await self.tsdb.range(metric, matchers, start, end, step)
+        """What a user asks (``/api/v1/query_range``): within :class:`QueryLimits`."""
+        return await self.tsdb.range(metric, matchers, start, end, step, limits=self.query_limits)
 
     async def latest_events(self, node: str) -> dict[str, Any] | None:
         return await self.tsdb.latest_events(node)
@@ -157,20 +171,36 @@ def build_collector(
         grace=2 * interval,
     )
 
-    async def targets() -> list[ScrapeTarget]:
-        return targets_for(await nodes.list(), settings.agent_port)
+    # Tokens go to declared nodes' agent URLs only (a node's own token before the fleet's).
+    tokens: dict[tuple[str, str], str] = {}
+    for node in config.nodes:
+        secret = node.agent_token or settings.agent_token
+        if secret is not None:
+            for declared in targets_for([node], settings.agent_port):
+                tokens[(declared.node, declared.metrics_url)] = secret.get_secret_value()
 
-    token = settings.agent_token.get_secret_value() if settings.agent_token else None
+    async def targets() -> list[ScrapeTarget]:
+        return with_tokens(targets_for(await nodes.list(), settings.agent_port), tokens)
+
     context = None
     if settings.agent_ca_file is not None:
         context = ssl.create_default_context(cafile=str(settings.agent_ca_file))
+    limits = ScrapeLimits(
+        body_size=int(settings.body_size_limit),
+        samples=settings.sample_limit,
+        series=settings.series_limit,
+        labels=settings.label_limit,
+        label_name_length=settings.label_name_length_limit,
+        label_value_length=settings.label_value_length_limit,
+    )
     scraper = Scraper(
         tsdb,
         targets,
         interval=interval,
         timeout=settings.scrape_timeout,
-        fetcher=StreamFetcher(token, ssl_context=context),
+        fetcher=StreamFetcher(ssl_context=context, max_body=limits.body_size),
         forward=settings.forward_url is not None,
+        limits=limits,
     )
     snapshots = NodeSnapshots()
     monitor = Monitoring(settings, tsdb, scraper, snapshots)

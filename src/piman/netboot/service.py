@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from piman.config.types import parse_host_port
 from piman.context import AppContext, Built, NetbootHandle, Service
+from piman.errors import ConfigError, ConfigProblem
 from piman.netboot.boottree import BootTree, check_boot_trees
 from piman.netboot.dhcp.policy import PolicySettings
 from piman.netboot.dhcp.server import DhcpServer
@@ -41,6 +42,18 @@ def _dhcp(ctx: AppContext) -> DhcpServer | None:
     config = ctx.config
     if config.dhcp is None or not config.dhcp.enabled:
         return None
+    if config.dhcp.mode == "authoritative" and not (config.manager.interface or config.dhcp.listen):
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    "config",
+                    "manager.interface",
+                    "authoritative DHCP needs the provisioning interface (manager.interface) or"
+                    " an explicit dhcp.listen; without either it would answer on every network"
+                    " this machine is on",
+                )
+            ]
+        )
     listen = parse_host_port(config.dhcp.listen) if config.dhcp.listen else ("0.0.0.0", 67)
     return DhcpServer(
         PolicySettings.from_config(config),

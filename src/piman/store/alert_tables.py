@@ -5,7 +5,10 @@
 - ``alert_groups``: Alertmanager-style notification groups (timers and what was last sent).
 - ``alert_history``: every transition to firing or resolved, for ``piman alerts`` and the UI.
 - ``alert_silences``: matchers with an expiry.
-- ``alert_outbox``: notifications waiting for (or delivered to) each receiver, in order.
+- ``alert_outbox``: notifications waiting for (or delivered to) each receiver, in order; one
+  given up on is kept, ``dead`` (``dead_at``), until requeued or pruned with the delivered
+  ones. A receiver is named by what is safe to show (``webhook:https://host:port``,
+  ``apprise:slack``): its URL, with its tokens and passwords, stays in the configuration.
 - ``alert_meta``: small key/values (the time of the last evaluation, for catch-up).
 
 The evaluator saves a whole tick in one transaction (:meth:`AlertRepository.save`), so the alert
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -28,6 +32,7 @@ from sqlalchemy import (
     UniqueConstraint,
     delete,
     func,
+    or_,
     select,
     update,
 )
@@ -135,6 +140,7 @@ class OutboxRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     last_error: Mapped[str | None] = mapped_column(Text)
+    dead_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class AlertMetaRow(Base):
@@ -242,7 +248,13 @@ def _item(row: OutboxRow) -> OutboxItem:
         row.next_attempt_at.timestamp(),
         to_ts(row.delivered_at),
         row.last_error,
+        to_ts(row.dead_at),
     )
+
+
+OUTBOX_STATES = ("pending", "dead", "undelivered", "delivered")
+MAX_ERROR = 2000  # characters of a delivery error kept in the outbox
+_PENDING = (OutboxRow.delivered_at.is_(None), OutboxRow.dead_at.is_(None))
 
 
 class AlertRepository:
@@ -353,11 +365,11 @@ class AlertRepository:
     # Outbox -----------------------------------------------------------------------------------
 
     async def next_pending(self, receiver: str) -> OutboxItem | None:
-        """The oldest undelivered notification for a receiver (delivery is in order)."""
+        """The oldest notification for a receiver that is neither delivered nor dead."""
         async with self._session() as s:
             row = await s.scalar(
                 select(OutboxRow)
-                .where(OutboxRow.receiver == receiver, OutboxRow.delivered_at.is_(None))
+                .where(OutboxRow.receiver == receiver, *_PENDING)
                 .order_by(OutboxRow.id)
                 .limit(1)
             )
@@ -379,33 +391,74 @@ class AlertRepository:
                 .values(
                     next_attempt_at=from_ts(next_at),
                     attempts=OutboxRow.attempts + 1,
-                    last_error=error[:2000],
+                    last_error=error[:MAX_ERROR],
                 )
             )
 
-    async def outbox(self, *, pending_only: bool = False, limit: int = 100) -> list[OutboxItem]:
+    async def mark_dead(self, item_id: int, error: str, at: float) -> None:
+        """Give up on a notification: it stays in the outbox, ``dead``, and is not retried."""
+        async with self._session() as s:
+            await s.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id == item_id)
+                .values(
+                    dead_at=from_ts(at),
+                    attempts=OutboxRow.attempts + 1,
+                    last_error=error[:MAX_ERROR],
+                )
+            )
+
+    async def requeue_dead(self, at: float, ids: Sequence[int] = ()) -> int:
+        """Dead notifications (those of ``ids``, or all) pending again from ``at``; how many."""
+        async with self._session() as s:
+            query = update(OutboxRow).where(
+                OutboxRow.dead_at.is_not(None), OutboxRow.delivered_at.is_(None)
+            )
+            if ids:
+                query = query.where(OutboxRow.id.in_(list(ids)))
+            result = await s.execute(
+                query.values(dead_at=None, attempts=0, next_attempt_at=from_ts(at))
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    async def outbox(
+        self, *, pending_only: bool = False, state: str | None = None, limit: int = 100
+    ) -> list[OutboxItem]:
+        """Newest first; ``pending_only`` or ``state`` (pending, dead, undelivered, delivered)."""
         async with self._session() as s:
             query = select(OutboxRow).order_by(OutboxRow.id.desc()).limit(limit)
-            if pending_only:
+            if pending_only or state == "pending":
+                query = query.where(*_PENDING)
+            elif state == "delivered":
+                query = query.where(OutboxRow.delivered_at.is_not(None))
+            elif state == "dead":
+                query = query.where(
+                    OutboxRow.delivered_at.is_(None), OutboxRow.dead_at.is_not(None)
+                )
+            elif state == "undelivered":
                 query = query.where(OutboxRow.delivered_at.is_(None))
+            elif state is not None:
+                raise ValueError(f"{state!r} is not an outbox state ({', '.join(OUTBOX_STATES)})")
             return [_item(r) for r in (await s.scalars(query)).all()]
 
     async def pending_counts(self) -> dict[str, int]:
+        """Notifications waiting for each receiver (dead ones are not waiting)."""
         async with self._session() as s:
             rows = await s.execute(
                 select(OutboxRow.receiver, func.count())
-                .where(OutboxRow.delivered_at.is_(None))
+                .where(*_PENDING)
                 .group_by(OutboxRow.receiver)
             )
             return {r: int(n) for r, n in rows.all()}
 
     async def prune(self, before: float) -> None:
-        """Drop delivered outbox rows and history older than ``before``."""
+        """Drop delivered and dead outbox rows and history older than ``before``."""
         async with self._session() as s:
             at = from_ts(before)
             await s.execute(
                 delete(OutboxRow).where(
-                    OutboxRow.delivered_at.is_not(None), OutboxRow.created_at < at
+                    or_(OutboxRow.delivered_at.is_not(None), OutboxRow.dead_at.is_not(None)),
+                    OutboxRow.created_at < at,
                 )
             )
             await s.execute(delete(AlertHistoryRow).where(AlertHistoryRow.at < at))

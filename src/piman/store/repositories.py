@@ -14,7 +14,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from piman.errors import NotFoundError
+from piman.errors import ConflictError, NotFoundError
 from piman.fleet.lifecycle import NodeState, PowerState, check_transition
 from piman.fleet.records import AuditRecord, NodeRecord, SwitchRecord
 from piman.store.tables import AuditEntry, NodeRow, SwitchRow
@@ -123,8 +123,10 @@ class NodeRepository:
         model: str | None = None,
         vendor_class: str | None = None,
         now: datetime | None = None,
+        name: str | None = None,
     ) -> NodeRecord:
-        """A node was seen on the wire: update what is learnt, or record a ``new`` node.
+        """A node was seen on the wire: update what is learnt, or record a ``new`` node (named
+        ``name``, default ``pi-<mac>``; ConflictError when another node has that name).
 
         Never overwrites a serial or model the configuration declared.
         """
@@ -132,7 +134,10 @@ class NodeRepository:
         async with self._session() as s:
             row = (await s.scalars(select(NodeRow).where(NodeRow.mac == mac))).first()
             if row is None:
-                name = "pi-" + mac.replace(":", "")
+                name = name or "pi-" + mac.replace(":", "")
+                taken = (await s.scalars(select(NodeRow).where(NodeRow.name == name))).first()
+                if taken is not None:
+                    raise ConflictError(f"a node named {name!r} exists already")
                 row = NodeRow(
                     name=name,
                     mac=mac,

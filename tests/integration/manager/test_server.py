@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,7 +17,17 @@ from typing import IO
 import httpx
 import pytest
 
-from tests.support import api_token, bearer, free_port, initial_admin_password, session_client
+from piman.fleet.models import PiModel
+from piman.sim.netboot import PI_VENDOR_CLASS, netboot_once
+from piman.sim.pi import VirtualPi
+from tests.support import (
+    api_token,
+    bearer,
+    free_port,
+    free_udp_port,
+    initial_admin_password,
+    session_client,
+)
 
 CONFIG = """\
 manager:
@@ -60,16 +71,21 @@ class Server:
         self.password = initial_admin_password(self.data_dir)
         self.headers = bearer(api_token(self.url, "admin", self.password))
 
-    def stop(self, sig: int = signal.SIGTERM) -> tuple[float, str]:
-        t0 = time.monotonic()
+    def stop(self, sig: int = signal.SIGTERM) -> str:
+        """Send ``sig``, wait for the exit; what the server wrote on stderr."""
         self.proc.send_signal(sig)
-        self.proc.wait(timeout=15)
-        return time.monotonic() - t0, self.stderr.read_text()
+        self.proc.wait(timeout=30)
+        return self.stderr.read_text()
 
 
-def spawn(args: list[str], stderr: IO[bytes]) -> subprocess.Popen[bytes]:
+def spawn(
+    args: list[str], stderr: IO[bytes], env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "piman", *args], stdout=subprocess.DEVNULL, stderr=stderr
+        [sys.executable, "-m", "piman", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -132,10 +148,13 @@ def test_web_page_lists_nodes_and_its_table_refreshes(server: Server) -> None:
     assert script.status_code == 200
 
 
-def test_sigterm_stops_within_5_seconds_and_logs_to_a_file(server: Server) -> None:
-    took, stderr = server.stop(signal.SIGTERM)
+def test_sigterm_stops_every_service_in_time_and_logs_to_a_file(server: Server) -> None:
+    stderr = server.stop(signal.SIGTERM)
     assert server.proc.returncode == 0, stderr
-    assert took < 5, f"stop took {took:.1f} s"
+    # The manager names any service still running STOP_TIMEOUT (5 s) after it was cancelled;
+    # a wall-clock bound here would measure this machine's load instead.
+    assert "still stopping" not in stderr
+    assert "manager stopping" in stderr
     assert "manager stopped" in stderr
     log = (server.data_dir / "logs" / "piman.log").read_text()
     assert "manager ready" in log
@@ -143,50 +162,138 @@ def test_sigterm_stops_within_5_seconds_and_logs_to_a_file(server: Server) -> No
 
 
 def test_sigint_stops_cleanly_too(server: Server) -> None:
-    took, stderr = server.stop(signal.SIGINT)
+    stderr = server.stop(signal.SIGINT)
     assert server.proc.returncode == 0, stderr
-    assert took < 5
+    assert "still stopping" not in stderr
+    assert "manager stopped" in stderr
     assert "Traceback" not in stderr
 
 
+RUNTIME_CONFIG = """\
+manager:
+  address: 198.18.0.1
+  network: 198.18.0.0/24
+  data_dir: {data_dir}
+  http: "127.0.0.1:{port}"
+dhcp: {{mode: authoritative, listen: "127.0.0.1:{dhcp}", pool: 198.18.0.100-198.18.0.199}}
+switches:
+  - {{name: rack1, address: 198.18.0.254, driver: command, command: ["true"]}}
+nodes:
+  - {{name: rack1-01, switch: rack1, port: 1, mac: "dc:a6:32:00:00:01", ip: 198.18.0.11,
+      model: pi4}}
+  - {{name: rack1-02, switch: rack1, port: 2, mac: "b8:27:eb:00:00:02", ip: 198.18.0.12}}
+"""
+# The two declared Pis as their boot ROMs speak DHCP (the Pi 4 tells its serial in option 97).
+PIS = (
+    VirtualPi("rack1-01", PiModel.PI4, "dc:a6:32:00:00:01", "1234abcd", 0xC03114, "rack1", 1, ""),
+    VirtualPi(
+        "rack1-02", PiModel.PI3BPLUS, "b8:27:eb:00:00:02", "00000002", 0xA020D3, "rack1", 2, ""
+    ),
+)
+
+
+def start_runtime_manager(tmp: Path, log: str) -> tuple[subprocess.Popen[bytes], str, int]:
+    """`piman server` with DHCP on loopback and a `command` power driver; (process, URL, DHCP
+    port) once it answers."""
+    port, dhcp = free_port(), free_udp_port()
+    config = tmp / "piman.yaml"
+    config.write_text(RUNTIME_CONFIG.format(data_dir=tmp / "data", port=port, dhcp=dhcp))
+    with (tmp / log).open("wb") as err:
+        proc = spawn(["server", "-c", str(config)], err, env={"PIMAN_ADMIN_PASSWORD": "pw-x7Lq9"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/healthz", proc)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, url, dhcp
+
+
+def runtime_view(nodes: list[dict[str, object]]) -> dict[object, tuple[object, ...]]:
+    """What a restart must keep of each node: lifecycle and power state, what the wire taught."""
+    keys = ("state", "power", "mac", "serial", "vendor_class", "first_seen", "last_seen")
+    return {n["name"]: tuple(n[k] for k in keys) for n in nodes}
+
+
 def test_restart_keeps_runtime_state(tmp_path: Path) -> None:
-    first = Server(tmp_path)
+    proc, url, dhcp = start_runtime_manager(tmp_path, "first.log")
     try:
-        first.stop()
-    finally:
-        if first.proc.poll() is None:
-            first.proc.kill()
-    port = free_port()
-    first.config.write_text(first.config.read_text().replace(f":{first.port}", f":{port}"))
-    with (tmp_path / "second.log").open("wb") as err:
-        proc = spawn(["server", "-c", str(first.config)], err)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc)
-        headers = bearer(api_token(f"http://127.0.0.1:{port}", "admin", first.password))
-        nodes = httpx.get(f"http://127.0.0.1:{port}/api/v1/nodes", headers=headers).json()
-        assert [n["name"] for n in nodes] == ["rack1-01", "rack1-02"]
+        token = bearer(api_token(url, "admin", "pw-x7Lq9"))
+        r = httpx.post(url + "/api/v1/nodes/rack1-01/power", json={"action": "off"}, headers=token)
+        assert r.status_code == 200, r.text
+        for pi in PIS:
+            assert asyncio.run(netboot_once(pi, ("127.0.0.1", dhcp))) is not None, pi.name
+        deadline = time.monotonic() + 30
+        while True:  # sightings are written in the background
+            nodes = httpx.get(url + "/api/v1/nodes", headers=token).json()
+            if all(n["last_seen"] is not None for n in nodes):
+                break
+            assert time.monotonic() < deadline, nodes
+            time.sleep(0.2)
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=15)
+        proc.wait(timeout=30)
+    before = runtime_view(nodes)
+    assert before["rack1-01"][:5] == (
+        "ready",
+        "off",
+        "dc:a6:32:00:00:01",
+        "1234abcd",
+        PI_VENDOR_CLASS,
+    )
+    assert before["rack1-02"][4] == PI_VENDOR_CLASS
+
+    proc, url, _ = start_runtime_manager(tmp_path, "second.log")
+    try:
+        fresh = bearer(api_token(url, "admin", "pw-x7Lq9"))
+        after = runtime_view(httpx.get(url + "/api/v1/nodes", headers=fresh).json())
+        assert after == before
+        # Accounts are runtime state too: the token made before the restart still works.
+        assert httpx.get(url + "/api/v1/nodes/rack1-01", headers=token).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
 
 
-def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        config = tmp_path / "piman.yaml"
-        config.write_text(CONFIG.format(data_dir=tmp_path / "d", port=port))
-        log = tmp_path / "err.log"
-        with log.open("wb") as err:
-            proc = spawn(["server", "-c", str(config)], err)
-        deadline = time.monotonic() + 20
-        while "cannot listen" not in log.read_text() and time.monotonic() < deadline:
+def test_port_in_use_is_one_clear_line_and_http_starts_once_it_is_free(tmp_path: Path) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    config = tmp_path / "piman.yaml"
+    config.write_text(CONFIG.format(data_dir=tmp_path / "d", port=port))
+    log = tmp_path / "err.log"
+    with log.open("wb") as err:
+        proc = spawn(["server", "-c", str(config)], err)
+    try:
+        deadline = time.monotonic() + 60
+        while "cannot listen" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
+        # The manager stays up (its other services run) and retries the HTTP service.
+        assert proc.poll() is None, log.read_text()
+        busy.close()
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=90)
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        [restarts] = [
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith('piman_service_restarts{service="http"}')
+        ]
+        assert restarts >= 1, metrics
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=15)
+        proc.wait(timeout=30)
+    finally:
+        busy.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     text = log.read_text()
-    assert f"cannot listen on 127.0.0.1:{port} for HTTP" in text
+    assert proc.returncode == 0, text  # a clean stop on SIGTERM, as when the port was free
+    assert f"cannot listen on 127.0.0.1:{port} for HTTP: Address already in use" in text
     assert "Traceback" not in text
 
 

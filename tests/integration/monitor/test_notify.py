@@ -2,7 +2,10 @@
 
 - e-mail through apprise's ``mailto://`` to a real SMTP server (aiosmtpd);
 - Alertmanager v4 JSON to a local HTTP receiver that validates it with a strict model;
-- a receiver that is down (connection refused), then up, gets everything, once, in order.
+- a receiver that is down (connection refused), then up, gets everything, once, in order;
+- a receiver that refuses one notification (HTTP 400) gets the next ones: the refused one is
+  dead in the outbox, counted and logged;
+- the tokens and passwords of receiver URLs are in neither the database nor the log.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import email
 import json
+import logging
 import socket
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from email.message import Message
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from piman.fleet.metrics import Sample
@@ -26,6 +32,7 @@ from piman.fleet.records import TickChanges
 from piman.monitor.alerting.book import AlertBook, GroupSettings, Notification
 from piman.monitor.alerting.notify import AppriseReceiver, Notifier, WebhookReceiver
 from piman.monitor.alerting.rules import Rule
+from piman.monitor.collector.query import MemoryQuery
 from piman.store import Store
 
 # --- a strict model of Alertmanager's webhook payload, version 4 --------------------------------
@@ -79,10 +86,11 @@ def free_port() -> int:
 class HookReceiver:
     """An HTTP server on 127.0.0.1 that records each POST (idempotency key, v4 body)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, path: str = "/hook") -> None:
         self.port = port
-        self.url = f"http://127.0.0.1:{port}/hook"
+        self.url = f"http://127.0.0.1:{port}{path}"
         self.received: list[tuple[str, V4Payload, dict[str, str]]] = []
+        self.refuse: set[str] = set()  # idempotency keys answered 400
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -103,6 +111,15 @@ class HookReceiver:
             }
             body = await reader.readexactly(int(headers.get("content-length", "0")))
             payload = V4Payload.model_validate(json.loads(body))
+            if headers["idempotency-key"] in self.refuse:
+                said = b"unknown receiver\nfor " + self.url.encode()
+                writer.write(
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                    % len(said)
+                    + said
+                )
+                await writer.drain()
+                return
             self.received.append((headers["idempotency-key"], payload, headers))
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
             await writer.drain()
@@ -241,7 +258,7 @@ async def test_receiver_down_then_up_gets_everything_once_in_order(
     receiver = WebhookReceiver(hook.url, external_url="http://piman")
     notes = notifications(12)
     await enqueue(repo, receiver.name, notes[:6])
-    notifier = Notifier(repo, [receiver], backoff=(0.05, 0.1, 0.2))
+    notifier = Notifier(repo, [receiver], backoff=(0.05, 0.1, 0.2), max_attempts=10_000)
     task = asyncio.create_task(notifier.serve())
     try:
         # Wait until the outbox has recorded failed attempts against the dead receiver.
@@ -282,5 +299,108 @@ async def test_unknown_apprise_url_is_a_config_error() -> None:
     assert [str(p) for p in info.value.problems] == [
         "config: monitoring.notify[0]: apprise does not understand this URL (scheme "
         "'nosuchscheme')",
-        "config: monitoring.webhooks[0]: 'ftp://nope' is not an http(s) URL",
+        "config: monitoring.webhooks[0]: ftp://… is not an http(s) URL",
     ]
+
+
+def alerting_for(tmp_path: Path, store: Store, notify: list[str], webhooks: list[str]) -> Any:
+    """The manager's alerting (evaluator, notifier, metrics) for one NodeDown rule."""
+    from piman.config import parse_config
+    from piman.monitor.alerting.service import build_alerting
+
+    monitoring = {
+        "default_rules": False,
+        "rules": [{"alert": "NodeDown", "expr": "up == 0"}],
+        "group_by": ["alertname", "node"],
+        "group_wait": "0s",
+        "notify": notify,
+        "webhooks": webhooks,
+    }
+    text = json.dumps({"manager": {"address": "127.0.0.1"}, "monitoring": monitoring})
+    config = parse_config(text, str(tmp_path / "piman.yaml"))
+    registry = CollectorRegistry()
+    return build_alerting(config, store.alerts, registry, MemoryQuery()), registry
+
+
+async def test_a_refused_notification_is_dead_and_the_next_ones_are_delivered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    hook = HookReceiver(free_port())
+    await hook.start()
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'piman.db'}")
+    await store.open()
+    try:
+        alerting, registry = alerting_for(tmp_path, store, [], [hook.url])
+        (receiver,) = alerting.notifier.receivers
+        notes = notifications(4)
+        hook.refuse = {notes[1].key}  # the receiver cannot take this one (400)
+        await enqueue(store.alerts, receiver.name, notes)
+        await run_until(alerting.notifier, lambda: len(hook.received) >= 3)
+        (dead,) = await store.alerts.outbox(state="dead")
+    finally:
+        await store.close()
+        await hook.stop()
+    assert [k for k, _, _ in hook.received] == [notes[0].key, notes[2].key, notes[3].key]
+    assert (dead.key, dead.attempts) == (notes[1].key, 1)
+    assert dead.last_error == "answered 400: unknown receiver for …"  # its answer, URL scrubbed
+
+    def count(result: str) -> float | None:
+        labels = {"receiver": f"webhook:http://127.0.0.1:{hook.port}", "result": result}
+        return registry.get_sample_value("piman_notifications_total", labels)
+
+    assert (count("delivered"), count("dead"), count("failed")) == (3, 1, None)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        f"[webhook:http://127.0.0.1:{hook.port}] gave up on notification {notes[1].key} after 1 "
+        "attempt(s): answered 400: unknown receiver for …; kept in the outbox "
+        "as dead (piman alerts outbox --retry-dead sends it again)"
+    ]
+
+
+async def test_receiver_secrets_are_neither_stored_nor_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    secrets = ["hunter2", "S3CRETPATH", "T0KEN", "PA55WORD", "APPRISEPATH"]
+    hook = HookReceiver(free_port(), "/hook/S3CRETPATH?token=T0KEN")
+    webhook = hook.url.replace("http://", "http://bot:hunter2@")
+    # An apprise JSON receiver that is down: its failures are logged.
+    apprise_url = f"json://ops:PA55WORD@127.0.0.1:{free_port()}/APPRISEPATH"
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'piman.db'}")
+    await store.open()
+    caplog.set_level(logging.DEBUG, logger="piman")
+    try:
+        alerting, _registry = alerting_for(tmp_path, store, [apprise_url], [webhook])
+        notifier = alerting.notifier
+        notifier.backoff = (0.05,)
+        service = alerting.service
+        await service.start()
+        query = service.source.query
+        now = time.time()  # the notifier's clock: rows are due at once
+        query.add("up", {"job": "agent", "instance": "n1", "node": "n1"}, now, 0)
+        assert len(await service.tick(now)) == 1
+        # The webhook is down at first (connection refused), then up.
+        task = asyncio.create_task(notifier.serve())
+        try:
+            async with asyncio.timeout(30):
+                while not any(i.attempts >= 2 for i in await store.alerts.outbox()):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            await hook.start()
+            async with asyncio.timeout(30):
+                while not hook.received:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        receivers = sorted({i.receiver for i in await store.alerts.outbox()})
+    finally:
+        await store.close()
+        await hook.stop()
+    # The secrets are still used: the receiver got the credentials of its URL.
+    assert hook.received[0][2]["authorization"] == "Basic Ym90Omh1bnRlcjI="  # bot:hunter2
+    assert receivers == ["apprise:json", f"webhook:http://127.0.0.1:{hook.port}"]
+    assert "ConnectError" in caplog.text  # failures were logged …
+    for path in sorted(tmp_path.glob("piman.db*")):  # noqa: ASYNC240 - the store is closed
+        data = path.read_bytes()  # … and nothing of a secret is in the database files
+        assert not [s for s in secrets if s.encode() in data], path
+    assert not [s for s in secrets if s in caplog.text]

@@ -139,5 +139,8 @@ def test_after_kill_9_and_restart_a_second_client_never_gets_a_leased_address(
     assert second is not None
     assert second != first
     assert "leases loaded" in netlab.manager_log()
-    # The pool (2 addresses) is now full: a third client gets nothing, not a taken address.
     assert udhcpc(netlab, netlab.clients[0]) == RESERVED  # reserved clients still get theirs
+    # The pool (2 addresses) is now full: a third client gets nothing, not a taken address.
+    netlab.run(netlab.clients[0], "ip", "link", "set", "eth0", "address", "02:00:00:00:01:7f")
+    assert udhcpc(netlab, netlab.clients[0]) is None
+    assert "pool 198.18.0.100-198.18.0.101 exhausted" in netlab.manager_log()

@@ -64,8 +64,12 @@ while time.monotonic() < end:
 def test_kill_9_mid_stream_never_hands_one_address_to_two_macs(netlab: NetLab) -> None:
     client_ns = netlab.clients[0]
     netlab.run(client_ns, "ip", "addr", "add", "198.18.0.2/24", "dev", "eth0")
+    # The pool guard is lifted: 300 new MACs in a few seconds is what this test is about.
     config = netlab.write_config(
-        {"manager": {"log_level": "INFO"}, "dhcp": {"pool": "198.18.0.100-198.18.0.229"}}
+        {
+            "manager": {"log_level": "INFO"},
+            "dhcp": {"pool": "198.18.0.100-198.18.0.229", "new_leases_per_minute": 0},
+        }
     )
     out = netlab.tmp / "seen.txt"
     rounds = 3
@@ -88,6 +92,7 @@ def test_kill_9_mid_stream_never_hands_one_address_to_two_macs(netlab: NetLab) -
         manager.wait(timeout=10)
         client.wait(timeout=30)
     # One more round on a surviving server: earlier MACs come back, new ones arrive.
+    before = len(out.read_text().splitlines())
     netlab.start_manager(config=config)
     client = netlab.popen(
         client_ns,
@@ -113,4 +118,14 @@ def test_kill_9_mid_stream_never_hands_one_address_to_two_macs(netlab: NetLab) -
     assert answered > 100, "the stream hardly got answers: the test proves nothing"
     shared = {ip: macs for ip, macs in owners.items() if len(macs) > 1}
     assert shared == {}
+    lines = [line.split() for line in out.read_text().splitlines()]
+    acked = {mac: ip for kind, mac, ip in lines[:before] if kind == "ACK"}
+    seen = {mac for _, mac, _ in lines[:before]}
+    last = {mac: ip for kind, mac, ip in lines[before:] if kind == "ACK"}
+    # Every MAC acknowledged before one of the kill -9s gets the same address back.
+    back = {mac: last[mac] for mac in acked if mac in last}
+    assert back, "no earlier client came back: the test proves nothing"
+    assert back == {mac: acked[mac] for mac in back}
+    # MACs the killed servers never saw get addresses too.
+    assert set(last) - seen
     assert "Traceback" not in netlab.manager_log()

@@ -1,4 +1,5 @@
-"""Pi-like clients in a netns lab: exact Pi 4 DISCOVER, Pi 3 ROM behaviour, proxy mode, garbage.
+"""Pi-like clients in a netns lab: exact Pi 4 DISCOVER, Pi 3 ROM behaviour, proxy mode, garbage,
+the Pi 4 REQUEST that only its MAC identifies, and per-class reply delays.
 
 The clients are hand-made and talk through raw AF_PACKET sockets, as a Pi's boot ROM would: no
 address, broadcast flag clear, so the server must unicast to the Pi's MAC (RFC 2131 §4.1).
@@ -6,11 +7,20 @@ address, broadcast flag clear, so the server must unicast to the Pi's MAC (RFC 2
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import replace
 from ipaddress import IPv4Address
 
 from piman.fleet.models import PiModel
-from piman.netboot.dhcp.packets import DhcpPacket, MessageType, decode, encode
+from piman.netboot.dhcp.packets import (
+    BROADCAST_FLAG,
+    DhcpPacket,
+    MessageType,
+    Options,
+    decode,
+    encode,
+)
 from piman.sim.netboot import pi_discover, pi_request
 from tests.integration import netlab as lab_module
 from tests.support import needs_tool
@@ -64,29 +74,109 @@ def test_pi4_discover_gets_option43_byte_for_byte_unicast_to_its_mac(netlab: Net
     assert len(acks) == 1
     assert acks[0][1].yiaddr == offer.yiaddr
     assert acks[0][1].options.vendor_specific == PI_OPTION43
-    # Its sighting reaches the store: an unknown Pi becomes a `new` node with serial and model.
+    # Anyone can say "RPi4": an unknown Pi is listed as discovered, and is no node (no store
+    # write, no scrape target) until an operator accepts it.
     deadline = time.monotonic() + 10
-    node = ""
-    while time.monotonic() < deadline:
-        node = netlab.run(
-            netlab.server,
-            "sqlite3",
-            str(netlab.tmp / "data" / "piman.db"),
-            f"select state, serial, model, vendor_class from nodes where mac = '{mac}'",
-            check=False,
-        ).stdout.strip()
-        if node:
-            break
+    while _manager_metric(netlab, "piman_discovered_devices") != 1.0:
+        assert time.monotonic() < deadline, "the Pi was never listed as discovered"
         time.sleep(0.3)
-    assert node == f"new|{PI4_SERIAL}|pi4|PXEClient:Arch:00000:UNDI:002001"
+    nodes = netlab.run(
+        netlab.server,
+        "sqlite3",
+        str(netlab.tmp / "data" / "piman.db"),
+        f"select count(*) from nodes where mac = '{mac}'",
+    ).stdout.strip()
+    assert nodes == "0"
+
+
+def _manager_metric(lab: NetLab, name: str) -> float | None:
+    """One sample of the manager's own /metrics (HTTP inside the server's namespace)."""
+    import yaml
+
+    listen = yaml.safe_load((lab.tmp / "piman.yaml").read_text())["manager"]["http"]
+    code = (
+        "import sys, urllib.request\n"
+        "print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())\n"
+    )
+    text = lab.python(lab.server, code, f"http://{listen}/metrics")
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def test_a_pi4_request_without_options_60_and_97_is_known_by_its_mac(netlab: NetLab) -> None:
+    ns, mac = netlab.clients[0], netlab.client_mac(0)  # not a Pi OUI: only option 97 tells
+    netlab.start_manager({"dhcp": {"pool": "198.18.0.100-198.18.0.110"}})
+    discover = pi_discover(PiModel.PI4, mac, PI4_SERIAL, PI4_REV, xid=0x51)
+    ((_, offer),) = _offers(netlab.raw_dhcp(ns, encode(discover), seconds=2), MessageType.OFFER)
+    request = pi_request(discover, offer)
+    bare = replace(request, options=replace(request.options, client_machine_id=None))
+    assert bare.options.vendor_class is None
+    assert bare.options.client_machine_id is None
+    ((frame, ack),) = _offers(netlab.raw_dhcp(ns, encode(bare), seconds=2), MessageType.ACK)
+    assert ack.yiaddr == offer.yiaddr
+    assert ack.options.vendor_specific == PI_OPTION43
+    assert ack.options.vendor_class == "PXEClient"
+    assert ack.siaddr == IPv4Address("198.18.0.1")
+    assert ack.options.tftp_server == "198.18.0.1"
+    assert frame["dst_mac"] == mac  # unicast to the Pi's MAC, broadcast flag clear
+
+
+# Sends two DISCOVERs as raw broadcast frames, one right after the other; prints the xids of the
+# replies in the order they arrive (the broadcast flag is set: both replies reach this namespace).
+TWO_DISCOVERS = r"""
+import json, socket, sys, time
+from tests.integration.netlab import ETH_P_IP, dhcp_frame
+from piman.netboot.dhcp.packets import decode
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
+sock.bind(("eth0", 0))
+mac = sock.getsockname()[4]
+for payload in sys.argv[1:3]:
+    sock.send(dhcp_frame(bytes.fromhex(payload), mac))
+sock.settimeout(0.2)
+order, deadline = [], time.monotonic() + float(sys.argv[3])
+while time.monotonic() < deadline and len(order) < 2:
+    try:
+        frame = sock.recv(4096)
+    except TimeoutError:
+        continue
+    ip = frame[14:]
+    ihl = (ip[0] & 0x0F) * 4
+    if ip[9] == 17 and int.from_bytes(ip[ihl + 2 : ihl + 4], "big") == 68:
+        order.append(decode(ip[ihl + 8 :]).xid)
+print(json.dumps(order))
+"""
+
+
+def test_reply_delay_holds_back_the_replies_of_its_class_only(netlab: NetLab) -> None:
+    ns = netlab.clients[0]
+    netlab.start_manager(
+        {"dhcp": {"pool": "198.18.0.100-198.18.0.110", "reply_delay": {"pi4": "2s"}}}
+    )
+    pi4 = pi_discover(PiModel.PI4, netlab.client_mac(0), PI4_SERIAL, PI4_REV, xid=4, broadcast=True)
+    plain = DhcpPacket(
+        op=1,
+        xid=7,
+        chaddr=bytes.fromhex("020000000909"),
+        flags=BROADCAST_FLAG,
+        options=Options(message_type=MessageType.DISCOVER),
+    )
+    out = netlab.python(ns, TWO_DISCOVERS, encode(pi4).hex(), encode(plain).hex(), "10")
+    # The Pi 4 asked first, and is answered last; but it is answered.
+    assert json.loads(out) == [7, 4]
 
 
 def test_pi3_that_never_requests_keeps_its_offered_address(netlab: NetLab) -> None:
     needs_tool("busybox")
-    netlab.start_manager(
-        {"dhcp": {"pool": "198.18.0.100-198.18.0.101", "reply_delay": {"b8:27:eb": "0.2s"}}}
-    )
     pi3_mac = "b8:27:eb:00:00:07"
+    netlab.start_manager(
+        {
+            "dhcp": {"pool": "198.18.0.100-198.18.0.101", "reply_delay": {"b8:27:eb": "0.2s"}},
+            # Declared (no address): bound at OFFER time, as its ROM never sends REQUEST.
+            "nodes": [{"name": "rack1-07", "mac": pi3_mac, "model": "pi3b+"}],
+        }
+    )
     discover = pi_discover(PiModel.PI3BPLUS, pi3_mac, "00000007", 0xA020D3, xid=77)
     offers = _offers(netlab.raw_dhcp(netlab.clients[0], encode(discover), 3), MessageType.OFFER)
     assert len(offers) == 1

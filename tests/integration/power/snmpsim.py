@@ -49,6 +49,17 @@ def rfc3621_records(
     return lines
 
 
+def stuck_records(ports: int) -> list[str]:
+    """A switch that accepts every SET of AdminEnable and keeps its state: snmpsim's ``delay``
+    variation (no wait) answers a SET with success, but without ``writecache`` nothing is stored,
+    so a GET still reads 1 (on); DetectionStatus is deliveringPower."""
+    lines = []
+    for p in range(1, ports + 1):
+        lines.append(f"{RFC}.3.1.{p}|2:delay|value=1,wait=0")
+        lines.append(f"{RFC}.6.1.{p}|2|3")
+    return lines
+
+
 def tplink_records(ports: int) -> list[str]:
     lines = []
     for p in range(1, ports + 1):

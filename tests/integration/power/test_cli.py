@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from piman.store import Store
-from tests.integration.power.snmpsim import RFC, Snmpsim, rfc3621_records, snmpget, start_snmpsim
+from tests.integration.power.snmpsim import (
+    RFC,
+    Snmpsim,
+    rfc3621_records,
+    snmpget,
+    start_snmpsim,
+    stuck_records,
+)
 from tests.support import SEED_YAML as SEED
 from tests.support import needs_tool
 
@@ -34,7 +41,13 @@ def sim() -> Iterator[Snmpsim]:
         f"{FDB}.{_mac_oid('b8:27:eb:00:00:07')}|2|7",
     ]
     s = start_snmpsim(
-        {"seed": rfc3621_records(4), "lab": rfc3621_records(8), "bridge": bridge}, v3=False
+        {
+            "seed": rfc3621_records(4),
+            "lab": rfc3621_records(8),
+            "bridge": bridge,
+            "stuck": stuck_records(8),
+        },
+        v3=False,
     )
     try:
         yield s
@@ -161,6 +174,34 @@ def test_power_status_table_and_failures_exit_1(sim: Snmpsim, tmp_path: Path) ->
     result = piman("power", "cycle", "nosuchnode", "-c", str(config))
     assert result.returncode == 2
     assert "'nosuchnode' is not a node" in result.stderr
+
+
+def test_a_switch_that_accepts_the_set_but_keeps_the_port_on_is_a_failure(
+    sim: Snmpsim, tmp_path: Path
+) -> None:
+    config = lab_config(tmp_path, sim, community="stuck")
+    before = len(sim.sets())
+    result = piman("power", "off", "pi2", "-c", str(config))
+    assert result.returncode == 1, result.stdout
+    assert "error: pi2 (rack1:2): rack1:2: set off but the switch reads back on" in result.stderr
+    assert "pi2 (rack1:2): off" not in result.stdout
+    # The switch answered the SET without an error: only the read-back shows the port stayed on.
+    assert sim.sets()[before:] == [(f"{RFC}.3.1.2", "<2>")]
+    assert snmpget(sim.port, "stuck", f"{RFC}.3.1.2") == "1"
+
+    async def stored() -> tuple[str, list[tuple[str, str | None]]]:
+        store = Store(f"sqlite+aiosqlite:///{tmp_path / 'piman.db'}")
+        await store.open()
+        try:
+            node = await store.nodes.get("pi2")
+            entries = await store.audit.list(action="power.off")
+            return node.power_state, [(e.result, e.detail) for e in entries]
+        finally:
+            await store.close()
+
+    power_state, entries = asyncio.run(stored())
+    assert power_state == "unknown"  # never "off": the port was not switched off
+    assert entries == [("failed", "rack1:2: set off but the switch reads back on")]
 
 
 def test_power_map_shows_macs_and_prints_yaml_fixes(sim: Snmpsim, tmp_path: Path) -> None:

@@ -78,6 +78,8 @@ TABLE: Mapping[tuple[str, str], tuple[str, Any]] = {
     ("GET", "/api/v1/silences"): ("read", None),
     ("POST", "/api/v1/silences"): ("operate", {"matchers": ["node=pi1"], "duration": "1h"}),
     ("DELETE", "/api/v1/silences/{silence_id}"): ("operate", None),
+    ("GET", "/api/v1/alerts/outbox"): ("read", None),
+    ("POST", "/api/v1/alerts/outbox/retry"): ("operate", {"ids": []}),
     ("GET", "/api/v1/environments"): ("read", None),
     ("GET", "/api/v1/environments/{name}"): ("read", None),
     ("GET", "/api/v1/deployments"): ("read", None),
@@ -149,6 +151,12 @@ class FakeAlerting:
 
     async def expire_silence(self, silence_id: str, *, now: float | None = None) -> SilenceRecord:
         raise NotFoundError(f"no silence with id {silence_id!r}")
+
+    async def outbox(self, *, state: str | None = None, limit: int = 100) -> list[Any]:
+        return []
+
+    async def requeue_dead(self, ids: Any = ()) -> int:
+        return 0
 
 
 class FakeMonitor:

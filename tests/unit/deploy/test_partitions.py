@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import struct
 import subprocess
@@ -10,7 +11,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from piman.deploy.errors import ImageError
@@ -185,7 +186,39 @@ def gpt_head(entries: bytes, count: int, entry_size: int, layout: tuple[int, ...
     return mbr((0xEE, 1, 63)) + bytes(header) + bytes(420) + entries
 
 
+@pytest.mark.parametrize("first_usable", [0, 1, 2])
+def test_a_gpt_whose_usable_sectors_cover_its_own_table_is_refused(first_usable: int) -> None:
+    # One partition at the first usable sector: over the MBR (0), the header (1) or the entry
+    # array (2); the installer writes the table last, so it would overwrite that partition.
+    entry = bytes(range(1, 17)) + bytes(16) + struct.pack("<QQ", first_usable, 40) + bytes(80)
+    disk = gpt_head(entry, 1, 128, (1, 63, first_usable, 60, 2)) + bytes(64 * 512)
+    with pytest.raises(ImageError, match="overlap the partition table itself"):
+        read_table(Region(io.BytesIO(disk), 0, len(disk)))
+    entry = entry[:32] + struct.pack("<QQ", 3, 40) + bytes(80)  # right after the array: fine
+    disk = gpt_head(entry, 1, 128, (1, 63, 3, 60, 2)) + bytes(64 * 512)
+    table = read_table(Region(io.BytesIO(disk), 0, len(disk)))
+    assert table is not None
+    assert [(p.start_bytes, p.end_bytes) for p in table.partitions] == [(3 * 512, 41 * 512)]
+
+
 LBA = st.integers(min_value=0, max_value=80) | st.integers(min_value=0, max_value=2**64 - 1)
+
+
+def sound(table: PartitionTable | None, disk: bytes) -> PartitionTable | None:
+    """Check what any table read from ``disk`` must be: partitions numbered in order, each
+    non-empty, none overlapping another or the table itself (MBR; GPT header and entry array),
+    all on the disk."""
+    if table is None:
+        return None
+    assert table.disk_bytes_needed <= len(disk)
+    parts = table.partitions
+    assert [p.index for p in parts] == sorted({p.index for p in parts})
+    assert all(0 < p.start_bytes < p.end_bytes <= table.disk_bytes_needed for p in parts)
+    for start, end in table.metadata[:2]:
+        assert all(p.end_bytes <= start or end <= p.start_bytes for p in parts)
+    ordered = sorted(parts, key=lambda p: p.start_bytes)
+    assert all(a.end_bytes <= b.start_bytes for a, b in itertools.pairwise(ordered))
+    return table
 
 
 @settings(max_examples=300, deadline=None)
@@ -200,9 +233,11 @@ def test_garbage_gpts_with_valid_crcs_raise_image_error_only(
 ) -> None:
     disk = gpt_head(entries, count, size, layout) + bytes(64 * 512)
     try:
-        read_table(Region(io.BytesIO(disk), 0, len(disk)))
+        table = sound(read_table(Region(io.BytesIO(disk), 0, len(disk))), disk)
     except ImageError:
-        pass
+        return
+    assert table is not None
+    assert table.kind == "gpt"
 
 
 @settings(max_examples=300, deadline=None)
@@ -210,30 +245,93 @@ def test_garbage_gpts_with_valid_crcs_raise_image_error_only(
 def test_garbage_gpt_entries_raise_image_error_only(
     data: st.DataObject, size: int, count: int
 ) -> None:
-    entries = data.draw(st.binary(min_size=size * count, max_size=size * count))
     lbas = st.integers(min_value=0, max_value=80)
+    # Random entries, or entries whose sectors are near the usable area (type GUID zero or not).
+    entry = st.binary(min_size=size, max_size=size) | st.builds(
+        lambda kind, first, last, rest: kind + bytes(16) + struct.pack("<QQ", first, last) + rest,
+        st.just(bytes(16)) | st.binary(min_size=16, max_size=16),
+        lbas,
+        lbas,
+        st.binary(min_size=size - 48, max_size=size - 48),
+    )
+    entries = b"".join(data.draw(st.lists(entry, min_size=count, max_size=count)))
     layout = (1, data.draw(lbas), data.draw(lbas), data.draw(lbas), 2)
+    first_usable, last_usable = layout[2:4]
     disk = gpt_head(entries, count, size, layout) + bytes(64 * 512)
+    used = []
+    for i in range(count):
+        type_guid, first, last = struct.unpack_from("<16s16xQQ", entries, i * size)
+        if type_guid != bytes(16):
+            used.append((i + 1, first, last))
+    if any(not first_usable <= first <= last <= last_usable for _, first, last in used):
+        with pytest.raises(ImageError):
+            read_table(Region(io.BytesIO(disk), 0, len(disk)))
+        return
     try:
-        read_table(Region(io.BytesIO(disk), 0, len(disk)))
+        table = sound(read_table(Region(io.BytesIO(disk), 0, len(disk))), disk)
     except ImageError:
-        pass
+        return
+    assert table is not None
+    # Every entry with a type GUID is a partition, at the sectors the entry gives.
+    got = [(p.index, p.start_bytes, p.end_bytes) for p in table.partitions]
+    assert got == [(i, first * 512, (last + 1) * 512) for i, first, last in used]
 
 
+_KINDS = st.sampled_from([0x00, 0x0C, 0x83, 0xEE, 0x05]) | st.integers(0, 255)
 ENTRY = st.tuples(
-    st.sampled_from([0x00, 0x0C, 0x83, 0xEE, 0x05]) | st.integers(0, 255),
+    _KINDS,
     st.integers(0, 100) | st.integers(0, 2**32 - 1),
     st.integers(0, 100) | st.integers(0, 2**32 - 1),
 )
 
 
+def _lay_out(specs: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Entries one after the other from sector 1, each ``gap`` sectors after the previous one's
+    end: -1 overlaps it by one sector (or starts the first on the MBR), 0 touches it."""
+    entries, at = [], 1
+    for kind, gap, count in specs:
+        start = max(0, at + gap)
+        entries.append((kind, start, count))
+        at = start + count
+    return entries
+
+
+# Near misses: entries that touch, overlap by one sector, start on the MBR, on a disk of 17
+# sectors that holds them all (or random bytes, often too short).
+_LAID_OUT = st.lists(
+    st.tuples(_KINDS.filter(lambda k: k != 0xEE), st.integers(-1, 1), st.integers(0, 3)),
+    max_size=4,
+).map(_lay_out)
+_REST = st.binary(max_size=8192) | st.just(bytes(16 * 512))
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.lists(ENTRY, max_size=4), st.binary(max_size=8192))
+@given(st.lists(ENTRY, max_size=4) | _LAID_OUT, _REST)
 def test_garbage_mbrs_raise_image_error_only(
     entries: list[tuple[int, int, int]], rest: bytes
 ) -> None:
     disk = mbr(*entries) + rest
-    try:
-        read_table(Region(io.BytesIO(disk), 0, len(disk)))
-    except ImageError:
-        pass
+    assume(all(kind != 0xEE for kind, _, _ in entries))  # protective: the GPT tests above
+    # What the table must be: the entries of a type and a size, in slot order, each at the
+    # sectors it names; refused when one starts on the MBR itself, two overlap, or the disk
+    # is too short for one.
+    used = [
+        (slot, start * 512, (start + count) * 512, f"0x{kind:02x}")
+        for slot, (kind, start, count) in enumerate(entries, start=1)
+        if kind and count
+    ]
+    spans = sorted((start, end) for _, start, end, _ in used)
+    refused = (
+        any(start == 0 for _, start, _, _ in used)
+        or any(b[0] < a[1] for a, b in itertools.pairwise(spans))
+        or any(end > len(disk) for _, _, end, _ in used)
+    )
+    if refused:
+        with pytest.raises(ImageError):
+            read_table(Region(io.BytesIO(disk), 0, len(disk)))
+        return
+    table = sound(read_table(Region(io.BytesIO(disk), 0, len(disk))), disk)
+    assert table is not None
+    assert table.kind == "mbr"
+    got = [(p.index, p.start_bytes, p.end_bytes, p.type) for p in table.partitions]
+    assert got == used

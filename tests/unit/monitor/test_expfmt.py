@@ -143,22 +143,47 @@ def test_agrees_with_prometheus_client_parser(samples: list[ParsedSample]) -> No
     assert ours == theirs
 
 
+def _sample_lines(text: str) -> int:
+    """Lines that must give one sample each: neither blank nor a comment."""
+    return sum(1 for line in text.split("\n") if line.strip() and line.strip()[0] != "#")
+
+
+def _comparable(samples: list[ParsedSample]) -> list[tuple[object, ...]]:
+    return [
+        (s.name, s.labels, "NaN" if math.isnan(s.value) else s.value, s.timestamp_ms)
+        for s in samples
+    ]
+
+
+def _check_accepted(text: str) -> None:
+    """Whatever parses gives one sample per sample line, and reads back the same once written
+    out again; whatever does not raises MalformedText (and nothing else)."""
+    try:
+        samples = parse(text)
+    except MalformedText:
+        return
+    assert len(samples) == _sample_lines(text)
+    again = "".join(
+        format_sample(s.name, s.labels, s.value, s.timestamp_ms) + "\n" for s in samples
+    )
+    assert _comparable(parse(again)) == _comparable(samples)
+
+
 @given(st.text(max_size=200))
 @settings(max_examples=500, deadline=None)
 def test_garbage_raises_only_malformed_text(text: str) -> None:
-    try:
-        parse(text)
-    except MalformedText:
-        pass
+    _check_accepted(text)
 
 
 @given(st.text(alphabet='a{}=",\\ n1.#\t\ne-+', max_size=60))
 @settings(max_examples=500, deadline=None)
 def test_near_miss_garbage_raises_only_malformed_text(text: str) -> None:
-    try:
-        parse(text)
-    except MalformedText:
-        pass
+    _check_accepted(text)
+
+
+@given(st.lists(st.sampled_from(["", "   ", "\t", "# HELP m x", "#", "  # TYPE m gauge"])))
+def test_blanks_and_comments_alone_are_no_samples(lines: list[str]) -> None:
+    assert parse("\n".join(lines)) == []
 
 
 def test_parse_series_sorts_labels() -> None:

@@ -37,7 +37,7 @@ class FakeFetcher:
         self.answers = answers
         self.slow = slow
 
-    async def get(self, url: str) -> tuple[int, str]:
+    async def get(self, url: str, **_: object) -> tuple[int, str]:
         if url in self.slow:
             await asyncio.sleep(3600)
         answer = self.answers.get(url, ConnectionRefusedError("refused"))
@@ -254,9 +254,9 @@ async def test_a_scrape_in_flight_during_a_flush_lands_in_the_next_cycle(tsdb: T
     release = asyncio.Event()
 
     class Held(FakeFetcher):
-        async def get(self, url: str) -> tuple[int, str]:
+        async def get(self, url: str, **kwargs: object) -> tuple[int, str]:
             await release.wait()
-            return await super().get(url)
+            return await super().get(url, **kwargs)
 
     scraper = _scraper(tsdb, Held({ok.metrics_url: (200, BODY)}, set()), [ok])
     scraper.interval, scraper.timeout = 600.0, 30.0  # one scrape in this test

@@ -81,18 +81,18 @@ async def test_bodies_by_length_chunks_and_close_and_one_connection_reused(
     server: tuple[Server, int],
 ) -> None:
     srv, port = server
-    fetcher = StreamFetcher(token="s3cret")
+    fetcher = StreamFetcher()
     try:
         base = f"http://127.0.0.1:{port}"
-        assert await fetcher.get(f"{base}/len") == (200, "hello")
-        assert await fetcher.get(f"{base}/chunked") == (200, "abcdefg")
-        assert await fetcher.get(f"{base}/len") == (200, "hello")
+        assert await fetcher.get(f"{base}/len", token="s3cret") == (200, "hello")
+        assert await fetcher.get(f"{base}/chunked", token="s3cret") == (200, "abcdefg")
+        assert await fetcher.get(f"{base}/len", token="s3cret") == (200, "hello")
         assert srv.connections == 1
-        assert await fetcher.get(f"{base}/close") == (503, "bye")
-        assert await fetcher.get(f"{base}/len") == (200, "hello")
+        assert await fetcher.get(f"{base}/close", token="s3cret") == (503, "bye")
+        assert await fetcher.get(f"{base}/len", token="s3cret") == (200, "hello")
         assert srv.connections == 2
         with pytest.raises(BadResponse):
-            await fetcher.get(f"{base}/junk")
+            await fetcher.get(f"{base}/junk", token="s3cret")
     finally:
         await fetcher.aclose()
     assert all(b"Authorization: Bearer s3cret\r\n" in r for r in srv.requests)

@@ -120,7 +120,9 @@ async def test_events_are_kept_per_node_and_their_fields_are_series(tsdb: Tsdb) 
 async def test_one_minute_and_one_hour_rollups_hold_min_max_avg(tsdb: Tsdb) -> None:
     start = 1_699_999_980.0  # a minute boundary
     await _cycles(tsdb, 8, start=start)  # two whole minutes: 40..43 and 44..47 for node a
-    await tsdb.write([], now=start + 3600 * 2 + 200)  # everything is complete now
+    later = start + 3600 * 2 + 200  # everything is complete now; a still reports (a series
+    # silent for `retention` would be forgotten, rollups and all)
+    await tsdb.write([TargetBatch("a", later, [(_temp(tsdb, "a"), 50.0)])], now=later)
     [(labels, points)] = await tsdb.rollups("node_temp", {"node": "a"}, start, start + 120)
     assert labels["node"] == "a"
     assert points == [
@@ -141,10 +143,11 @@ async def test_one_minute_and_one_hour_rollups_hold_min_max_avg(tsdb: Tsdb) -> N
 async def test_old_raw_samples_expire_and_ranges_fall_back_to_rollups(tsdb: Tsdb) -> None:
     start = 1_699_999_980.0
     await _cycles(tsdb, 8, start=start)
-    await tsdb.write([], now=start + 7200)  # raw retention is one hour
+    later = start + 7200  # raw retention is one hour; a still reports
+    await tsdb.write([TargetBatch("a", later, [(_temp(tsdb, "a"), 50.0)])], now=later)
     db = sqlite3.connect(tsdb.path)
     try:
-        assert db.execute("SELECT count(*) FROM samples").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM samples").fetchone() == (1,)  # `later`'s
     finally:
         db.close()
     [series] = await tsdb.range("node_temp", {"node": "a"}, start, start + 120, step=60)

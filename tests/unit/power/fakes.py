@@ -58,6 +58,7 @@ class FakeSwitch:
         self.log: list[tuple[str, int, str]] = []  # (switch, port, "on"/"off")
         self.conn_failures: dict[int, int] = {}  # port -> how many PowerConnError to raise
         self.fatal: set[int] = set()
+        self.stuck: set[int] = set()  # ports that accept a set and keep their state
         self.gets = 0
 
 
@@ -77,8 +78,9 @@ class FakeDriver:
         if self.sw.conn_failures.get(port, 0) > 0:
             self.sw.conn_failures[port] -= 1
             raise PowerConnError(f"switch {self.switch!r}: no answer")
-        self.sw.admin[port] = state
         self.sw.log.append((self.switch, port, state.value))
+        if port not in self.sw.stuck:
+            self.sw.admin[port] = state
 
     async def get_port(self, port: int) -> PortReading:
         self.sw.gets += 1

@@ -233,3 +233,37 @@ async def test_a_port_named_twice_is_cycled_once(tmp_path: Path) -> None:
     outcomes = await c.run("cycle", [c.target("rack1", 2), c.target("198.18.255.250", 2)])
     assert len(outcomes) == 1
     assert fakes["rack1"].log == [("rack1", 2, "off"), ("rack1", 2, "on")]
+
+
+async def test_a_port_that_accepts_a_set_but_keeps_its_state_is_a_failure(
+    tmp_path: Path, store: Store
+) -> None:
+    config = make_config(tmp_path, 4)
+    await reconcile(store, config)
+    fakes = {"rack1": FakeSwitch()}
+    fakes["rack1"].stuck.add(2)
+    c = controller(config, store, fakes, FakeClock())
+    stuck, fine = await c.run("off", c.resolve(["rack1-pi02", "rack1-pi03"]))
+    # The switch took both sets without an error; only the read-back tells them apart.
+    assert fakes["rack1"].log == [("rack1", 2, "off"), ("rack1", 3, "off")]
+    assert not stuck.ok
+    assert stuck.error == "rack1:2: set off but the switch reads back on"
+    assert stuck.state is PowerState.UNKNOWN
+    assert fine.ok
+    assert fine.state is PowerState.OFF
+    assert (await store.nodes.get("rack1-pi02")).power_state == PowerState.UNKNOWN.value
+    assert (await store.nodes.get("rack1-pi03")).power_state == PowerState.OFF.value
+    [entry] = await store.audit.list(action="power.off", target="rack1-pi02 (rack1:2)")
+    assert (entry.result, entry.detail) == ("failed", stuck.error)
+
+
+async def test_a_cycle_whose_off_does_not_take_never_switches_on(tmp_path: Path) -> None:
+    fakes = {"rack1": FakeSwitch()}
+    fakes["rack1"].stuck.add(2)
+    clock = FakeClock()
+    c = controller(make_config(tmp_path, 4, off_seconds="3s"), None, fakes, clock)
+    [o] = await c.run("cycle", [c.target("rack1", 2)])
+    assert not o.ok
+    assert "set off but the switch reads back on" in (o.error or "")
+    assert fakes["rack1"].log == [("rack1", 2, "off")]
+    assert 3.0 not in clock.sleeps  # no off-wait: nothing went off

@@ -39,7 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.token_file:
             with open(args.token_file, encoding="utf-8") as f:
-                token = f.read().strip() or None
+                token = f.read().strip()
+            if not token:  # never serve open because a secret went missing
+                logger.error("[agent] --token-file %s is empty: not starting", args.token_file)
+                return 2
         ssl_context = make_ssl_context(args.tls_cert, args.tls_key) if args.tls_cert else None
         app = AgentApp(LinuxNode(vcgencmd_timeout=args.vcgencmd_timeout), token=token)
         server = AgentServer(app, args.listen, args.port, ssl_context=ssl_context)

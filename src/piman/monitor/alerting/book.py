@@ -28,7 +28,9 @@ Catch-up: the time of the last evaluation is saved; at start, the service replay
 did then, and marks what it sends ``late``.
 
 The book never reads the clock; the service passes ``now`` in and saves each tick's changes
-(alert states, groups, history, outbox rows) in one transaction.
+(alert states, groups, history, outbox rows) in one transaction. The book keeps its changes
+until the service says they were saved (:meth:`AlertBook.saved`), so a failed save is retried
+with the next tick's.
 """
 
 from __future__ import annotations
@@ -459,19 +461,35 @@ class AlertBook:
 
     # Persistence ------------------------------------------------------------------------------
 
-    def take_changes(self) -> TickChanges:
-        """What changed since the last call, as records for the store's ``alerts.save``."""
-        changes = self._changes
-        changes.alerts = [
-            self.alerts[fp].record() for fp in self._dirty_alerts if fp in self.alerts
-        ]
-        changes.groups = [self.groups[k].record() for k in self._dirty_groups if k in self.groups]
-        deleted = set(changes.deleted_alerts) - set(self.alerts)
-        changes.deleted_alerts = sorted(deleted)
-        changes.deleted_groups = sorted(set(changes.deleted_groups) - set(self.groups))
+    def changes(self) -> TickChanges:
+        """What changed since the last :meth:`saved`, as records for the store's ``alerts.save``.
+
+        Nothing is forgotten until :meth:`saved`: when a save fails (disk full, database
+        locked) the next call returns the same changes, brought up to date with what changed
+        since, so the store never misses a transition that memory already made.
+        """
+        return TickChanges(
+            alerts=[
+                self.alerts[fp].record() for fp in sorted(self._dirty_alerts) if fp in self.alerts
+            ],
+            deleted_alerts=sorted(set(self._changes.deleted_alerts) - set(self.alerts)),
+            groups=[
+                self.groups[k].record() for k in sorted(self._dirty_groups) if k in self.groups
+            ],
+            deleted_groups=sorted(set(self._changes.deleted_groups) - set(self.groups)),
+            history=list(self._changes.history),
+        )
+
+    def saved(self) -> None:
+        """The changes last returned by :meth:`changes` are in the store: forget them."""
         self._changes = TickChanges()
         self._dirty_alerts.clear()
         self._dirty_groups.clear()
+
+    def take_changes(self) -> TickChanges:
+        """:meth:`changes`, forgotten at once (for callers that cannot fail to save)."""
+        changes = self.changes()
+        self.saved()
         return changes
 
     def snapshot(self) -> list[Alert]:

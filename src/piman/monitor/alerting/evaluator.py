@@ -2,7 +2,8 @@
 
 Every ``interval`` it reads each rule's samples from the time-series store at ``now``, advances the
 book, and saves the tick's changes — alert states, groups, history and the notifications for every
-receiver's outbox — in one transaction, then wakes the notifier. At start it restores the book
+receiver's outbox — in one transaction, then wakes the notifier. A tick whose save fails (disk
+full, database locked) forgets nothing: the next tick saves both. At start it restores the book
 from the store and, when the last evaluation is older than two intervals, replays the gap over
 the stored samples (:meth:`AlertService.catch_up`), marking what it sends late.
 """
@@ -14,12 +15,12 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Gauge
 
 from piman.config.matchers import Matcher, Selector, matches
-from piman.errors import PimanError
+from piman.errors import PimanError, StoreError
 from piman.fleet.metrics import Sample, Series
 from piman.fleet.ports import AlertRepository
 from piman.fleet.records import AlertHistoryRecord, AlertRecord
@@ -44,8 +45,9 @@ logger = logging.getLogger(__name__)
 LAST_EVALUATED = "last_evaluated_at"
 MAX_CATCH_UP = 24 * 3600.0
 CATCH_UP_WINDOW = 600.0
-KEEP_HISTORY = 30 * 86400.0  # alert history and delivered notifications
+KEEP_HISTORY = 30 * 86400.0  # alert history, delivered and dead notifications
 PRUNE_EVERY = 3600.0
+MAX_UNSAVED = 10_000  # notifications kept in memory while the store refuses saves
 
 
 class MetricsReader(Protocol):
@@ -132,7 +134,9 @@ class AlertService:
         self.started_at = 0.0
         self.restored = asyncio.Event()  # set once the book was restored from the store
         self.book = AlertBook(settings)
+        self._unsaved: list[tuple[str, dict[str, Any], float]] = []  # (key, payload, queued at)
         self.recent: list[AlertHistoryRecord] = []
+        self._bad_silences: set[str] = set()
         self.last_evaluated: float | None = None
         self._gauge = (
             Gauge("piman_alerts", "Alerts by state.", ["state"], registry=registry)
@@ -194,8 +198,10 @@ class AlertService:
         for record in await self.repo.silences():
             try:
                 out.append(Silence.of(record))
-            except ValueError:
-                logger.warning("alerts: ignoring silence %s with bad matchers", record.id)
+            except ValueError as err:  # e.g. stored before matchers were RE2: said once
+                if record.id not in self._bad_silences:
+                    self._bad_silences.add(record.id)
+                    logger.warning("alerts: ignoring silence %s: %s", record.id, err)
         return out
 
     async def tick(self, now: float) -> list[Notification]:
@@ -270,13 +276,36 @@ class AlertService:
         return notes
 
     async def _save(self, notes: Sequence[Notification], now: float) -> None:
-        changes = self.book.take_changes()
-        for note in notes:
-            payload = note.to_json()
-            for receiver in self.receivers:
-                changes.outbox.append((receiver, note.key, payload, now))
+        """Save the book's changes and queue ``notes`` for every receiver, in one transaction.
+
+        When the save fails, nothing is forgotten: the book keeps its changes and the
+        notifications wait here, and the next tick's save writes them first (at most
+        :data:`MAX_UNSAVED` notifications wait; beyond that the oldest are dropped, loudly).
+        """
+        self._unsaved.extend((note.key, note.to_json(), now) for note in notes)
+        if len(self._unsaved) > MAX_UNSAVED:
+            dropped = len(self._unsaved) - MAX_UNSAVED
+            del self._unsaved[:dropped]
+            logger.error(
+                "alerts: the store has refused saves for long: %d unsaved notification(s) dropped",
+                dropped,
+            )
+        changes = self.book.changes()
+        changes.outbox = [
+            (receiver, key, payload, at)
+            for key, payload, at in self._unsaved
+            for receiver in self.receivers
+        ]
         changes.meta[LAST_EVALUATED] = repr(now)
-        await self.repo.save(changes)
+        try:
+            await self.repo.save(changes)
+        except StoreError as err:
+            raise StoreError(
+                f"{err} ({len(self._unsaved)} notification(s) kept for the next save)"
+            ) from err
+        self.book.saved()
+        queued = len(self._unsaved)
+        self._unsaved.clear()
         self.last_evaluated = now
         self.recent[:0] = reversed(changes.history)
         del self.recent[20:]
@@ -284,7 +313,7 @@ class AlertService:
             live = self.book.snapshot()
             for state in (AlertState.PENDING, AlertState.FIRING):
                 self._gauge.labels(state.value).set(sum(1 for a in live if a.state is state))
-        if notes:
-            logger.info("alerts: queued %d notification(s)", len(notes))
+        if queued:
+            logger.info("alerts: queued %d notification(s)", queued)
             if self.wake is not None:
                 self.wake()

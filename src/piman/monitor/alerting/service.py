@@ -18,7 +18,7 @@ from piman.config.monitoring import MonitoringSettings
 from piman.context import Service
 from piman.errors import ConfigError, ConfigProblem, RuleError
 from piman.fleet.ports import AlertRepository
-from piman.fleet.records import AlertHistoryRecord, AlertRecord, SilenceRecord
+from piman.fleet.records import AlertHistoryRecord, AlertRecord, OutboxItem, SilenceRecord
 from piman.monitor.alerting.book import GroupSettings
 from piman.monitor.alerting.evaluator import AlertService, MetricsReader, QuerySource
 from piman.monitor.alerting.notify import Notifier, build_receivers
@@ -104,6 +104,15 @@ class Alerting:
     async def expire_silence(self, silence_id: str, *, now: float | None = None) -> SilenceRecord:
         return await self.repo.expire_silence(silence_id, time.time() if now is None else now)
 
+    async def outbox(self, *, state: str | None = None, limit: int = 100) -> list[OutboxItem]:
+        return await self.repo.outbox(state=state, limit=limit)
+
+    async def requeue_dead(self, ids: Sequence[int] = ()) -> int:
+        count = await self.repo.requeue_dead(time.time(), ids)
+        if count:
+            self.notifier.wake()
+        return count
+
 
 def configured_rules(monitoring: MonitoringSettings) -> list[Rule]:
     """Built-in defaults (unless ``default_rules: false``) then the configured rules.
@@ -153,13 +162,14 @@ def build_alerting(
     )
     sent = Counter(
         "piman_notifications",
-        "Notification delivery attempts by receiver and result.",
+        "Notification delivery attempts by receiver and result (delivered, failed; dead: "
+        "given up on, kept in the outbox).",
         ["receiver", "result"],
         registry=registry,
     )
 
-    def count(receiver: str, ok: bool) -> None:
-        sent.labels(receiver.split(":", 1)[0], "delivered" if ok else "failed").inc()
+    def count(receiver: str, result: str) -> None:
+        sent.labels(receiver, result).inc()  # receiver names hold no secret (receiver_name)
 
     notifier = Notifier(repo, receivers, on_result=count)
     service = AlertService(

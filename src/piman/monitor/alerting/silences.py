@@ -10,7 +10,9 @@ from piman.config.matchers import Matcher, matches, parse_matchers
 from piman.errors import RuleError
 from piman.fleet.records import SilenceRecord
 
-__all__ = ["Silence", "make_silence"]
+__all__ = ["MAX_COMMENT", "Silence", "make_silence"]
+
+MAX_COMMENT = 1024  # characters
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,13 +39,20 @@ def make_silence(
     comment: str = "",
     starts_at: float | None = None,
 ) -> SilenceRecord:
-    """A new silence record; RuleError for bad matchers, ValueError for a bad duration."""
+    """A new silence record; RuleError for bad matchers, ValueError for a bad duration or a
+    comment longer than :data:`MAX_COMMENT` (matchers are bounded by ``parse_matchers``)."""
     text = matchers if isinstance(matchers, str) else ",".join(matchers)
     parsed = parse_matchers(text)
     if not parsed:
         raise RuleError("a silence needs at least one matcher, e.g. alertname=NodeDown")
     if duration <= 0:
         raise ValueError("a silence must last more than 0 s")
+    if len(comment) > MAX_COMMENT:
+        raise ValueError(f"a silence's comment is longer than {MAX_COMMENT} characters")
+    try:
+        comment.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a silence's comment is not valid Unicode text") from None
     start = now if starts_at is None else starts_at
     return SilenceRecord(
         id=str(uuid.uuid4()),

@@ -42,14 +42,22 @@ Staleness
 staleness window), so a node that vanished from the inventory stops producing samples after 5
 minutes, while its ``up`` keeps being written as 0 as long as it is still scraped.
 
+Limits
+------
+A range query is bounded (:class:`QueryLimits`): series that match, points per series
+(Prometheus' 11,000, with or without a step), points in the answer and rows read from the
+store. A query over any of them raises :class:`QueryTooLarge` rather than answering in part.
+
 Time is always UNIX seconds as float (UTC).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from piman.errors import PimanError
 from piman.fleet.metrics import EVENT_FIELDS, Labels, Sample, Series
 
 __all__ = [
@@ -58,6 +66,8 @@ __all__ = [
     "SCRAPE_JOB",
     "MemoryQuery",
     "MetricsQuery",
+    "QueryLimits",
+    "QueryTooLarge",
     "events_from_series",
     "labels_match",
 ]
@@ -65,6 +75,20 @@ __all__ = [
 DEFAULT_LOOKBACK = 300.0
 SCRAPE_JOB = "piman"
 EVENTS_JOB = "piman_events"
+
+
+@dataclass(frozen=True, slots=True)
+class QueryLimits:
+    """How much one range query may match, read and answer."""
+
+    series: int = 10_000
+    points_per_series: int = 11_000  # Prometheus' limit
+    points: int = 250_000  # in the whole answer
+    rows: int = 1_000_000  # read from the store (raw samples and rollups)
+
+
+class QueryTooLarge(PimanError):
+    """A metrics query would match, read or return more than its limits (the caller's to fix)."""
 
 
 def labels_match(labels: Labels, matchers: Labels | None) -> bool:
@@ -118,6 +142,7 @@ class MetricsQuery(Protocol):
         ``step``, one point per step (Prometheus' query_range semantics: the newest sample at or
         before each step time, within the lookback); a step of 60 s or more may be served from
         the 1-minute/1-hour rollups (their ``avg``) when raw samples were already dropped.
+        Raises QueryTooLarge past the store's :class:`QueryLimits`.
         """
         ...
 

@@ -15,6 +15,16 @@ Per target the collector writes ``up`` (1/0), ``scrape_duration_seconds`` and
 labels with those names are kept as ``exported_job`` … (Prometheus' ``honor_labels: false``).
 A body that does not parse counts as a failed scrape (``up`` 0, no samples), as in Prometheus.
 The set of targets is re-read from the inventory every interval.
+
+A target is not trusted. Its body is bounded by the fetcher (``body_size_limit``) and parsed
+on one worker thread, never on the event loop, within :class:`~.ingest.ScrapeLimits`
+(samples, series per target, label count and lengths); a scrape over a limit fails as a
+whole with ``up`` 0, and its reason (``sample_limit`` …) is logged once when a target starts
+failing so and counted in :attr:`TargetBatch.error`. ``/events`` is at most 64 KiB of JSON.
+Nothing a target sends, and no bug, ends its task: a scrape never raises.
+When the store forgets series that stopped reporting (after ``retention``), the per-target
+caches forget them too. A target carries its own bearer token, if any (see
+:func:`with_tokens`): the collector never has one token for everyone.
 """
 
 from __future__ import annotations
@@ -24,40 +34,44 @@ import contextlib
 import json
 import logging
 import math
+import ssl
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from piman.fleet.metrics import EVENT_FIELDS
-from piman.monitor.collector.expfmt import (
-    MalformedText,
-    format_sample,
-    format_value,
-    parse_series,
-    scan,
+from piman.monitor.collector.expfmt import MalformedText, format_sample, format_value
+from piman.monitor.collector.fetch import BadResponse, BodyTooLarge, StreamFetcher
+from piman.monitor.collector.ingest import (
+    ParsedBody,
+    ScrapeLimitExceeded,
+    ScrapeLimits,
+    parse_body,
 )
-from piman.monitor.collector.fetch import StreamFetcher
 from piman.monitor.collector.query import EVENTS_JOB, SCRAPE_JOB
 from piman.monitor.collector.tsdb import TargetBatch, Tsdb
 
-__all__ = ["Fetcher", "ScrapeTarget", "Scraper", "targets_for"]
+__all__ = ["EVENTS_LIMIT", "Fetcher", "ScrapeTarget", "Scraper", "targets_for", "with_tokens"]
 
 logger = logging.getLogger(__name__)
 
 LabelTuple = tuple[tuple[str, str], ...]
-_RESERVED = frozenset(("job", "instance", "node"))
+EVENTS_LIMIT = 64 * 1024  # bytes of /events JSON (the agent sends about 200)
 
 
 @dataclass(frozen=True, slots=True)
 class ScrapeTarget:
-    """One agent to scrape."""
+    """One agent to scrape; ``token``, when set, goes with its requests only."""
 
     node: str
     metrics_url: str
     events_url: str | None
+    token: str | None = field(default=None, repr=False)
 
     @property
     def instance(self) -> str:
@@ -68,7 +82,7 @@ class _Node(Protocol):
     @property
     def name(self) -> str: ...
     @property
-    def ip(self) -> str | None: ...
+    def ip(self) -> str | IPv4Address | None: ...
     @property
     def agent_url(self) -> str | None: ...
 
@@ -91,21 +105,36 @@ def targets_for(nodes: Iterable[_Node], agent_port: int) -> list[ScrapeTarget]:
     return out
 
 
-class Fetcher(Protocol):
-    """HTTP GET: ``(status, body)``; raises on network errors (callers add the deadline)."""
+def with_tokens(
+    targets: Iterable[ScrapeTarget], tokens: Mapping[tuple[str, str], str]
+) -> list[ScrapeTarget]:
+    """Each target with the token declared for its ``(node, metrics_url)``, the others with none.
 
-    async def get(self, url: str) -> tuple[int, str]: ...
+    ``tokens`` comes from the configuration only (declared nodes and their agent URLs), so a
+    node that was merely discovered, or whose address changed under it, never gets a token.
+    """
+    return [replace(t, token=tokens.get((t.node, t.metrics_url))) for t in targets]
+
+
+class Fetcher(Protocol):
+    """HTTP GET: ``(status, body)``; raises OSError on network errors and on a body over
+    ``limit`` bytes (callers add the deadline). ``token`` goes with this request only."""
+
+    async def get(
+        self, url: str, *, token: str | None = None, limit: int | None = None
+    ) -> tuple[int, str]: ...
 
     async def aclose(self) -> None: ...
 
 
 @dataclass(slots=True)
 class _TargetState:
-    """Per-target caches: series text → series id (and → forwarding prefix)."""
+    """Per-target caches: series text → series id; the reason it is failing, if it is."""
 
     target: ScrapeTarget
     ids: dict[str, int] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
+    failing: str | None = None
 
 
 def _number(value: Any) -> float | None:
@@ -134,8 +163,10 @@ class Scraper:
         fetcher: Fetcher | None = None,
         forward: bool = False,
         on_flush: Sequence[Callable[[list[TargetBatch]], Awaitable[None]]] = (),
+        limits: ScrapeLimits | None = None,
     ) -> None:
         self.tsdb = tsdb
+        self.limits = limits or ScrapeLimits()
         self.targets = targets
         self.interval = interval
         self.timeout = min(timeout or interval * 0.8, interval * 0.95)
@@ -145,6 +176,7 @@ class Scraper:
         self._states: dict[ScrapeTarget, _TargetState] = {}
         self._pending: list[TargetBatch] = []
         self._prefixes: dict[int, str] = {}  # series id → exposition text, when forwarding
+        self._parser: ThreadPoolExecutor | None = None  # one thread: one body in memory at once
         self.cycles = 0
 
     # -- one target ----------------------------------------------------------------------
@@ -163,41 +195,33 @@ class Scraper:
         return sid
 
     def _ingest(self, state: _TargetState, body: str, batch: TargetBatch) -> None:
-        """Add the samples of a body to ``batch``; raises MalformedText.
+        """Parse a body and add its samples to ``batch``, on this thread (see :meth:`scrape`);
+        raises MalformedText or ScrapeLimitExceeded, leaving ``batch`` as it was."""
+        self._apply(state, parse_body(body, state.ids, self.limits), batch)
 
-        Fast path: a line that is a series text already seen from this target, one blank and
-        a plain number needs one dict lookup and one float(); anything else (new series,
-        timestamps, odd spacing, NaN/Inf) goes through :func:`expfmt.scan` with full checks.
-        """
-        ids = state.ids
-        add_id, add_value = batch.ids.append, batch.values.append
-        for line in body.split("\n"):
-            if not line or line[0] == "#":
-                continue
-            head, _, last = line.rpartition(" ")
-            sid = ids.get(head)
-            if sid is not None:
-                try:
-                    value = float(last)
-                except ValueError:
-                    pass
-                else:
-                    if value - value == 0.0 and "_" not in last:  # finite, Go spelling
-                        add_id(sid)
-                        add_value(value)
-                        continue
-            for series, value, _ts in scan(line):
-                sid = ids.get(series)
-                if sid is None:
-                    sid = ids[series] = self._new_series(state, series)
-                add_id(sid)
-                add_value(value)
+    def _apply(self, state: _TargetState, parsed: ParsedBody, batch: TargetBatch) -> None:
+        """Allocate ids for the body's new series (on the loop: the store's index) and add its
+        samples to ``batch``."""
+        ids = parsed.ids
+        if parsed.new:
+            new = {
+                text: self._sid(state, SCRAPE_JOB, name, labels)
+                for text, (name, labels) in parsed.new.items()
+            }
+            state.ids.update(new)
+            for pos, text in parsed.new_at:
+                ids[pos] = new[text]
+        if len(batch):
+            batch.ids.extend(ids)
+            batch.values.extend(parsed.values)
+        else:  # the usual case: the body's arrays become the batch's, no copy
+            batch.ids, batch.values = ids, parsed.values
 
-    def _new_series(self, state: _TargetState, series: str) -> int:
-        name, labels = parse_series(series)
-        if any(k in _RESERVED for k, _ in labels):
-            labels = tuple(sorted((f"exported_{k}" if k in _RESERVED else k, v) for k, v in labels))
-        return self._sid(state, SCRAPE_JOB, name, labels)
+    async def _parse(self, state: _TargetState, body: str) -> ParsedBody:
+        if self._parser is None:
+            self._parser = ThreadPoolExecutor(1, thread_name_prefix="scrape-parse")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._parser, parse_body, body, state.ids, self.limits)
 
     def _events(self, state: _TargetState, body: dict[str, Any]) -> list[tuple[int, float]]:
         out = []
@@ -207,21 +231,48 @@ class Scraper:
                 out.append((self._sid(state, EVENTS_JOB, name, ()), value))
         return out
 
-    async def _fetch_events(self, url: str) -> dict[str, Any] | None:
+    async def _fetch_events(self, target: ScrapeTarget) -> dict[str, Any] | None:
         assert self.fetcher is not None
+        assert target.events_url is not None
+        url = target.events_url
         try:
-            status, text = await self.fetcher.get(url)
-            body = json.loads(text) if status == 200 else None
-        except (OSError, EOFError, ValueError) as err:
-            logger.debug("scrape %s failed: %r", url, err)
+            status, text = await self.fetcher.get(url, token=target.token, limit=EVENTS_LIMIT)
+            if status != 200 or len(text) > EVENTS_LIMIT:
+                return None
+            body = json.loads(text)
+        except (OSError, EOFError, ValueError, RecursionError) as err:
+            logger.debug("[node=%s] /events %s failed: %r", target.node, url, err)
             return None
         return body if isinstance(body, dict) else None
+
+    def _failed(self, state: _TargetState, reason: str | None, detail: str) -> None:
+        """Log a target's failure once when it starts (or changes), and its recovery."""
+        t = state.target
+        if reason == state.failing:
+            if reason is not None:
+                logger.debug("[node=%s] scrape %s failed: %s", t.node, t.metrics_url, detail)
+            return
+        if reason is None:
+            level = logging.DEBUG if state.failing in _QUIET else logging.INFO
+            logger.log(level, "[node=%s] scrape %s works again", t.node, t.metrics_url)
+        elif reason in _QUIET:  # a node that is off: up 0 and the NodeDown alert say it
+            logger.debug("[node=%s] scrape %s failed: %s", t.node, t.metrics_url, detail)
+        else:
+            logger.warning(
+                "[node=%s] scrape %s failed (%s): %s; up is 0 until it stops",
+                t.node,
+                t.metrics_url,
+                reason,
+                detail,
+            )
+        state.failing = reason
 
     async def scrape(self, state: _TargetState, now: float) -> TargetBatch:
         """Scrape one target once (never raises, except on cancellation).
 
         ``/events`` is fetched after ``/metrics`` on the same kept-alive connection and under
         the same deadline, only when ``/metrics`` answered; its failure does not change ``up``.
+        The body is parsed on the parser thread, after the deadline (which bounds the fetch).
         """
         assert self.fetcher is not None
         t = state.target
@@ -229,22 +280,40 @@ class Scraper:
         started = time.perf_counter()
         duration = None
         up = 0.0
+        reason: str | None = None
+        detail = ""
         try:
+            body = None
             async with asyncio.timeout(self.timeout):
-                status, body = await self.fetcher.get(t.metrics_url)
+                status, text = await self.fetcher.get(
+                    t.metrics_url, token=t.token, limit=self.limits.body_size
+                )
                 duration = time.perf_counter() - started
                 if status != 200:
-                    logger.debug("[node=%s] scrape %s: HTTP %d", t.node, t.metrics_url, status)
+                    reason, detail = "http_status", f"HTTP {status}"
+                elif len(text) > self.limits.body_size:
+                    reason, detail = "body_size_limit", f"over {self.limits.body_size} bytes"
                 else:
-                    self._ingest(state, body, batch)
-                    up = 1.0
+                    body = text
                     if t.events_url:
-                        batch.events = await self._fetch_events(t.events_url)
+                        batch.events = await self._fetch_events(t)
+            if body is not None:
+                self._apply(state, await self._parse(state, body), batch)
+                up = 1.0
+        except ScrapeLimitExceeded as err:
+            reason, detail = err.reason, str(err)
         except MalformedText as err:
-            logger.warning("[node=%s] scrape %s: bad body: %s", t.node, t.metrics_url, err)
+            reason, detail = "malformed", str(err)
+        except (OSError, EOFError, ValueError) as err:
+            reason, detail = _network_reason(err), str(err) or repr(err)
+        except Exception as err:  # a bug, or a peer nobody foresaw: this target, this time
+            logger.exception("[node=%s] scrape %s failed unexpectedly", t.node, t.metrics_url)
+            reason, detail = "error", repr(err)
+        if up == 0.0:
             batch.clear()
-        except (OSError, EOFError, ValueError, TimeoutError) as err:
-            logger.debug("[node=%s] scrape %s failed: %r", t.node, t.metrics_url, err)
+            batch.events = None
+        batch.error = reason
+        self._failed(state, reason, detail)
         if duration is None:
             duration = time.perf_counter() - started
         scraped = float(len(batch))
@@ -305,10 +374,21 @@ class Scraper:
             state = self._states[target] = _TargetState(target)
             state.task = asyncio.create_task(self._target_loop(state, epoch), name=target.node)
 
-    async def flush(self) -> list[TargetBatch]:
+    def forget(self, dropped: Iterable[tuple[int, str]]) -> None:
+        """Drop series ``(id, node)`` the store forgot from the per-target caches."""
+        gone: dict[str, set[int]] = {}
+        for sid, node in dropped:
+            gone.setdefault(node, set()).add(sid)
+            self._prefixes.pop(sid, None)
+        for state in self._states.values():
+            ids = gone.get(state.target.node)
+            if ids:  # a new dict: a parse in flight keeps reading the old one
+                state.ids = {k: v for k, v in state.ids.items() if v not in ids}
+
+    async def flush(self, now: float | None = None) -> list[TargetBatch]:
         """Write what was scraped since the last flush (one transaction) and run callbacks."""
         batches, self._pending = self._pending, []
-        await self.tsdb.write(batches)
+        self.forget(await self.tsdb.write(batches, now))
         self.cycles += 1
         for callback in self.on_flush:
             try:
@@ -339,7 +419,26 @@ class Scraper:
             tasks = [s.task for s in self._states.values() if s.task is not None]
             await asyncio.gather(*tasks, return_exceptions=True)
             self._states.clear()
+            if self._parser is not None:
+                self._parser.shutdown(wait=False, cancel_futures=True)
+                self._parser = None
             if self.fetcher is not None:
                 await self.fetcher.aclose()  # idle connections; the fetcher stays usable
                 if own_fetcher:
                     self.fetcher = None
+
+
+_QUIET = frozenset(("timeout", "unreachable"))
+
+
+def _network_reason(err: BaseException) -> str:
+    """The reason of a failed fetch, one of a few words (a metric label)."""
+    if isinstance(err, BodyTooLarge):
+        return BodyTooLarge.reason
+    if isinstance(err, BadResponse | ValueError):
+        return "bad_response"
+    if isinstance(err, TimeoutError):
+        return "timeout"
+    if isinstance(err, ssl.SSLError):
+        return "tls"
+    return "unreachable"

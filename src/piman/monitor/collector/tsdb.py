@@ -6,6 +6,13 @@ Theory of operation
   object of the scraped labels (the target labels ``job``/``instance``/``node`` are columns).
   Ids are allocated in memory by :meth:`Tsdb.series_id` (a dict lookup on the hot path) and the
   rows written with the next cycle.
+- ``series.last_seen``: when the series last reported, written every ``min(1 h, retention/4)``
+  for the series written since (from the in-memory newest sample times). A series silent for
+  ``retention`` is forgotten then: its row, its place in the in-memory index and arrays (its
+  rollups stay unreachable until they age out), and the scraper's caches
+  (:meth:`Tsdb.write` returns the ids forgotten). A series seen again later is a new one. On
+  open, series silent for ``retention`` before the newest report are not loaded.
+  So the index holds what reported within ``retention``, not everything ever scraped.
 - ``samples(ts, series_id, value)`` WITHOUT ROWID, primary key ``(ts, series_id)``; ``ts`` is
   the target's scrape start in integer milliseconds (exposition timestamps are ignored, like
   Prometheus' ``honor_timestamps: false``); NaN is stored as NULL.
@@ -17,8 +24,10 @@ Theory of operation
   ``retention``. ``events(node, ts, body)``: each node's latest ``/events`` JSON.
 - One transaction per scrape cycle (:meth:`Tsdb.write`), WAL, ``synchronous=NORMAL``. All
   writes run on one writer thread with its own connection; reads on a reader thread with
-  another connection (WAL lets them run side by side). The newest sample of every series
-  is also kept in two arrays indexed by series id (16 bytes a series), so :meth:`Tsdb.latest`
+  another connection (WAL lets them run side by side), answers built there too
+  (:mod:`.tsdb_read`), within the :class:`~.query.QueryLimits` a caller gives. The newest
+  sample of every series is also kept in two arrays indexed by series id (16 bytes a
+  series), so :meth:`Tsdb.latest`
   at the current time needs no disk read (measured: ``up`` of 2,000 nodes from disk, 0.17 s of
   CPU; from the arrays, a few ms); older times seek each node's scrapes in the lookback.
 
@@ -54,16 +63,23 @@ import math
 import sqlite3
 import time
 from array import array
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from piman.errors import StoreError
 from piman.fleet.metrics import Sample, Series
-from piman.monitor.collector.query import DEFAULT_LOOKBACK, events_from_series, labels_match
-from piman.monitor.collector.tsdb_tables import SCHEMA, TargetBatch, connect, insert_samples
+from piman.monitor.collector.query import DEFAULT_LOOKBACK, QueryLimits, events_from_series
+from piman.monitor.collector.tsdb_read import SeriesInfo, answer_range, find, read_points
+from piman.monitor.collector.tsdb_tables import (
+    SCHEMA,
+    TargetBatch,
+    add_last_seen,
+    connect,
+    insert_samples,
+)
+from piman.private_files import make_private
 
 __all__ = ["TargetBatch", "Tsdb"]
 
@@ -71,17 +87,10 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 LabelTuple = tuple[tuple[str, str], ...]
+SeriesKey = tuple[str, str, str, LabelTuple]  # job, node, metric, labels
 
 
-@dataclass(frozen=True, slots=True)
-class _SeriesInfo:
-    id: int
-    metric: str
-    node: str
-    labels: dict[str, str]
-
-
-def _value(v: float | None) -> float:
+def _nan(v: float | None) -> float:
     return math.nan if v is None else v
 
 
@@ -100,13 +109,18 @@ class Tsdb:
         self.grace = grace  # how late a sample may be written after its minute ended
         self.retention = retention
         self.rollup_retention = rollup_retention
-        self._ids: dict[tuple[str, str, str, LabelTuple], int] = {}
+        self._ids: dict[SeriesKey, int] = {}
         self._new: list[tuple[int, str, str, str, str, str]] = []
         self._next_id = 1
         self._events: dict[str, dict[str, Any]] = {}
-        # Newest sample of each series by id (ts NaN: not written since opened).
+        self._event_ts: dict[str, float] = {}
+        # By series id: its key (None: unused or forgotten), its last report as written in
+        # series.last_seen (or its creation), its newest sample (ts NaN: not since opened).
+        self._keys: list[SeriesKey | None] = [None]
+        self._seen = array("d", [math.nan])
         self._latest_ts = array("d")
         self._latest_value = array("d")
+        self._forgotten: list[tuple[int, str]] = []  # (id, node), from the writer thread
         self._writer: ThreadPoolExecutor | None = None
         self._reader: ThreadPoolExecutor | None = None
         self.ready = asyncio.Event()  # set while open; readers wait for it
@@ -130,20 +144,37 @@ class Tsdb:
 
     def _open(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private(self.path, "-wal", "-shm", "-journal")  # 0600, whatever the umask
             db = connect(self.path)
             db.executescript(SCHEMA)
         except (sqlite3.Error, OSError) as err:
             raise StoreError(f"cannot open metrics store {self.path}: {err}") from err
         self._wdb = db
-        for sid, metric, job, node, labels in db.execute(
-            "SELECT id, metric, job, node, labels FROM series"
-        ):
-            items = tuple(sorted(json.loads(labels).items()))
-            self._ids[(job, node, metric, items)] = sid
-            self._next_id = max(self._next_id, sid + 1)
-        for node, body in db.execute("SELECT node, body FROM events"):
+        try:
+            add_last_seen(db, time.time())
+            newest = db.execute("SELECT max(last_seen) FROM series").fetchone()[0]
+            if newest is not None:  # silent for retention before the newest report: gone
+                cut = newest - self.retention
+                db.execute("DELETE FROM series WHERE last_seen < ?", (cut,))
+                db.execute("DELETE FROM events WHERE ts < ?", (cut,))
+            rows = db.execute(
+                "SELECT id, metric, job, node, labels, last_seen FROM series"
+            ).fetchall()
+            events = db.execute("SELECT node, ts, body FROM events").fetchall()
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot read metrics store {self.path}: {err}") from err
+        next_id = self._meta(db, "next_series_id") or 1
+        self._next_id = max(next_id, max((row[0] for row in rows), default=0) + 1)
+        self._keys = [None] * self._next_id
+        self._seen = array("d", [math.nan]) * self._next_id
+        for sid, metric, job, node, labels, last_seen in rows:
+            key = (job, node, metric, tuple(sorted(json.loads(labels).items())))
+            self._ids[key] = sid
+            self._keys[sid] = key
+            self._seen[sid] = last_seen
+        for node, ts, body in events:
             self._events[node] = json.loads(body)
+            self._event_ts[node] = ts
         logger.info("tsdb opened %s with %d series", self.path, len(self._ids))
 
     async def close(self) -> None:
@@ -184,18 +215,39 @@ class Tsdb:
         sid = self._ids.get(key)
         if sid is None:
             sid = self._ids[key] = self._next_id
+            self._keys.append(key)
+            self._seen.append(math.nan)  # set when its row is written
             self._next_id += 1
             self._new.append((sid, metric, job, node, instance, json.dumps(dict(labels))))
         return sid
 
-    async def write(self, batches: Sequence[TargetBatch], now: float | None = None) -> None:
-        """Store one scrape cycle in one transaction, then roll up and expire what is due."""
+    async def write(
+        self, batches: Sequence[TargetBatch], now: float | None = None
+    ) -> list[tuple[int, str]]:
+        """Store one scrape cycle in one transaction, then roll up and expire what is due.
+
+        Returns the series forgotten by this write, as ``(id, node)`` (see the module
+        docstring): callers that cache series ids drop those.
+        """
         new, self._new = self._new, []
         try:
             await self._on_writer(self._write, batches, new, time.time() if now is None else now)
         except BaseException:
             self._new[:0] = new  # written with the next cycle instead
             raise
+        forgotten, self._forgotten = self._forgotten, []
+        for sid, _node in forgotten:
+            key = self._keys[sid]
+            if key is not None:
+                self._keys[sid] = None
+                self._ids.pop(key, None)
+        if forgotten:
+            logger.info(
+                "tsdb: forgot %d series that did not report for %.0f s",
+                len(forgotten),
+                self.retention,
+            )
+        return forgotten
 
     def _write(
         self,
@@ -224,20 +276,28 @@ class Tsdb:
             if batch.events is not None:
                 events.append((batch.node, batch.ts, json.dumps(batch.events)))
                 self._events[batch.node] = batch.events
+                self._event_ts[batch.node] = batch.ts
         try:
             db.execute("BEGIN")
-            db.executemany("INSERT INTO series VALUES (?, ?, ?, ?, ?, ?)", new)
+            db.executemany(
+                "INSERT INTO series VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(*row, int(now)) for row in new],
+            )
+            for row in new:
+                self._seen[row[0]] = now
             insert_samples(db, batches, count)
             db.executemany("INSERT OR IGNORE INTO scrapes VALUES (?, ?)", scrapes)
             db.executemany("INSERT OR REPLACE INTO events VALUES (?, ?, ?)", events)
             t1 = time.thread_time()
             self._maintain(db, now)
+            forgotten = self._forget(db, now)
             db.execute("COMMIT")
             t2 = time.thread_time()
         except sqlite3.Error as err:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise StoreError(f"metrics store write failed: {err}") from err
+        self._forgotten = forgotten
         self.last_write = now
         self.samples_written += count
         self.cpu_insert += t1 - t0
@@ -301,28 +361,50 @@ class Tsdb:
         db.execute("DELETE FROM rollup_1m WHERE bucket < ?", (roll_cut,))
         db.execute("DELETE FROM rollup_1h WHERE bucket < ?", (roll_cut,))
 
+    def _forget(self, db: sqlite3.Connection, now: float) -> list[tuple[int, str]]:
+        """Every ``min(1 h, retention/4)``: write ``last_seen`` of the series that reported
+        since, and delete those silent for ``retention``. Returns the latter as (id, node); the
+        loop drops them from the index after the commit (the index is the loop's)."""
+        period = min(3600.0, self.retention / 4)
+        mark = self._meta(db, "series_seen")
+        if mark is not None and now - mark < period:
+            return []
+        keys, seen, latest = self._keys, self._seen, self._latest_ts
+        cut = now - self.retention
+        reported = []
+        forgotten = []
+        for sid in range(1, min(len(keys), len(seen), len(latest))):
+            key = keys[sid]
+            if key is None:
+                continue
+            last = seen[sid]
+            if last != last:  # allocated after this write began: not stored yet
+                continue
+            ts = latest[sid]
+            if ts > last:  # reported since last_seen was written (NaN compares False)
+                reported.append((int(ts), sid))
+                seen[sid] = last = ts
+            if last < cut:
+                forgotten.append((sid, key[1]))
+        db.executemany("UPDATE series SET last_seen = ? WHERE id = ?", reported)
+        for i in range(0, len(forgotten), 500):
+            ids = ",".join(str(sid) for sid, _ in forgotten[i : i + 500])
+            db.execute(f"DELETE FROM series WHERE id IN ({ids})")
+        db.execute("DELETE FROM events WHERE ts < ?", (cut,))
+        for node in [n for n, ts in self._event_ts.items() if ts < cut]:
+            del self._event_ts[node]
+            self._events.pop(node, None)
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('series_seen', ?)", (int(now),))
+        # Ids are never reused: a forgotten series' rollups still carry its id.
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('next_series_id', ?)", (len(keys),))
+        return forgotten
+
     # -- read side (MetricsQuery) ------------------------------------------------------------
 
-    def _find(self, metric: str, matchers: Mapping[str, str] | None) -> list[_SeriesInfo]:
+    def _find(self, metric: str, matchers: Mapping[str, str] | None) -> list[SeriesInfo]:
         db = self._rdb
         assert db is not None, "Tsdb.open() first"
-        node = (matchers or {}).get("node")
-        if node:
-            cur = db.execute(
-                "SELECT id, job, node, instance, labels FROM series WHERE metric = ? AND node = ?",
-                (metric, node),
-            )
-        else:
-            cur = db.execute(
-                "SELECT id, job, node, instance, labels FROM series WHERE metric = ?", (metric,)
-            )
-        out = []
-        for sid, job, node_, instance, text in cur:
-            labels = json.loads(text)
-            labels.update(job=job, instance=instance, node=node_)
-            if labels_match(labels, matchers):
-                out.append(_SeriesInfo(sid, metric, node_, labels))
-        return out
+        return find(db, metric, matchers)
 
     async def latest(
         self,
@@ -347,55 +429,18 @@ class Tsdb:
                 older.append(s)
         if older:
             points = await self._on_reader(self._points, older, at - lookback, at)
-            out += [
-                Sample(metric, s.labels, pts[-1][0], pts[-1][1])
-                for s in older
-                if (pts := [p for p in points.get(s.id, ()) if p[0] > at - lookback])
-            ]
+            for s in older:
+                stamps, values = points.get(s.id, ((), ()))
+                if stamps and stamps[-1] > at - lookback:
+                    out.append(Sample(metric, s.labels, stamps[-1], values[-1]))
         return out
 
     def _points(
-        self, found: Iterable[_SeriesInfo], start: float, end: float
-    ) -> dict[int, list[tuple[float, float]]]:
-        """Raw points of the given series in [start, end], by series id, in time order."""
+        self, found: list[SeriesInfo], start: float, end: float
+    ) -> dict[int, tuple[Sequence[float], Sequence[float]]]:
         db = self._rdb
-        assert db is not None
-        by_node: dict[str, list[int]] = {}
-        for s in found:
-            by_node.setdefault(s.node, []).append(s.id)
-        out: dict[int, list[tuple[float, float]]] = {}
-        for node, ids in by_node.items():
-            id_list = ",".join(str(i) for i in ids)
-            cur = db.execute(
-                "SELECT s.ts, s.series_id, s.value FROM scrapes c CROSS JOIN samples s"
-                f" ON s.ts = c.ts AND s.series_id IN ({id_list})"
-                " WHERE c.node = ? AND c.ts BETWEEN ? AND ? ORDER BY s.ts",
-                (node, int(start * 1000), int(end * 1000)),
-            )
-            for ts, sid, value in cur:
-                out.setdefault(sid, []).append((ts / 1000.0, _value(value)))
-        return out
-
-    def _rollup_points(
-        self, table: str, width: int, found: Iterable[_SeriesInfo], start: float, end: float
-    ) -> dict[int, list[tuple[float, float]]]:
-        db = self._rdb
-        assert db is not None
-        ids = ",".join(str(s.id) for s in found) or "NULL"
-        first = int(start) // width * width
-        if (end - first) / width <= 5000:  # seek each (bucket, series) pair
-            buckets = ",".join(str(b) for b in range(first, int(end) + 1, width)) or "NULL"
-            where = f"bucket IN ({buckets})"
-        else:  # long ranges: scan the bucket range
-            where = f"bucket BETWEEN {first} AND {int(end)}"
-        out: dict[int, list[tuple[float, float]]] = {}
-        cur = db.execute(
-            f"SELECT bucket, series_id, avg FROM {table} WHERE {where}"
-            f" AND series_id IN ({ids}) ORDER BY bucket"
-        )
-        for bucket, sid, value in cur:
-            out.setdefault(sid, []).append((float(bucket + width), _value(value)))
-        return out
+        assert db is not None, "Tsdb.open() first"
+        return dict(read_points(db, found, start, end))
 
     async def range(
         self,
@@ -404,42 +449,38 @@ class Tsdb:
         start: float,
         end: float,
         step: float | None = None,
+        *,
+        limits: QueryLimits | None = None,
     ) -> list[Series]:
         """Points of each matching series in ``[start, end]`` (see MetricsQuery.range).
 
         Ranges that start before the raw retention are served from the rollups' averages
         (1-hour buckets when ``step`` ≥ 1 h, else 1-minute), each point stamped at its
-        bucket's end.
+        bucket's end. The whole query, answer included, runs on the reader thread.
+        QueryTooLarge past ``limits``: a query from a user gives them (``query_range``
+        does); the manager's own readers (alert catch-up, per-node events) bound their
+        ranges themselves and pass none.
         """
-        found = await self._on_reader(self._find, metric, matchers)
-        if not found:
-            return []
-        lookback = DEFAULT_LOOKBACK
         raw_cut = self.last_write - self.retention if self.last_write else -math.inf
-        if start - lookback >= raw_cut:  # raw samples are still kept for the whole range
-            points = await self._on_reader(self._points, found, start - lookback, end)
-        else:
-            table, width = ("rollup_1h", 3600) if (step or 0) >= 3600 else ("rollup_1m", 60)
-            lookback = max(lookback, 2.0 * width)
-            low = max(start - width, self.last_write - self.rollup_retention)
-            points = await self._on_reader(
-                self._rollup_points, table, width, found, low, min(end, raw_cut)
+        rollup_cut = self.last_write - self.rollup_retention if self.last_write else -math.inf
+
+        def run() -> list[Series]:
+            db = self._rdb
+            assert db is not None, "Tsdb.open() first"
+            return answer_range(
+                db,
+                metric,
+                matchers,
+                start,
+                end,
+                step,
+                raw_cut=raw_cut,
+                rollup_cut=rollup_cut,
+                limits=limits,
             )
-            if end >= raw_cut:
-                recent = await self._on_reader(self._points, found, raw_cut, end)
-                for sid, pts in recent.items():
-                    kept = [p for p in points.get(sid, []) if p[0] < raw_cut]
-                    points[sid] = kept + pts
-        out = []
-        for s in found:
-            pts = points.get(s.id, [])
-            if step is None:
-                pts = [p for p in pts if start <= p[0] <= end]
-            else:
-                pts = _resample(pts, start, end, step, lookback)
-            if pts:
-                out.append(Series(metric, s.labels, pts))
-        return out
+
+        series: list[Series] = await self._on_reader(run)
+        return series
 
     async def rollups(
         self, metric: str, matchers: Mapping[str, str] | None, start: float, end: float
@@ -457,9 +498,7 @@ class Tsdb:
                     " AND series_id = ? ORDER BY bucket",
                     (int(start), int(end), s.id),
                 ).fetchall()
-                res.append(
-                    (s.labels, [(b, _value(a), _value(c), _value(d)) for b, a, c, d in rows])
-                )
+                res.append((s.labels, [(b, _nan(a), _nan(c), _nan(d)) for b, a, c, d in rows]))
             return res
 
         result: list[tuple[dict[str, str], list[tuple[int, float, float, float]]]]
@@ -488,19 +527,3 @@ class Tsdb:
 
         size: int = await self._on_writer(measure)
         return size
-
-
-def _resample(
-    points: list[tuple[float, float]], start: float, end: float, step: float, lookback: float
-) -> list[tuple[float, float]]:
-    """Prometheus' instant-vector rule at each step: newest point in (t - lookback, t]."""
-    out = []
-    i, n = 0, len(points)
-    t = start
-    while t <= end + 1e-9:
-        while i < n and points[i][0] <= t:
-            i += 1
-        if i and points[i - 1][0] > t - lookback:
-            out.append((t, points[i - 1][1]))
-        t += step
-    return out

@@ -9,12 +9,19 @@ from itertools import chain, islice, repeat
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ROWS_PER_INSERT", "SCHEMA", "TargetBatch", "connect", "insert_samples"]
+__all__ = [
+    "ROWS_PER_INSERT",
+    "SCHEMA",
+    "TargetBatch",
+    "add_last_seen",
+    "connect",
+    "insert_samples",
+]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
     id INTEGER PRIMARY KEY, metric TEXT NOT NULL, job TEXT NOT NULL, node TEXT NOT NULL,
-    instance TEXT NOT NULL, labels TEXT NOT NULL);
+    instance TEXT NOT NULL, labels TEXT NOT NULL, last_seen INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS series_metric ON series (metric, node);
 CREATE TABLE IF NOT EXISTS samples (
     ts INTEGER NOT NULL, series_id INTEGER NOT NULL, value REAL,
@@ -40,7 +47,7 @@ class TargetBatch:
     15 % of the collector's CPU at 2,000 agents).
     """
 
-    __slots__ = ("events", "ids", "node", "ts", "values")
+    __slots__ = ("error", "events", "ids", "node", "ts", "values")
 
     def __init__(
         self,
@@ -54,6 +61,7 @@ class TargetBatch:
         self.ids = array("q")
         self.values = array("d")
         self.events = events  # the /events JSON, when fetched
+        self.error: str | None = None  # why the scrape failed (sample_limit, timeout …)
         for sid, value in samples:
             self.add(sid, value)
 
@@ -81,6 +89,15 @@ def connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA busy_timeout=10000")
     db.execute("PRAGMA temp_store=MEMORY")
     return db
+
+
+def add_last_seen(db: sqlite3.Connection, now: float) -> None:
+    """Give a store made before ``series.last_seen`` existed the column, every series seen now
+    (so each gets one whole retention to report again before it is forgotten)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(series)")}
+    if "last_seen" not in columns:
+        db.execute("ALTER TABLE series ADD COLUMN last_seen INTEGER NOT NULL DEFAULT 0")
+        db.execute("UPDATE series SET last_seen = ?", (int(now),))
 
 
 ROWS_PER_INSERT = 500

@@ -11,10 +11,19 @@ packets produced, ``fdatasync``s once for the whole batch (group commit), and on
 replies of that batch. So an address is never on the wire before it is on disk: after a
 ``kill -9`` at any moment (or a power cut), a restarted server knows every address any client was
 offered or acknowledged, and never hands it to a second MAC. A torn last line (the process died
-mid-write) belongs to a reply that was never sent, and is ignored on load. When the file holds
+mid-write) belongs to a reply that was never sent, and is ignored on load; an append that fails
+part-way (a full disk: a short write, then ``ENOSPC``) cuts the file back to where it began before
+the error goes up, so the next record never lands glued to a torn one. The first time the file
+(or its directory) is created, the directory holding it is fsynced too, or a power cut could
+lose the file's name with everything in it. When the file holds
 more than twice as many records as there are leases (and at least :data:`COMPACT_MIN` records), it
 is compacted: live leases go to a temporary file, which is fsynced and renamed over the journal
-(then the directory is fsynced), the same "lease file cleanup" Kea does.
+(then the directory is fsynced), the same "lease file cleanup" Kea does; the new file keeps the
+old one's mode and owner.
+
+A record is ``ip mac expires state [client-id]``: the client identifier (option 61, hex) of the
+client the lease was made for, when it sent one, so that only that client may DECLINE or RELEASE
+it. Records without one (older journals) still load.
 
 Why a journal and not the store (measured on this project's machine, ext4 on a virtual disk,
 ``/work``, 500 iterations each)::
@@ -39,16 +48,26 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address
 from pathlib import Path
 
-__all__ = ["COMPACT_MIN", "Lease", "LeaseJournal", "LeaseState", "LeaseTable"]
+__all__ = [
+    "COMPACT_MIN",
+    "MAX_CLIENT_ID",
+    "Lease",
+    "LeaseJournal",
+    "LeaseState",
+    "LeaseTable",
+    "client_key",
+]
 
 logger = logging.getLogger(__name__)
 
 COMPACT_MIN = 10_000
+MAX_CLIENT_ID = 64  # bytes of option 61 kept in a lease (identifiers are a few bytes in practice)
 
 
 class LeaseState(StrEnum):
@@ -58,12 +77,18 @@ class LeaseState(StrEnum):
     DECLINED = "declined"  # a client found it in use (DECLINE): quarantined until ``expires``
 
 
+def client_key(client_id: bytes | None) -> bytes:
+    """Option 61 as a lease keeps it (absent: empty; cut to :data:`MAX_CLIENT_ID` bytes)."""
+    return (client_id or b"")[:MAX_CLIENT_ID]
+
+
 @dataclass(frozen=True, slots=True)
 class Lease:
     ip: int
     mac: str  # "" for a declined address (nobody owns it)
     expires: float  # epoch seconds
     state: LeaseState
+    client_id: bytes = b""  # option 61 of the client it was made for (see client_key)
 
     @property
     def address(self) -> IPv4Address:
@@ -73,14 +98,26 @@ class Lease:
         """Does this lease keep the address from other clients at ``now``?"""
         return self.state is not LeaseState.RELEASED and self.expires > now
 
+    def holder(self, mac: str, client_id: bytes | None) -> bool:
+        """Is this lease the one of the client with ``mac`` and option 61 ``client_id``?"""
+        return bool(self.mac) and self.mac == mac and self.client_id == client_key(client_id)
+
     def line(self) -> str:
-        return f"{IPv4Address(self.ip)} {self.mac or '-'} {self.expires:.0f} {self.state.value}\n"
+        text = f"{IPv4Address(self.ip)} {self.mac or '-'} {self.expires:.0f} {self.state.value}"
+        return f"{text} {self.client_id.hex()}\n" if self.client_id else text + "\n"
 
     @classmethod
     def parse(cls, line: str) -> Lease:
-        ip, mac, expires, state = line.split()
+        ip, mac, expires, state, *rest = line.split()
+        if len(rest) > 1:
+            raise ValueError("too many fields")
+        client_id = bytes.fromhex(rest[0]) if rest else b""
         return cls(
-            int(IPv4Address(ip)), "" if mac == "-" else mac, float(expires), LeaseState(state)
+            int(IPv4Address(ip)),
+            "" if mac == "-" else mac,
+            float(expires),
+            LeaseState(state),
+            client_key(client_id),
         )
 
 
@@ -175,10 +212,12 @@ class LeaseJournal:
         self.path = path
         self.records = 0
         self._fd: int | None = None
+        self._end = 0  # file size after the last whole append
+        self._torn = False  # a failed append could not be cut back yet
 
     def load(self) -> list[Lease]:
         """Every record in the file, in order; a torn or garbled line is skipped with a warning."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _make_dirs(self.path.parent)
         leases: list[Lease] = []
         if self.path.exists():
             data = self.path.read_bytes()
@@ -203,22 +242,52 @@ class LeaseJournal:
     def _open(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            self._fd = None
+        flags = os.O_WRONLY | os.O_APPEND
+        try:
+            self._fd = os.open(self.path, flags)
+        except FileNotFoundError:
+            self._fd = os.open(self.path, flags | os.O_CREAT, 0o640)
+            _fsync_dir(self.path.parent)  # the new file's name is durable before any record
+        self._end = os.fstat(self._fd).st_size
 
     def append(self, leases: list[Lease]) -> None:
-        """Write ``leases`` and make them durable before returning (one fdatasync)."""
+        """Write ``leases`` and make them durable before returning (one fdatasync).
+
+        On an error (a full disk, an I/O error) the file is cut back to where this append began
+        and the error goes up: none of these records counts, and the file stays whole.
+        """
         if not leases:
             return
         if self._fd is None:
             self._open()
-        assert self._fd is not None
+        fd = self._fd
+        assert fd is not None
+        if self._torn:
+            os.ftruncate(fd, self._end)  # an earlier cut failed: retry it before writing
+            self._torn = False
         data = "".join(lease.line() for lease in leases).encode("ascii")
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        os.fdatasync(self._fd)
+        try:
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fdatasync(fd)
+        except OSError:
+            self._cut(fd)
+            raise
+        self._end += len(data)
         self.records += len(leases)
+
+    def _cut(self, fd: int) -> None:
+        """Back to the end of the last whole append (after a failed one)."""
+        try:
+            os.ftruncate(fd, self._end)
+        except OSError as err:
+            self._torn = True
+            logger.error(  # noqa: TRY400 - one line; the append's own error goes up
+                "[leases] cannot cut %s back after a failed write: %s", self.path, err.strerror
+            )
 
     def needs_compaction(self, live: int) -> bool:
         return self.records >= COMPACT_MIN and self.records > 2 * live
@@ -226,16 +295,28 @@ class LeaseJournal:
     def compact(self, live: list[Lease]) -> None:
         """Replace the file by ``live`` atomically (write, fsync, rename, fsync the directory)."""
         tmp = self.path.with_suffix(".tmp")
-        with tmp.open("wb") as f:
-            f.write("".join(lease.line() for lease in live).encode("ascii"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            old = os.stat(self.path)
+        except FileNotFoundError:
+            old = None
+        data = "".join(lease.line() for lease in live).encode("ascii")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                if old is not None:
+                    _same_owner(fd, old)
+                    os.fchmod(fd, stat.S_IMODE(old.st_mode))
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.path.parent)
         self.records = len(live)
         self._open()
         logger.info("[leases] compacted %s to %d records", self.path, len(live))
@@ -244,3 +325,33 @@ class LeaseJournal:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(path: Path) -> None:
+    """``mkdir -p``, fsyncing the parent of every directory it creates."""
+    if path.is_dir():
+        return
+    _make_dirs(path.parent)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        return
+    _fsync_dir(path.parent)
+
+
+def _same_owner(fd: int, old: os.stat_result) -> None:
+    """Give the file ``fd`` the owner and group of ``old`` where this process may."""
+    if (old.st_uid, old.st_gid) == (os.geteuid(), os.getegid()):
+        return
+    try:
+        os.fchown(fd, old.st_uid, old.st_gid)
+    except PermissionError:
+        logger.warning("[leases] the compacted journal could not keep its owner and group")

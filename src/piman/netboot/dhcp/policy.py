@@ -14,9 +14,20 @@ first, expired ones last). Reserved addresses are never in the pool.
 
 Modes:
 
-- ``authoritative``: DISCOVER → OFFER (held ``OFFER_HOLD`` seconds, or bound at once for Pis,
-  whose Pi 3 ROM never sends REQUEST); REQUEST → ACK, or NAK when the address is not the client's;
-  DECLINE quarantines the address; RELEASE frees it; INFORM gets the options without an address.
+- ``authoritative``: DISCOVER → OFFER, the address held ``OFFER_HOLD`` seconds for the REQUEST.
+  Only a Pi 3 declared in the configuration (``nodes[]`` with its MAC and a Pi 3 model, or a
+  ``b8:27:eb`` MAC and no model) is bound at OFFER time, because its ROM never sends REQUEST;
+  anything on the wire that merely says "Pi" (option 97, ``PXEClient``) gets the short hold.
+  REQUEST (RFC 2131 §4.3.2) → ACK when the address is the client's (its offer, its lease, its
+  reservation); NAK when the address is wrong: off the network, held by another client, reserved,
+  or not the one this server offered or leased to the client; silence when the server has no
+  record of the client at all (an INIT-REBOOT or a renewal of an address it never gave). DECLINE
+  quarantines the address and RELEASE frees it, but only from the client that holds the lease:
+  same MAC and same client identifier (option 61, or none when it sent none). INFORM gets the
+  options without an address.
+- The pool guard (:mod:`piman.netboot.dhcp.guard`) bounds how fast new clients take addresses,
+  overall and per client; a refused or an exhausted pool leaves the client unanswered and says so
+  in ``Decision.reason`` (:data:`GUARDED`, :data:`EXHAUSTED`), which the server counts and logs.
 - ``proxy`` (PROTOCOLS.md §1): only Pis get an answer, to DISCOVER: ``yiaddr`` 0 and options 53,
   54, 60, 97 and 43; the site's DHCP server gives the address.
 - ``off``: nothing (the server is not even started).
@@ -30,25 +41,39 @@ option 93 when ``dhcp.boot_file`` is a map.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING
 
-from piman.netboot.dhcp.leases import Lease, LeaseState, LeaseTable
+from piman.fleet.models import PiModel, model_from_mac
+from piman.netboot.dhcp.guard import PoolGuard, default_per_minute
+from piman.netboot.dhcp.leases import Lease, LeaseState, LeaseTable, client_key
 from piman.netboot.dhcp.packets import BOOTREPLY, BOOTREQUEST, DhcpPacket, MessageType, Options
 from piman.netboot.dhcp.pxe import PiIdentity, is_ipxe, is_pxe_client, pi_identity, pi_option43
 
 if TYPE_CHECKING:
     from piman.config.models import Config
 
-__all__ = ["OFFER_HOLD", "Decision", "DhcpOutcome", "DhcpPolicy", "PolicySettings", "Reservation"]
+__all__ = [
+    "EXHAUSTED",
+    "GUARDED",
+    "OFFER_HOLD",
+    "Decision",
+    "DhcpOutcome",
+    "DhcpPolicy",
+    "PolicySettings",
+    "Reservation",
+]
 
 logger = logging.getLogger(__name__)
 
 OFFER_HOLD = 60.0  # seconds an OFFER keeps its address for a client that has not yet REQUESTed
 QUARANTINE = 600.0  # seconds a DECLINEd address stays out of the pool
-_MAX_REMEMBERED_PIS = 100_000
+EXHAUSTED = "pool exhausted"  # Decision.reason: no pool address was free
+GUARDED = "pool guard"  # Decision.reason: the pool guard refused a new lease
+_MAX_REMEMBERED_PIS = 16_384  # Pis known by MAC (least recently seen forgotten first)
 _ZERO = IPv4Address(0)
 
 
@@ -83,6 +108,9 @@ class PolicySettings:
     pi_ouis: frozenset[str] = frozenset()
     reply_delay: dict[str, float] = field(default_factory=dict)
     padded_models: frozenset[str] = frozenset()
+    bind_at_offer: frozenset[str] = frozenset()  # MACs of Pi 3s the configuration declares
+    new_leases_per_minute: int | None = None  # pool guard; None: default_per_minute(pool); 0: off
+    new_leases_per_client: int = 4  # pool guard, per MAC or per relay port; 0: off
 
     @classmethod
     def from_config(cls, config: Config) -> PolicySettings:
@@ -95,6 +123,11 @@ class PolicySettings:
             if node.mac and node.ip:
                 reservations[node.mac] = Reservation(node.ip, node.hostname or node.name)
         pool = (int(dhcp.pool.first), int(dhcp.pool.last)) if dhcp.pool else None
+        pi3s = frozenset(
+            node.mac
+            for node in config.nodes
+            if node.mac and node.ip is None and _is_pi3(node.model, node.mac)
+        )
         return cls(
             server_ip=config.manager.address,
             network=config.manager.effective_network,
@@ -109,6 +142,9 @@ class PolicySettings:
             pi_ouis=frozenset(o.lower() for o in dhcp.pi_ouis),
             reply_delay={k.lower(): float(v) for k, v in dhcp.reply_delay.items()},
             padded_models=frozenset(m.lower() for m in dhcp.option43_padded_models),
+            bind_at_offer=pi3s,
+            new_leases_per_minute=dhcp.new_leases_per_minute,
+            new_leases_per_client=dhcp.new_leases_per_client,
         )
 
     def excluded(self) -> set[int]:
@@ -134,6 +170,24 @@ class Decision:
     reason: str = ""
 
 
+def _is_pi3(model: str | None, mac: str) -> bool:
+    """Does the configuration say this node is a Pi 3 (by model, or by its MAC when no model)?"""
+    if model is None:
+        return model_from_mac(mac).family == 3
+    try:
+        return PiModel(model.lower()).family == 3
+    except ValueError:
+        return model.lower().startswith(("pi3", "cm3"))
+
+
+def _client(packet: DhcpPacket) -> str:
+    """Who the pool guard's per-client bucket is for: the relay's port (option 82), or the MAC."""
+    relay = packet.options.relay_agent
+    if relay:
+        return f"{packet.giaddr}/{relay[:64].hex()}"
+    return packet.mac
+
+
 def _class_keys(mac: str, identity: PiIdentity | None) -> list[str]:
     keys = [mac[:8]]
     if identity is not None:
@@ -149,7 +203,13 @@ class DhcpPolicy:
     def __init__(self, settings: PolicySettings, table: LeaseTable | None = None) -> None:
         self.settings = settings
         self.table = table if table is not None else LeaseTable(settings.pool, settings.excluded())
-        self._pis: dict[str, PiIdentity] = {}
+        size = settings.pool[1] - settings.pool[0] + 1 if settings.pool else 0
+        per_minute = settings.new_leases_per_minute
+        self.guard = PoolGuard(
+            default_per_minute(size) if per_minute is None else per_minute,
+            settings.new_leases_per_client,
+        )
+        self._pis: OrderedDict[str, PiIdentity] = OrderedDict()
 
     # --- entry point ---------------------------------------------------------------------------
 
@@ -182,13 +242,18 @@ class DhcpPolicy:
 
     def _identify(self, packet: DhcpPacket) -> PiIdentity | None:
         found = pi_identity(packet, self.settings.pi_ouis)
+        pis = self._pis
         if found is not None:
-            if len(self._pis) >= _MAX_REMEMBERED_PIS:
-                self._pis.clear()  # a flood of fake Pis must not grow memory without bound
-            self._pis[packet.mac] = found
+            pis[packet.mac] = found
+            pis.move_to_end(packet.mac)
+            if len(pis) > _MAX_REMEMBERED_PIS:
+                pis.popitem(last=False)  # a flood of fake Pis forgets the oldest, not all
             return found
-        # A Pi 4 may leave option 60 out of its REQUEST: remember Pis by MAC.
-        return self._pis.get(packet.mac)
+        # A Pi 4 leaves options 60 and 97 out of its REQUEST: Pis are remembered by MAC.
+        known = pis.get(packet.mac)
+        if known is not None:
+            pis.move_to_end(packet.mac)
+        return known
 
     # --- message types -------------------------------------------------------------------------
 
@@ -201,25 +266,27 @@ class DhcpPolicy:
         else:
             ip = self._choose(packet, now)
             if ip is None:
-                why = "no pool" if self.settings.pool is None else "pool exhausted"
+                why = "no pool" if self.settings.pool is None else EXHAUSTED
                 return Decision(DhcpOutcome.IGNORED, identity=identity, reason=why)
+            current = self.table.for_ip(ip)
+            holds = (
+                current is not None
+                and current.mac == mac
+                and current.state is not LeaseState.DECLINED
+                and current.held(now)
+            )
+            if not holds and not self.guard.admit(_client(packet), now):
+                return Decision(DhcpOutcome.IGNORED, identity=identity, reason=GUARDED)
             address = IPv4Address(ip)
-            if identity is not None:  # Pi 3 rule: bound at OFFER time
-                lease = Lease(ip, mac, now + self.settings.lease_time, LeaseState.BOUND)
+            client_id = client_key(packet.options.client_id)
+            lease: Lease
+            if mac in self.settings.bind_at_offer:  # a declared Pi 3: it will never REQUEST
+                lease = Lease(ip, mac, now + self.settings.lease_time, LeaseState.BOUND, client_id)
+            elif holds and current is not None and current.state is LeaseState.BOUND:
+                lease = current  # a bound client asking again keeps its lease as it is
             else:
-                current = self.table.for_ip(ip)
-                keep_bound = (
-                    current is not None
-                    and current.mac == mac
-                    and current.state is LeaseState.BOUND
-                    and current.held(now)
-                )
-                lease = (
-                    current
-                    if keep_bound and current
-                    else Lease(ip, mac, now + OFFER_HOLD, LeaseState.OFFERED)
-                )
-            if lease is not self.table.for_ip(ip):
+                lease = Lease(ip, mac, now + OFFER_HOLD, LeaseState.OFFERED, client_id)
+            if lease is not current:
                 self.table.apply(lease)
                 leases = (lease,)
         reply = self._reply(packet, MessageType.OFFER, address, identity)
@@ -236,11 +303,29 @@ class DhcpPolicy:
             return int(wanted)
         return self.table.allocate(now)
 
-    def _owns(self, mac: str, address: IPv4Address, now: float) -> bool:
-        reserved = self.settings.reservations.get(mac)
-        if reserved is not None:
-            return reserved.ip == address
-        return self.table.available(int(address), mac, now)
+    def _not_mine(
+        self,
+        packet: DhcpPacket,
+        identity: PiIdentity | None,
+        address: IPv4Address,
+        now: float,
+        *,
+        selecting: bool,
+    ) -> Decision:
+        """A REQUEST for an address this server has not given the client: NAK or silence."""
+        ip = int(address)
+        held = self.table.for_ip(ip)
+        if (held is not None and held.held(now)) or ip in self.table.excluded:
+            return self._nak(packet, identity, f"{address} is not this client's")
+        if selecting:
+            return self._nak(packet, identity, f"{address} was not offered to this client")
+        ours = self.table.for_mac(packet.mac)
+        if ours is not None:
+            return self._nak(
+                packet, identity, f"{address} is not this client's ({ours.address} is)"
+            )
+        # RFC 2131 §4.3.2: no record of this client → remain silent.
+        return Decision(DhcpOutcome.IGNORED, identity=identity, reason="no record of this client")
 
     def _request(self, packet: DhcpPacket, identity: PiIdentity | None, now: float) -> Decision:
         opts, mac = packet.options, packet.mac
@@ -255,11 +340,30 @@ class DhcpPolicy:
         address = opts.requested_ip or (packet.ciaddr if packet.ciaddr != _ZERO else None)
         if address is None:
             return self._nak(packet, identity, "REQUEST names no address")
-        if not self._owns(mac, address, now):
-            return self._nak(packet, identity, f"{address} is not this client's")
+        if address not in self.settings.network:
+            return self._nak(packet, identity, f"{address} is not on this network")
         leases: tuple[Lease, ...] = ()
-        if mac not in self.settings.reservations:
-            lease = Lease(int(address), mac, now + self.settings.lease_time, LeaseState.BOUND)
+        reserved = self.settings.reservations.get(mac)
+        if reserved is not None:
+            if reserved.ip != address:
+                return self._nak(packet, identity, f"{address} is not this client's reservation")
+        else:
+            ip = int(address)
+            current = self.table.for_ip(ip)
+            mine = (
+                current is not None
+                and current.mac == mac
+                and current.state is not LeaseState.DECLINED
+                and self.table.in_pool(ip)
+            )
+            if not mine:
+                selecting = opts.server_id is not None
+                return self._not_mine(packet, identity, address, now, selecting=selecting)
+            assert current is not None
+            if not current.held(now) and not self.guard.admit(_client(packet), now):
+                return Decision(DhcpOutcome.IGNORED, identity=identity, reason=GUARDED)
+            client_id = client_key(opts.client_id)
+            lease = Lease(ip, mac, now + self.settings.lease_time, LeaseState.BOUND, client_id)
             self.table.apply(lease)
             leases = (lease,)
         reply = self._reply(packet, MessageType.ACK, address, identity)
@@ -286,26 +390,38 @@ class DhcpPolicy:
     def _decline(self, packet: DhcpPacket, identity: PiIdentity | None, now: float) -> Decision:
         address = packet.options.requested_ip
         if address is None or not self.table.in_pool(int(address)):
-            logger.warning(
-                "[mac=%s] DECLINE of %s, which is not a pool address (reserved in use?)",
-                packet.mac,
-                address,
+            return Decision(
+                DhcpOutcome.IGNORED, identity=identity, reason=f"DECLINE of {address}: not pooled"
             )
-            return Decision(DhcpOutcome.IGNORED, identity=identity, reason="decline outside pool")
+        current = self.table.for_ip(int(address))
+        if (
+            current is None
+            or current.state not in (LeaseState.OFFERED, LeaseState.BOUND)
+            or not current.held(now)
+            or not current.holder(packet.mac, packet.options.client_id)
+        ):
+            return Decision(
+                DhcpOutcome.IGNORED,
+                identity=identity,
+                reason=f"DECLINE of {address} from a client that does not hold it",
+            )
         lease = Lease(int(address), "", now + QUARANTINE, LeaseState.DECLINED)
         self.table.apply(lease)
-        current = self.table.for_mac(packet.mac)
-        if current is not None and current.ip == int(address):
-            del self.table.by_mac[packet.mac]
         return Decision(DhcpOutcome.IGNORED, leases=(lease,), identity=identity, reason="declined")
 
     def _release(self, packet: DhcpPacket, identity: PiIdentity | None, now: float) -> Decision:
         current = self.table.for_ip(int(packet.ciaddr))
-        if current is None or current.mac != packet.mac:
+        if (
+            current is None
+            or current.state not in (LeaseState.OFFERED, LeaseState.BOUND)
+            or not current.holder(packet.mac, packet.options.client_id)
+        ):
             return Decision(
-                DhcpOutcome.IGNORED, identity=identity, reason="release of a foreign lease"
+                DhcpOutcome.IGNORED,
+                identity=identity,
+                reason=f"RELEASE of {packet.ciaddr} from a client that does not hold it",
             )
-        lease = Lease(current.ip, packet.mac, now, LeaseState.RELEASED)
+        lease = Lease(current.ip, packet.mac, now, LeaseState.RELEASED, current.client_id)
         self.table.apply(lease)
         return Decision(DhcpOutcome.IGNORED, leases=(lease,), identity=identity, reason="released")
 

@@ -17,15 +17,20 @@ neighbour entry itself (``SIOCSARP`` on ``manager.interface``), as dnsmasq does.
 from a port other than 68 (the demo's virtual Pis, tests on loopback) is answered where it spoke
 from.
 
+A client left unanswered because the pool is exhausted or the pool guard refused it is counted
+(``piman_dhcp_pool_exhausted``, ``piman_dhcp_pool_guard_refused``) and logged at WARNING at most
+once a minute each, with how many there were; a failing journal likewise.
+
 Sightings: Pis, and clients whose MAC the store already knows, are handed to the inventory's
-sightings (:mod:`piman.inventory.sightings`: one throttle and one writer for DHCP and TFTP);
-an unknown Pi becomes a ``new`` node there. Other clients (laptops, perfdhcp's thousands) never
-create nodes.
+sightings (:mod:`piman.inventory.sightings`: one throttle and one writer for DHCP and TFTP). An
+unknown Pi goes to its bounded list of discovered devices, and becomes a node only when an
+operator accepts it. Other clients (laptops, perfdhcp's thousands) are not noted at all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import socket
@@ -42,7 +47,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from piman.errors import PimanError
 from piman.netboot.dhcp.leases import LeaseJournal, LeaseTable
 from piman.netboot.dhcp.packets import DhcpPacket, MalformedPacket, MessageType, decode, encode
-from piman.netboot.dhcp.policy import Decision, DhcpOutcome, DhcpPolicy, PolicySettings
+from piman.netboot.dhcp.policy import (
+    EXHAUSTED,
+    GUARDED,
+    Decision,
+    DhcpOutcome,
+    DhcpPolicy,
+    PolicySettings,
+)
 
 if TYPE_CHECKING:
     from piman.context import InventoryHandle
@@ -59,6 +71,9 @@ _BROADCAST = "255.255.255.255"
 _ZERO = IPv4Address(0)
 _READ_BURST = 64
 _RCVBUF = 8 << 20
+_REPORT_EVERY = 60.0  # seconds between two WARNINGs about the same trouble
+_CLOSE_WAIT = 5.0  # seconds a stopping server waits for an append in flight
+_MAX_BACKLOG = 8192  # decisions waiting for the journal before the server stops reading
 
 
 class DhcpServerError(PimanError):
@@ -104,6 +119,40 @@ class _Metrics:
             "piman_dhcp_drops", "DHCP messages dropped, by reason.", ["reason"], registry=reg
         )
         self.leases = Gauge("piman_dhcp_leases_active", "Addresses held now.", registry=reg)
+        self.pool = Gauge("piman_dhcp_pool_addresses", "Addresses in the pool.", registry=reg)
+        self.backlog = Gauge(
+            "piman_dhcp_journal_backlog",
+            "Decisions waiting for the lease journal (their replies wait with them).",
+            registry=reg,
+        )
+        self.exhausted = Counter(
+            "piman_dhcp_pool_exhausted",
+            "DISCOVERs left unanswered because no pool address was free.",
+            registry=reg,
+        )
+        self.guarded = Counter(
+            "piman_dhcp_pool_guard_refused",
+            "New leases the pool guard refused (too many new clients a minute).",
+            registry=reg,
+        )
+
+
+class _Report:
+    """A WARNING about a recurring trouble at most every ``every`` seconds, with the count."""
+
+    def __init__(self, every: float = _REPORT_EVERY) -> None:
+        self.every = every
+        self.pending = 0
+        self._last: float | None = None
+
+    def due(self, now: float) -> int:
+        """Count one more; how many to report now (0: not yet)."""
+        self.pending += 1
+        if self._last is not None and now - self._last < self.every:
+            return 0
+        self._last = now
+        count, self.pending = self.pending, 0
+        return count
 
 
 class DhcpServer:
@@ -136,6 +185,14 @@ class DhcpServer:
         self._batch: list[tuple[DhcpPacket, Decision, tuple[str, int]]] = []
         self._wake = asyncio.Event()
         self._warned: dict[str, float] = {}
+        self._exhausted = _Report()
+        self._guarded = _Report()
+        self._journal_failed = _Report()
+        self._backlogged = _Report()
+        self._paused = False
+        self.metrics.backlog.set_function(lambda: float(len(self._batch)))
+        pool = settings.pool
+        self.metrics.pool.set(pool[1] - pool[0] + 1 if pool else 0)
 
     def _active_leases(self) -> float:
         return float(self.policy.table.active(time.time())) if self.policy else 0.0
@@ -167,12 +224,18 @@ class DhcpServer:
         # One thread of its own for the journal: ordered writes, never queued behind other
         # services' blocking work in the default executor.
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dhcp-journal")
-        leases = await asyncio.get_running_loop().run_in_executor(self._io, self.journal.load)
+        try:
+            leases = await asyncio.get_running_loop().run_in_executor(self._io, self.journal.load)
+        except OSError as err:
+            self._io.shutdown(wait=False)
+            why = err.strerror or str(err)
+            raise DhcpServerError(f"lease journal {self.journal.path}: {why}") from err
         table = LeaseTable(self.settings.pool, self.settings.excluded())
         for lease in leases:
             table.apply(lease)
         self.policy = DhcpPolicy(self.settings, table)
         self._batch = []  # a restart after a failure starts from the journal, not from memory
+        self._paused = False
         if self.sightings is not None:
             await self.sightings.load()  # which non-Pi MACs are nodes (their sightings count)
         loop = asyncio.get_running_loop()
@@ -201,8 +264,11 @@ class DhcpServer:
             loop.remove_reader(sock.fileno())
             sock.close()
             self._sock = None
-            self.journal.close()
+            # Closed by the journal's own thread, after an append still in flight: never under it.
+            closing = loop.run_in_executor(self._io, self.journal.close)
             self._io.shutdown(wait=False)
+            with contextlib.suppress(TimeoutError, OSError):
+                await asyncio.wait_for(asyncio.shield(closing), _CLOSE_WAIT)
 
     # --- receiving -----------------------------------------------------------------------------
 
@@ -225,6 +291,8 @@ class DhcpServer:
         if sock is None:
             return
         for _ in range(_READ_BURST):
+            if self._paused:
+                return
             try:
                 data, peer = sock.recvfrom(4096)
             except (BlockingIOError, InterruptedError):
@@ -270,19 +338,62 @@ class DhcpServer:
                 decision.outcome.value,
                 decision.address or "(proxy: boot options only)",
             )
+        if decision.reason == EXHAUSTED or decision.reason == GUARDED:
+            self._pool_trouble(decision.reason)
         self._note_sighting(packet, decision)
-        if decision.reply is None:
-            if decision.outcome is DhcpOutcome.IGNORED and not decision.leases:
-                self.metrics.drops.labels("ignored").inc()
-            if decision.leases:
-                self._batch.append((packet, decision, peer))
-                self._wake.set()
-            return
         if decision.leases:
-            self._batch.append((packet, decision, peer))
-            self._wake.set()
-        else:
+            self._queue(packet, decision, peer)
+        elif decision.reply is not None:
             self._dispatch(packet, decision, peer)
+        elif decision.outcome is DhcpOutcome.IGNORED:
+            self.metrics.drops.labels("ignored").inc()
+
+    def _queue(self, packet: DhcpPacket, decision: Decision, peer: tuple[str, int]) -> None:
+        """Hold a decision for the journal; a full backlog stops reading until it is written."""
+        self._batch.append((packet, decision, peer))
+        self._wake.set()
+        if len(self._batch) >= _MAX_BACKLOG and not self._paused and self._sock is not None:
+            self._paused = True
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            count = self._backlogged.due(time.monotonic())
+            if count:
+                logger.warning(
+                    "[dhcp] the lease journal is behind (%d decisions waiting): not reading until "
+                    "they are written (%d time(s) since the last report)",
+                    len(self._batch),
+                    count,
+                )
+
+    def _resume(self) -> None:
+        if self._paused and self._sock is not None:
+            self._paused = False
+            asyncio.get_running_loop().add_reader(self._sock.fileno(), self._readable)
+
+    def _pool_trouble(self, reason: str) -> None:
+        now = time.monotonic()
+        pool = self.settings.pool
+        span = f"{IPv4Address(pool[0])}-{IPv4Address(pool[1])}" if pool else "-"
+        if reason == EXHAUSTED:
+            self.metrics.exhausted.inc()
+            count = self._exhausted.due(now)
+            if count:
+                logger.warning(
+                    "[dhcp] pool %s exhausted: %d DISCOVER(s) unanswered since the last report",
+                    span,
+                    count,
+                )
+            return
+        self.metrics.guarded.inc()
+        count = self._guarded.due(now)
+        if count and self.policy is not None:
+            guard = self.policy.guard
+            logger.warning(
+                "[dhcp] pool guard: %d new lease(s) refused since the last report (limits: %d a "
+                "minute in all, %d a minute per client; 0 is none)",
+                count,
+                guard.per_minute,
+                guard.per_client,
+            )
 
     async def _flusher(self) -> None:
         loop = asyncio.get_running_loop()
@@ -290,14 +401,23 @@ class DhcpServer:
             await self._wake.wait()
             self._wake.clear()
             batch, self._batch = self._batch, []
+            self._resume()
             if not batch:
                 continue
             records = [lease for _, d, _ in batch for lease in d.leases]
             try:
                 await loop.run_in_executor(self._io, self.journal.append, records)
             except OSError as err:
-                logger.error("[dhcp] lease journal %s: %s; replies dropped", self.journal.path, err)  # noqa: TRY400
                 self.metrics.drops.labels("journal").inc(len(batch))
+                count = self._journal_failed.due(time.monotonic())
+                if count:
+                    logger.error(  # noqa: TRY400 - one line, not a traceback
+                        "[dhcp] lease journal %s: %s; %d batch(es) of replies dropped since the "
+                        "last report",
+                        self.journal.path,
+                        err.strerror or err,
+                        count,
+                    )
                 continue
             for packet, decision, peer in batch:
                 self._dispatch(packet, decision, peer)

@@ -9,6 +9,8 @@ containment by path components (``Path.relative_to``), never by string prefix.
 
 :class:`FileCache` keeps small boot files in memory (Pis ask for the same few files again and
 again); larger files are read block by block with ``os.pread`` from one open descriptor.
+:class:`NetasciiSource` serves a file in netascii mode, converted a chunk at a time as blocks
+are read: never a converted copy of the whole file.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import logging
 import os
 import stat
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,12 +32,14 @@ from piman.errors import ProtocolError
 __all__ = [
     "MAX_COMPONENT",
     "MAX_PATH",
+    "NETASCII_CHUNK",
     "AccessViolation",
     "ByteSource",
     "BytesSource",
     "FileCache",
     "FileSource",
     "Memo",
+    "NetasciiSource",
     "Opener",
     "RootDirectory",
     "netascii",
@@ -46,6 +51,7 @@ logger = logging.getLogger(__name__)
 MAX_PATH = 512  # bytes in a requested name
 MAX_COMPONENT = 255  # bytes in one path component (NAME_MAX)
 _SLOT_BYTES = 41  # what one built datagram costs beyond its bytes (object header + list slot)
+NETASCII_CHUNK = 64 * 1024  # bytes of a file converted to netascii at once
 
 Memo = list[bytes | None]
 """One slot per block of a file at one block size, where sessions keep the datagrams they built."""
@@ -136,6 +142,86 @@ def netascii(data: bytes) -> bytes:
     return data.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
 
 
+class NetasciiSource:
+    """A source served in netascii mode: ``inner`` converted by :func:`netascii` as it is read.
+
+    The conversion maps each byte on its own (CR and LF become two bytes, the rest one), so the
+    file converts in independent chunks of :data:`NETASCII_CHUNK` bytes. Making the source
+    reads ``inner`` once, a chunk at a time, and notes where each chunk starts once converted:
+    that gives the converted size (``tsize``) and random access (a retransmitted window reads
+    behind the last block sent). Then a read converts the one or two chunks it falls in; the
+    last two stay converted, so sequential blocks convert each chunk once. Memory: two
+    converted chunks and one offset per chunk, whatever the size of the file.
+
+    Making it costs a pass over the file (the server does it in a worker thread), once per
+    cached file: the cache entry keeps the offsets for the next netascii transfer of it.
+    """
+
+    __slots__ = ("_chunks", "_inner", "_marks")
+
+    def __init__(self, inner: ByteSource) -> None:
+        self._inner = inner
+        entry = inner._entry if isinstance(inner, BytesSource) else None
+        marks = None if entry is None else entry.netascii_marks
+        if marks is None:
+            marks = _netascii_marks(inner)
+            if entry is not None:
+                entry.netascii_marks = marks
+        self._marks = marks
+        self._chunks: dict[int, bytes] = {}  # the last two chunks converted, by index
+
+    @property
+    def size(self) -> int:
+        return self._marks[-1]
+
+    def read(self, offset: int, length: int) -> bytes:
+        marks = self._marks
+        end = min(offset + length, marks[-1])
+        if offset >= end:
+            return b""
+        index = bisect_right(marks, offset) - 1
+        parts: list[bytes] = []
+        while offset < end:
+            chunk = self._chunk(index)
+            start, stop = marks[index], marks[index + 1]
+            parts.append(chunk[offset - start : min(end, stop) - start])
+            if start + len(chunk) < stop:
+                break  # the file shrank since it was opened: a short read
+            offset = stop
+            index += 1
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _chunk(self, index: int) -> bytes:
+        chunks = self._chunks
+        chunk = chunks.get(index)
+        if chunk is None:
+            chunk = netascii(self._inner.read(index * NETASCII_CHUNK, NETASCII_CHUNK))
+            if len(chunks) >= 2:
+                del chunks[next(iter(chunks))]  # the oldest of the two
+            chunks[index] = chunk
+        return chunk
+
+    def close(self) -> None:
+        self._chunks.clear()
+        self._inner.close()
+
+    def memo(self, blksize: int) -> Memo | None:
+        return None  # converted datagrams are not the file's
+
+
+def _netascii_marks(source: ByteSource) -> list[int]:
+    """Where each chunk of ``source`` starts once converted; the last entry: the size."""
+    marks = [0]
+    offset = 0
+    while offset < source.size:
+        chunk = source.read(offset, NETASCII_CHUNK)
+        if not chunk:
+            break  # the file shrank since it was opened: serve what there was
+        offset += len(chunk)
+        marks.append(marks[-1] + len(chunk) + chunk.count(b"\r") + chunk.count(b"\n"))
+    return marks
+
+
 def resolve_inside(root: Path, name: str) -> Path:
     """The file ``name`` names under ``root``; raises :class:`AccessViolation` if it escapes.
 
@@ -178,13 +264,14 @@ class _Key:
 class _Entry:
     """A cached file: its bytes and, per block size, the memo of its built datagrams."""
 
-    __slots__ = ("cache", "data", "key", "memos")
+    __slots__ = ("cache", "data", "key", "memos", "netascii_marks")
 
     def __init__(self, cache: FileCache, key: _Key, data: bytes) -> None:
         self.cache = cache
         self.key = key
         self.data = data
         self.memos: dict[int, Memo] = {}
+        self.netascii_marks: list[int] | None = None  # see NetasciiSource
 
     @property
     def weight(self) -> int:

@@ -97,9 +97,15 @@ class TransferPump:
     """Runs transfers in one thread; see the module docstring."""
 
     def __init__(
-        self, on_close: Callable[[Transfer], None], *, busy_poll: float = 0.0, native: bool = True
+        self,
+        on_close: Callable[[Transfer], None],
+        *,
+        on_fail: Callable[[Exception], None] | None = None,
+        busy_poll: float = 0.0,
+        native: bool = True,
     ) -> None:
         self.on_close = on_close  # called in the pump thread; must be thread-safe
+        self.on_fail = on_fail  # called in the pump thread when it dies; must be thread-safe
         self.busy = BusyPoll(busy_poll)  # how long a wait for a client spins before it sleeps
         self._lanes = (
             _lanes.Lanes(read_size=_READ_SIZE, max_events=_MAX_EVENTS)
@@ -158,10 +164,18 @@ class TransferPump:
     # -- the pump thread ----------------------------------------------------------------------
 
     def _main(self) -> None:
-        if self._lanes is not None:
-            self._main_lanes(self._lanes)
-        else:
-            self._main_python()
+        """The thread's top level. An exception in one transfer ends that transfer
+        (:meth:`_guarded`); one that reaches here is a fault of the pump itself: the thread
+        ends and ``on_fail`` tells the server, whose service then fails and is restarted."""
+        try:
+            if self._lanes is not None:
+                self._main_lanes(self._lanes)
+            else:
+                self._main_python()
+        except Exception as err:
+            logger.exception("tftp: the transfer pump failed; the TFTP service stops to restart")
+            if self.on_fail is not None:
+                self.on_fail(err)
 
     def _main_lanes(self, lanes: _lanes.Lanes) -> None:
         """The epoll loop with the C data path: :meth:`_lanes.Lanes.run` answers the expected
@@ -172,24 +186,21 @@ class TransferPump:
         run = lanes.run
         busy = self.busy
         now = time.monotonic()
-        try:
-            while not self._stopping:
-                spin = busy.spin_for() if by_fd and busy.budget else 0.0
-                results, hits, missed = run(epoll_fd, self._wait_time(now), spin)
-                if hits:
-                    busy.hit(hits)
-                if missed:
-                    busy.miss()
-                now = time.monotonic()
-                for fd, kind, value in results:
-                    transfer = by_fd.get(fd)
-                    if transfer is not None:
-                        self._guarded(self._lane_event, transfer, kind, value, now)
-                    elif fd == wake_fd:
-                        self._drain_wake()
-                now = self._between_batches(now)
-        except Exception:
-            logger.exception("tftp: the transfer pump failed; open transfers stall")
+        while not self._stopping:
+            spin = busy.spin_for() if by_fd and busy.budget else 0.0
+            results, hits, missed = run(epoll_fd, self._wait_time(now), spin)
+            if hits:
+                busy.hit(hits)
+            if missed:
+                busy.miss()
+            now = time.monotonic()
+            for fd, kind, value in results:
+                transfer = by_fd.get(fd)
+                if transfer is not None:
+                    self._guarded(self._lane_event, transfer, kind, value, now)
+                elif fd == wake_fd:
+                    self._drain_wake()
+            now = self._between_batches(now)
 
     def _lane_event(
         self, transfer: Transfer, kind: int, value: bytes | int | None, now: float
@@ -244,43 +255,40 @@ class TransferPump:
         write = os.write
         busy = self.busy
         now = monotonic()
-        try:
-            while not self._stopping:
-                wait = self._wait_time(now)
-                if by_fd and busy.budget:
-                    events = busy.poll(poll, wait, _MAX_EVENTS)
-                else:
-                    events = poll(wait, _MAX_EVENTS)
-                now = monotonic()  # one clock read per batch: a batch lasts microseconds
-                for fd, _ in events:
-                    transfer = by_fd.get(fd)
-                    if transfer is None:
-                        if fd == wake_fd:
-                            self._drain_wake()
+        while not self._stopping:
+            wait = self._wait_time(now)
+            if by_fd and busy.budget:
+                events = busy.poll(poll, wait, _MAX_EVENTS)
+            else:
+                events = poll(wait, _MAX_EVENTS)
+            now = monotonic()  # one clock read per batch: a batch lasts microseconds
+            for fd, _ in events:
+                transfer = by_fd.get(fd)
+                if transfer is None:
+                    if fd == wake_fd:
+                        self._drain_wake()
+                    continue
+                # The lock-step hot path, inlined: read, ack_datagram, write, and the
+                # timer only when none is armed (the session keeps the live deadline).
+                try:
+                    data = read(fd, _READ_SIZE)
+                    session = transfer.session
+                    datagram = session.ack_datagram(data, now)
+                    if datagram is not None:
+                        write(fd, datagram)
+                        if transfer.armed_at is None:
+                            self._arm(transfer, session.deadline)
                         continue
-                    # The lock-step hot path, inlined: read, ack_datagram, write, and the
-                    # timer only when none is armed (the session keeps the live deadline).
-                    try:
-                        data = read(fd, _READ_SIZE)
-                        session = transfer.session
-                        datagram = session.ack_datagram(data, now)
-                        if datagram is not None:
-                            write(fd, datagram)
-                            if transfer.armed_at is None:
-                                self._arm(transfer, session.deadline)
-                            continue
-                    except (BlockingIOError, InterruptedError):
-                        continue  # nothing to read, or a full buffer: the timer resends
-                    except OSError as err:  # ICMP port unreachable on the connected socket
-                        self._guarded(self._unreachable, transfer, err)
-                        continue
-                    except Exception as err:  # noqa: BLE001 - ends this transfer, not the pump
-                        self._failed(transfer, err)
-                        continue
-                    self._guarded(self._datagram, transfer, data)
-                now = self._between_batches(now)
-        except Exception:
-            logger.exception("tftp: the transfer pump failed; open transfers stall")
+                except (BlockingIOError, InterruptedError):
+                    continue  # nothing to read, or a full buffer: the timer resends
+                except OSError as err:  # ICMP port unreachable on the connected socket
+                    self._guarded(self._unreachable, transfer, err)
+                    continue
+                except Exception as err:  # noqa: BLE001 - ends this transfer, not the pump
+                    self._failed(transfer, err)
+                    continue
+                self._guarded(self._datagram, transfer, data)
+            now = self._between_batches(now)
 
     def _wait_time(self, now: float) -> float:
         """How long the next wait may last: until the first timer, or :data:`_MAX_WAIT`
@@ -302,13 +310,16 @@ class TransferPump:
         if len(self._by_fd) == 1 and not self._submitted and not self._stopping:
             (only,) = self._by_fd.values()
             if only.session.lockstep:
-                self._settle(only, now)  # its lane's turns, then no lane while parked
-                if self._lanes is not None:
-                    self._lanes.drop(only.fd)
-                self._park(only)
+                self._guarded(self._park_alone, only, now)
                 now = time.monotonic()
                 self._guarded(self._relane, only)
         return now
+
+    def _park_alone(self, transfer: Transfer, now: float) -> None:
+        self._settle(transfer, now)  # its lane's turns, then no lane while parked
+        if self._lanes is not None and transfer.sock is not None:
+            self._lanes.drop(transfer.fd)
+        self._park(transfer)
 
     def _park(self, transfer: Transfer) -> None:
         """Serve the only transfer, lock-step, with blocking reads.
@@ -396,16 +407,20 @@ class TransferPump:
     def _take_submissions(self) -> None:
         while self._submitted:
             transfer, actions = self._submitted.popleft()
-            sock = transfer.sock
-            if sock is None:
-                continue
-            transfer.fd = sock.fileno()
-            self._by_fd[transfer.fd] = transfer
-            self._epoll.register(transfer.fd, select.EPOLLIN)
-            if transfer.session.stats.windowsize > 1:
-                transfer.segment = enable_gso(sock, transfer.session.stats.blksize + 4)
-            self._guarded(self._run, transfer, actions)
-            self._guarded(self._relane, transfer)
+            self._guarded(self._take, transfer, actions)
+
+    def _take(self, transfer: Transfer, actions: list[Action]) -> None:
+        sock = transfer.sock
+        if sock is None:
+            return
+        fd = sock.fileno()
+        self._epoll.register(fd, select.EPOLLIN)  # raises: this transfer fails, not the pump
+        transfer.fd = fd
+        self._by_fd[fd] = transfer
+        if transfer.session.stats.windowsize > 1:
+            transfer.segment = enable_gso(sock, transfer.session.stats.blksize + 4)
+        self._guarded(self._run, transfer, actions)
+        self._guarded(self._relane, transfer)
 
     def _guarded(self, call: Callable[..., None], transfer: Transfer, *args: object) -> None:
         try:

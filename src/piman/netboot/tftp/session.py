@@ -23,7 +23,9 @@ Pi 4 re-ACKs duplicates). Retransmission happens only on timeout: the whole outs
 last acknowledged one are in flight, and only blocks never sent before are sent on an ACK.
 
 Options (RFC 2347): ``blksize`` (RFC 2348, 8–65464, capped to ``max_blksize``), ``timeout``
-(RFC 2349, 1–255 s), ``tsize`` (RFC 2349, the file size is returned) and ``windowsize``
+(RFC 2349, 1–255 s; above ``max_client_timeout`` it is left out of the OACK, since the server
+may not change its value, and the server's own timeout applies), ``tsize`` (RFC 2349, the file
+size is returned; in netascii, the converted size) and ``windowsize``
 (RFC 7440, 1–65535, capped to ``max_windowsize``). Unknown options are left out of the OACK; a
 known option with a value that is not valid is refused with ERROR 8. An ERROR from the client
 with code 0 once block 1 was sent and before block 2 was acknowledged (the Pi's ``Early
@@ -38,7 +40,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import cast
 
-from piman.netboot.tftp.files import ByteSource, BytesSource, Memo, netascii
+from piman.netboot.tftp.files import ByteSource, Memo, NetasciiSource
 from piman.netboot.tftp.packets import (
     MAX_BLOCK,
     Ack,
@@ -119,6 +121,7 @@ class SessionSettings:
     max_blksize: int = 1468
     max_windowsize: int = 64
     transfer_timeout: float | None = None  # None: no whole-transfer limit
+    max_client_timeout: float = 10.0  # a longer ``timeout`` option is not acknowledged
 
 
 @dataclass(slots=True)
@@ -185,7 +188,21 @@ class TftpSession:
         return self._fail(code, message, outcome, now)
 
     def start(self, source: ByteSource, now: float) -> list[Action]:
-        """Begin the transfer of ``source``: an OACK, or block 1 when no option was accepted."""
+        """Begin the transfer of ``source``: an OACK, or block 1 when no option was accepted.
+
+        In netascii mode the file is served through a :class:`NetasciiSource`; pass one made
+        beforehand (its making reads the whole file: the server does that in a thread), or the
+        source itself and it is made here. The session owns ``source`` from this call on: it
+        is closed when the transfer ends, or here when this raises (a source whose reads fail).
+        """
+        try:
+            return self._start(source, now)
+        except BaseException:
+            self._source = None
+            source.close()
+            raise
+
+    def _start(self, source: ByteSource, now: float) -> list[Action]:
         mode = self.request.mode.lower()
         if mode not in ("octet", "netascii"):
             source.close()
@@ -193,10 +210,8 @@ class TftpSession:
                 ErrorCode.ILLEGAL_OPERATION, f"unsupported mode {self.request.mode!r}",
                 TransferOutcome.REFUSED, now,
             )  # fmt: skip
-        if mode == "netascii":
-            converted = netascii(source.read(0, source.size))
-            source.close()
-            source = BytesSource(converted)
+        if mode == "netascii" and not isinstance(source, NetasciiSource):
+            source = NetasciiSource(source)
         self._source = source
         self._read = source.read
         self.stats.size = source.size
@@ -402,8 +417,10 @@ class TftpSession:
                 self._blksize = min(asked, MAX_BLKSIZE, self.settings.max_blksize)
                 accepted.append((name, str(self._blksize)))
             elif key == "timeout":
-                self._timeout = float(_number(name, value, 1, 255))
-                accepted.append((name, value.strip()))
+                asked = _number(name, value, 1, 255)
+                if asked <= self.settings.max_client_timeout:
+                    self._timeout = float(asked)
+                    accepted.append((name, value.strip()))
             elif key == "tsize":
                 _number(name, value, 0, None)
                 accepted.append((name, str(size)))

@@ -1,4 +1,5 @@
-"""``/api/v1/alerts`` (what fires, what is pending, recent history) and ``/api/v1/silences``.
+"""``/api/v1/alerts`` (what fires, what is pending, recent history), ``/api/v1/silences`` and
+``/api/v1/alerts/outbox`` (notifications waiting, delivered, or given up on: dead).
 
 Silences live in the store, so they can be created here, from ``piman alerts silence`` against
 the store directly, or both; the evaluator reads them on every tick.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,11 +17,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from piman.config.types import parse_duration
 from piman.context import AlertingHandle
 from piman.errors import RuleError
-from piman.fleet.records import AlertRecord, SilenceRecord
+from piman.fleet.records import AlertRecord, OutboxItem, SilenceRecord
 from piman.web.deps import Alerting
 from piman.web.security import Reader, Silencer
 
-__all__ = ["AlertOut", "AlertsOut", "HistoryOut", "SilenceIn", "SilenceOut", "router"]
+__all__ = [
+    "AlertOut",
+    "AlertsOut",
+    "HistoryOut",
+    "OutboxOut",
+    "RequeueIn",
+    "RequeueOut",
+    "SilenceIn",
+    "SilenceOut",
+    "router",
+]
 
 router = APIRouter(tags=["alerts"])
 
@@ -74,6 +85,56 @@ class AlertsOut(BaseModel):
     last_evaluated: datetime | None
 
 
+class OutboxOut(BaseModel):
+    """One notification for one receiver (named without its URL's secrets)."""
+
+    id: int
+    receiver: str
+    key: str
+    state: str  # pending | delivered | dead
+    status: str  # firing | resolved
+    group_labels: dict[str, str]
+    alerts: int
+    attempts: int
+    created_at: datetime
+    next_attempt_at: datetime
+    delivered_at: datetime | None
+    dead_at: datetime | None
+    last_error: str | None
+
+    @classmethod
+    def of(cls, item: OutboxItem) -> OutboxOut:
+        alerts = item.payload.get("alerts") or []
+        firing = any(a.get("status") == "firing" for a in alerts)
+        return cls(
+            id=item.id,
+            receiver=item.receiver,
+            key=item.key,
+            state=item.state,
+            status="firing" if firing else "resolved",
+            group_labels=dict(item.payload.get("group_labels") or {}),
+            alerts=len(alerts),
+            attempts=item.attempts,
+            created_at=_dt(item.created_at) or datetime.now(UTC),
+            next_attempt_at=_dt(item.next_attempt_at) or datetime.now(UTC),
+            delivered_at=_dt(item.delivered_at),
+            dead_at=_dt(item.dead_at),
+            last_error=item.last_error,
+        )
+
+
+class RequeueIn(BaseModel):
+    """Which dead notifications to send again: ``ids``, or every dead one when empty."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[int] = Field(default_factory=list, max_length=1000)
+
+
+class RequeueOut(BaseModel):
+    requeued: int
+
+
 class SilenceIn(BaseModel):
     """A new silence: ``matchers`` such as ``["alertname=NodeDown", "node=~rack1-.*"]``.
 
@@ -84,7 +145,7 @@ class SilenceIn(BaseModel):
 
     matchers: list[str] | str
     duration: str = Field("2h", description="How long, e.g. 30m, 2h, 1d.")
-    comment: str = ""
+    comment: str = Field("", max_length=1024)
 
 
 class SilenceOut(BaseModel):
@@ -173,3 +234,29 @@ async def add_silence(body: SilenceIn, principal: Silencer, alerting: Alerting) 
 async def expire_silence(silence_id: str, _: Silencer, alerting: Alerting) -> SilenceOut:
     now = time.time()
     return SilenceOut.of(await alerting.expire_silence(silence_id, now=now), now)
+
+
+OutboxState = Literal["pending", "dead", "undelivered", "delivered"]
+
+
+@router.get(
+    "/alerts/outbox",
+    response_model=list[OutboxOut],
+    summary="Notifications per receiver, newest first: pending, delivered or dead",
+)
+async def list_outbox(
+    _: Reader,
+    alerting: Alerting,
+    state: OutboxState | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[OutboxOut]:
+    return [OutboxOut.of(i) for i in await alerting.outbox(state=state, limit=limit)]
+
+
+@router.post(
+    "/alerts/outbox/retry",
+    response_model=RequeueOut,
+    summary="Send dead notifications again (those of ids, or all)",
+)
+async def retry_outbox(body: RequeueIn, _: Silencer, alerting: Alerting) -> RequeueOut:
+    return RequeueOut(requeued=await alerting.requeue_dead(body.ids))

@@ -5,18 +5,27 @@
 one metric name and optionally a node, not PromQL. ``/events`` fields are metrics too
 (``temperature_celsius``, ``cpu_percent`` …; see :mod:`piman.monitor.collector.query`).
 ``disk_percent`` is psutil's definition: used / (used + free) of ``/``, not used / size.
+
+A query is bounded by the store (``QueryLimits``: series, points per series with or without a
+step, points in the answer, rows read); one over a bound gets HTTP 422 with
+``errorType: execution``, as Prometheus answers a query that would load too many samples.
+The answer's JSON is encoded on a worker thread, not on the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
 import time
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
+from piman.fleet.metrics import Series
 from piman.monitor.collector.expfmt import format_value
+from piman.monitor.collector.query import QueryTooLarge
 from piman.web.deps import Ctx, Monitor
 from piman.web.security import Reader
 
@@ -31,6 +40,19 @@ def _bad(message: str) -> JSONResponse:
     return JSONResponse(
         {"status": "error", "errorType": "bad_data", "error": message}, status_code=400
     )
+
+
+def _matrix(series: list[Series]) -> bytes:
+    """The answer, as Prometheus' API spells it (runs on a worker thread)."""
+    result: list[dict[str, Any]] = [
+        {
+            "metric": {"__name__": s.metric, **s.labels},
+            "values": [[ts, format_value(v)] for ts, v in s.points],
+        }
+        for s in series
+    ]
+    answer = {"status": "success", "data": {"resultType": "matrix", "result": result}}
+    return json.dumps(answer, separators=(",", ":")).encode()
 
 
 def _time(value: str | None, default: float) -> float:
@@ -51,7 +73,7 @@ async def query_range(
     start: str | None = None,
     end: str | None = None,
     step: str | None = None,
-) -> dict[str, Any] | JSONResponse:
+) -> Response:
     """Series of one metric (optionally of one node) over [start, end] (UNIX seconds).
 
     ``end`` defaults to now, ``start`` to an hour before ``end``. Without ``step`` the raw
@@ -74,15 +96,13 @@ async def query_range(
         if (t_end - t_start) / t_step > MAX_POINTS:
             return _bad(f"more than {MAX_POINTS} points per series; use a larger step")
     matchers = {"node": node} if node else None
-    series = await monitor.query_range(metric, matchers, t_start, t_end, t_step)
-    result: list[dict[str, Any]] = [
-        {
-            "metric": {"__name__": s.metric, **s.labels},
-            "values": [[ts, format_value(v)] for ts, v in s.points],
-        }
-        for s in series
-    ]
-    return {"status": "success", "data": {"resultType": "matrix", "result": result}}
+    try:
+        series = await monitor.query_range(metric, matchers, t_start, t_end, t_step)
+    except QueryTooLarge as err:
+        return JSONResponse(
+            {"status": "error", "errorType": "execution", "error": str(err)}, status_code=422
+        )
+    return Response(await asyncio.to_thread(_matrix, series), media_type="application/json")
 
 
 @router.get("/nodes/{name}/events")

@@ -198,6 +198,7 @@ def test_public_names_of_the_dhcp_package() -> None:
         "Options",
         "PiIdentity",
         "PolicySettings",
+        "PoolGuard",
         "Reservation",
         "decode",
         "encode",

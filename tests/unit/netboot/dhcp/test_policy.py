@@ -116,7 +116,7 @@ def test_pool_exhaustion_then_expired_leases_are_reused_last() -> None:
 def test_request_for_a_foreign_address_is_nakked() -> None:
     policy = DhcpPolicy(settings())
     taken = dora(policy, "02:00:00:00:00:01")
-    for address in (taken, IP("198.18.0.50"), IP("10.9.9.9")):
+    for address in (taken, IP("198.18.0.12"), IP("10.9.9.9")):  # leased, reserved, off the net
         d = policy.handle(
             client("02:00:00:00:00:02", MessageType.REQUEST, requested_ip=address), NOW
         )
@@ -124,6 +124,11 @@ def test_request_for_a_foreign_address_is_nakked() -> None:
         assert d.reply is not None
         assert d.reply.options.message_type is MessageType.NAK
         assert d.reply.yiaddr == IP(0)
+    # A free address of this network, from a client the server has no record of: silence.
+    d = policy.handle(
+        client("02:00:00:00:00:02", MessageType.REQUEST, requested_ip=IP("198.18.0.50")), NOW
+    )
+    assert (d.outcome, d.reply, d.leases) == (DhcpOutcome.IGNORED, None, ())
 
 
 def test_renewal_by_ciaddr_is_acked() -> None:
@@ -194,17 +199,20 @@ def test_pi4_discover_gets_the_pi_reply_byte_exact() -> None:
     assert opts.client_machine_id == discover.options.client_machine_id
     assert opts.tftp_server == "198.18.0.1"
     assert d.reply.siaddr == SERVER
-    # Bound at OFFER time, for the full lease.
-    assert d.leases[0].state.value == "bound"
-    assert d.leases[0].expires == NOW + 3600
+    # Held for the offer only; bound, for the full lease, when it REQUESTs.
+    assert d.leases[0].state.value == "offered"
+    assert d.leases[0].expires == NOW + OFFER_HOLD
     # The Pi 4 REQUEST lacks option 60: it still gets the Pi options in the ACK.
     ack = policy.handle(pi_request(discover, d.reply), NOW)
     assert ack.reply is not None
     assert ack.reply.options.vendor_specific == pi_option43()
+    assert ack.leases[0].state.value == "bound"
+    assert ack.leases[0].expires == NOW + 3600
 
 
 def test_pi3_that_never_requests_keeps_its_offered_address() -> None:
-    policy = DhcpPolicy(settings())
+    # A Pi 3 the configuration declares (nodes[] with its MAC and no address) is bound at OFFER.
+    policy = DhcpPolicy(settings(bind_at_offer=frozenset({PI3_MAC})))
     discover = pi_discover(PiModel.PI3BPLUS, PI3_MAC, "00000007", 0xA020D3, xid=1)
     d = policy.handle(discover, NOW)
     assert d.reply is not None

@@ -91,6 +91,7 @@ async def test_serial_and_mac_prefixes_select_the_node(config: Config, store: St
 
 async def test_serial_prefix_teaches_the_store_the_serial(config: Config, store: Store) -> None:
     tree, sightings = boot_tree(config, store, neighbours=dict)
+    await sightings.load()  # the manager does it before any service starts
     assert await text(await tree("0badcafe/start4.elf", CLIENT_A)) == "start4 a"
     await sightings.drain()
     node = await store.nodes.get("a")
@@ -191,12 +192,18 @@ async def test_proxy_mode_learns_the_mac_from_the_neighbour_table(
     assert await text(await tree("start4.elf", ("10.9.8.7", 1024))) == "start4 a"
 
 
-async def test_unknown_pi_with_a_serial_is_recorded_as_new(config: Config, store: Store) -> None:
+async def test_unknown_pi_with_a_serial_is_discovered_and_a_node_once_accepted(
+    config: Config, store: Store
+) -> None:
     tree, sightings = boot_tree(config, store, neighbours=lambda: {"10.9.8.6": "dc:a6:32:00:00:99"})
+    await sightings.load()
     assert await text(await tree("feedf00d/start4.elf", ("10.9.8.6", 1024))) == "start4 default"
     await sightings.drain()
-    node = await store.nodes.find(mac="dc:a6:32:00:00:99")
-    assert node is not None
+    assert await store.nodes.find(mac="dc:a6:32:00:00:99") is None
+    assert [(d.mac, d.serial) for d in sightings.discovered()] == [
+        ("dc:a6:32:00:00:99", "feedf00d")
+    ]
+    node = await sightings.accept("dc:a6:32:00:00:99")
     assert node.serial == "feedf00d"
     assert node.state == "new"
 

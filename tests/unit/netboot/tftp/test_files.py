@@ -7,12 +7,18 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from piman.netboot.tftp import files as files_module
 from piman.netboot.tftp.files import (
+    NETASCII_CHUNK,
     AccessViolation,
+    ByteSource,
     BytesSource,
     FileCache,
     FileSource,
+    NetasciiSource,
     RootDirectory,
     netascii,
     resolve_inside,
@@ -163,3 +169,67 @@ async def test_memos_count_against_the_cache_budget(tmp_path: Path) -> None:
     big = FileSource(os.open(path, os.O_RDONLY), 4000)
     assert big.memo(512) is None  # uncached files are not doubled in memory
     big.close()
+
+
+# Files of CR, LF and other bytes around the chunk size: conversions cross chunk boundaries.
+_TEXT = st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"x", b"y" * 1000]), max_size=400)
+
+
+@settings(max_examples=60, deadline=None)
+@given(parts=_TEXT, reads=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 3000)), max_size=30))
+def test_netascii_source_reads_what_converting_the_whole_file_gives(
+    parts: list[bytes], reads: list[tuple[float, int]]
+) -> None:
+    data = b"".join(parts) * 3
+    whole = netascii(data)
+    source = NetasciiSource(BytesSource(data))
+    assert source.size == len(whole)
+    for where, length in reads:  # anywhere, in any order: retransmits read behind
+        offset = int(where * len(whole))
+        assert source.read(offset, length) == whole[offset : offset + length]
+    assert source.read(len(whole), 10) == b""
+
+
+def test_netascii_source_reads_block_after_block_across_chunks() -> None:
+    data = (b"a\nb\r" * NETASCII_CHUNK)[: 3 * NETASCII_CHUNK + 5]
+    whole = netascii(data)
+    source = NetasciiSource(BytesSource(data))
+    got = b"".join(source.read(offset, 1468) for offset in range(0, source.size, 1468))
+    assert got == whole
+
+
+def test_netascii_source_of_a_file_that_shrank_reads_short(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"\n" * (2 * NETASCII_CHUNK))
+    fd = os.open(path, os.O_RDONLY)
+    source = NetasciiSource(FileSource(fd, 2 * NETASCII_CHUNK))
+    assert source.size == 4 * NETASCII_CHUNK
+    os.truncate(path, 100)
+    assert source.read(0, 300) == b"\r\n" * 100  # what there is, not garbage
+    assert source.read(3 * NETASCII_CHUNK, 10) == b""
+    source.close()
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(fd)  # closing the converted source closes the file
+
+
+async def test_netascii_transfers_of_a_cached_file_read_it_through_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood of netascii requests for one file costs one pass over it, not one each."""
+    path = tmp_path / "cmdline.txt"
+    path.write_bytes(b"console=serial0,115200\nroot=/dev/mmcblk0p2\r\n" * 5000)
+    passes: list[int] = []
+    real = files_module._netascii_marks
+
+    def counted(source: ByteSource) -> list[int]:
+        passes.append(source.size)
+        return real(source)
+
+    monkeypatch.setattr(files_module, "_netascii_marks", counted)
+    cache = FileCache()
+    for _ in range(5):
+        source = await cache.open(path)
+        assert source is not None
+        converted = NetasciiSource(source)
+        assert converted.read(0, 1 << 20) == netascii(path.read_bytes())
+    assert len(passes) == 1

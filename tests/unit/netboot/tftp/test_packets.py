@@ -100,13 +100,53 @@ def test_encode_refuses_nul_in_strings_and_out_of_range_blocks() -> None:
         encode(Ack(65536))
 
 
-@given(st.binary(max_size=600))
-def test_decode_of_random_bytes_returns_a_packet_or_raises_malformed(data: bytes) -> None:
+# Datagrams that get past the opcode: a known or unknown opcode, then random bytes or a run of
+# NUL-terminated strings (what requests and OACKs are made of).
+_strings = st.lists(st.binary(max_size=12).map(lambda b: b.replace(b"\0", b"")), max_size=6).map(
+    lambda parts: b"".join(part + b"\0" for part in parts)
+)
+_datagrams = st.binary(max_size=600) | st.builds(
+    lambda op, body: op.to_bytes(2, "big") + body,
+    st.integers(0, 8) | st.integers(0, 65535),
+    st.binary(max_size=600) | _strings,
+)
+
+
+@given(_datagrams)
+def test_a_decoded_datagram_encodes_back_to_its_own_bytes(data: bytes) -> None:
+    """Decoding loses nothing but what follows an ERROR message's NUL; anything shorter than an
+    opcode or with an opcode outside 1-6 is refused."""
     try:
         packet = decode(data)
     except MalformedPacket:
         return
-    assert isinstance(packet, Request | Data | Ack | Error | OAck)
+    assert len(data) >= 2
+    assert 1 <= int.from_bytes(data[:2], "big") <= 6
+    if isinstance(packet, Error):
+        assert encode(packet) == data[:4] + data[4:].split(b"\0", 1)[0] + b"\0"
+    else:
+        assert encode(packet) == data
+    assert decode(encode(packet)) == packet
+
+
+@given(st.binary(max_size=1) | st.builds(
+    lambda op, body: op.to_bytes(2, "big") + body,
+    st.sampled_from([0, 7, 8, 255, 0x0100, 65535]),
+    st.binary(max_size=40),
+))  # fmt: skip
+def test_datagrams_without_a_tftp_opcode_are_refused(data: bytes) -> None:
+    with pytest.raises(MalformedPacket):
+        decode(data)
+
+
+@given(st.integers(0, 65535), st.binary(max_size=64) | st.binary(min_size=500, max_size=1500))
+def test_any_data_and_ack_datagram_decodes_to_its_fields(block: int, payload: bytes) -> None:
+    header = block.to_bytes(2, "big")
+    assert decode(b"\x00\x03" + header + payload) == Data(block, payload)
+    assert decode(b"\x00\x04" + header) == Ack(block)
+    if payload:
+        with pytest.raises(MalformedPacket, match="ACK of"):
+            decode(b"\x00\x04" + header + payload)
 
 
 _text = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=40)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from piman.netboot.tftp.files import BytesSource
+from piman.netboot.tftp.files import BytesSource, netascii
 from piman.netboot.tftp.packets import (
     Ack,
     Data,
@@ -391,3 +391,65 @@ def test_window_hot_path_matches_receive_ack(acks: list[int]) -> None:
 def test_window_hot_path_leaves_lock_step_alone() -> None:
     lockstep, _ = start(b"l" * 3000)
     assert lockstep.ack_window(1, 0.1) is None
+
+
+def test_a_client_timeout_above_the_cap_is_left_out_and_the_servers_own_is_used() -> None:
+    """RFC 2349 lets the server leave an option out of the OACK (it may not change the value):
+    a client asking for 255 s would hold its transfer's socket for 255 s per retry."""
+    settings = SessionSettings(retransmit_timeout=1.0, max_client_timeout=10.0)
+    session, actions = start(b"a" * 5000, rrq(timeout="255", tsize="0"), settings)
+    assert sent(actions) == [OAck((("tsize", "5000"),))]
+    actions = session.receive(Ack(0), 0.0)
+    assert actions[-1] == ArmTimer(1.0)
+    session, actions = start(b"a" * 5000, rrq(timeout="10"), settings)
+    assert sent(actions) == [OAck((("timeout", "10"),))]  # at the cap: the client's value
+    assert session.receive(Ack(0), 0.0)[-1] == ArmTimer(10.0)
+
+
+class ReadSpy:
+    """A byte source that records the largest single read asked of it."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.largest = 0
+        self.closed = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def read(self, offset: int, length: int) -> bytes:
+        self.largest = max(self.largest, length)
+        return self.data[offset : offset + length]
+
+    def close(self) -> None:
+        self.closed += 1
+
+    def memo(self, blksize: int) -> None:
+        return None
+
+
+@pytest.mark.parametrize("options", [{}, {"blksize": "1468", "windowsize": "8"}])
+def test_netascii_of_a_large_file_is_converted_a_chunk_at_a_time(options: dict[str, str]) -> None:
+    text = b"".join(b"line %d\n\rx\r\n" % i for i in range(300_000))  # 4.3 MB
+    spy = ReadSpy(text)
+    session = TftpSession(rrq(mode="netascii", tsize="0", **options), "198.18.0.5:1", SETTINGS, 0.0)
+    actions = session.start(spy, 0.0)
+    assert sent(actions)[0] == OAck((("tsize", str(len(netascii(text)))), *options.items()))
+    assert fetch(session, actions) == netascii(text)
+    assert spy.largest <= 64 * 1024  # never the whole file at once
+    assert spy.closed == 1
+
+
+def test_netascii_retransmits_blocks_already_converted() -> None:
+    text = b"\n" * 200_000 + b"\r" * 200_000
+    session = TftpSession(rrq(mode="netascii", blksize="1024", windowsize="4"), "198.18.0.5:1",
+                          SETTINGS, 0.0)  # fmt: skip
+    session.start(ReadSpy(text), 0.0)
+    window = sent(session.receive(Ack(0), 0.0))
+    for block in range(4, 400, 4):  # move deep into the file, then lose a window
+        window = sent(session.receive(Ack(block), 0.0))
+    again = sent(session.timer(10.0))
+    assert again == window
+    expected = [netascii(text)[(n - 1) * 1024 : n * 1024] for n in range(397, 401)]
+    assert [d.data for d in again] == expected  # type: ignore[attr-defined]
