@@ -9,7 +9,6 @@ a password and keeps it where every ``--url`` command finds it (``~/.config/pima
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import socket
 import sys
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.table import Table
 
 from piman.cli.client import CaFileOption, TokenOption, UrlOption, connect, token_file
 from piman.cli.common import (
@@ -31,6 +29,7 @@ from piman.cli.common import (
     local_actor,
     with_store,
 )
+from piman.cli.output import Column, JsonFlag, Output, OutputOption, chosen, emit
 from piman.config.types import parse_duration
 from piman.errors import StoreError
 
@@ -56,7 +55,23 @@ PasswordStdin = Annotated[
 Generate = Annotated[
     bool, typer.Option("--generate", help="Make a random password and print it once.")
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+USER_COLUMNS = (
+    Column("name", "name", name=True),
+    Column("role", "role", priority=1),
+    Column("created", "created_at", priority=2, time=True),
+    Column("updated", "updated_at", wide=True, time=True),
+)
+TOKEN_COLUMNS = (
+    Column("id", "id", name=True, right=True),
+    Column("user", "user", priority=1),
+    Column("state", "state", priority=1),
+    Column("prefix", "prefix", priority=2),
+    Column("name", "name", priority=3, shrink=True),
+    Column("expires", "expires_at", priority=4, time=True, missing="never"),
+    Column("last used", "last_used_at", priority=5, time=True, missing="never"),
+    Column("created", "created_at", wide=True, time=True),
+    Column("revoked", "revoked_at", wide=True, time=True),
+)
 
 
 def _password(stdin: bool, generate: bool, *, prompt: str = "Password") -> str:
@@ -99,13 +114,6 @@ def _offline(config: Path | None, work: Callable[[AccessService], Awaitable[T]])
         return await work(service)
 
     return with_store(config, run)
-
-
-def _when(value: Any) -> str:
-    if not value:
-        return "-"
-    when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return when.astimezone().strftime("%Y-%m-%d %H:%M")
 
 
 def _expires(text: str | None) -> datetime | None:
@@ -170,33 +178,26 @@ def user_list(
     url: UrlOption = None,
     token: TokenOption = None,
     ca_file: CaFileOption = None,
-    as_json: JsonOption = False,
+    output: OutputOption = Output.TABLE,
+    as_json: JsonFlag = False,
 ) -> None:
     """List accounts and their roles.
 
-    Example: piman user list
+    Examples:
+      piman user list
+      piman user list --url http://manager:8000 -o json
     """
     if url:
         with connect(url, token, ca_file) as client:
             rows = client.get("/users")
     else:
+        from piman.web.api.accounts import UserOut
 
         async def work(access: AccessService) -> list[dict[str, Any]]:
-            return [
-                {"name": u.name, "role": u.role, "created_at": u.created_at}
-                for u in await access.users()
-            ]
+            return [UserOut.of(u).model_dump(mode="json") for u in await access.users()]
 
         rows = _offline(config, work)
-    if as_json:
-        console.print_json(json.dumps(rows, default=str))
-        return
-    table = Table(title=f"{len(rows)} users", title_justify="left")
-    for col in ("name", "role", "created"):
-        table.add_column(col, no_wrap=col == "name")
-    for r in rows:
-        table.add_row(r["name"], r["role"], _when(r["created_at"]))
-    console.print(table)
+    emit(chosen(output, as_json), rows, USER_COLUMNS, title=f"{len(rows)} users")
 
 
 @user_app.command("remove")
@@ -304,23 +305,6 @@ def user_role(
 # -- piman token -----------------------------------------------------------------------------------
 
 
-def _token_rows(rows: list[dict[str, Any]], title: str) -> None:
-    table = Table(title=title, title_justify="left")
-    for col in ("id", "prefix", "user", "name", "state", "expires", "last used"):
-        table.add_column(col, no_wrap=col in ("prefix", "user"))
-    for r in rows:
-        table.add_row(
-            str(r["id"]),
-            r["prefix"],
-            r["user"],
-            r["name"],
-            r["state"],
-            _when(r["expires_at"]) if r["expires_at"] else "never",
-            _when(r["last_used_at"]),
-        )
-    console.print(table)
-
-
 def _token_out(record: Any) -> dict[str, Any]:
     from piman.web.api.accounts import TokenOut
 
@@ -374,11 +358,14 @@ def token_list(
     url: UrlOption = None,
     token: TokenOption = None,
     ca_file: CaFileOption = None,
-    as_json: JsonOption = False,
+    output: OutputOption = Output.TABLE,
+    as_json: JsonFlag = False,
 ) -> None:
     """List API tokens by prefix (never the tokens themselves).
 
-    Example: piman token list --all
+    Examples:
+      piman token list --all
+      piman token list -o wide
     """
     if url:
         with connect(url, token, ca_file) as client:
@@ -389,10 +376,7 @@ def token_list(
             return [_token_out(t) for t in await access.tokens(None)]
 
         rows = _offline(config, work)
-    if as_json:
-        console.print_json(json.dumps(rows, default=str))
-        return
-    _token_rows(rows, f"{len(rows)} tokens")
+    emit(chosen(output, as_json), rows, TOKEN_COLUMNS, title=f"{len(rows)} tokens")
 
 
 @token_app.command("revoke")

@@ -7,18 +7,34 @@ Every command asks a running manager with ``--url``, or reads and writes the sto
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.table import Table
 
 from piman.cli.client import CaFileOption, ManagerClient, TokenOption, UrlOption, connect
-from piman.cli.common import EXIT_BAD_INPUT, ConfigOption, console, fail, local_actor, with_store
+from piman.cli.common import (
+    EXIT_BAD_INPUT,
+    ConfigOption,
+    console,
+    err_console,
+    fail,
+    local_actor,
+    with_store,
+)
+from piman.cli.output import (
+    Column,
+    JsonFlag,
+    Output,
+    OutputOption,
+    chosen,
+    emit,
+    print_data,
+    print_table,
+)
 from piman.config.types import parse_duration
 from piman.errors import RuleError
 from piman.fleet.ports import AlertRepository
@@ -39,7 +55,59 @@ app = typer.Typer(
     no_args_is_help=False,
 )
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ALERT_COLUMNS = (
+    Column(
+        "state", lambda a: a["state"] + (" (silenced)" if a.get("silenced_by") else ""), priority=1
+    ),
+    Column("alert", "alertname", name=True),
+    Column("node", lambda a: a["labels"].get("node"), name=True),
+    Column("value", "value", priority=3, right=True),
+    Column("since", lambda a: a["starts_at"] or a["active_at"], priority=2, time=True),
+    Column("summary", lambda a: a["annotations"].get("summary"), priority=4, shrink=True),
+    Column("labels", lambda a: _labels(a["labels"]), wide=True),
+    Column("fingerprint", "fingerprint", wide=True),
+)
+HISTORY_COLUMNS = (
+    Column("at", "at", priority=1, time=True),
+    Column("alert", "alertname", name=True),
+    Column("node", lambda h: h["labels"].get("node"), name=True),
+    Column("state", lambda h: h["state"] + (" (late)" if h.get("late") else ""), priority=1),
+    Column("value", "value", priority=2, right=True),
+    Column("labels", lambda h: _labels(h["labels"]), wide=True),
+)
+SILENCE_COLUMNS = (
+    Column("id", lambda r: r["id"][:8], name=True),
+    Column("state", "state", priority=1),
+    Column("matchers", "matchers", priority=2, shrink=True),
+    Column("until", "ends_at", priority=3, time=True),
+    Column("by", "created_by", priority=4),
+    Column("comment", "comment", priority=5, shrink=True),
+    Column("from", "starts_at", wide=True, time=True),
+)
+
+
+def _what(r: Mapping[str, Any]) -> str:
+    labels = r["group_labels"]
+    rest = " ".join(v for k, v in sorted(labels.items()) if k != "alertname")
+    return f"{r['status']} {labels.get('alertname', '')} {rest}".strip()
+
+
+OUTBOX_COLUMNS = (
+    Column("id", "id", name=True, right=True),
+    Column("receiver", "receiver", priority=3, shrink=True),
+    Column("state", "state", priority=1),
+    Column("alert", _what, priority=2, shrink=True),
+    Column("queued", "created_at", priority=4, time=True),
+    Column("attempts", "attempts", priority=5, right=True),
+    Column("last error", "last_error", priority=6, shrink=True),
+    Column("next attempt", "next_attempt_at", wide=True, time=True),
+    Column("delivered", "delivered_at", wide=True, time=True),
+    Column("dead", "dead_at", wide=True, time=True),
+)
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
 def _with_store(config: Path | None, fn: Callable[[AlertRepository], Awaitable[T]]) -> T:
@@ -61,41 +129,55 @@ def _when(value: Any) -> str:
     return when.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+def _dt(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
 
 async def _store_alerts(repo: AlertRepository, history: int) -> dict[str, Any]:
+    """What ``GET /api/v1/alerts`` answers, read from the store (no evaluation time: None)."""
+    from piman.monitor.alerting.silences import Silence
+    from piman.web.api.alerts import AlertOut, AlertsOut, HistoryOut
+
+    now = time.time()
     states = await repo.states()
     rows = await repo.history(history) if history else []
-    return {
-        "alerts": [
-            {
-                "fingerprint": s.fingerprint,
-                "alertname": s.rule,
-                "state": s.state,
-                "labels": s.labels,
-                "annotations": s.annotations,
-                "active_at": _iso(s.active_at),
-                "starts_at": _iso(s.fired_at),
-                "value": s.value,
-                "late": s.late,
-            }
+    silences = []
+    for record in await repo.silences(now=now):
+        try:
+            silences.append(Silence.of(record))
+        except ValueError:  # a stored silence whose matchers no longer parse mutes nothing
+            continue
+    document = AlertsOut(
+        alerts=[
+            AlertOut(
+                fingerprint=s.fingerprint,
+                alertname=s.rule,
+                state=s.state,
+                labels=s.labels,
+                annotations=s.annotations,
+                active_at=_dt(s.active_at) or datetime.now(UTC),
+                starts_at=_dt(s.fired_at),
+                value=s.value,
+                silenced_by=[x.id for x in silences if x.mutes(s.labels, now)],
+                late=s.late,
+            )
             for s in states
             if s.state in ("pending", "firing")
         ],
-        "history": [
-            {
-                "at": _iso(h.at),
-                "alertname": h.rule,
-                "state": h.state,
-                "labels": h.labels,
-                "value": h.value,
-                "late": h.late,
-            }
+        history=[
+            HistoryOut(
+                at=_dt(h.at) or datetime.now(UTC),
+                alertname=h.rule,
+                state=h.state,
+                labels=h.labels,
+                value=h.value,
+                late=h.late,
+            )
             for h in rows
         ],
-    }
+        last_evaluated=None,
+    )
+    return document.model_dump(mode="json")
 
 
 def _client(url: str, token: str | None, ca_file: Path | None) -> ManagerClient:
@@ -110,13 +192,18 @@ def alerts(
     token: TokenOption = None,
     ca_file: CaFileOption = None,
     history: Annotated[int, typer.Option(help="How many history entries to show.")] = 10,
-    as_json: JsonOption = False,
+    output: OutputOption = Output.TABLE,
+    as_json: JsonFlag = False,
 ) -> None:
     """List firing and pending alerts and recent history; manage silences (subcommands).
 
-    With --url, asks a running manager; otherwise reads the store.
+    With --url, asks a running manager; otherwise reads the store. -o json and -o yaml print
+    {alerts, history, last_evaluated} with absolute times.
 
-    Example: piman alerts --url http://127.0.0.1:8000
+    Examples:
+      piman alerts --url http://127.0.0.1:8000
+      piman alerts --history 50 -o wide
+      piman alerts -o json | jq '.alerts[] | select(.state == "firing")'
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -125,37 +212,16 @@ def alerts(
             data = client.get(f"/alerts?history={history}")
     else:
         data = _with_store(config, lambda repo: _store_alerts(repo, history))
-    if as_json:
-        console.print_json(json.dumps(data, default=str))
+    fmt = chosen(output, as_json)
+    if fmt in (Output.JSON, Output.YAML):
+        print_data(data, fmt)
         return
     active = sorted(data["alerts"], key=lambda a: (a["state"] != "firing", a["active_at"]))
-    table = Table(title=f"{len(active)} active alerts", title_justify="left")
-    for col in ("state", "alert", "node", "value", "since", "summary"):
-        table.add_column(col)
-    for a in active:
-        state = a["state"] + (" (silenced)" if a.get("silenced_by") else "")
-        table.add_row(
-            state,
-            a["alertname"],
-            a["labels"].get("node", "-"),
-            f"{a['value']:g}",
-            _when(a["starts_at"] or a["active_at"]),
-            a["annotations"].get("summary", ""),
-        )
-    console.print(table)
+    wide = fmt is Output.WIDE
+    print_table(active, ALERT_COLUMNS, wide=wide, title=f"{len(active)} active alerts")
     if data["history"]:
-        hist = Table(title="recent history", title_justify="left")
-        for col in ("at", "alert", "node", "state", "value"):
-            hist.add_column(col)
-        for h in data["history"]:
-            hist.add_row(
-                _when(h["at"]),
-                h["alertname"],
-                h["labels"].get("node", "-"),
-                h["state"] + (" (late)" if h.get("late") else ""),
-                f"{h['value']:g}",
-            )
-        console.print(hist)
+        console.print()
+        print_table(data["history"], HISTORY_COLUMNS, wide=wide, title="recent history")
 
 
 @app.command("silence")
@@ -187,14 +253,19 @@ def silence(
         body = {"matchers": record.matchers, "duration": duration, "comment": comment}
         with _client(url, token, ca_file) as client:
             made = client.post("/silences", body)
-        console.print(f"silence {made['id']} until {_when(made['ends_at'])}: {made['matchers']}")
+        console.print(
+            f"silence {made['id']} until {_when(made['ends_at'])}: {made['matchers']}",
+            markup=False,
+        )
         return
 
     async def add(repo: AlertRepository) -> None:
         await repo.add_silence(record)
 
     _with_store(config, add)
-    console.print(f"silence {record.id} until {_when(record.ends_at)}: {record.matchers}")
+    console.print(
+        f"silence {record.id} until {_when(record.ends_at)}: {record.matchers}", markup=False
+    )
 
 
 @app.command("silences")
@@ -204,11 +275,14 @@ def silences(
     url: UrlOption = None,
     token: TokenOption = None,
     ca_file: CaFileOption = None,
-    as_json: JsonOption = False,
+    output: OutputOption = Output.TABLE,
+    as_json: JsonFlag = False,
 ) -> None:
     """List silences (active and pending; --all adds expired ones).
 
-    Example: piman alerts silences --all
+    Examples:
+      piman alerts silences --all
+      piman alerts silences -o yaml
     """
     now = time.time()
     if url:
@@ -221,22 +295,7 @@ def silences(
         rows = [SilenceOut.of(r, now).model_dump(mode="json") for r in records]
     if not show_all:
         rows = [r for r in rows if r["state"] != "expired"]
-    if as_json:
-        console.print_json(json.dumps(rows, default=str))
-        return
-    table = Table(title=f"{len(rows)} silences", title_justify="left")
-    for col in ("id", "state", "matchers", "until", "by", "comment"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            r["id"][:8],
-            r["state"],
-            r["matchers"],
-            _when(r["ends_at"]),
-            r["created_by"],
-            r["comment"],
-        )
-    console.print(table)
+    emit(chosen(output, as_json), rows, SILENCE_COLUMNS, title=f"{len(rows)} silences")
 
 
 @app.command("expire")
@@ -287,12 +346,15 @@ def outbox(
     url: UrlOption = None,
     token: TokenOption = None,
     ca_file: CaFileOption = None,
-    as_json: JsonOption = False,
+    output: OutputOption = Output.TABLE,
+    as_json: JsonFlag = False,
 ) -> None:
     """Notifications per receiver: waiting, delivered, or dead (given up on after their last
     attempt, or refused by the receiver). --retry-dead queues the dead ones again.
 
-    Example: piman alerts outbox --state dead
+    Examples:
+      piman alerts outbox --state dead
+      piman alerts outbox --state all -o wide
     """
     if state not in OUTBOX_STATES:
         fail(f"--state: {state!r} is not one of {', '.join(OUTBOX_STATES)}", EXIT_BAD_INPUT)
@@ -312,27 +374,12 @@ def outbox(
 
         requeued, items = _with_store(config, run)
         rows = [_outbox_row(i) for i in items]
-    if as_json:
-        console.print_json(json.dumps(rows, default=str))
-        return
+    fmt = chosen(output, as_json)
     if requeued is not None:
-        console.print(f"{requeued} dead notification(s) queued again")
-    table = Table(title=f"{len(rows)} notifications ({state})", title_justify="left")
-    for col in ("id", "receiver", "state", "alert", "queued", "attempts", "last error"):
-        table.add_column(col)
-    for r in rows:
-        labels = r["group_labels"]
-        what = " ".join(v for k, v in sorted(labels.items()) if k != "alertname")
-        table.add_row(
-            str(r["id"]),
-            r["receiver"],
-            r["state"],
-            f"{r['status']} {labels.get('alertname', '')} {what}".strip(),
-            _when(r["created_at"]),
-            str(r["attempts"]),
-            r["last_error"] or "",
-        )
-    console.print(table)
+        note = f"{requeued} dead notification(s) queued again"
+        # With json or yaml, standard output holds the records only.
+        (err_console if fmt in (Output.JSON, Output.YAML) else console).print(note, markup=False)
+    emit(fmt, rows, OUTBOX_COLUMNS, title=f"{len(rows)} notifications ({state})")
 
 
 def register(root: typer.Typer) -> None:

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 import yaml
-from rich.table import Table
 
 from piman.cli.common import (
     EXIT_BAD_INPUT,
@@ -17,6 +16,7 @@ from piman.cli.common import (
     err_console,
     report_config_error,
 )
+from piman.cli.output import Column, print_table
 from piman.config import Config, load_config
 from piman.errors import ConfigError
 
@@ -104,42 +104,47 @@ def show(config: Config) -> None:
     ]
     console.print("  ".join(sections), markup=False)
 
-    switches = Table(title=f"{len(config.switches)} switches", title_justify="left")
-    for col in ("name", "address", "driver", "profile", "uplink", "nodes"):
-        switches.add_column(col)
-    for sw in config.switches:
-        count = sum(1 for n in config.nodes if n.switch in {sw.name, str(sw.address)})
-        switches.add_row(
-            sw.name,
-            str(sw.address or "-"),
-            sw.driver,
-            sw.profile if sw.driver == "snmp-poe" else "-",
-            str(sw.uplink_port or "-"),
-            str(count),
-        )
-    console.print(switches)
-
-    nodes = Table(title=f"{len(config.nodes)} nodes", title_justify="left")
-    for col in ("name", "switch", "port", "ip", "mac", "model", "serial"):
-        nodes.add_column(col)
-    for n in config.nodes:
-        nodes.add_row(
-            n.name,
-            n.switch or "-",
-            str(n.port or "-"),
-            str(n.ip or "-"),
-            n.mac or "-",
-            n.model or "-",
-            n.serial or "-",
-        )
-    console.print(nodes)
+    switches = [
+        {
+            "name": sw.name,
+            "address": sw.address,
+            "driver": sw.driver,
+            "profile": sw.profile if sw.driver == "snmp-poe" else None,
+            "uplink": sw.uplink_port,
+            "nodes": sum(1 for n in config.nodes if n.switch in {sw.name, str(sw.address)}),
+        }
+        for sw in config.switches
+    ]
+    print_table(switches, SWITCH_COLUMNS, title=f"{len(switches)} switches")
+    nodes = [n.model_dump() for n in config.nodes]
+    print_table(nodes, NODE_COLUMNS, title=f"{len(nodes)} nodes")
     if config.hosts:
-        hosts = Table(title=f"{len(config.hosts)} other reservations", title_justify="left")
-        for col in ("mac", "ip", "hostname"):
-            hosts.add_column(col)
-        for h in config.hosts:
-            hosts.add_row(h.mac, str(h.ip), h.hostname or "-")
-        console.print(hosts)
+        hosts = [h.model_dump() for h in config.hosts]
+        print_table(hosts, HOST_COLUMNS, title=f"{len(hosts)} other reservations")
+
+
+SWITCH_COLUMNS = (
+    Column("name", "name", name=True),
+    Column("address", "address", priority=1),
+    Column("driver", "driver", priority=2),
+    Column("profile", "profile", priority=4),
+    Column("uplink", "uplink", priority=5, right=True),
+    Column("nodes", "nodes", priority=3, right=True),
+)
+NODE_COLUMNS = (
+    Column("name", "name", name=True),
+    Column("switch", "switch", priority=3),
+    Column("port", "port", priority=3, right=True),
+    Column("ip", "ip", priority=1),
+    Column("mac", "mac", priority=2),
+    Column("model", "model", priority=4),
+    Column("serial", "serial", priority=5),
+)
+HOST_COLUMNS = (
+    Column("mac", "mac", name=True),
+    Column("ip", "ip", priority=1),
+    Column("hostname", "hostname", priority=2),
+)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sys
 import threading
 import time
@@ -29,7 +28,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TransferSpeedColumn,
 )
-from rich.table import Table
 
 from piman.cli.client import CaFileOption, ManagerClient, TokenOption, UrlOption, connect
 from piman.cli.common import (
@@ -42,6 +40,17 @@ from piman.cli.common import (
     load,
     local_actor,
 )
+from piman.cli.output import (
+    Column,
+    JsonFlag,
+    Output,
+    OutputOption,
+    chosen,
+    emit,
+    print_data,
+    print_details,
+    print_table,
+)
 from piman.config.models import Config
 from piman.errors import ConflictError, NotFoundError, PimanError
 
@@ -52,8 +61,6 @@ env_app = typer.Typer(
 )
 node_app = typer.Typer(help="One node: details and history.", no_args_is_help=True)
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
 
 def _size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -61,6 +68,34 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024  # type: ignore[assignment]
     return str(n)
+
+
+ENV_COLUMNS = (
+    Column("name", "name", name=True),
+    Column("os", "os_family", priority=1),
+    Column("size", lambda r: _size(r["image_size"]), priority=2, right=True),
+    Column("mapped", lambda r: _size(r["mapped_bytes"]), priority=3, right=True),
+    Column("first boot", "customisation", priority=4),
+    Column("created", "created_at", priority=5, time=True),
+    Column("source", "source", priority=6, shrink=True),
+    Column("kind", "kind", wide=True),
+    Column("by", "created_by", wide=True),
+    Column("description", "description", wide=True),
+)
+DEPLOYMENT_COLUMNS = (
+    Column("id", "id", name=True, right=True),
+    Column("environment", "environment", priority=1),
+    Column("state", "state", priority=1),
+    Column("result", "result", priority=2),
+    Column("written", lambda d: f"{_size(d['bytes_done'])}/{_size(d['bytes_total'])}",
+           priority=4, right=True),
+    Column("started", "created_at", priority=3, time=True),
+    Column("by", "created_by", priority=5),
+    Column("reason", "reason", priority=6, shrink=True),
+    Column("attempt", "attempt", wide=True, right=True),
+    Column("finished", "finished_at", wide=True, time=True),
+    Column("hostname", "hostname", wide=True),
+)  # fmt: skip
 
 
 # -- piman env ---------------------------------------------------------------------------------
@@ -192,25 +227,17 @@ def env_list(
     url: UrlOption = None,
     token: TokenOption = None,
     ca_file: CaFileOption = None,
-    as_json: JsonOption = False,
+    output: OutputOption = Output.TABLE,
+    as_json: JsonFlag = False,
 ) -> None:
-    """List environments.
+    """List environments: OS, image size, bytes mapped, first-boot format, source.
 
-    Example: piman env list
+    Examples:
+      piman env list
+      piman env list -o json | jq -r '.[].name'
     """
     rows = _env_rows(config, url, token, ca_file)
-    if as_json:
-        console.print_json(json.dumps(rows))
-        return
-    table = Table(title=f"{len(rows)} environments", title_justify="left")
-    for col in ("name", "os", "size", "mapped", "first boot", "source"):
-        table.add_column(col, no_wrap=col == "name")
-    for r in rows:
-        table.add_row(
-            r["name"], r["os_family"], _size(r["image_size"]), _size(r["mapped_bytes"]),
-            r["customisation"], r["source"],
-        )  # fmt: skip
-    console.print(table)
+    emit(chosen(output, as_json), rows, ENV_COLUMNS, title=f"{len(rows)} environments")
 
 
 @env_app.command("show")
@@ -220,33 +247,31 @@ def env_show(
     url: UrlOption = None,
     token: TokenOption = None,
     ca_file: CaFileOption = None,
-    as_json: JsonOption = False,
+    output: OutputOption = Output.TABLE,
+    as_json: JsonFlag = False,
 ) -> None:
     """Show one environment: checksums, partitions, boot files, first-boot format.
 
-    Example: piman env show raspios-lite
+    Examples:
+      piman env show raspios-lite
+      piman env show raspios-lite -o yaml
     """
     rows = [r for r in _env_rows(config, url, token, ca_file) if r["name"] == name]
     if not rows:
         fail(f"no environment named {name!r}", EXIT_BAD_INPUT)
     (r,) = rows
-    if as_json:
-        console.print_json(json.dumps(r))
+    fmt = chosen(output, as_json)
+    if fmt in (Output.JSON, Output.YAML):
+        print_data(r, fmt)
         return
-    for key in ("name", "description", "os_family", "customisation", "kind", "source",
-                "source_sha256", "image_size", "image_sha256", "mapped_bytes", "table",
-                "created_at", "created_by"):  # fmt: skip
-        value = r[key]
-        if key in ("image_size", "mapped_bytes"):
-            value = f"{value} ({_size(value)})"
-        console.print(f"{key:>14}  {value}", markup=False)
-    console.print(
-        f"{'boot files':>14}  {len(r['boot_files'])}: "
-        + " ".join(r["boot_files"][:12])
-        + (" …" if len(r["boot_files"]) > 12 else ""),
-        markup=False,
-        soft_wrap=True,
-    )
+    boot = r["boot_files"]
+    shown = {
+        **{k: v for k, v in r.items() if k != "boot_files"},
+        "image_size": f"{r['image_size']} ({_size(r['image_size'])})",
+        "mapped_bytes": f"{r['mapped_bytes']} ({_size(r['mapped_bytes'])})",
+        "boot files": f"{len(boot)}: " + " ".join(boot[:12]) + (" …" if len(boot) > 12 else ""),
+    }
+    print_details(shown, times=("created_at",))
 
 
 @env_app.command("remove")
@@ -503,11 +528,16 @@ def node_show(
     url: UrlOption = None,
     token: TokenOption = None,
     ca_file: CaFileOption = None,
-    as_json: JsonOption = False,
+    output: OutputOption = Output.TABLE,
+    as_json: JsonFlag = False,
 ) -> None:
     """A node's details and its deployment history.
 
-    Example: piman node show rack1-02
+    -o json and -o yaml print {node, deployments} with absolute times.
+
+    Examples:
+      piman node show rack1-02
+      piman node show rack1-02 -o json | jq '.deployments[0].reason'
     """
     if url:
         with connect(url, token, ca_file) as client:
@@ -525,24 +555,18 @@ def node_show(
             return n, h
 
         node, history = with_store(config, work)
-    if as_json:
-        console.print_json(json.dumps({"node": node, "deployments": history}))
+    fmt = chosen(output, as_json)
+    if fmt in (Output.JSON, Output.YAML):
+        print_data({"node": node, "deployments": history}, fmt)
         return
-    for key, value in node.items():
-        console.print(f"{key:>13}  {value if value is not None else '-'}", markup=False)
+    print_details(node, times=("first_seen", "last_seen"))
+    console.print()
     if not history:
-        console.print("\nno deployments yet", markup=False)
+        console.print("no deployments yet", markup=False)
         return
-    table = Table(title="deployments", title_justify="left")
-    for col in ("id", "environment", "state", "result", "written", "started", "by", "reason"):
-        table.add_column(col)
-    for d in history:
-        table.add_row(
-            str(d["id"]), d["environment"], d["state"], d["result"] or "-",
-            f"{_size(d['bytes_done'])}/{_size(d['bytes_total'])}", str(d["created_at"])[:19],
-            d["created_by"], d["reason"] or "",
-        )  # fmt: skip
-    console.print(table)
+    print_table(
+        history, DEPLOYMENT_COLUMNS, wide=fmt is Output.WIDE, title=f"{len(history)} deployments"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -1,19 +1,39 @@
-"""``piman nodes``: the node table, from a running manager or from the config and store."""
+"""``piman nodes``: the node table, from a running manager or from the config and the store."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
-from typing import Annotated, Any
+from collections.abc import Mapping
+from typing import Any
 
 import typer
-from rich.table import Table
 
 from piman.cli.client import CaFileOption, TokenOption, UrlOption, connect
-from piman.cli.common import ConfigOption, console, load
+from piman.cli.common import ConfigOption, load
+from piman.cli.output import Column, JsonFlag, Output, OutputOption, chosen, emit
 from piman.store import Store, reconcile
 
-__all__ = ["register"]
+__all__ = ["NODE_COLUMNS", "register"]
+
+
+def _port(n: Mapping[str, Any]) -> str | None:
+    return f"{n['switch']}:{n['port']}" if n.get("switch") else None
+
+
+NODE_COLUMNS = (
+    Column("name", "name", name=True),
+    Column("state", "state", priority=1),
+    Column("power", "power", priority=2),
+    Column("ip", "ip", priority=3),
+    Column("last seen", "last_seen", priority=4, time=True, missing="never"),
+    Column("switch:port", _port, priority=5),
+    Column("model", "model", priority=6),
+    Column("mac", "mac", priority=7),
+    Column("serial", "serial", priority=8),
+    Column("hostname", "hostname", wide=True),
+    Column("first seen", "first_seen", wide=True, time=True, missing="never"),
+    Column("declared", lambda n: "yes" if n.get("declared") else "no", wide=True),
+)
 
 
 def nodes(
@@ -21,48 +41,26 @@ def nodes(
     url: UrlOption = None,
     token: TokenOption = None,
     ca_file: CaFileOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    output: OutputOption = Output.TABLE,
+    as_json: JsonFlag = False,
 ) -> None:
-    """List nodes: state, power, IP, MAC, model, serial, switch port, last seen.
+    """List nodes: state, power, IP, last seen, switch port, model, MAC, serial.
 
-    With --url, asks a running manager; otherwise reads the config and the store directly.
+    With --url, asks a running manager; otherwise reads the config and the store directly. The
+    table fits the terminal: the least useful columns give way first, -o wide shows them all
+    (with hostname and first seen), -o json and -o yaml the whole records with absolute times.
 
-    Example: piman nodes --url http://127.0.0.1:8000
+    Examples:
+      piman nodes --url http://127.0.0.1:8000
+      piman nodes -o wide
+      piman nodes -o json | jq -r '.[].name'
     """
     if url:
         with connect(url, token, ca_file) as client:
             rows: list[dict[str, Any]] = client.get("/nodes")
     else:
         rows = asyncio.run(_from_store(config))
-    if as_json:
-        import json
-
-        console.print_json(json.dumps(rows, default=str))
-        return
-    table = Table(title=f"{len(rows)} nodes", title_justify="left")
-    for col in ("name", "state", "power", "ip", "mac", "model", "serial", "switch:port", "seen"):
-        table.add_column(col)
-    for n in rows:
-        port = f"{n['switch']}:{n['port']}" if n.get("switch") else "-"
-        table.add_row(
-            n["name"],
-            n["state"],
-            n["power"],
-            n.get("ip") or "-",
-            n.get("mac") or "-",
-            n.get("model") or "-",
-            n.get("serial") or "-",
-            port,
-            _ago(n.get("last_seen")),
-        )
-    console.print(table)
-
-
-def _ago(value: Any) -> str:
-    if not value:
-        return "never"
-    when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return when.strftime("%Y-%m-%d %H:%M:%S")
+    emit(chosen(output, as_json), rows, NODE_COLUMNS, title=f"{len(rows)} nodes")
 
 
 async def _from_store(config_path: Any) -> list[dict[str, Any]]:
@@ -73,7 +71,7 @@ async def _from_store(config_path: Any) -> list[dict[str, Any]]:
     await store.open()
     try:
         await reconcile(store, config)
-        return [NodeOut.of(n).model_dump() for n in await store.nodes.list()]
+        return [NodeOut.of(n).model_dump(mode="json") for n in await store.nodes.list()]
     finally:
         await store.close()
 

@@ -9,13 +9,13 @@ settings such as ``snmp.host``/``port`` or a ``data_dir``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
 
 from piman.cli.client import CaFileOption, ManagerClient, TokenOption, UrlOption, connect
 from piman.cli.common import (
@@ -28,6 +28,7 @@ from piman.cli.common import (
     load,
     local_actor,
 )
+from piman.cli.output import Column, Output, OutputOption, emit
 from piman.config.models import Config
 from piman.errors import NotFoundError, PimanError, StoreError
 from piman.fleet.power import PowerAction, PowerResult, PowerTarget
@@ -113,31 +114,41 @@ async def _run(
             await store.close()
 
 
-def _report(outcomes: Sequence[PowerResult], action: PowerAction) -> None:
-    failed = [o for o in outcomes if not o.ok]
+def _report(
+    outcomes: Sequence[PowerResult], action: PowerAction, output: Output = Output.TABLE
+) -> None:
     if action == "status":
-        table = Table(title=f"{len(outcomes)} ports", title_justify="left")
-        for col in ("node", "switch:port", "admin", "detection", "watts"):
-            table.add_column(col)
-        for o in outcomes:
-            r = o.reading
-            table.add_row(
-                o.target.node or "-",
-                o.target.where,
-                r.admin.value if r else "error",
-                (r.detection or "-") if r else "-",
-                f"{r.watts:g}" if r and r.watts is not None else "-",
-            )
-        console.print(table)
+        from piman.web.api.power import PowerOut
+
+        rows = [PowerOut.of(o.target.node, o).model_dump(mode="json") for o in outcomes]
+        emit(output, rows, PORT_COLUMNS, title=f"{len(rows)} ports")
     else:
         for o in outcomes:
             if o.ok:
                 console.print(f"{o.target.label} ({o.target.where}): {_describe(o)}", markup=False)
+    failed = [o for o in outcomes if not o.ok]
     for o in failed:
         name = f"{o.target.node} ({o.target.where})" if o.target.node else o.target.where
         err_console.print(f"error: {name}: {o.error}", markup=False, soft_wrap=True)
     if failed:
         raise typer.Exit(EXIT_FAILED)
+
+
+PORT_COLUMNS = (
+    Column("node", "node", name=True),
+    Column("switch:port", lambda r: f"{r['switch']}:{r['port']}", priority=2),
+    Column("admin", lambda r: r["state"] if r["ok"] else "error", priority=1),
+    Column("detection", "detection", priority=3),
+    Column("watts", "watts", priority=4, right=True),
+    Column("error", "error", wide=True),
+)
+MAP_COLUMNS = (
+    Column("mac", "mac", name=True),
+    Column("node", "node", name=True),
+    Column("seen on port", "seen_port", priority=2, right=True),
+    Column("config port", "configured_port", priority=3, right=True),
+    Column("status", "status", priority=1),
+)
 
 
 def _power(
@@ -148,36 +159,28 @@ def _power(
     url: str | None = None,
     token: str | None = None,
     ca_file: Path | None = None,
+    output: Output = Output.TABLE,
 ) -> None:
     if not targets:
         fail("name at least one target: a node, switch:port, or all", EXIT_BAD_INPUT)
     if url:
         with connect(url, token, ca_file) as client:
-            _via_manager(client, action, targets)
+            _via_manager(client, action, targets, output)
         return
     cfg = _config(config, overlay)
     outcomes = asyncio.run(_run(cfg, action, lambda c: c.resolve(targets)))
     if not outcomes:
         fail("no targets: no node has a switch port", EXIT_BAD_INPUT)
-    _report(outcomes, action)
+    _report(outcomes, action, output)
 
 
-def _via_manager(client: ManagerClient, action: PowerAction, targets: list[str]) -> None:
+def _via_manager(
+    client: ManagerClient, action: PowerAction, targets: list[str], output: Output
+) -> None:
     """One POST /api/v1/power: the manager staggers and records as it does for itself."""
     rows = client.post("/power", {"action": action, "targets": targets}, timeout=600)
     if action == "status":
-        table = Table(title=f"{len(rows)} ports", title_justify="left")
-        for col in ("node", "switch:port", "admin", "detection", "watts"):
-            table.add_column(col)
-        for r in rows:
-            table.add_row(
-                r["node"] or "-",
-                f"{r['switch']}:{r['port']}",
-                r["state"] if r["ok"] else "error",
-                r["detection"] or "-",
-                f"{r['watts']:g}" if r["watts"] is not None else "-",
-            )
-        console.print(table)
+        emit(output, rows, PORT_COLUMNS, title=f"{len(rows)} ports")
     failed = [r for r in rows if not r["ok"]]
     for r in rows:
         where = f"{r['switch']}:{r['port']}"
@@ -251,12 +254,17 @@ def power_status(
     url: UrlOption = None,
     token: TokenOption = None,
     ca_file: CaFileOption = None,
+    output: OutputOption = Output.TABLE,
 ) -> None:
     """Show each port's admin state, PSE detection status and power draw.
 
-    Example: piman power status all
+    Exit 1 when a port could not be read (its row says error, the reason goes to stderr).
+
+    Examples:
+      piman power status all
+      piman power status rack1:1 rack1:2 -o json
     """
-    _power("status", targets, config, overlay, url, token, ca_file)
+    _power("status", targets, config, overlay, url, token, ca_file, output)
 
 
 @power_app.command("map")
@@ -264,10 +272,13 @@ def power_map(
     switch: Annotated[str, typer.Argument(help="Switch name or address.")],
     config: ConfigOption = None,
     overlay: OverlayOption = None,
+    output: OutputOption = Output.TABLE,
 ) -> None:
     """Walk the switch's BRIDGE-MIB: which known MAC sits on which port; print config fixes.
 
-    Example: piman power map rack1
+    Examples:
+      piman power map rack1
+      piman power map rack1 -o json | jq '.[] | select(.status != "ok")'
     """
     from piman.inventory.bridge import FdbEntry, compare, read_fdb, yaml_fixes
     from piman.power.snmp import SnmpClient, SnmpTarget
@@ -291,20 +302,12 @@ def power_map(
         entries = asyncio.run(walk())
     except PimanError as err:
         fail(str(err))
-    rows = compare(cfg, sw, entries)
-    table = Table(title=f"{sw.name}: {len(entries)} MACs learnt", title_justify="left")
-    for col in ("mac", "node", "seen on port", "config port", "status"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            r.mac,
-            r.node or "-",
-            str(r.seen_port) if r.seen_port is not None else "-",
-            str(r.configured_port) if r.configured_port is not None else "-",
-            r.status,
-        )
-    console.print(table)
-    fixes = yaml_fixes(sw, rows)
+    found = compare(cfg, sw, entries)
+    rows = [dataclasses.asdict(r) for r in found]
+    emit(output, rows, MAP_COLUMNS, title=f"{sw.name}: {len(entries)} MACs learnt")
+    if output in (Output.JSON, Output.YAML):
+        return
+    fixes = yaml_fixes(sw, found)
     if fixes:
         console.print("\nTo match the switch, change these entries under `nodes:`:")
         for line in fixes:
