@@ -16,6 +16,8 @@ clear line and an exit code (2 for bad input, 1 for a failed operation); service
     ├── StoreError                  the database could not be opened, migrated or written
     ├── NotFoundError               a named node, switch or object does not exist
     ├── ConflictError               the request clashes with what is: taken name, busy node (409)
+    │   └── ReservationConflict     a node is reserved then: who holds it, the next free slot
+    ├── LimitExceeded               a reservation beyond the configured limits (HTTP 422)
     ├── ProtocolError               a peer broke a wire protocol
     │   └── MalformedPacket         (per codec; subclasses ValueError too) bytes that do not decode
     ├── PowerError                  a power operation failed (see piman.power.base)
@@ -35,6 +37,7 @@ Codecs define their own ``MalformedPacket`` subclasses next to the packet types.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 __all__ = [
     "AccessError",
@@ -44,6 +47,7 @@ __all__ = [
     "ConflictError",
     "Forbidden",
     "Gone",
+    "LimitExceeded",
     "NotFoundError",
     "NotifyError",
     "NotifyRejected",
@@ -53,6 +57,7 @@ __all__ = [
     "PowerFatalError",
     "ProtocolError",
     "RateLimited",
+    "ReservationConflict",
     "RuleError",
     "StoreError",
 ]
@@ -124,6 +129,29 @@ class NotFoundError(PimanError):
 
 class ConflictError(PimanError):
     """The request clashes with the current state: a name taken, a node already deploying."""
+
+
+class ReservationConflict(ConflictError):
+    """A node asked for is reserved at that time. The message names the holder; ``holder``,
+    ``reservation`` (its id) and ``next_free`` (when the same request would fit, or None) say
+    it to programs."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        holder: str | None = None,
+        reservation: int | None = None,
+        next_free: datetime | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.holder = holder
+        self.reservation = reservation
+        self.next_free = next_free
+
+
+class LimitExceeded(PimanError):
+    """A reservation asks for more than the configured limits allow (nodes, time, extensions)."""
 
 
 class ProtocolError(PimanError):

@@ -20,6 +20,7 @@ from piman.config.deploy import DeploySettings
 from piman.config.monitoring import MonitoringSettings
 from piman.config.netboot import DhcpSettings, TftpSettings
 from piman.config.power import SwitchSettings
+from piman.config.reservations import ReservationSettings
 from piman.config.types import HostPort, MacAddress, Name, parse_host_port
 
 __all__ = [
@@ -110,6 +111,8 @@ class NodeSettings(BaseModel):
     # Reinstalls: the environment this node runs (piman reinstall's default) and its disk.
     environment: str | None = None
     disk: str | None = None
+    # Words a reservation can ask for (`piman reserve --count 2 --tag camera`).
+    tags: list[str] = Field(default_factory=list)
 
     @field_validator("serial", mode="before")
     @classmethod
@@ -152,6 +155,7 @@ class Config(BaseModel):
     monitoring: MonitoringSettings | None = None
     deploy: DeploySettings | None = None
     access: AccessSettings = Field(default_factory=AccessSettings)
+    reservations: ReservationSettings = Field(default_factory=ReservationSettings)
     # Reservations from hosts.csv (not written in YAML; filled by the loader).
     hosts: list[HostReservation] = Field(default_factory=list, exclude=True)
 
