@@ -94,12 +94,12 @@ def _what(r: Mapping[str, Any]) -> str:
 
 OUTBOX_COLUMNS = (
     Column("id", "id", name=True, right=True),
-    Column("receiver", "receiver", priority=3, shrink=True),
+    Column("receiver", "receiver", priority=5, shrink=True),
     Column("state", "state", priority=1),
     Column("alert", _what, priority=2, shrink=True),
     Column("queued", "created_at", priority=4, time=True),
-    Column("attempts", "attempts", priority=5, right=True),
-    Column("last error", "last_error", priority=6, shrink=True),
+    Column("attempts", "attempts", priority=6, right=True),
+    Column("last error", "last_error", priority=3, shrink=True),
     Column("next attempt", "next_attempt_at", wide=True, time=True),
     Column("delivered", "delivered_at", wide=True, time=True),
     Column("dead", "dead_at", wide=True, time=True),

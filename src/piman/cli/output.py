@@ -30,12 +30,14 @@ Theory of operation, ``table`` and ``wide``:
 2. ``wide`` shows every column whole, wide-only ones included; a line may be longer than the
    terminal (as ``kubectl -o wide``), never wrapped by us.
 3. ``table`` fits the width of the terminal (``$COLUMNS``, else the terminal's, else 80). The
-   name column shows always and whole. The others are taken by priority (lowest number first,
-   then left to right), each at its natural width, or for a ``shrink`` column at its minimum,
-   while they fit; the first that does not fit ends the choice, so a column shows only when
-   every more useful one does. Columns keep their declared order on screen. Width left over
-   goes to the shrinkable columns, which are cut with "…" when still too narrow; no other cell
-   is ever cut. When columns were left out the title says so (``-o wide`` brings them back).
+   name columns show always and whole. The others are taken by priority (lowest number first,
+   then left to right) at their natural width while they fit; the first that does not fit ends
+   the choice, so a column shows only when every more useful one does. A ``shrink`` column
+   (free text) that does not fit whole takes the width that is left instead, if that is at
+   least ``SHRINK_MIN`` cells and its header, cut with "…", and ends the choice too: only the
+   last column is ever cut, and never a name (a table without a name column keeps its first
+   column whole). Columns keep their declared order on screen. When columns were
+   left out the title says so (``-o wide`` brings them back).
 4. Nothing wraps: if the name column alone is wider than the terminal, its lines are longer
    than the terminal rather than broken.
 
@@ -80,7 +82,7 @@ __all__ = [
 
 SEPARATOR = " │ "
 RULE, RULE_CROSS = "━", "━┿━"
-SHRINK_MIN = 10  # a shrinkable column is not cut narrower than this (or its header)
+SHRINK_MIN = 10  # a shrinkable column is not cut narrower than this, nor than its header
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -195,12 +197,6 @@ def fit(columns: Sequence[Column], natural: Sequence[int], width: int) -> list[i
     included."""
     gap = cell_len(SEPARATOR)
     widths: list[int | None] = [None] * len(columns)
-
-    def minimum(i: int) -> int:
-        if not columns[i].shrink:
-            return natural[i]
-        return min(natural[i], max(SHRINK_MIN, cell_len(columns[i].header)))
-
     used = 0
     for i, col in enumerate(columns):
         if col.name:
@@ -211,19 +207,15 @@ def fit(columns: Sequence[Column], natural: Sequence[int], width: int) -> list[i
         key=lambda i: (columns[i].priority, i),
     )
     for i in others:
-        need = minimum(i) + (gap if used else 0)
-        if used + need > width and used:
+        room = width - used - (gap if used else 0)
+        if natural[i] <= room or not used:
+            widths[i] = natural[i]
+        elif columns[i].shrink and room >= max(SHRINK_MIN, cell_len(columns[i].header)):
+            widths[i] = room  # cut, and the last column taken
             break
-        widths[i] = minimum(i)
-        used += need
-    spare = width - used
-    for i in others:
-        current = widths[i]
-        if spare <= 0 or current is None:
-            continue
-        grow = min(spare, natural[i] - current)
-        widths[i] = current + grow
-        spare -= grow
+        else:
+            break
+        used += natural[i] + (gap if used else 0)
     return widths
 
 
