@@ -29,15 +29,17 @@ Theory of operation, ``table`` and ``wide``:
    newline in an error message must not break a row in two).
 2. ``wide`` shows every column whole, wide-only ones included; a line may be longer than the
    terminal (as ``kubectl -o wide``), never wrapped by us.
-3. ``table`` fits the width of the terminal (``$COLUMNS``, else the terminal's, else 80). The
-   name columns show always and whole. The others are taken by priority (lowest number first,
-   then left to right) at their natural width while they fit; the first that does not fit ends
-   the choice, so a column shows only when every more useful one does. A ``shrink`` column
-   (free text) that does not fit whole takes the width that is left instead, if that is at
-   least ``SHRINK_MIN`` cells and its header, cut with "…", and ends the choice too: only the
-   last column is ever cut, and never a name (a table without a name column keeps its first
-   column whole). Columns keep their declared order on screen. When columns were
-   left out the title says so (``-o wide`` brings them back).
+3. ``table`` fits the width of the terminal: ``$COLUMNS``, else the terminal's. (When standard
+   output is no terminal and ``$COLUMNS`` is unset, ``piman nodes | grep …``, there is nothing
+   to fit: every column but the wide-only ones shows whole.) The name columns show always and
+   whole. The others are taken by priority (lowest number first, then left to right) at their
+   natural width while they fit; the first that does not fit ends the choice, so a column
+   shows only when every more useful one does. A ``shrink`` column (free text) that does not
+   fit whole takes the width that is left instead, if that is at least ``SHRINK_MIN`` cells
+   and its header, cut with "…", and ends the choice too: only the last column taken is ever
+   cut, and never a name (a table without a name column keeps its first column whole).
+   Columns keep their declared order on screen. When columns were left out, the title says
+   which (``-o wide`` brings them back).
 4. Nothing wraps: if the name column alone is wider than the terminal, its lines are longer
    than the terminal rather than broken.
 
@@ -78,6 +80,7 @@ __all__ = [
     "relative",
     "render",
     "terminal_width",
+    "to_text",
 ]
 
 SEPARATOR = " │ "
@@ -183,12 +186,13 @@ def relative(when: datetime, now: datetime) -> str:
     return f"{text} ago" if seconds > 0 else f"in {text}"
 
 
-def terminal_width() -> int:
-    """``$COLUMNS`` when set, else the terminal's width, else 80."""
+def terminal_width() -> int | None:
+    """``$COLUMNS`` when set, else the terminal's width; None when standard output is not a
+    terminal (a pipe, a file: no width to fit)."""
     env = os.environ.get("COLUMNS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)
-    return console.width
+    return console.width if console.is_terminal else None
 
 
 def fit(columns: Sequence[Column], natural: Sequence[int], width: int) -> list[int | None]:
@@ -253,16 +257,20 @@ def render(
     width: int | None,
     now: datetime,
     title: str | None = None,
+    wide: bool = False,
 ) -> Rendered:
-    """The table of ``records``: fitted to ``width`` cells, or every column whole (``wide``)
-    when ``width`` is None. Pure: the caller gives the width and the time."""
+    """The table of ``records`` fitted to ``width`` cells, or with every column whole when
+    ``width`` is None; wide-only columns only when ``wide``. Pure: the caller gives the width
+    and the time."""
     cells = [[col.cell(r, now) for col in columns] for r in records]
     natural = [
         max([cell_len(col.header), *(cell_len(row[i]) for row in cells)])
         for i, col in enumerate(columns)
     ]
-    if width is None:
-        widths: list[int | None] = list(natural)
+    if wide or width is None:
+        widths: list[int | None] = [
+            None if c.wide and not wide else n for c, n in zip(columns, natural, strict=True)
+        ]
     else:
         widths = fit(columns, natural, width)
     shown = [i for i, w in enumerate(widths) if w is not None]
@@ -304,6 +312,7 @@ def print_table(
         width=None if wide else terminal_width(),
         now=now or datetime.now(UTC),
         title=title,
+        wide=wide,
     )
     if table.title is not None:
         console.print(Text(table.title), soft_wrap=True)

@@ -317,3 +317,17 @@ def test_piman_nodes_in_an_80_column_terminal(config: Path) -> None:
     lines = result.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80, result.stdout
     assert [line.split(" │ ")[0].strip() for line in lines[3:]] == [OTHER, LONG]
+
+
+def test_piped_without_columns_there_is_nothing_to_fit(config: Path) -> None:
+    """``piman nodes | grep …``: no terminal, no $COLUMNS: every column but the wide-only ones."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    result = subprocess.run(
+        [sys.executable, "-m", "piman", "nodes", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert table_rows(result.stdout)[0] == [c.header for c in NODE_COLUMNS if not c.wide]

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from piman.cli import output
 from piman.cli.output import Column, Output, fit, relative, render, to_text
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
@@ -44,8 +45,8 @@ ROWS: list[dict[str, Any]] = [
 ]
 
 
-def table(width: int | None) -> list[str]:
-    return render(ROWS, COLUMNS, width=width, now=NOW, title="2 nodes").lines()
+def table(width: int | None, *, wide: bool = False) -> list[str]:
+    return render(ROWS, COLUMNS, width=width, now=NOW, title="2 nodes", wide=wide).lines()
 
 
 def header_cells(lines: list[str]) -> list[str]:
@@ -107,10 +108,17 @@ def test_missing_values_show_the_columns_placeholder() -> None:
 
 
 def test_wide_shows_every_column_whole() -> None:
-    lines = table(None)
+    lines = table(80, wide=True)
     assert header_cells(lines) == [c.header for c in COLUMNS]
     assert "the installer said: no space left on device while writing" in lines[3]
     assert lines[3].endswith("lab-48")
+    assert lines[0] == "2 nodes"
+
+
+def test_with_no_width_to_fit_every_column_but_the_wide_only_ones_shows_whole() -> None:
+    lines = table(None)
+    assert header_cells(lines) == [c.header for c in COLUMNS if not c.wide]
+    assert "the installer said: no space left on device while writing" in lines[3]
     assert lines[0] == "2 nodes"
 
 
@@ -185,3 +193,10 @@ def test_json_and_yaml_hold_the_same_records_with_absolute_times() -> None:
     assert as_json[0]["seen"] == "2025-06-01T11:59:48+00:00"
     assert yaml.safe_load(to_text(records, Output.YAML)) == as_json
     assert list(as_json[0]) == list(records[0])  # keys in the record's order
+
+
+def test_the_api_other_commands_build_on_stays_put() -> None:
+    assert sorted(output.__all__) == [
+        "Column", "JsonFlag", "Output", "OutputOption", "chosen", "emit", "fit", "print_data",
+        "print_details", "print_table", "relative", "render", "terminal_width", "to_text",
+    ]  # fmt: skip
