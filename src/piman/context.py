@@ -43,6 +43,14 @@ from piman.fleet.records import (
     TokenRecord,
     UserRecord,
 )
+from piman.fleet.reservations import (
+    FreeSlot,
+    NodeAvailability,
+    NodeSelection,
+    ReservationRecord,
+    ReservationRequest,
+    TimerRecord,
+)
 
 __all__ = [
     "AccessHandle",
@@ -56,6 +64,7 @@ __all__ = [
     "NetbootHandle",
     "PowerHandle",
     "Principal",
+    "ReservationsHandle",
     "Service",
 ]
 
@@ -361,6 +370,9 @@ class AccessHandle(Protocol):
 
     async def set_password(self, name: str, password: str) -> UserRecord: ...
 
+    async def set_email(self, name: str, email: str | None) -> UserRecord:
+        """Where the user's mail goes (None clears it); ValueError, NotFoundError."""
+
     async def tokens(self, user: str | None) -> list[TokenRecord]: ...
 
     async def create_token(
@@ -370,6 +382,53 @@ class AccessHandle(Protocol):
 
     async def revoke_token(self, token_id: int, *, user: str | None) -> TokenRecord:
         """Revoke (only among ``user``'s tokens when given); NotFoundError."""
+
+
+class ReservationsHandle(Protocol):
+    """Nodes handed to users for a time (:mod:`piman.access.reservations_service`).
+
+    Who may do what is decided here, from the principal: role ``user`` books for themselves
+    within the configured limits and sees, extends and releases their own reservations;
+    operators and admins book for anyone, unlimited, and see, extend and end any; viewers see.
+    Errors: Forbidden, NotFoundError, ValueError (a bad request), LimitExceeded,
+    ReservationConflict (who holds the nodes, the next free slot), ConflictError (it is over).
+    """
+
+    async def reserve(
+        self, request: ReservationRequest, *, principal: Principal
+    ) -> ReservationRecord:
+        """Book nodes; one that starts now is started before this returns (nodes allocated,
+        the environment's deployment started)."""
+
+    async def reservations(
+        self, *, principal: Principal, owner: str | None = None, live: bool | None = None
+    ) -> list[ReservationRecord]:
+        """Newest first: a ``user``'s own, everyone's for the others (``owner`` filters)."""
+
+    async def reservation(self, reservation_id: int, *, principal: Principal) -> ReservationRecord:
+        """One reservation its owner, or a reader, may see."""
+
+    async def timers(self, reservation_id: int) -> list[TimerRecord]:
+        """What is planned for it (and what was done), in due order."""
+
+    async def extend(
+        self, reservation_id: int, by: float, *, principal: Principal
+    ) -> ReservationRecord: ...
+
+    async def release(self, reservation_id: int, *, principal: Principal) -> ReservationRecord:
+        """End it now: a scheduled one is cancelled, an active one released (power off,
+        redeploy or nothing, as configured); ConflictError when it is over already."""
+
+    async def availability(self) -> list[NodeAvailability]:
+        """Every node, with its live reservations (for anyone who may reserve)."""
+
+    async def next_free(
+        self, selection: NodeSelection, duration: float, *, after: datetime | None = None
+    ) -> FreeSlot | None:
+        """When a request would fit first (None: never, too few nodes match)."""
+
+    async def holds(self, user: str, node: str) -> bool:
+        """Whether ``user`` holds ``node`` now (an active reservation of theirs)."""
 
 
 # The context -------------------------------------------------------------------------------------
@@ -389,3 +448,4 @@ class AppContext:
     monitor: MonitorHandle | None = None
     deploy: DeployHandle | None = None
     access: AccessHandle | None = None
+    reservations: ReservationsHandle | None = None

@@ -25,6 +25,7 @@ from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Gauge
 
+from piman.access import reservations_service
 from piman.access import service as access_service
 from piman.config.models import Config
 from piman.context import AppContext, Built, Service
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 5.0
 RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
-CAPABILITIES = ("inventory", "access", "power", "deploy", "netboot", "monitor")
+CAPABILITIES = ("inventory", "access", "power", "deploy", "reservations", "netboot", "monitor")
 
 Frontend = Callable[[AppContext], Service]
 """Builds a front end (the HTTP server) once every capability's handle is on the context."""
@@ -103,6 +104,8 @@ class Manager:
             ctx.power = take(power_service.build(ctx))
         if "deploy" in on:
             ctx.deploy = take(deploy_service.build(ctx))
+        if "reservations" in on:
+            ctx.reservations = take(reservations_service.build(ctx))
         if "netboot" in on:
             ctx.netboot = take(netboot_service.build(ctx))
         if "monitor" in on:

@@ -38,6 +38,7 @@ deploying) is left as it is.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ __all__ = [
     "Verdict",
     "check_limits",
     "check_selection",
+    "check_ssh_key",
     "check_transition",
     "choose",
     "conflict",
@@ -296,6 +298,22 @@ def choose(
     )
 
 
+_SSH_KEY = re.compile(
+    r"(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)"
+    r"|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com) [A-Za-z0-9+/]+={0,3}( [^\r\n]*)?"
+)
+MAX_KEY = 16384
+
+
+def check_ssh_key(key: str) -> str:
+    """An OpenSSH public key line (``ssh-ed25519 AAAA… comment``), stripped; ValueError."""
+    line = key.strip()
+    if len(line) > MAX_KEY or not _SSH_KEY.fullmatch(line):
+        shown = line[:30] + ("…" if len(line) > 30 else "")
+        raise ValueError(f"{shown!r} is not an SSH public key (expected e.g. ssh-ed25519 AAAA…)")
+    return line
+
+
 # Limits --------------------------------------------------------------------------------------
 
 
@@ -469,11 +487,11 @@ def verdict(kind: str, r: ReservationRecord, now: datetime) -> Verdict:
 
 def is_unused(r: ReservationRecord, activity: datetime | None) -> bool:
     """Nobody used ``r`` since it started: no use recorded, no activity of the owner (login,
-    API call, deployment of its nodes) at or after its start."""
+    API call, deployment of its nodes) after its start (the call that booked it came before)."""
     if r.used_at is not None:
         return False
     since = r.started_at or r.start_at
-    return activity is None or activity < since
+    return activity is None or activity <= since
 
 
 def warning_text(

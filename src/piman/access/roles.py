@@ -3,15 +3,18 @@
 ======================  =====  ====  ========  =====
 action                  admin  user  operator  viewer
 ======================  =====  ====  ========  =====
-``read`` (fleet, API)   yes    no*   yes       yes
+``read`` (fleet, API)   yes    own*  yes       yes
 ``power``, ``deploy``   yes    own*  yes       no
+``reserve``             yes    yes   yes       no
 ``silence``             yes    no    yes       no
 ``admin`` (accounts)    yes    no    no        no
 ``self`` (own tokens)   yes    yes   yes       yes
 ======================  =====  ====  ========  =====
 
-``*`` A ``user`` acts only on the nodes they hold. Until reservations exist nobody holds a node,
-so a ``user`` can read and act on nothing (``holds`` always answers no).
+``*`` A ``user`` reads, powers and deploys only the nodes they hold: those of their *active*
+reservations (:mod:`piman.access.reservations_service` answers ``holds``). Every signed-in
+principal sees the fleet's availability (who holds what, until when) so that they can reserve;
+operators and admins see, extend and end any reservation.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class Action(StrEnum):
     READ = "read"
     POWER = "power"
     DEPLOY = "deploy"
+    RESERVE = "reserve"
     SILENCE = "silence"
     ADMIN = "admin"
     SELF = "self"
@@ -43,13 +47,13 @@ ACTIONS = tuple(Action)
 MATRIX: Mapping[Role, frozenset[Action]] = {
     Role.ADMIN: frozenset(Action),
     Role.OPERATOR: frozenset(
-        {Action.READ, Action.POWER, Action.DEPLOY, Action.SILENCE, Action.SELF}
+        {Action.READ, Action.POWER, Action.DEPLOY, Action.RESERVE, Action.SILENCE, Action.SELF}
     ),
-    Role.USER: frozenset({Action.SELF}),
+    Role.USER: frozenset({Action.RESERVE, Action.SELF}),
     Role.VIEWER: frozenset({Action.READ, Action.SELF}),
 }
 
-# What a user may do on a node they hold (reservations build on this).
+# What a user may do on a node they hold (an active reservation of theirs).
 _ON_HELD: frozenset[Action] = frozenset({Action.READ, Action.POWER, Action.DEPLOY})
 
 

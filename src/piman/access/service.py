@@ -302,6 +302,16 @@ class AccessService:
     async def set_role(self, name: str, role: str) -> UserRecord:
         return await self.store.users.set_role(name, parse_role(role).value)
 
+    async def set_email(self, name: str, email: str | None) -> UserRecord:
+        """Set (or with None, clear) a user's e-mail address; ValueError for a malformed one."""
+        if email is not None:
+            email = email.strip()
+            if not re.fullmatch(
+                r"[^@\s,;<>?&\"']{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,63}", email
+            ):
+                raise ValueError(f"{email!r} is not an e-mail address (expected e.g. ada@lab.org)")
+        return await self.store.users.set_email(name, email)
+
     async def set_password(self, name: str, password: str) -> UserRecord:
         if await self.store.users.get(name) is None:
             raise NotFoundError(f"no user named {name!r}")

@@ -8,7 +8,7 @@ for a name that does not exist.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -30,6 +30,12 @@ from piman.fleet.records import (
     TokenRecord,
     UserRecord,
 )
+from piman.fleet.reservations import (
+    ReservationDraft,
+    ReservationRecord,
+    TimerDraft,
+    TimerRecord,
+)
 
 __all__ = [
     "AlertRepository",
@@ -38,6 +44,7 @@ __all__ = [
     "EnvironmentRepository",
     "NodeRepository",
     "Repositories",
+    "ReservationRepository",
     "SessionRepository",
     "SwitchRepository",
     "TokenRepository",
@@ -163,6 +170,9 @@ class UserRepository(Protocol):
     async def set_password(self, name: str, password_hash: str) -> UserRecord:
         """Also ends every session of that user (NotFoundError for an unknown user)."""
 
+    async def set_email(self, name: str, email: str | None) -> UserRecord:
+        """Where the user's mail goes (reservation warnings); NotFoundError."""
+
     async def remove(self, name: str) -> None:
         """Removes the user with their tokens and sessions; NotFoundError."""
 
@@ -268,6 +278,94 @@ class DeploymentRepository(Protocol):
         """Newest first."""
 
 
+class ReservationRepository(Protocol):
+    """Reservations and their timers. Booking locks the nodes it may take, so two managers (or
+    two requests) cannot both book one node; timers are claimed like deployments."""
+
+    async def create(
+        self,
+        lock: Sequence[str],
+        decide: Callable[[list[ReservationRecord]], ReservationDraft],
+        *,
+        now: datetime,
+    ) -> ReservationRecord:
+        """With the nodes ``lock`` held, ``decide(live reservations)`` (pure, raises to refuse)
+        gives the reservation to write, with its timers."""
+
+    async def get(self, reservation_id: int) -> ReservationRecord:
+        """NotFoundError for an unknown id."""
+
+    async def live(self) -> list[ReservationRecord]:
+        """Scheduled, active and ending ones, soonest first."""
+
+    async def extend(
+        self,
+        reservation_id: int,
+        decide: Callable[
+            [ReservationRecord, list[ReservationRecord]], tuple[datetime, Sequence[TimerDraft]]
+        ],
+        *,
+        now: datetime,
+    ) -> ReservationRecord:
+        """Locked as ``create``: the new end and timers from ``decide``; old warnings and end
+        superseded."""
+
+    async def transition(
+        self,
+        reservation_id: int,
+        expect: str,
+        state: str,
+        *,
+        at: datetime,
+        reason: str | None = None,
+        expect_end: datetime | None = None,
+        deployments: Sequence[int] = (),
+    ) -> ReservationRecord:
+        """ConflictError unless it is in ``expect`` (with ``expect_end``); a final state closes
+        its open timers."""
+
+    async def mark_used(self, reservation_id: int, at: datetime) -> None: ...
+
+    async def end_now(self, reservation_id: int, at: datetime) -> None:
+        """Its open end timer becomes due at ``at``."""
+
+    async def add_timer(self, reservation_id: int, draft: TimerDraft) -> TimerRecord: ...
+
+    async def timers(self, reservation_id: int) -> list[TimerRecord]:
+        """In due order."""
+
+    async def claim_timers(
+        self, owner: str, *, now: datetime, lease_until: datetime, limit: int
+    ) -> list[TimerRecord]:
+        """Due open timers, free, lapsed or already ``owner``'s, held until ``lease_until``."""
+
+    async def finish_timer(
+        self,
+        timer_id: int,
+        owner: str,
+        *,
+        at: datetime,
+        outcome: str,
+        again_at: datetime | None = None,
+        outbox: tuple[str, str, dict[str, Any]] | None = None,
+    ) -> bool:
+        """Done (or due again at ``again_at``) if ``owner`` holds it, with an outbox row
+        (receiver, key, payload) in the same transaction; False when it lost the claim."""
+
+    async def next_due(self) -> datetime | None: ...
+
+    async def owner_activity(
+        self, owner: str, nodes: Sequence[str], since: datetime
+    ) -> datetime | None:
+        """The owner's latest login, session or token use, or deployment to ``nodes``, after
+        ``since``."""
+
+    async def list(
+        self, *, owner: str | None = None, live: bool | None = None, limit: int = 200
+    ) -> list[ReservationRecord]:
+        """Newest first."""
+
+
 class Repositories(Protocol):
     """Everything the store offers, one repository per kind of record."""
 
@@ -297,3 +395,6 @@ class Repositories(Protocol):
 
     @property
     def deployments(self) -> DeploymentRepository: ...
+
+    @property
+    def reservations(self) -> ReservationRepository: ...

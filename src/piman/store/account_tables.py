@@ -140,6 +140,13 @@ class UserRepository:
             row.updated_at = utcnow()
             return _user(row)
 
+    async def set_email(self, name: str, email: str | None) -> UserRecord:
+        async with self._session() as s:
+            row = await _user_row(s, name)
+            row.email = email
+            row.updated_at = utcnow()
+            return _user(row)
+
     async def set_password(self, name: str, password_hash: str) -> UserRecord:
         async with self._session() as s:
             row = await _user_row(s, name)

@@ -40,6 +40,7 @@ from piman.store.account_tables import SessionRepository, TokenRepository, UserR
 from piman.store.alert_tables import AlertRepository
 from piman.store.deploy_tables import DeploymentRepository, EnvironmentRepository
 from piman.store.repositories import AuditRepository, NodeRepository, SwitchRepository
+from piman.store.reservation_tables import ReservationRepository
 
 __all__ = ["Store"]
 
@@ -152,6 +153,10 @@ class Store:
     @property
     def deployments(self) -> DeploymentRepository:
         return DeploymentRepository(self.session, postgres=not self.is_sqlite)
+
+    @property
+    def reservations(self) -> ReservationRepository:
+        return ReservationRepository(self.session, postgres=not self.is_sqlite)
 
     async def __aenter__(self) -> Store:
         await self.open()

@@ -35,7 +35,7 @@ from piman.errors import (
     PimanError,
     RateLimited,
 )
-from piman.web.api import accounts, alerts, boot, deploy, monitoring, nodes, power
+from piman.web.api import accounts, alerts, boot, deploy, monitoring, nodes, power, reservations
 from piman.web.security import HostPolicy, Reader, RequestGuard, optional_principal
 from piman.web.ui import pages
 
@@ -172,6 +172,8 @@ def _rest(app: FastAPI, ctx: AppContext) -> FastAPI:
     if ctx.deploy is not None:
         app.include_router(deploy.router, prefix="/api/v1")
         app.include_router(boot.router)
+    if ctx.reservations is not None:
+        app.include_router(reservations.router, prefix="/api/v1")
     if ctx.monitor is not None:
         app.include_router(monitoring.router, prefix="/api/v1")
         if ctx.monitor.alerting is not None:

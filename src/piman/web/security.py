@@ -21,7 +21,9 @@ Theory of operation
 Then routes ask for a principal through :data:`Reader`, :data:`Operator`, :data:`Admin`,
 :data:`Anyone` (any signed-in principal) or :func:`optional_principal`: a bearer token
 (``Authorization: Bearer pm_…``) or the session cookie (:data:`SESSION_COOKIE`). No credentials
-→ 401; a role that does not allow the action → 403.
+→ 401; a role that does not allow the action → 403. Routes about one node (``{name}``) ask
+through :data:`NodeReader` and :data:`NodePower`, and routes about several through
+:func:`check_nodes`: there a ``user`` passes for the nodes they hold (an active reservation).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from urllib.parse import urlsplit
 from fastapi import Depends, HTTPException, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from piman.access.roles import Action, allows
+from piman.access.roles import Action, Role, allows, may_act_on
 from piman.config.models import Config
 from piman.context import AccessHandle, Principal
 from piman.web.deps import get_ctx
@@ -50,12 +52,17 @@ __all__ = [
     "Anyone",
     "Deployer",
     "HostPolicy",
+    "NodePower",
+    "NodeReader",
     "Operator",
     "Reader",
     "RequestGuard",
     "Silencer",
+    "check_nodes",
+    "held_nodes",
     "optional_principal",
     "require",
+    "require_on_node",
 ]
 
 logger = logging.getLogger(__name__)
@@ -256,9 +263,50 @@ def require(action: Action) -> Callable[..., Awaitable[Principal]]:
     return check
 
 
+async def held_nodes(request: Request, principal: Principal) -> frozenset[str]:
+    """The nodes a ``user`` holds now (their active reservations); empty for other roles."""
+    reservations = get_ctx(request).reservations
+    if principal.role != Role.USER or reservations is None:
+        return frozenset()
+    mine = await reservations.reservations(principal=principal, live=True)
+    return frozenset(n for r in mine if r.state == "active" for n in r.nodes)
+
+
+async def check_nodes(
+    request: Request, principal: Principal, action: Action, nodes: Iterable[str | None]
+) -> None:
+    """403 unless ``principal`` may do ``action`` on every one of ``nodes`` (fleet-wide, or
+    as the holder of each; a target that is no node, such as ``switch:port``, needs the role)."""
+    if allows(principal.role, action):
+        return
+    held = await held_nodes(request, principal)
+    for node in nodes:
+        if not may_act_on(principal.role, action, holds=node is not None and node in held):
+            what = node or "a port without a node"
+            raise HTTPException(
+                403, f"role {principal.role} may not {action.value} {what}: you do not hold it"
+            )
+
+
+def require_on_node(action: Action) -> Callable[..., Awaitable[Principal]]:
+    """A dependency of routes with a ``{name}`` node: the principal, when its role allows
+    ``action`` fleet-wide or it holds that node (else 401/403)."""
+
+    async def check(
+        name: str, request: Request, principal: Annotated[Principal, Depends(_anyone)]
+    ) -> Principal:
+        await check_nodes(request, principal, action, [name])
+        return principal
+
+    check.__name__ = f"require_{action.value}_on_node"
+    return check
+
+
 Anyone = Annotated[Principal, Depends(_anyone)]
 Reader = Annotated[Principal, Depends(require(Action.READ))]
 Operator = Annotated[Principal, Depends(require(Action.POWER))]
 Deployer = Annotated[Principal, Depends(require(Action.DEPLOY))]
 Silencer = Annotated[Principal, Depends(require(Action.SILENCE))]
 Admin = Annotated[Principal, Depends(require(Action.ADMIN))]
+NodeReader = Annotated[Principal, Depends(require_on_node(Action.READ))]
+NodePower = Annotated[Principal, Depends(require_on_node(Action.POWER))]

@@ -17,6 +17,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from prometheus_client import CollectorRegistry
 from starlette.routing import Mount
 
+from piman.access.reservations_service import ReservationService
 from piman.access.secrets import new_token
 from piman.access.service import build as build_access
 from piman.config.models import Config
@@ -42,6 +43,7 @@ SIGNED_IN_OK = {
     "operate": {"operator", "admin"},
     "admin": {"admin"},
     "own": {"user", "viewer", "operator", "admin"},
+    "reserve": {"user", "operator", "admin"},
 }
 # (method, path) → (rule, JSON body or None)
 TABLE: Mapping[tuple[str, str], tuple[str, Any]] = {
@@ -96,6 +98,16 @@ TABLE: Mapping[tuple[str, str], tuple[str, Any]] = {
     ),
     ("POST", "/boot/v1/deployments/{deployment_id}/result"): ("installer", {"ok": True}),
     ("GET", "/boot/v1/deployments/{deployment_id}/files.tar"): ("installer", None),
+    # Reservations: every signed-in principal sees the fleet's availability and their own (or,
+    # for readers, everyone's) reservations; users, operators and admins book; the handle
+    # decides per reservation (tests/integration/web/test_reservations_api.py).
+    ("GET", "/api/v1/availability"): ("anyone", None),
+    ("GET", "/api/v1/availability/next"): ("anyone", None),
+    ("GET", "/api/v1/reservations"): ("anyone", None),
+    ("POST", "/api/v1/reservations"): ("reserve", {"nodes": ["pi1"], "duration": "1h"}),
+    ("GET", "/api/v1/reservations/{reservation_id}"): ("anyone", None),
+    ("POST", "/api/v1/reservations/{reservation_id}/extend"): ("anyone", {"by": "1h"}),
+    ("POST", "/api/v1/reservations/{reservation_id}/release"): ("anyone", None),
 }
 MOUNTS = {"/static": "/static/piman.css", "/api/v1/docs/assets": "/api/v1/docs/assets/index.css"}
 PATH_VALUES = {
@@ -103,6 +115,7 @@ PATH_VALUES = {
     "token_id": "999999",
     "silence_id": "nope",
     "deployment_id": "999999",
+    "reservation_id": "999999",
 }
 
 
@@ -195,6 +208,7 @@ async def rig(
     deploy = build_deploy(ctx)  # the real service; its engine and image stream are not started
     assert deploy is not None
     ctx.deploy = deploy.handle
+    ctx.reservations = ReservationService(config, store, power=ctx.power, deploy=ctx.deploy)
     headers: dict[str, dict[str, str]] = {"anonymous": {}}
     for role in ("user", "viewer", "operator", "admin"):
         await access.add_user(role, role, f"password-of-{role}")

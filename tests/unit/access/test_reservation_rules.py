@@ -382,6 +382,7 @@ def test_an_unused_check_after_use_is_skipped() -> None:
     [
         (None, 0, None, True),
         (None, 0, -0.5, True),  # a login before the start does not count
+        (None, 0, 0, True),  # nor the call that booked it (it came first)
         (None, 0, 0.1, False),
         (None, 0.2, 0.1, True),  # started late (manager down): activity before that is old
         (0.3, 0, None, False),

@@ -8,10 +8,10 @@ from piman.access.roles import Action, Role, allows, may_act_on, parse_role
 
 # What each role may do fleet-wide (the matrix; a user acts on held nodes only).
 EXPECTED = {
-    Role.ADMIN: {"read", "power", "deploy", "silence", "admin", "self"},
-    Role.OPERATOR: {"read", "power", "deploy", "silence", "self"},
+    Role.ADMIN: {"read", "power", "deploy", "reserve", "silence", "admin", "self"},
+    Role.OPERATOR: {"read", "power", "deploy", "reserve", "silence", "self"},
     Role.VIEWER: {"read", "self"},
-    Role.USER: {"self"},
+    Role.USER: {"reserve", "self"},
 }
 
 

@@ -42,6 +42,10 @@ Channels:
 - :class:`AppriseReceiver` sends a title and a text body through an apprise URL (Slack,
   ``mailto://``/``mailtos://``, Discord, Telegram, ntfy, ``json://`` …) in a worker thread;
   apprise's ``notify()`` returns a truthy/falsy result, falsy is a failure worth retrying.
+- :class:`OwnerMailReceiver` mails one person: rows whose payload carries ``to``, ``title`` and
+  ``body`` (the reservations' warnings to their owners, queued under
+  :data:`~piman.config.reservations.OWNER_MAIL_RECEIVER`), through a ``mailto(s)://`` URL whose
+  recipients it replaces with ``to``.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ __all__ = [
     "MAX_ATTEMPTS",
     "AppriseReceiver",
     "Notifier",
+    "OwnerMailReceiver",
     "Receiver",
     "WebhookReceiver",
     "alertmanager_v4",
@@ -285,6 +290,49 @@ class AppriseReceiver:
             raise NotifyError(scrub_url(f"{type(err).__name__}: {err}", self.url)) from None
         if not ok:
             raise NotifyError("apprise reported a failure")
+
+
+class OwnerMailReceiver(AppriseReceiver):
+    """Mails the address a row names (``payload["to"]``) through one ``mailto(s)://`` URL."""
+
+    def __init__(self, url: str, *, name: str, timeout: float = 60.0) -> None:
+        if not url.lower().startswith(("mailto://", "mailtos://")):
+            raise ValueError("an owner's mail goes through a mailto:// or mailtos:// URL")
+        super().__init__(url, timeout=timeout)
+        self.name = name
+
+    def _to(self, address: str, key: str) -> str:
+        base, _, query = self._url_for(key).partition("?")
+        kept = [
+            p for p in query.split("&") if p and not p.lower().startswith(("to=", "bcc=", "cc="))
+        ]
+        return f"{base}?{'&'.join([*kept, 'to=' + quote(address, safe='@')])}"
+
+    async def send(self, payload: Mapping[str, Any], key: str) -> None:
+        address = str(payload.get("to") or "")
+        if not re.fullmatch(r"[^@\s,;?&]+@[^@\s,;?&]+", address):
+            raise NotifyRejected(f"{address!r} is not an e-mail address")
+        title = str(payload.get("title", "piman"))
+        body = f"{payload.get('body', '')}\n\nIdempotency-Key: {key}"
+        url = self._to(address, key)
+        try:
+            ok = await asyncio.wait_for(
+                asyncio.to_thread(self._send_to, url, title, body), self.timeout
+            )
+        except TimeoutError:
+            raise NotifyError(f"timed out after {self.timeout:g} s") from None
+        except Exception as err:  # noqa: BLE001 - a plug-in's error may quote the URL: scrubbed
+            raise NotifyError(scrub_url(f"{type(err).__name__}: {err}", self.url)) from None
+        if not ok:
+            raise NotifyError("apprise reported a failure")
+
+    def _send_to(self, url: str, title: str, body: str) -> bool:
+        apprise = _apprise()
+        sender = apprise.Apprise()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            sender.add(url)
+        return bool(sender.notify(title=title, body=body))
 
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")

@@ -15,13 +15,14 @@ from prometheus_client import CollectorRegistry, Counter
 
 from piman.config.models import Config
 from piman.config.monitoring import MonitoringSettings
+from piman.config.reservations import OWNER_MAIL_RECEIVER, owner_mail_url
 from piman.context import Service
 from piman.errors import ConfigError, ConfigProblem, RuleError
 from piman.fleet.ports import AlertRepository
 from piman.fleet.records import AlertHistoryRecord, AlertRecord, OutboxItem, SilenceRecord
 from piman.monitor.alerting.book import GroupSettings
 from piman.monitor.alerting.evaluator import AlertService, MetricsReader, QuerySource
-from piman.monitor.alerting.notify import Notifier, build_receivers
+from piman.monitor.alerting.notify import Notifier, OwnerMailReceiver, Receiver, build_receivers
 from piman.monitor.alerting.rules import Rule, default_rules
 from piman.monitor.alerting.silences import Silence, make_silence
 
@@ -171,7 +172,12 @@ def build_alerting(
     def count(receiver: str, result: str) -> None:
         sent.labels(receiver, result).inc()  # receiver names hold no secret (receiver_name)
 
-    notifier = Notifier(repo, receivers, on_result=count)
+    # Mail to reservations' owners goes through the same outbox and worker, never to alerts.
+    owners: list[Receiver] = []
+    mail = owner_mail_url(config.reservations, monitoring.notify)
+    if config.reservations.enabled and mail is not None:
+        owners.append(OwnerMailReceiver(mail, name=OWNER_MAIL_RECEIVER))
+    notifier = Notifier(repo, [*receivers, *owners], on_result=count)
     service = AlertService(
         rules,
         repo,

@@ -99,10 +99,17 @@ class UserOut(BaseModel):
     role: str
     created_at: datetime
     updated_at: datetime
+    email: str | None = None
 
     @classmethod
     def of(cls, u: UserRecord) -> UserOut:
-        return cls(name=u.name, role=u.role, created_at=u.created_at, updated_at=u.updated_at)
+        return cls(
+            name=u.name,
+            role=u.role,
+            created_at=u.created_at,
+            updated_at=u.updated_at,
+            email=u.email,
+        )
 
 
 class UserIn(BaseModel):
@@ -118,6 +125,9 @@ class UserPatch(BaseModel):
 
     role: RoleName | None = None
     password: str | None = Field(None, max_length=1024)
+    email: str | None = Field(
+        None, max_length=320, description="Where reservation warnings go; null clears it"
+    )
 
 
 class PasswordIn(BaseModel):
@@ -288,8 +298,12 @@ async def add_user(body: UserIn, principal: Admin, ctx: Ctx) -> UserOut:
 @router.patch(
     "/users/{name}",
     response_model=UserOut,
-    summary="Change an account's role or password (admin)",
-    responses={404: {"description": "No such user"}, 409: {"description": "Last admin"}},
+    summary="Change an account's role, password or e-mail address (admin)",
+    responses={
+        404: {"description": "No such user"},
+        409: {"description": "Last admin"},
+        422: {"description": "A password or e-mail address that is not accepted"},
+    },
 )
 async def change_user(name: str, body: UserPatch, principal: Admin, ctx: Ctx) -> UserOut:
     access = _access(ctx)
@@ -305,6 +319,12 @@ async def change_user(name: str, body: UserPatch, principal: Admin, ctx: Ctx) ->
         except PasswordPolicyError as err:
             raise HTTPException(422, str(err)) from None
         await ctx.store.audit.add(principal.actor, "user.passwd", name, "ok")
+    if "email" in body.model_fields_set:
+        try:
+            user = await access.set_email(name, body.email or None)
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from None
+        await ctx.store.audit.add(principal.actor, "user.email", name, "ok", body.email)
     if user is None:
         found = [u for u in await access.users() if u.name == name]
         if not found:

@@ -18,10 +18,11 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from piman.context import DeployHandle, DeployOptions
+from piman.access.roles import Action, allows
+from piman.context import DeployHandle, DeployOptions, Principal
 from piman.fleet.records import DeploymentEventRecord, DeploymentRecord, EnvironmentRecord
 from piman.web.deps import get_ctx
-from piman.web.security import Deployer, Reader
+from piman.web.security import Anyone, Reader, check_nodes, held_nodes
 
 __all__ = ["DeploymentOut", "EnvironmentOut", "router"]
 
@@ -38,6 +39,18 @@ def _deploy(request: Request) -> DeployHandle:
 
 
 Deploy = Annotated[DeployHandle, Depends(_deploy)]
+
+
+async def _deployment_for(
+    request: Request, principal: Principal, deploy: DeployHandle, deployment_id: int, action: Action
+) -> DeploymentRecord:
+    """The deployment, when ``principal`` may ``action`` on its node (a ``user``: a node they
+    hold; one who holds nothing is refused before the lookup)."""
+    if not allows(principal.role, action) and not await held_nodes(request, principal):
+        await check_nodes(request, principal, action, [None])  # 403, whatever the id
+    record = await deploy.deployment(deployment_id)
+    await check_nodes(request, principal, action, [record.node])
+    return record
 
 
 class EnvironmentOut(BaseModel):
@@ -166,11 +179,15 @@ async def get_environment(name: str, _: Reader, deploy: Deploy) -> EnvironmentOu
     summary="Reinstall nodes with an environment",
     responses={
         404: {"description": "An unknown node or environment"},
+        403: {"description": "A node the principal may not deploy (a user: not held)"},
         409: {"description": "A node is deploying already"},
         422: {"description": "A node that cannot be deployed (no switch port, bad state)"},
     },
 )
-async def start(body: DeployIn, principal: Deployer, deploy: Deploy) -> list[DeploymentOut]:
+async def start(
+    body: DeployIn, request: Request, principal: Anyone, deploy: Deploy
+) -> list[DeploymentOut]:
+    await check_nodes(request, principal, Action.DEPLOY, body.nodes)
     options = DeployOptions(
         hostname=body.hostname, ssh_keys=tuple(body.ssh_keys), customisation=body.customisation
     )
@@ -201,8 +218,12 @@ async def list_deployments(
     summary="One deployment",
     responses={404: {"description": "No such deployment"}},
 )
-async def get_deployment(deployment_id: int, _: Reader, deploy: Deploy) -> DeploymentOut:
-    return DeploymentOut.of(await deploy.deployment(deployment_id))
+async def get_deployment(
+    deployment_id: int, request: Request, principal: Anyone, deploy: Deploy
+) -> DeploymentOut:
+    return DeploymentOut.of(
+        await _deployment_for(request, principal, deploy, deployment_id, Action.READ)
+    )
 
 
 @router.get(
@@ -210,8 +231,10 @@ async def get_deployment(deployment_id: int, _: Reader, deploy: Deploy) -> Deplo
     response_model=list[EventOut],
     summary="A deployment's history (transitions, power, installer lines)",
 )
-async def history(deployment_id: int, _: Reader, deploy: Deploy) -> list[EventOut]:
-    await deploy.deployment(deployment_id)
+async def history(
+    deployment_id: int, request: Request, principal: Anyone, deploy: Deploy
+) -> list[EventOut]:
+    await _deployment_for(request, principal, deploy, deployment_id, Action.READ)
     return [EventOut.of(e) for e in await deploy.events(deployment_id)]
 
 
@@ -221,7 +244,10 @@ async def history(deployment_id: int, _: Reader, deploy: Deploy) -> list[EventOu
     summary="Cancel a deployment (the node is left failed_deployment)",
     responses={404: {"description": "No such deployment"}},
 )
-async def cancel(deployment_id: int, principal: Deployer, deploy: Deploy) -> DeploymentOut:
+async def cancel(
+    deployment_id: int, request: Request, principal: Anyone, deploy: Deploy
+) -> DeploymentOut:
+    await _deployment_for(request, principal, deploy, deployment_id, Action.DEPLOY)
     return DeploymentOut.of(await deploy.cancel(deployment_id, actor=principal.actor))
 
 
@@ -238,11 +264,13 @@ def _sse(event: str, data: dict[str, Any], ident: int | None = None) -> bytes:
 )
 async def events(
     deployment_id: int,
-    _: Reader,
+    request: Request,
+    principal: Anyone,
     deploy: Deploy,
     last_event_id: Annotated[int | None, Header()] = None,
 ) -> StreamingResponse:
-    first = await deploy.deployment(deployment_id)  # 404 before the stream starts
+    # 403 or 404 before the stream starts
+    first = await _deployment_for(request, principal, deploy, deployment_id, Action.READ)
 
     async def stream() -> AsyncIterator[bytes]:
         after = last_event_id or 0

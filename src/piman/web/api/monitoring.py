@@ -27,7 +27,7 @@ from piman.fleet.metrics import Series
 from piman.monitor.collector.expfmt import format_value
 from piman.monitor.collector.query import QueryTooLarge
 from piman.web.deps import Ctx, Monitor
-from piman.web.security import Reader
+from piman.web.security import NodeReader, Reader
 
 __all__ = ["MAX_POINTS", "router"]
 
@@ -106,7 +106,7 @@ async def query_range(
 
 
 @router.get("/nodes/{name}/events")
-async def node_events(name: str, _: Reader, ctx: Ctx, monitor: Monitor) -> dict[str, Any]:
+async def node_events(name: str, _: NodeReader, ctx: Ctx, monitor: Monitor) -> dict[str, Any]:
     """The latest ``/events`` snapshot the collector got from a node's agent.
 
     404 for a node not in the inventory; ``events`` is null until a snapshot was scraped.

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from piman.fleet.records import NodeRecord
 from piman.web.deps import Ctx
-from piman.web.security import Reader
+from piman.web.security import NodeReader, Reader
 
 __all__ = ["NodeOut", "SwitchOut", "router"]
 
@@ -73,7 +73,7 @@ async def list_nodes(_: Reader, ctx: Ctx) -> list[NodeOut]:
     summary="One node",
     responses={404: {"description": "No node of that name"}},
 )
-async def get_node(name: str, _: Reader, ctx: Ctx) -> NodeOut:
+async def get_node(name: str, _: NodeReader, ctx: Ctx) -> NodeOut:
     return NodeOut.of(await ctx.store.nodes.get(name))
 
 

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from piman.access.roles import Action, allows
+from piman.access.roles import Action
 from piman.context import AppContext, PowerHandle
 from piman.errors import NotFoundError
 from piman.fleet.power import PowerResult, PowerTarget
 from piman.web.deps import Ctx, Power
-from piman.web.security import Anyone, Operator, Reader
+from piman.web.security import Anyone, NodePower, NodeReader, check_nodes
 
 __all__ = ["BulkPowerRequest", "PowerOut", "PowerRequest", "router"]
 
@@ -86,7 +86,7 @@ _RESPONSES: dict[int | str, dict[str, str]] = {
     responses=_RESPONSES,
 )
 async def set_power(
-    name: str, body: PowerRequest, principal: Operator, ctx: Ctx, power: Power
+    name: str, body: PowerRequest, principal: NodePower, ctx: Ctx, power: Power
 ) -> PowerOut | JSONResponse:
     target = _target(ctx, power, name)
     if isinstance(target, JSONResponse):
@@ -105,7 +105,7 @@ async def set_power(
     responses=_RESPONSES,
 )
 async def get_power(
-    name: str, principal: Reader, ctx: Ctx, power: Power
+    name: str, principal: NodeReader, ctx: Ctx, power: Power
 ) -> PowerOut | JSONResponse:
     target = _target(ctx, power, name)
     if isinstance(target, JSONResponse):
@@ -121,12 +121,16 @@ async def get_power(
     "/power",
     response_model=list[PowerOut],
     summary="Run one power command on many targets (node names, switch:port, all)",
-    responses={404: {"description": "A target names no node or port"}},
+    responses={
+        403: {"description": "A target the principal may not switch (not held, or a bare port)"},
+        404: {"description": "A target names no node or port"},
+    },
 )
-async def run_power(body: BulkPowerRequest, principal: Anyone, power: Power) -> list[PowerOut]:
+async def run_power(
+    body: BulkPowerRequest, request: Request, principal: Anyone, power: Power
+) -> list[PowerOut]:
     needed = Action.READ if body.action == "status" else Action.POWER
-    if not allows(principal.role, needed):
-        raise HTTPException(403, f"role {principal.role} may not {needed.value}: ask an admin")
     targets = power.resolve(body.targets)
+    await check_nodes(request, principal, needed, [t.node for t in targets])
     outcomes = await power.run(body.action, targets, actor=principal.actor)
     return [PowerOut.of(o.target.node, o) for o in outcomes]

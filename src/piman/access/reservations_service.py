@@ -1,0 +1,695 @@
+"""The reservations service: the :class:`~piman.context.ReservationsHandle` and its timer loop.
+
+Theory of operation
+-------------------
+**Booking** (:meth:`ReservationService.reserve`) checks who asks (role ``user`` books for
+themselves within ``reservations.limits``; operators and admins for anyone, unlimited), turns the
+request into a draft with the pure rules of :mod:`piman.access.reservations` *inside* the store's
+booking transaction (the nodes it may take are locked, so two requests never get one node), and
+writes the reservation with its timers. Every action goes to the audit log.
+
+**Timers** are rows of the store, so they survive the manager: :meth:`ReservationService.tick`
+claims the due ones (a lease; another manager sharing the database never takes the same), and
+runs each once in due order, asking :func:`~piman.access.reservations.verdict` what it means
+*now*. After a restart the loop simply finds what came due while it was down and replays it:
+
+- ``start``: the nodes walk to ``allocated``; with an environment, its deployment starts with
+  the owner's SSH keys (a replay finds the deployments already running and records those);
+- ``warn``: a mail to the owner's address is queued in the alert outbox *in the transaction
+  that marks the timer done* (the monitoring notifier delivers it, once, with an idempotency
+  key); a warning due after the end is skipped;
+- ``unused``: released when the owner showed no sign of use since the start (no login, no API
+  call, no deployment of its nodes; see ``owner_activity``);
+- ``end`` (or a release asked for): ``ending`` is written first, then the owner's unfinished
+  deployments are cancelled and the nodes powered off, redeployed with the default environment,
+  or left (``reservations.release``), walked back to ``ready``, and the reservation is
+  ``released``. An interrupted release is found ``ending`` and goes on: nothing is skipped, and
+  each step may run twice (powering off twice is harmless; a second deployment is refused and
+  the running one recorded);
+- ``finish`` (redeploy): every few seconds until the release's deployments are over.
+
+A timer whose work fails unexpectedly is retried :data:`RETRY` seconds later. Booking, a release
+and an extension wake the loop; a reservation that starts now, or a release, is processed before
+the call returns (its own due timers, claimed like any other).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+
+from piman.access.reservations import (
+    Candidate,
+    Verdict,
+    check_limits,
+    check_ssh_key,
+    choose,
+    extended_end,
+    extension_timers,
+    is_unused,
+    next_free,
+    path_to,
+    timers_for,
+    verdict,
+    warning_text,
+    when,
+)
+from piman.access.roles import Action, allows
+from piman.config.models import Config
+from piman.config.reservations import OWNER_MAIL_RECEIVER, ReservationSettings, owner_mail_url
+from piman.context import (
+    AppContext,
+    Built,
+    DeployHandle,
+    DeployOptions,
+    PowerHandle,
+    Principal,
+    ReservationsHandle,
+)
+from piman.errors import (
+    ConfigError,
+    ConfigProblem,
+    ConflictError,
+    Forbidden,
+    NotFoundError,
+    PimanError,
+    StoreError,
+)
+from piman.fleet.lifecycle import IllegalTransition, NodeState
+from piman.fleet.ports import Repositories
+from piman.fleet.reservations import (
+    Booking,
+    FreeSlot,
+    NodeAvailability,
+    NodeSelection,
+    ReservationDraft,
+    ReservationRecord,
+    ReservationRequest,
+    ReservationState,
+    TimerDraft,
+    TimerKind,
+    TimerRecord,
+)
+
+__all__ = ["FINISH_POLL", "LEASE", "POLL", "RETRY", "ReservationService", "build"]
+
+logger = logging.getLogger(__name__)
+
+POLL = 5.0  # seconds between looks at the store when nothing is due sooner
+LEASE = 300.0  # seconds a claimed timer stays this manager's
+RETRY = 30.0  # seconds before a timer whose work failed runs again
+FINISH_POLL = 10.0  # seconds between looks at a redeploying release
+START_SLACK = 60.0  # a start this far in the past is taken as now
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ReservationService:
+    """The reservations handle and its timer loop (module doc)."""
+
+    name = "reservations"
+
+    def __init__(
+        self,
+        config: Config,
+        store: Repositories,
+        *,
+        power: PowerHandle | None = None,
+        deploy: DeployHandle | None = None,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], datetime] = _now,
+        owner: str | None = None,
+        poll: float = POLL,
+    ) -> None:
+        self.config = config
+        self.settings: ReservationSettings = config.reservations
+        self.store = store
+        self.repo = store.reservations
+        self.power = power
+        self.deploy = deploy
+        self.clock = clock
+        self.owner = owner or f"{socket.gethostname()}:{config.manager.data_dir}"[:128]
+        self.poll = poll
+        notify = config.monitoring.notify if config.monitoring is not None else []
+        self.mail_url = owner_mail_url(self.settings, notify)
+        self._wake = asyncio.Event()
+        self._timers = (
+            Counter(
+                "piman_reservation_timers",
+                "Reservation timers run, by kind and what they did.",
+                ["kind", "verdict"],
+                registry=registry,
+            )
+            if registry is not None
+            else None
+        )
+
+    # -- who may ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _trusted(principal: Principal) -> bool:
+        """Operators and admins: any reservation, no limits."""
+        return allows(principal.role, Action.POWER)
+
+    def _may_see(self, principal: Principal, r: ReservationRecord) -> bool:
+        return r.owner == principal.user or allows(principal.role, Action.READ)
+
+    def _may_change(self, principal: Principal, r: ReservationRecord) -> None:
+        if r.owner == principal.user and allows(principal.role, Action.RESERVE):
+            return
+        if self._trusted(principal):
+            return
+        raise Forbidden(
+            f"reservation {r.id} is {r.owner}'s: only they or an operator may change it"
+        )
+
+    # -- the handle ---------------------------------------------------------------------------
+
+    async def _candidates(self) -> list[Candidate]:
+        out = []
+        for node in await self.store.nodes.list():
+            declared = self.config.node(node.name)
+            tags = frozenset(declared.tags) if declared is not None else frozenset()
+            out.append(Candidate(node.name, node.state, node.model, node.switch, tags))
+        return out
+
+    async def reserve(
+        self, request: ReservationRequest, *, principal: Principal
+    ) -> ReservationRecord:
+        if not allows(principal.role, Action.RESERVE):
+            raise Forbidden(f"role {principal.role} may not reserve nodes")
+        owner = request.owner or principal.user
+        if owner != principal.user:
+            if not self._trusted(principal):
+                raise Forbidden("only operators and admins book nodes for someone else")
+            if await self.store.users.get(owner) is None:
+                raise NotFoundError(f"no user named {owner!r}")
+        if request.duration <= 0:
+            raise ValueError("a reservation lasts more than 0 s")
+        now = self.clock()
+        start = request.start or now
+        if start < now - timedelta(seconds=START_SLACK):
+            raise ValueError(f"the start {when(start)} is in the past")
+        start = max(start, now)
+        end = start + timedelta(seconds=request.duration)
+        keys = tuple(check_ssh_key(k) for k in request.ssh_keys)
+        if request.environment is not None:
+            if self.deploy is None:
+                raise ValueError("reinstalls are not configured on this manager (deploy:)")
+            await self.deploy.environment(request.environment)  # NotFoundError
+        candidates = await self._candidates()
+        selection = request.selection
+        lock = list(selection.names) or [c.name for c in candidates if c.matches(selection)]
+        limits = None if self._trusted(principal) else self.settings.limits_for(owner)
+        settings = self.settings
+
+        def decide(live: list[ReservationRecord]) -> ReservationDraft:
+            nodes = choose(selection, candidates, live, start, end, settings.buffer)
+            if limits is not None:
+                owned = [r for r in live if r.owner == owner]
+                check_limits(limits, owned, len(nodes), start, end, now)
+            return ReservationDraft(
+                owner=owner,
+                nodes=nodes,
+                start_at=start,
+                end_at=end,
+                environment=request.environment,
+                ssh_keys=keys,
+                created_by=principal.actor,
+                timers=timers_for(start, end, settings),
+            )
+
+        record = await self.repo.create(lock, decide, now=now)
+        detail = (
+            f"{owner}: {', '.join(record.nodes)} {when(record.start_at)} to {when(record.end_at)}"
+        )
+        if record.environment:
+            detail += f", with {record.environment}"
+        await self._audit(principal.actor, "reservation.create", record, "ok", detail)
+        logger.info("[reservation=%d] booked by %s: %s", record.id, principal.actor, detail)
+        if record.start_at <= self.clock():
+            await self._process(record.id)
+        self._wake.set()
+        return await self.repo.get(record.id)
+
+    async def reservations(
+        self, *, principal: Principal, owner: str | None = None, live: bool | None = None
+    ) -> list[ReservationRecord]:
+        if not allows(principal.role, Action.READ):
+            if owner not in (None, principal.user):
+                raise Forbidden("you see your own reservations only")
+            owner = principal.user
+        return await self.repo.list(owner=owner, live=live)
+
+    async def reservation(self, reservation_id: int, *, principal: Principal) -> ReservationRecord:
+        r = await self.repo.get(reservation_id)
+        if not self._may_see(principal, r):
+            raise Forbidden(f"reservation {reservation_id} is not yours")
+        return r
+
+    async def timers(self, reservation_id: int) -> list[TimerRecord]:
+        return await self.repo.timers(reservation_id)
+
+    async def extend(
+        self, reservation_id: int, by: float, *, principal: Principal
+    ) -> ReservationRecord:
+        r = await self.repo.get(reservation_id)
+        self._may_change(principal, r)
+        limits = None if self._trusted(principal) else self.settings.limits_for(r.owner)
+        settings = self.settings
+        now = self.clock()
+
+        def decide(
+            current: ReservationRecord, live: list[ReservationRecord]
+        ) -> tuple[datetime, Sequence[TimerDraft]]:
+            new_end = extended_end(current, by, live, settings.buffer, limits)
+            return new_end, extension_timers(current, new_end, settings, now)
+
+        record = await self.repo.extend(reservation_id, decide, now=now)
+        await self.repo.mark_used(reservation_id, now)
+        await self._audit(
+            principal.actor, "reservation.extend", record, "ok", f"until {when(record.end_at)}"
+        )
+        self._wake.set()
+        return record
+
+    async def release(self, reservation_id: int, *, principal: Principal) -> ReservationRecord:
+        r = await self.repo.get(reservation_id)
+        self._may_change(principal, r)
+        now = self.clock()
+        if r.state == ReservationState.SCHEDULED:
+            done = await self.repo.transition(
+                r.id, r.state, ReservationState.CANCELLED, at=now,
+                reason=f"cancelled by {principal.actor}",
+            )  # fmt: skip
+            await self._audit(principal.actor, "reservation.cancel", done, "ok", None)
+            return done
+        if r.state == ReservationState.ACTIVE:
+            ending = await self.repo.transition(
+                r.id, r.state, ReservationState.ENDING, at=now,
+                reason=f"released by {principal.actor}",
+            )  # fmt: skip
+            await self.repo.end_now(r.id, now)
+            await self._audit(principal.actor, "reservation.release", ending, "ok", None)
+            await self._process(r.id)
+            self._wake.set()
+            return await self.repo.get(r.id)
+        if r.state == ReservationState.ENDING:
+            return r
+        raise ConflictError(f"reservation {r.id} is {r.state} already")
+
+    async def availability(self) -> list[NodeAvailability]:
+        live = await self.repo.live()
+        out = []
+        for c in await self._candidates():
+            bookings = tuple(
+                Booking(r.id, r.owner, r.start_at, r.end_at, r.state)
+                for r in live
+                if c.name in r.nodes
+            )
+            declared = self.config.node(c.name)
+            out.append(
+                NodeAvailability(
+                    name=c.name,
+                    model=c.model,
+                    switch=c.switch,
+                    port=declared.port if declared is not None else None,
+                    tags=tuple(sorted(c.tags)),
+                    state=c.state,
+                    reservable=c.reservable,
+                    bookings=bookings,
+                )
+            )
+        return out
+
+    async def next_free(
+        self, selection: NodeSelection, duration: float, *, after: datetime | None = None
+    ) -> FreeSlot | None:
+        if duration <= 0:
+            raise ValueError("a reservation lasts more than 0 s")
+        now = self.clock()
+        start = max(after or now, now)
+        candidates = await self._candidates()
+        known = {c.name for c in candidates}
+        for name in selection.names:
+            if name not in known:
+                raise NotFoundError(f"no node named {name!r}")
+        return next_free(
+            selection, candidates, await self.repo.live(), start, duration, self.settings.buffer
+        )
+
+    async def holds(self, user: str, node: str) -> bool:
+        mine = await self.repo.list(owner=user, live=True)
+        return any(r.state == ReservationState.ACTIVE and node in r.nodes for r in mine)
+
+    # -- the timer loop -----------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        while True:
+            try:
+                await self.tick()
+                delay = await self._delay()
+            except StoreError as err:
+                logger.warning("reservations: the store failed: %s", err)
+                delay = self.poll
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def _delay(self) -> float:
+        due = await self.repo.next_due()
+        if due is None:
+            return self.poll
+        return min(self.poll, max(0.05, (due - self.clock()).total_seconds()))
+
+    async def tick(self, reservation: int | None = None) -> int:
+        """Run the due timers (of one reservation, or all); how many ran."""
+        now = self.clock()
+        claimed = await self.repo.claim_timers(
+            self.owner, now=now, lease_until=now + timedelta(seconds=LEASE), limit=100
+        )
+        ran = 0
+        for timer in claimed:
+            if reservation is not None and timer.reservation != reservation:
+                continue  # ours now; the loop runs it next (its lease is ours)
+            await self._run(timer)
+            ran += 1
+        return ran
+
+    async def _process(self, reservation_id: int) -> None:
+        """A reservation's due timers, now (a start now, a release)."""
+        try:
+            await self.tick(reservation_id)
+        except StoreError as err:
+            logger.warning("[reservation=%d] left to the loop: %s", reservation_id, err)
+
+    async def _run(self, timer: TimerRecord) -> None:
+        tag = f"[reservation={timer.reservation} timer={timer.kind}]"
+        r = await self.repo.get(timer.reservation)
+        try:
+            now = self.clock()
+            decided = verdict(timer.kind, r, now)
+            step: Callable[[TimerRecord, ReservationRecord], Awaitable[_Done]]
+            step = getattr(self, f"_{decided.value}")
+            done = await step(timer, r)
+        except StoreError:
+            raise
+        except (PimanError, ValueError) as err:
+            logger.warning("%s failed, retrying in %.0f s: %s", tag, RETRY, err)
+            done = _Done(f"failed: {err}", again=RETRY)
+            decided = Verdict.SKIP
+        except Exception as err:
+            logger.exception("%s failed, retrying in %.0f s", tag, RETRY)
+            done = _Done(f"failed: {type(err).__name__}: {err}", again=RETRY)
+            decided = Verdict.SKIP
+        at = self.clock()
+        again = at + timedelta(seconds=done.again) if done.again is not None else None
+        kept = await self.repo.finish_timer(
+            timer.id, self.owner, at=at, outcome=done.outcome, again_at=again, outbox=done.outbox
+        )
+        if not kept:
+            logger.info("%s was finished elsewhere", tag)
+            return
+        if self._timers is not None:
+            self._timers.labels(timer.kind, decided.value).inc()
+        if done.audit is not None:
+            action, result, detail = done.audit
+            await self._audit(f"reservation#{r.id}", action, r, result, detail)
+        logger.info("%s %s", tag, done.outcome)
+
+    # One method per verdict (_run finds them by name).
+
+    async def _skip(self, timer: TimerRecord, r: ReservationRecord) -> _Done:
+        return _Done(f"skipped: the reservation is {r.state}")
+
+    async def _miss(self, timer: TimerRecord, r: ReservationRecord) -> _Done:
+        await self.repo.transition(
+            r.id, r.state, ReservationState.CANCELLED, at=self.clock(),
+            reason="missed: the manager was down until after its end",
+        )  # fmt: skip
+        return _Done("missed", audit=("reservation.miss", "failed", "never started"))
+
+    async def _start(self, timer: TimerRecord, r: ReservationRecord) -> _Done:
+        notes = await self._settle(r.nodes, NodeState.ALLOCATED)
+        deployments: list[int] = []
+        if r.environment:
+            try:
+                deployments = await self._deploy(r, r.environment, r.ssh_keys, _for_owner(r))
+            except (PimanError, ValueError) as err:  # the owner can deploy by hand
+                notes.append(f"deploying {r.environment} failed: {err}")
+        await self.repo.transition(
+            r.id, r.state, ReservationState.ACTIVE, at=self.clock(), deployments=deployments
+        )
+        detail = f"{', '.join(r.nodes)} to {r.owner}"
+        if deployments:
+            detail += (
+                f"; deploying {r.environment} (deployments {', '.join(map(str, deployments))})"
+            )
+        if notes:
+            detail += "; " + "; ".join(notes)
+        return _Done(f"started: {detail}", audit=("reservation.start", "ok", detail))
+
+    async def _warn(self, timer: TimerRecord, r: ReservationRecord) -> _Done:
+        lead = f"{int(timer.lead // 60)} min before the end"
+        user = await self.store.users.get(r.owner)
+        address = user.email if user is not None else None
+        if address is None:
+            why = f"not sent: {r.owner} has no e-mail address"
+            return _Done(why, audit=("reservation.warn", "skipped", f"{lead}: {why}"))
+        if self.mail_url is None:
+            why = "not sent: no mail channel (reservations.notify or monitoring.notify)"
+            return _Done(why, audit=("reservation.warn", "skipped", f"{lead}: {why}"))
+        title, body = warning_text(
+            r, timer.lead, self.clock(), self.settings.release, self.config.manager.external_url
+        )
+        key = f"reservation-{r.id}-warn-{int(timer.lead)}-{int(r.end_at.timestamp())}"
+        payload: dict[str, Any] = {
+            "kind": "reservation",
+            "reservation": r.id,
+            "to": address,
+            "title": title,
+            "body": body,
+        }
+        return _Done(
+            f"warned {address} ({lead})",
+            outbox=(OWNER_MAIL_RECEIVER, key, payload),
+            audit=("reservation.warn", "ok", f"{lead}, to {address}"),
+        )
+
+    async def _check_use(self, timer: TimerRecord, r: ReservationRecord) -> _Done:
+        since = r.started_at or r.start_at
+        activity = await self.repo.owner_activity(r.owner, r.nodes, since)
+        if not is_unused(r, activity):
+            await self.repo.mark_used(r.id, activity or self.clock())
+            return _Done("in use")
+        after = int((self.settings.unused_after or 0) // 60)
+        ending = await self.repo.transition(
+            r.id, r.state, ReservationState.ENDING, at=self.clock(),
+            reason=f"unused: no login, API call or deployment by {r.owner} in {after} min",
+        )  # fmt: skip
+        await self._audit(
+            f"reservation#{r.id}", "reservation.unused", ending, "ok", f"nothing in {after} min"
+        )
+        return await self._end(timer, ending)
+
+    async def _end(self, timer: TimerRecord, r: ReservationRecord) -> _Done:
+        if r.state == ReservationState.ACTIVE:
+            r = await self.repo.transition(
+                r.id, r.state, ReservationState.ENDING, at=self.clock(), reason="ended",
+                expect_end=r.end_at,
+            )  # fmt: skip
+        notes = await self._cancel_deployments(r)
+        mode = self.settings.release
+        if mode == "redeploy":
+            env = self._release_environment()
+            if env is not None and self.deploy is not None:
+                try:
+                    ids = await self._deploy(r, env, (), _for_release(r))
+                except (PimanError, ValueError) as err:
+                    notes.append(f"redeploying {env} failed: {err}; powering off instead")
+                    mode = "power_off"
+                else:
+                    await self.repo.transition(
+                        r.id, r.state, r.state, at=self.clock(), deployments=ids
+                    )
+                    await self.repo.add_timer(
+                        r.id,
+                        TimerDraft(TimerKind.FINISH, self.clock() + timedelta(seconds=FINISH_POLL)),
+                    )
+                    detail = f"redeploying {env} on {', '.join(r.nodes)}"
+                    if notes:
+                        detail += "; " + "; ".join(notes)
+                    return _Done(detail, audit=("reservation.end", "ok", detail))
+            else:
+                notes.append("no environment to redeploy: powering off instead")
+                mode = "power_off"
+        if mode == "power_off":
+            notes.extend(await self._power_off(r))
+        return await self._released(r, notes)
+
+    async def _finish(self, timer: TimerRecord, r: ReservationRecord) -> _Done:
+        assert self.deploy is not None
+        running = []
+        for ident in r.deployments:
+            record = await self.deploy.deployment(ident)
+            if record.active:
+                running.append(ident)
+        if running:
+            return _Done(f"waiting for deployments {running}", again=FINISH_POLL)
+        return await self._released(r, [])
+
+    async def _released(self, r: ReservationRecord, notes: list[str]) -> _Done:
+        notes.extend(await self._settle(r.nodes, NodeState.READY, skip=r.id))
+        await self.repo.transition(r.id, r.state, ReservationState.RELEASED, at=self.clock())
+        detail = f"{', '.join(r.nodes)} back from {r.owner} ({self.settings.release})"
+        if notes:
+            detail += "; " + "; ".join(notes)
+        return _Done(f"released: {detail}", audit=("reservation.end", "ok", detail))
+
+    # -- the nodes ----------------------------------------------------------------------------
+
+    def _release_environment(self) -> str | None:
+        deploy = self.config.deploy
+        return self.settings.default_environment or (
+            deploy.default_environment if deploy is not None else None
+        )
+
+    async def _deploy(
+        self, r: ReservationRecord, env: str, keys: Sequence[str], actor: str
+    ) -> list[int]:
+        """Deploy ``env`` to the reservation's nodes; the deployments already running there
+        (a replay after a crash) are taken as they are."""
+        assert self.deploy is not None
+        try:
+            made = await self.deploy.start(
+                list(r.nodes), env, actor=actor, options=DeployOptions(ssh_keys=tuple(keys))
+            )
+        except ConflictError:
+            running = []
+            for node in r.nodes:
+                running += await self.deploy.deployments(node=node, active=True)
+            return [d.id for d in running]
+        return [d.id for d in made]
+
+    async def _cancel_deployments(self, r: ReservationRecord) -> list[str]:
+        if self.deploy is None:
+            return []
+        notes = []
+        for node in r.nodes:
+            for d in await self.deploy.deployments(node=node, active=True):
+                if d.created_by == _for_release(r):
+                    continue  # the release's own (a replay)
+                await self.deploy.cancel(d.id, actor=f"reservation#{r.id}")
+                notes.append(f"deployment {d.id} on {node} cancelled")
+        return notes
+
+    async def _power_off(self, r: ReservationRecord) -> list[str]:
+        if self.power is None:
+            return ["no power driver: nodes left as they are"]
+        wired = [
+            n
+            for n in r.nodes
+            if (c := self.config.node(n)) is not None and c.switch and c.port is not None
+        ]
+        if not wired:
+            return []
+        targets = self.power.resolve(wired)
+        results = await self.power.run("off", targets, actor=f"reservation#{r.id}")
+        return [f"{o.target.label}: power off failed: {o.error}" for o in results if not o.ok]
+
+    async def _settle(
+        self, nodes: Sequence[str], target: NodeState, *, skip: int | None = None
+    ) -> list[str]:
+        """Walk each node to ``target`` (to ``allocated`` instead when another active
+        reservation holds it); notes on the nodes left where they were."""
+        holders: set[str] = set()
+        if target is NodeState.READY:
+            for other in await self.repo.live():
+                if other.id != skip and other.state == ReservationState.ACTIVE:
+                    holders.update(other.nodes)
+        notes = []
+        for name in nodes:
+            want = NodeState.ALLOCATED if name in holders else target
+            try:
+                node = await self.store.nodes.get(name)
+                path = path_to(node.state, want)
+                if path is None:
+                    notes.append(f"{name} left {node.state}")
+                    continue
+                for state in path:
+                    await self.store.nodes.set_state(name, state)
+            except (NotFoundError, IllegalTransition) as err:
+                notes.append(f"{name}: {err}")
+        return notes
+
+    async def _audit(
+        self, actor: str, action: str, r: ReservationRecord, result: str, detail: str | None
+    ) -> None:
+        try:
+            await self.store.audit.add(actor, action, f"reservation/{r.id}", result, detail)
+        except StoreError as err:
+            logger.warning("[reservation=%d] audit log not written: %s", r.id, err)
+
+
+def _for_owner(r: ReservationRecord) -> str:
+    """How the audit log and the deployments name what the reservation does for its owner."""
+    return f"reservation#{r.id} ({r.owner})"
+
+
+def _for_release(r: ReservationRecord) -> str:
+    return f"reservation#{r.id} (release)"
+
+
+class _Done:
+    """What running a timer came to: its outcome, and what goes with it."""
+
+    __slots__ = ("again", "audit", "outbox", "outcome")
+
+    def __init__(
+        self,
+        outcome: str,
+        *,
+        again: float | None = None,
+        outbox: tuple[str, str, dict[str, Any]] | None = None,
+        audit: tuple[str, str, str | None] | None = None,
+    ) -> None:
+        self.outcome = outcome
+        self.again = again
+        self.outbox = outbox
+        self.audit = audit
+
+
+def build(ctx: AppContext) -> Built[ReservationsHandle] | None:
+    """The service, unless ``reservations.enabled`` is false (then role ``user`` acts on
+    nothing). Built after power and deploy, whose handles it uses."""
+    settings = ctx.config.reservations
+    if not settings.enabled:
+        return None
+    if settings.release == "redeploy":
+        deploy = ctx.config.deploy
+        env = settings.default_environment or (deploy.default_environment if deploy else None)
+        if ctx.deploy is None or env is None:
+            raise ConfigError(
+                [
+                    ConfigProblem(
+                        "config",
+                        "reservations.release",
+                        "redeploy needs deploy: and an environment "
+                        "(reservations.default_environment or deploy.default_environment)",
+                    )
+                ]
+            )
+    service = ReservationService(
+        ctx.config, ctx.store, power=ctx.power, deploy=ctx.deploy, registry=ctx.metrics
+    )
+    return Built(service, (service,))
