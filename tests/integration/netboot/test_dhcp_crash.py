@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 import time
 from collections import defaultdict
+from pathlib import Path
+from typing import Any
 
 from tests.integration import netlab as lab_module
 
@@ -13,16 +15,19 @@ NetLab = lab_module.NetLab
 netlab = lab_module.netlab
 
 # A relay-style client (giaddr set, so replies come back unicast to port 67): DISCOVER, then
-# REQUEST what was offered, for one MAC after the other, 8 in flight; every OFFER and ACK seen
-# is appended to a file at once. It runs for a fixed time whatever the server does.
+# REQUEST what was offered, 8 MACs in flight, a new MAC at most every GAP seconds (so that a
+# kill lands in the middle of the stream, not after it); every OFFER and ACK seen is appended
+# to a file at once. A MAC unanswered for 0.5 s starts again with a DISCOVER, TRIES times at
+# most, then is given up on. It stops when every MAC is answered or given up on.
 CLIENT = r"""
-import os, socket, sys, time
+import socket, sys, time
 from ipaddress import IPv4Address
 from piman.netboot.dhcp.packets import DhcpPacket, MessageType, Options, decode, encode
-out, first, count, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+out, first, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+gap, tries = float(sys.argv[4]), int(sys.argv[5])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("198.18.0.2", 67))
-s.settimeout(0.05)
+s.settimeout(0.01)
 server, giaddr = ("198.18.0.1", 67), IPv4Address("198.18.0.2")
 log = open(out, "a", buffering=1)
 def send(i, mtype, **opts):
@@ -30,41 +35,65 @@ def send(i, mtype, **opts):
     p = DhcpPacket(op=1, xid=i, chaddr=mac, giaddr=giaddr,
                    options=Options(message_type=mtype, **opts))
     s.sendto(encode(p), server)
-pending = {}  # xid -> (state, sent_at)
-nxt, end = first, time.monotonic() + seconds
-while time.monotonic() < end:
+pending = {}  # xid -> (sent_at, tries left)
+nxt, next_new = first, 0.0
+while nxt < first + count or pending:
     now = time.monotonic()
-    for xid, (state, at) in list(pending.items()):
+    for xid, (at, left) in list(pending.items()):
         if now - at > 0.5:
-            del pending[xid]  # unanswered (server down): give up on this MAC
-    while len(pending) < 8 and nxt < first + count:
-        send(nxt, MessageType.DISCOVER); pending[nxt] = ("discover", now); nxt += 1
+            del pending[xid]
+            if left > 0:
+                send(xid, MessageType.DISCOVER); pending[xid] = (now, left - 1)
+    if len(pending) < 8 and nxt < first + count and now >= next_new:
+        send(nxt, MessageType.DISCOVER); pending[nxt] = (now, tries)
+        nxt, next_new = nxt + 1, now + gap
     try:
         data = s.recv(2048)
     except TimeoutError:
-        if nxt >= first + count and not pending:
-            time.sleep(0.05)
         continue
     p = decode(data)
     mac = p.mac
+    if p.xid not in pending:
+        continue
     if p.message_type is MessageType.OFFER:
         log.write(f"OFFER {mac} {p.yiaddr}\n")
         send(p.xid, MessageType.REQUEST, requested_ip=p.yiaddr,
              server_id=p.options.server_id)
-        pending[p.xid] = ("request", time.monotonic())
+        pending[p.xid] = (time.monotonic(), pending[p.xid][1])
     elif p.message_type is MessageType.ACK:
         log.write(f"ACK {mac} {p.yiaddr}\n")
-        pending.pop(p.xid, None)
+        del pending[p.xid]
     elif p.message_type is MessageType.NAK:
         log.write(f"NAK {mac} -\n")
-        pending.pop(p.xid, None)
+        del pending[p.xid]
 """
+
+ROUND = 60  # MACs per killed round
+
+
+def _client(netlab: NetLab, out: Path, first: int, count: int, gap: float, tries: int) -> Any:
+    return netlab.popen(
+        netlab.clients[0],
+        "env",
+        f"PYTHONPATH={lab_module.REPO}",
+        lab_module.sys.executable,
+        "-c",
+        CLIENT,
+        str(out),
+        str(first),
+        str(count),
+        str(gap),
+        str(tries),
+    )
+
+
+def _acks(out: Path) -> int:
+    return sum(1 for line in out.read_text().splitlines() if line.startswith("ACK "))
 
 
 def test_kill_9_mid_stream_never_hands_one_address_to_two_macs(netlab: NetLab) -> None:
-    client_ns = netlab.clients[0]
-    netlab.run(client_ns, "ip", "addr", "add", "198.18.0.2/24", "dev", "eth0")
-    # The pool guard is lifted: 300 new MACs in a few seconds is what this test is about.
+    netlab.run(netlab.clients[0], "ip", "addr", "add", "198.18.0.2/24", "dev", "eth0")
+    # The pool guard is lifted: 200 new MACs in a few seconds is what this test is about.
     config = netlab.write_config(
         {
             "manager": {"log_level": "INFO"},
@@ -72,60 +101,47 @@ def test_kill_9_mid_stream_never_hands_one_address_to_two_macs(netlab: NetLab) -
         }
     )
     out = netlab.tmp / "seen.txt"
+    out.touch()
     rounds = 3
     for round_ in range(rounds):
         manager = netlab.start_manager(config=config)
-        client = netlab.popen(
-            client_ns,
-            "env",
-            f"PYTHONPATH={lab_module.REPO}",
-            lab_module.sys.executable,
-            "-c",
-            CLIENT,
-            str(out),
-            str(round_ * 60),
-            "60",
-            "3",
-        )
-        time.sleep(random.uniform(0.3, 1.2))
-        manager.kill()  # SIGKILL at an arbitrary moment of the stream
+        # One new MAC every 20 ms: the round lasts at least 1.2 s, and the server is killed
+        # after a random number of its ACKs, with the rest of the round still to come.
+        acks, kill_after = _acks(out), random.randint(1, ROUND // 2)
+        client = _client(netlab, out, round_ * ROUND, ROUND, 0.02, 0)
+        deadline = time.monotonic() + 60
+        while _acks(out) - acks < kill_after:
+            assert client.poll() is None, "the round ended before the kill"
+            assert time.monotonic() < deadline, netlab.manager_log()
+            time.sleep(0.01)
+        manager.kill()  # SIGKILL in the middle of the stream
         manager.wait(timeout=10)
-        client.wait(timeout=30)
-    # One more round on a surviving server: earlier MACs come back, new ones arrive.
-    before = len(out.read_text().splitlines())
-    netlab.start_manager(config=config)
-    client = netlab.popen(
-        client_ns,
-        "env",
-        f"PYTHONPATH={lab_module.REPO}",
-        lab_module.sys.executable,
-        "-c",
-        CLIENT,
-        str(out),
-        "0",
-        "200",  # the 180 MACs of the killed rounds, then 20 new ones: the pool holds all 200
-        "4",
-    )
-    client.wait(timeout=30)
+        client.wait(timeout=60)
+    before = out.read_text().splitlines()
+    acked = {mac: ip for kind, mac, ip in map(str.split, before) if kind == "ACK"}
+    seen = {mac for _, mac, _ in map(str.split, before)}
+    assert len(seen) < rounds * ROUND, "every round ran to its end: no kill was mid-stream"
 
+    # One more round on a surviving server: every MAC of the killed rounds comes back, then 20
+    # the killed servers never saw (the pool holds all 200).
+    netlab.start_manager(config=config)
+    client = _client(netlab, out, 0, rounds * ROUND + 20, 0, 5)
+    client.wait(timeout=120)
+
+    lines = out.read_text().splitlines()
     owners: dict[str, set[str]] = defaultdict(set)
-    answered = 0
-    for line in out.read_text().splitlines():
+    for line in lines:
         kind, mac, ip = line.split()
         if kind in ("OFFER", "ACK"):
             owners[ip].add(mac)
-            answered += 1
-    assert answered > 100, "the stream hardly got answers: the test proves nothing"
     shared = {ip: macs for ip, macs in owners.items() if len(macs) > 1}
     assert shared == {}
-    lines = [line.split() for line in out.read_text().splitlines()]
-    acked = {mac: ip for kind, mac, ip in lines[:before] if kind == "ACK"}
-    seen = {mac for _, mac, _ in lines[:before]}
-    last = {mac: ip for kind, mac, ip in lines[before:] if kind == "ACK"}
+    last = {mac: ip for kind, mac, ip in map(str.split, lines[len(before) :]) if kind == "ACK"}
     # Every MAC acknowledged before one of the kill -9s gets the same address back.
-    back = {mac: last[mac] for mac in acked if mac in last}
-    assert back, "no earlier client came back: the test proves nothing"
-    assert back == {mac: acked[mac] for mac in back}
-    # MACs the killed servers never saw get addresses too.
-    assert set(last) - seen
+    assert len(acked) >= rounds
+    assert {mac: last.get(mac) for mac in acked} == acked
+    # MACs the killed servers never saw get addresses too, and so does every other one.
+    new = {f"02:00:00:10:00:{i:02x}" for i in range(rounds * ROUND, rounds * ROUND + 20)}
+    assert new.isdisjoint(seen)
+    assert set(last) == {f"02:00:00:10:00:{i:02x}" for i in range(rounds * ROUND + 20)}
     assert "Traceback" not in netlab.manager_log()
