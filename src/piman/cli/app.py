@@ -16,6 +16,7 @@ from piman.cli import (
     installer_cmd,
     nodes_cmd,
     power_cmd,
+    reserve_cmd,
     server_cmd,
 )
 
@@ -56,6 +57,7 @@ export_cmd.register(app)
 access_cmd.register(app)
 deploy_cmd.register(app)
 installer_cmd.register(app)
+reserve_cmd.register(app)
 
 
 def main() -> None:

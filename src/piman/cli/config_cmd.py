@@ -73,6 +73,42 @@ def as_yaml(config: Config) -> dict[str, object]:
     return {k: v for k, v in data.items() if v not in (None, [], {})}
 
 
+def _reservations(config: Config) -> str:
+    """``on (release power_off, buffer 15m, …)`` or ``off``."""
+    from piman.config.reservations import owner_mail_url
+    from piman.config.types import format_duration as d
+
+    r = config.reservations
+    if not r.enabled:
+        return "off"
+    limits = r.limits
+    caps = [
+        f"{limits.max_nodes} nodes" if limits.max_nodes is not None else "any nodes",
+        f"{d(limits.max_duration)} each" if limits.max_duration is not None else "any length",
+        f"{limits.max_extensions} extensions" if limits.max_extensions is not None else "",
+        f"{d(limits.max_total)} in all" if limits.max_total is not None else "",
+        f"{d(limits.max_ahead)} ahead" if limits.max_ahead is not None else "",
+    ]
+    release: str = r.release
+    if release == "redeploy":
+        deploy = config.deploy
+        env = r.default_environment or (deploy.default_environment if deploy else None)
+        release += f" {env or '(no environment!)'}"
+    notify = config.monitoring.notify if config.monitoring else []
+    mail = owner_mail_url(r, notify)
+    parts = [
+        f"release {release}",
+        f"buffer {d(r.buffer)}",
+        "warnings " + (",".join(d(w) for w in r.warnings) or "none"),
+        f"unused after {d(r.unused_after)}" if r.unused_after is not None else "never unused",
+        "limits " + ", ".join(c for c in caps if c),
+        f"mail {mail.split('://', 1)[0]}://…" if mail else "no mail channel",
+    ]
+    if r.users:
+        parts.append(f"own limits for {', '.join(sorted(r.users))}")
+    return f"on ({'; '.join(parts)})"
+
+
 def show(config: Config) -> None:
     m = config.manager
     console.print(
@@ -103,6 +139,7 @@ def show(config: Config) -> None:
         f"monitoring {'on' if config.monitoring and config.monitoring.enabled else 'off'}",
     ]
     console.print("  ".join(sections), markup=False)
+    console.print(f"reservations {_reservations(config)}", markup=False, soft_wrap=True)
 
     switches = [
         {
