@@ -43,6 +43,11 @@ class Budget:
     def settings(self) -> settings:
         return settings.get_profile(f"piman-fuzz-{self.name}")
 
+    def hypothesis(self, share: float = 1.0) -> settings:
+        """The profile's hypothesis settings with ``share`` of its examples (for properties
+        whose examples cost more: a configuration loaded through pydantic …)."""
+        return settings(self.settings, max_examples=max(50, int(self.examples * share)))
+
 
 _COMMON = {
     "deadline": None,

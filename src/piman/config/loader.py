@@ -91,8 +91,15 @@ def parse_config(
         raise ConfigError(
             [ConfigProblem(source, where, f"not valid YAML: {err.problem}")]
         ) from None
+    except yaml.reader.ReaderError as err:  # a character YAML does not allow: one line
+        what = f" #x{err.character:04x}" if isinstance(err.character, int) else ""
+        where = f"character {err.position + 1}"
+        raise ConfigError(
+            [ConfigProblem(source, where, f"not valid YAML: character{what} is not allowed")]
+        ) from None
     except yaml.YAMLError as err:
-        raise ConfigError([ConfigProblem(source, "", f"not valid YAML: {err}")]) from None
+        detail = " ".join(str(err).split())
+        raise ConfigError([ConfigProblem(source, "", f"not valid YAML: {detail}")]) from None
     if data is None:
         raise ConfigError(
             [ConfigProblem(source, "", "is empty; expected a mapping with at least `manager:`")]

@@ -57,6 +57,8 @@ class ManagerSettings(BaseModel):
     @field_validator("network", mode="before")
     @classmethod
     def _network(cls, value: object) -> object:
+        if isinstance(value, bool | int):  # YAML's no/yes/1: never a network
+            raise ValueError(f"{value!r} is not an IPv4 network (expected e.g. 198.18.0.0/24)")
         if isinstance(value, str):
             try:
                 return IPv4Network(value.strip(), strict=False)
