@@ -183,6 +183,8 @@ def user_list(
 ) -> None:
     """List accounts and their roles.
 
+    With --url, asks a running manager (as an admin); otherwise reads the store.
+
     Examples:
       piman user list
       piman user list --url http://manager:8000 -o json
@@ -362,6 +364,8 @@ def token_list(
     as_json: JsonFlag = False,
 ) -> None:
     """List API tokens by prefix (never the tokens themselves).
+
+    Without --url, every user's tokens from the store; with --url yours, --all everyone's.
 
     Examples:
       piman token list --all

@@ -280,6 +280,8 @@ def silences(
 ) -> None:
     """List silences (active and pending; --all adds expired ones).
 
+    With --url, asks a running manager; otherwise reads the store.
+
     Examples:
       piman alerts silences --all
       piman alerts silences -o yaml
@@ -349,8 +351,10 @@ def outbox(
     output: OutputOption = Output.TABLE,
     as_json: JsonFlag = False,
 ) -> None:
-    """Notifications per receiver: waiting, delivered, or dead (given up on after their last
-    attempt, or refused by the receiver). --retry-dead queues the dead ones again.
+    """Notifications per receiver: waiting, delivered, or dead.
+
+    Dead: given up on after their last attempt, or refused by the receiver. --retry-dead
+    queues the dead ones again.
 
     Examples:
       piman alerts outbox --state dead

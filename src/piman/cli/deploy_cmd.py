@@ -232,6 +232,8 @@ def env_list(
 ) -> None:
     """List environments: OS, image size, bytes mapped, first-boot format, source.
 
+    With --url, asks a running manager; otherwise reads the store.
+
     Examples:
       piman env list
       piman env list -o json | jq -r '.[].name'
@@ -251,6 +253,8 @@ def env_show(
     as_json: JsonFlag = False,
 ) -> None:
     """Show one environment: checksums, partitions, boot files, first-boot format.
+
+    With --url, asks a running manager; otherwise reads the store.
 
     Examples:
       piman env show raspios-lite

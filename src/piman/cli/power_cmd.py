@@ -276,6 +276,8 @@ def power_map(
 ) -> None:
     """Walk the switch's BRIDGE-MIB: which known MAC sits on which port; print config fixes.
 
+    -o json and -o yaml give the rows alone, without the fixes.
+
     Examples:
       piman power map rack1
       piman power map rack1 -o json | jq '.[] | select(.status != "ok")'
