@@ -18,9 +18,11 @@ from the store — describes its table with :class:`Column`, and calls :func:`em
         emit(chosen(output, as_json), rows, NODE_COLUMNS, title=f"{len(rows)} nodes")
 
 The whole API: :class:`Output`, :data:`OutputOption`, :data:`JsonFlag` and :func:`chosen` (the
-options), :class:`Column`, :func:`emit` (print), and the pure pieces :func:`render`,
-:func:`fit`, :func:`relative` for tests and for a command with two tables in one output
-(``print_table`` twice, ``print_data`` once: see ``piman alerts``).
+options); :class:`Column`; :func:`emit` (one listing in the chosen format); for a command that
+prints more than one table, :func:`print_table` per table and :func:`print_data` once with the
+whole document (``piman alerts``, ``piman node show``); :func:`print_details` for one record as
+``key  value`` lines; and the pure pieces :func:`render`, :func:`fit`, :func:`relative`,
+:func:`to_text` and :func:`terminal_width`. ``piman.cli.nodes_cmd`` is the shortest user.
 
 Theory of operation, ``table`` and ``wide``:
 
