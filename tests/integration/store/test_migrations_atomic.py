@@ -112,6 +112,9 @@ def head() -> str:
         ("0001", "CREATE TABLE alert_groups", "0001"),  # an upgrade, inside its first migration
         ("0001", "CREATE TABLE api_tokens", "0001"),  # … inside a later one
         ("b2c3acc0u0t5", "CREATE TABLE deployments", "b2c3acc0u0t5"),
+        # d4e5 (outbox dead letters) alters a table rather than creating one
+        ("c3d4dep10y01", "ALTER TABLE alert_outbox ADD COLUMN dead_at", "c3d4dep10y01"),
+        ("d4e5deadl3t7", "CREATE TABLE reservations", "d4e5deadl3t7"),
     ],
 )
 async def test_a_kill_mid_upgrade_leaves_the_old_revision_and_the_next_start_succeeds(
@@ -132,6 +135,59 @@ async def test_a_kill_mid_upgrade_leaves_the_old_revision_and_the_next_start_suc
     finally:
         await store.close()
     assert version_of(path) == head()
+
+
+OLD_RECEIVER = "webhook:https://bot:hunter2@hooks.example/services/S3CRET"
+
+
+def outbox_rows(path: Path) -> tuple[list[str], list[str]]:
+    """(the receivers of the outbox rows, the outbox table's columns) of the SQLite file."""
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            receivers = conn.exec_driver_sql("SELECT receiver FROM alert_outbox ORDER BY id")
+            columns = conn.exec_driver_sql("PRAGMA table_info(alert_outbox)")
+            return [r for (r,) in receivers], [c[1] for c in columns]
+    finally:
+        engine.dispose()
+
+
+async def test_a_kill_mid_rename_of_outbox_receivers_keeps_the_old_rows_whole(
+    tmp_path: Path,
+) -> None:
+    """d4e5 renames each receiver through a temporary name (``~0``): a kill after the first
+    UPDATE leaves neither the temporary name nor the new column, and the next start renames."""
+    path = tmp_path / "piman.db"
+    upgrade_to(path, "c3d4dep10y01")
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as conn:
+            for key in ("k1", "k2"):
+                conn.exec_driver_sql(
+                    "INSERT INTO alert_outbox (receiver, key, payload, created_at, "
+                    "next_attempt_at, attempts) VALUES (?, ?, '{}', ?, ?, 0)",
+                    (OLD_RECEIVER, key, T0.replace(tzinfo=None), T0.replace(tzinfo=None)),
+                )
+    finally:
+        engine.dispose()
+
+    kill_mid_upgrade(path, "UPDATE alert_outbox SET receiver")
+
+    assert version_of(path) == "c3d4dep10y01"
+    receivers, columns = outbox_rows(path)
+    assert receivers == [OLD_RECEIVER, OLD_RECEIVER]  # not "~0", not half renamed
+    assert "dead_at" not in columns
+    store = Store(f"sqlite+aiosqlite:///{path}")
+    await store.open()  # the next start
+    try:
+        pending = await store.alerts.pending_counts()
+    finally:
+        await store.close()
+    assert version_of(path) == head()
+    assert pending == {"webhook:https://hooks.example": 2}
+    receivers, columns = outbox_rows(path)
+    assert receivers == ["webhook:https://hooks.example"] * 2
+    assert "dead_at" in columns
 
 
 # --- an upgrade from 0001 with rows in every table 0001 has --------------------------------------
