@@ -107,6 +107,7 @@ LEASE = 300.0  # seconds a claimed timer stays this manager's
 RETRY = 30.0  # seconds before a timer whose work failed runs again
 FINISH_POLL = 10.0  # seconds between looks at a redeploying release
 START_SLACK = 60.0  # a start this far in the past is taken as now
+HORIZON = timedelta(days=3660)  # nothing is booked, extended or looked up beyond this
 
 
 def _now() -> datetime:
@@ -187,6 +188,10 @@ class ReservationService:
     ) -> ReservationRecord:
         if not allows(principal.role, Action.RESERVE):
             raise Forbidden(f"role {principal.role} may not reserve nodes")
+        if principal.via == "local" and request.owner is None:
+            raise ValueError(
+                "root on the manager machine is no user: say whose reservation it is (--owner)"
+            )
         owner = request.owner or principal.user
         if owner != principal.user:
             if not self._trusted(principal):
@@ -200,6 +205,8 @@ class ReservationService:
         if start < now - timedelta(seconds=START_SLACK):
             raise ValueError(f"the start {when(start)} is in the past")
         start = max(start, now)
+        if start - now > HORIZON or request.duration > HORIZON.total_seconds():
+            raise ValueError("that is more than ten years away")
         end = start + timedelta(seconds=request.duration)
         keys = tuple(check_ssh_key(k) for k in request.ssh_keys)
         if request.environment is not None:
@@ -264,6 +271,8 @@ class ReservationService:
     ) -> ReservationRecord:
         r = await self.repo.get(reservation_id)
         self._may_change(principal, r)
+        if by > HORIZON.total_seconds() or r.end_at + timedelta(seconds=by) - r.start_at > HORIZON:
+            raise ValueError("that is more than ten years away")
         limits = None if self._trusted(principal) else self.settings.limits_for(r.owner)
         settings = self.settings
         now = self.clock()
@@ -338,6 +347,8 @@ class ReservationService:
             raise ValueError("a reservation lasts more than 0 s")
         now = self.clock()
         start = max(after or now, now)
+        if start - now > HORIZON or duration > HORIZON.total_seconds():
+            raise ValueError("that is more than ten years away")
         candidates = await self._candidates()
         known = {c.name for c in candidates}
         for name in selection.names:

@@ -256,6 +256,9 @@ BAD = [
     ({"nodes": ["pi1"], "duration": "1h", "owner": "bob"}, 403, "operators and admins"),
     ({"nodes": ["pi1"], "duration": "1h", "environment": "x"}, 404, "no environment named"),
     ({"nodes": ["pi1"], "count": 1, "duration": "1h"}, 422, "not both"),
+    ({"nodes": ["pi1"], "duration": 1e300}, 422, "at most ten years"),
+    ({"nodes": ["pi1"], "duration": "1h", "start": "9999-12-31T00:00:00Z"}, 422, "ten years"),
+    ({"nodes": ["x" * 65], "duration": "1h"}, 422, "at most 64 characters"),
 ]
 
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -34,6 +35,10 @@ __all__ = ["AvailabilityOut", "ReservationIn", "ReservationOut", "router"]
 
 router = APIRouter(tags=["reservations"])
 
+MAX_SECONDS = 3650 * 86400.0
+Name = Annotated[str, Field(min_length=1, max_length=64)]
+Id = Annotated[int, PathParam(ge=1, le=2**31 - 1, description="The reservation's id")]
+
 
 def _reservations(request: Request) -> ReservationsHandle:
     handle = get_ctx(request).reservations
@@ -47,8 +52,8 @@ Reservations = Annotated[ReservationsHandle, Depends(_reservations)]
 
 def _duration(value: str | float) -> float:
     seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError("must be more than 0 s")
+    if not 0 < seconds <= MAX_SECONDS:  # also NaN
+        raise ValueError("must be more than 0 s and at most ten years")
     return seconds
 
 
@@ -63,15 +68,15 @@ class ReservationIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    nodes: list[str] = Field(default_factory=list, max_length=4096)
+    nodes: list[Name] = Field(default_factory=list, max_length=4096)
     count: int | None = Field(None, ge=1, le=4096)
     model: str | None = Field(None, max_length=32)
     switch: str | None = Field(None, max_length=64)
-    tags: list[str] = Field(default_factory=list, max_length=32)
+    tags: list[Name] = Field(default_factory=list, max_length=32)
     duration: str | float = Field(description="Seconds, or a duration such as 2h or 90m")
     start: datetime | None = Field(None, description="When it starts (ISO 8601 with a zone); now")
     environment: str | None = Field(None, max_length=64, description="Deployed at the start")
-    ssh_keys: list[str] = Field(
+    ssh_keys: list[Annotated[str, Field(max_length=16384)]] = Field(
         default_factory=list, max_length=16, description="The owner's public keys for it"
     )
     owner: str | None = Field(None, max_length=64, description="Operators and admins only")
@@ -292,7 +297,7 @@ async def create_reservation(
     responses={403: _REFUSALS[403], 404: _REFUSALS[404]},
 )
 async def get_reservation(
-    reservation_id: int, principal: Anyone, reservations: Reservations
+    reservation_id: Id, principal: Anyone, reservations: Reservations
 ) -> ReservationDetailOut:
     r = await reservations.reservation(reservation_id, principal=principal)
     timers = [TimerOut.of(t) for t in await reservations.timers(r.id)]
@@ -306,7 +311,7 @@ async def get_reservation(
     responses=_REFUSALS,
 )
 async def extend_reservation(
-    reservation_id: int, body: ExtendIn, principal: Anyone, reservations: Reservations
+    reservation_id: Id, body: ExtendIn, principal: Anyone, reservations: Reservations
 ) -> ReservationOut | JSONResponse:
     assert isinstance(body.by, float)
     try:
@@ -327,7 +332,7 @@ async def extend_reservation(
     },
 )
 async def release_reservation(
-    reservation_id: int, principal: Anyone, reservations: Reservations
+    reservation_id: Id, principal: Anyone, reservations: Reservations
 ) -> ReservationOut:
     return ReservationOut.of(await reservations.release(reservation_id, principal=principal))
 
@@ -352,11 +357,11 @@ async def next_free_slot(
     _: Anyone,
     reservations: Reservations,
     duration: Annotated[str, Query(description="Seconds, or a duration such as 2h")],
-    nodes: Annotated[list[str] | None, Query(max_length=4096)] = None,
+    nodes: Annotated[list[Name] | None, Query(max_length=4096)] = None,
     count: Annotated[int | None, Query(ge=1, le=4096)] = None,
     model: Annotated[str | None, Query(max_length=32)] = None,
     switch: Annotated[str | None, Query(max_length=64)] = None,
-    tag: Annotated[list[str] | None, Query(max_length=32)] = None,
+    tag: Annotated[list[Name] | None, Query(max_length=32)] = None,
     after: datetime | None = None,
 ) -> FreeSlotOut | JSONResponse | None:
     try:
