@@ -143,6 +143,7 @@ class ReservationService:
         notify = config.monitoring.notify if config.monitoring is not None else []
         self.mail_url = owner_mail_url(self.settings, notify)
         self._wake = asyncio.Event()
+        self._ticking = asyncio.Lock()  # the loop and a request's own timers, one at a time
         self._timers = (
             Counter(
                 "piman_reservation_timers",
@@ -378,24 +379,25 @@ class ReservationService:
             self._wake.clear()
 
     async def _delay(self) -> float:
-        due = await self.repo.next_due()
+        due = await self.repo.next_due(self.owner, self.clock())
         if due is None:
             return self.poll
         return min(self.poll, max(0.05, (due - self.clock()).total_seconds()))
 
     async def tick(self, reservation: int | None = None) -> int:
         """Run the due timers (of one reservation, or all); how many ran."""
-        now = self.clock()
-        claimed = await self.repo.claim_timers(
-            self.owner, now=now, lease_until=now + timedelta(seconds=LEASE), limit=100
-        )
-        ran = 0
-        for timer in claimed:
-            if reservation is not None and timer.reservation != reservation:
-                continue  # ours now; the loop runs it next (its lease is ours)
-            await self._run(timer)
-            ran += 1
-        return ran
+        async with self._ticking:
+            now = self.clock()
+            claimed = await self.repo.claim_timers(
+                self.owner, now=now, lease_until=now + timedelta(seconds=LEASE), limit=100
+            )
+            ran = 0
+            for timer in claimed:
+                if reservation is not None and timer.reservation != reservation:
+                    continue  # ours now; the loop runs it next (its lease is ours)
+                await self._run(timer)
+                ran += 1
+            return ran
 
     async def _process(self, reservation_id: int) -> None:
         """A reservation's due timers, now (a start now, a release)."""

@@ -352,7 +352,8 @@ class ReservationRepository(Protocol):
         """Done (or due again at ``again_at``) if ``owner`` holds it, with an outbox row
         (receiver, key, payload) in the same transaction; False when it lost the claim."""
 
-    async def next_due(self) -> datetime | None: ...
+    async def next_due(self, owner: str, now: datetime) -> datetime | None:
+        """When the earliest open timer ``owner`` could claim is due."""
 
     async def owner_activity(
         self, owner: str, nodes: Sequence[str], since: datetime

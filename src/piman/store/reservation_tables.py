@@ -259,8 +259,9 @@ class ReservationRepository:
     ) -> ReservationRecord:
         """Move a reservation from ``expect`` (and ``expect_end``, when given) to ``state``;
         ConflictError when it is elsewhere (another writer won: re-read and decide again).
-        ``active`` sets ``started_at``; a final state sets ``ended_at`` and ``reason`` and
-        closes the reservation's open timers that nobody claimed (a claimer finishes its own). ``deployments`` are added to its list."""
+        ``active`` sets ``started_at``; a final state sets ``ended_at`` and closes the open
+        timers nobody claimed (a claimer finishes its own). ``deployments`` are added to its
+        list."""
         async with self._session() as s:
             await self._sqlite_write_lock(s, reservation_id)
             query = select(ReservationRow).where(ReservationRow.id == reservation_id)
@@ -422,14 +423,22 @@ class ReservationRepository:
                     )
             return True
 
-    async def next_due(self) -> datetime | None:
-        """When the earliest open timer is due."""
+    async def next_due(self, owner: str, now: datetime) -> datetime | None:
+        """When the earliest open timer ``owner`` could claim is due (those another manager
+        holds count from the end of its lease)."""
         async with self._session() as s:
-            return await s.scalar(
-                select(func.min(ReservationTimerRow.due_at)).where(
-                    ReservationTimerRow.done_at.is_(None)
-                )
-            )
+            rows = await s.execute(
+                select(ReservationTimerRow.due_at, ReservationTimerRow.claimed_by,
+                       ReservationTimerRow.lease_until)
+                .where(ReservationTimerRow.done_at.is_(None))
+                .order_by(ReservationTimerRow.due_at)
+                .limit(1000)
+            )  # fmt: skip
+            times = [
+                due if by in (None, owner) or lease is None or lease < now else max(due, lease)
+                for due, by, lease in rows.all()
+            ]
+        return min(times, default=None)
 
     async def owner_activity(
         self, owner: str, nodes: Sequence[str], since: datetime

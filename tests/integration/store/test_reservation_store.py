@@ -155,4 +155,10 @@ async def test_a_warning_and_its_mail_are_written_together_once(
     assert [(o.receiver, o.key, o.payload) for o in outbox] == [
         ("mail:owner", f"reservation-{r.id}-warn", {"to": "ann@lab.org"})
     ]
-    assert await store.reservations.next_due() == r.end_at
+    assert await store.reservations.next_due("m", now) == r.end_at
+    # Another manager's lease counts: it may take the end only once that lapses.
+    [end] = await store.reservations.claim_timers(
+        "m", now=r.end_at, lease_until=r.end_at + timedelta(seconds=60), limit=10
+    )
+    assert await store.reservations.next_due("other", r.end_at) == end.lease_until
+    assert await store.reservations.next_due("m", r.end_at) == r.end_at
