@@ -79,8 +79,9 @@ CONSOLE_SECONDS = 300
 pytestmark = pytest.mark.timeout(1200)
 HOSTNAME_LINE = f"piman-test-hostname: {HOSTNAME}"
 # What the console shows when the guest will do nothing more: its kernel powered off or panicked,
-# or the firmware found nothing to boot (SeaBIOS retries in 60 s).
-STOPPED = ("reboot: Power down", "Kernel panic", "No bootable device")
+# or the firmware found nothing to boot (iPXE gave up; SeaBIOS, held to the network by
+# strict=on, says so and retries in 60 s).
+STOPPED = ("reboot: Power down", "Kernel panic", "No more network devices", "No bootable device")
 REPO = Path(__file__).resolve().parents[2]
 
 # The local system's boot files, as its own boot partition holds them.
@@ -131,7 +132,8 @@ poweroff -f
 # The `command` power driver's program: `off` kills the guest, `on` starts it (QEMU daemonises
 # in the bridge's namespace, its pid in a file). Every call is logged for the test. With
 # graphics=off (-nographic, which -daemonize excludes, sets it too) SeaBIOS mirrors the firmware's
-# screen on the serial port: a failure shows iPXE's messages.
+# screen on the serial port: a failure shows iPXE's messages. The guest boots from the network
+# only (strict=on: never the disk's MBR, which holds no boot code).
 POWER_SH = """\
 #!/bin/sh
 lab=$(dirname "$0")
@@ -152,7 +154,7 @@ case $1 in
     on)
         running && exit 0
         exec ip netns exec {bridge_ns} qemu-system-x86_64 -machine accel=tcg,graphics=off -m 512 \\
-            -display none -daemonize -pidfile "$lab/qemu.pid" -boot n \\
+            -display none -daemonize -pidfile "$lab/qemu.pid" -boot order=n,strict=on \\
             -netdev tap,id=n0,ifname=tap0,script=no,downscript=no \\
             -device virtio-net-pci,netdev=n0,mac={mac} \\
             -drive file="$lab/disk.img",format=raw,if=virtio \\
