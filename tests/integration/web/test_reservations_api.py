@@ -367,3 +367,19 @@ async def test_a_manager_down_for_the_whole_reservation_cancels_it_unstarted(rig
     assert rig.power.calls == []
     nodes = {n["name"]: n["state"] for n in (await rig.call("root", "GET", "/nodes")).json()}
     assert nodes["pi3"] == "ready"
+
+
+async def test_the_api_document_names_what_the_routes_answer(rig: Rig) -> None:
+    spec = (await rig.call("vic", "GET", "/openapi.json")).json()
+    post = spec["paths"]["/api/v1/reservations"]["post"]
+    assert {"201", "403", "404", "409", "422"} <= set(post["responses"])
+    conflict = post["responses"]["409"]["content"]["application/json"]["schema"]
+    assert conflict["$ref"].endswith("/ConflictOut")
+    assert {"holder", "reservation", "next_free"} <= set(
+        spec["components"]["schemas"]["ConflictOut"]["properties"]
+    )
+    extend = spec["paths"]["/api/v1/reservations/{reservation_id}/extend"]["post"]
+    assert {"200", "403", "404", "409", "422"} <= set(extend["responses"])
+    release = spec["paths"]["/api/v1/reservations/{reservation_id}/release"]["post"]
+    assert {"200", "403", "404", "409"} <= set(release["responses"])
+    assert "/api/v1/availability" in spec["paths"]
