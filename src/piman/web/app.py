@@ -37,7 +37,7 @@ from piman.errors import (
 )
 from piman.web.api import accounts, alerts, boot, deploy, monitoring, nodes, power, reservations
 from piman.web.security import HostPolicy, Reader, RequestGuard, optional_principal
-from piman.web.ui import pages
+from piman.web.ui import live, node_page, pages
 
 __all__ = ["create_app", "create_installer_app"]
 
@@ -179,5 +179,7 @@ def _rest(app: FastAPI, ctx: AppContext) -> FastAPI:
         if ctx.monitor.alerting is not None:
             app.include_router(alerts.router, prefix="/api/v1")
     app.include_router(pages.router)
+    app.include_router(node_page.router)
+    app.include_router(live.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -53,6 +53,11 @@ TABLE: Mapping[tuple[str, str], tuple[str, Any]] = {
     ("GET", "/"): ("page", None),
     ("GET", "/ui/nodes"): ("read", None),
     ("GET", "/ui/alerts"): ("read", None),
+    # The node page: a user sees the page of a node they hold (pi1 is held by nobody here).
+    ("GET", "/nodes/{name}"): ("page", None),
+    ("GET", "/ui/nodes/{name}"): ("read", None),
+    # The live pages' change stream (node names only); 406 unless Accept: text/event-stream.
+    ("GET", "/ui/events"): ("anyone", None),
     ("GET", "/api/v1/openapi.json"): ("read", None),
     ("GET", "/api/v1/docs"): ("read", None),
     ("POST", "/api/v1/auth/login"): ("open", {"username": "login", "password": "login-pass"}),

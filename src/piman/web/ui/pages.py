@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from piman import __version__
-from piman.access.roles import Action, allows
+from piman.access.roles import Action, allows, may_act_on
 from piman.context import AlertingHandle, AppContext, Principal
 from piman.web.deps import Ctx
 from piman.web.security import Reader, optional_principal
+from piman.web.ui.fleet import PER_PAGE, FleetQuery, Holder, select
 
 __all__ = ["alerts_panel", "router", "sparkline", "templates"]
 
@@ -81,32 +83,72 @@ def alerts_panel(alerting: AlertingHandle | None) -> dict[str, Any] | None:
     }
 
 
-async def _page_context(ctx: AppContext, principal: Principal) -> dict[str, object]:
-    nodes = await ctx.store.nodes.list()
-    counts: dict[str, int] = {}
-    for node in nodes:
-        counts[node.state] = counts.get(node.state, 0) + 1
+def _query(params: dict[str, str]) -> str:
+    return "?" + urlencode(params) if params else ""
+
+
+async def _holders(ctx: AppContext) -> dict[str, Holder]:
+    """Who holds each node now (active reservations); empty without reservations."""
+    if ctx.reservations is None:
+        return {}
+    out: dict[str, Holder] = {}
+    for r in await ctx.store.reservations.live():
+        if r.state == "active":
+            for name in r.nodes:
+                out[name] = Holder(r.owner, r.end_at)
+    return out
+
+
+def _alert_counts(ctx: AppContext) -> dict[str, tuple[int, int]]:
+    alerting = ctx.monitor.alerting if ctx.monitor is not None else None
+    if alerting is None:
+        return {}
+    counts: dict[str, tuple[int, int]] = {}
+    for a in alerting.active():
+        node = a.labels.get("node", "")
+        firing, pending = counts.get(node, (0, 0))
+        counts[node] = (firing + 1, pending) if a.state == "firing" else (firing, pending + 1)
+    return counts
+
+
+def _abilities(ctx: AppContext, principal: Principal, holds: bool = False) -> dict[str, bool]:
+    """Which buttons ``principal`` gets (fleet-wide, or on a node they hold)."""
+    can_power = ctx.power is not None and may_act_on(principal.role, Action.POWER, holds=holds)
+    can_deploy = ctx.deploy is not None and may_act_on(principal.role, Action.DEPLOY, holds=holds)
+    return {"can_power": can_power, "can_deploy": can_deploy, "can_act": can_power or can_deploy}
+
+
+async def _fleet_context(
+    request: Request, ctx: AppContext, principal: Principal
+) -> dict[str, object]:
+    query = FleetQuery.parse(request.query_params)
     monitor = ctx.monitor
-    deploy = ctx.deploy
-    can_deploy = deploy is not None and allows(principal.role, Action.DEPLOY)
+    page = select(
+        await ctx.store.nodes.list(),
+        query,
+        holders=await _holders(ctx),
+        snapshot=monitor.snapshot if monitor is not None else None,
+        alerts=_alert_counts(ctx),
+    )
+    abilities = _abilities(ctx, principal)
     return {
-        "nodes": nodes,
-        "deploying": await _deployments(ctx),
-        "deploy_enabled": deploy is not None,
-        "can_deploy": can_deploy,
-        "environments": [e.name for e in await deploy.environments()]
-        if can_deploy and deploy
-        else [],
-        "counts": counts,
-        "version": __version__,
-        "manager": ctx.config.manager,
-        "power_enabled": ctx.power is not None,
-        "can_power": ctx.power is not None and allows(principal.role, Action.POWER),
-        "can_act": (ctx.power is not None and allows(principal.role, Action.POWER)) or can_deploy,
-        "principal": principal,
-        "monitoring": monitor is not None,
+        **_base(ctx, principal),
+        **abilities,
+        "page": page,
+        "q": page.query,
+        "per_page": PER_PAGE,
+        "url": lambda **changes: "/" + _query(page.query.params(**changes)),
+        "fragment_url": "/ui/nodes" + _query(page.query.params()),
         "snapshot": monitor.snapshot if monitor is not None else None,
+        "deploying": await _deployments(ctx),
+        "deploy_enabled": ctx.deploy is not None,
+        "environments": [e.name for e in await ctx.deploy.environments()]
+        if abilities["can_deploy"] and ctx.deploy is not None
+        else [],
+        "monitoring": monitor is not None,
+        "reservations": ctx.reservations is not None,
         "panel": alerts_panel(monitor.alerting if monitor is not None else None),
+        "now": datetime.now(UTC),
     }
 
 
@@ -161,20 +203,22 @@ async def login_page(request: Request, ctx: Ctx, next: str = "/") -> Response:
 
 @router.get("/", response_class=HTMLResponse)
 async def index(request: Request, ctx: Ctx) -> Response:
+    """The fleet page: filtered, sorted and paged on the server (:mod:`piman.web.ui.fleet`)."""
     principal = await _page_principal(request)
     if principal is None:
         return _to_login(request)
     if not allows(principal.role, Action.READ):
         context = _base(ctx, principal)
         return templates.TemplateResponse(request, "forbidden.html", context, status_code=403)
-    return templates.TemplateResponse(request, "index.html", await _page_context(ctx, principal))
+    context = await _fleet_context(request, ctx, principal)
+    return templates.TemplateResponse(request, "fleet.html", context)
 
 
 @router.get("/ui/nodes", response_class=HTMLResponse)
 async def node_rows(request: Request, principal: Reader, ctx: Ctx) -> HTMLResponse:
-    """The node table's body alone, for the page's refresh script."""
-    context = await _page_context(ctx, principal)
-    return templates.TemplateResponse(request, "_node_rows.html", context)
+    """The fleet page's live parts (summary, rows, pager) for the same query string."""
+    context = await _fleet_context(request, ctx, principal)
+    return templates.TemplateResponse(request, "_fleet.html", context)
 
 
 @router.get("/ui/alerts", response_class=HTMLResponse)

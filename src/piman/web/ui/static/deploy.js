@@ -20,8 +20,7 @@
     return { ok: response.ok, data };
   }
   function refreshTable() {
-    const table = document.querySelector("table[data-refresh]");
-    if (table && window.piman) window.piman.refresh(table);
+    if (window.piman) window.piman.refreshAll();
   }
   async function deploy(node, box) {
     if (!dialog) return;

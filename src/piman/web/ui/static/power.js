@@ -27,8 +27,7 @@
       if (msg) msg.textContent = "cannot reach the manager";
     } finally {
       buttons.forEach((b) => { b.disabled = false; });
-      const table = document.querySelector("table[data-refresh]");
-      if (table && window.piman) window.piman.refresh(table);
+      if (window.piman) window.piman.refreshAll();
     }
   }
   document.addEventListener("click", (event) => {
