@@ -304,6 +304,34 @@ def user_role(
     console.print(f"{name} is now {role}", markup=False)
 
 
+@user_app.command("email")
+def user_email(
+    name: Annotated[str, typer.Argument(help="Whose address.")],
+    address: Annotated[
+        str | None, typer.Argument(help="The address (none: clear it).", show_default=False)
+    ] = None,
+    config: ConfigOption = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    ca_file: CaFileOption = None,
+) -> None:
+    """Set where a user's mail goes (the warnings before their reservations end).
+
+    Example: piman user email alice alice@lab.example.org
+    """
+    if url:
+        with connect(url, token, ca_file) as client:
+            client.patch(f"/users/{name}", {"email": address})
+    else:
+
+        async def work(access: AccessService) -> None:
+            await access.set_email(name, address)
+            await access.store.audit.add(local_actor(), "user.email", name, "ok", address)
+
+        _offline(config, work)
+    console.print(f"{name}: {address or 'no e-mail address'}", markup=False)
+
+
 # -- piman token -----------------------------------------------------------------------------------
 
 

@@ -87,3 +87,24 @@ def test_config_check_shows_the_reservations_section(tmp_path: Path) -> None:
     result = runner.invoke(app, ["config", "check", str(config)], env={"COLUMNS": "400"})
     assert result.exit_code == 2
     assert "reservations.warnings" in result.output
+
+
+def test_user_email_sets_and_clears_the_address_warnings_go_to(tmp_path: Path) -> None:
+    config = tmp_path / "piman.yaml"
+    config.write_text(f"manager: {{address: 198.18.0.1, data_dir: {tmp_path / 'data'}}}\n")
+    c = ["-c", str(config)]
+    assert (
+        runner.invoke(app, ["user", "add", "ann", "--role", "user", "--generate", *c]).exit_code
+        == 0
+    )
+    done = runner.invoke(app, ["user", "email", "ann", "ann@lab.org", *c])
+    assert done.exit_code == 0, done.output
+    assert done.output == "ann: ann@lab.org\n"
+    listed = runner.invoke(app, ["user", "list", "-o", "json", *c])
+    assert '"email": "ann@lab.org"' in listed.output
+    bad = runner.invoke(app, ["user", "email", "ann", "ann at lab", *c], env={"COLUMNS": "200"})
+    assert bad.exit_code == 2
+    assert "'ann at lab' is not an e-mail address" in bad.output
+    cleared = runner.invoke(app, ["user", "email", "ann", *c])
+    assert cleared.output == "ann: no e-mail address\n"
+    assert '"email": null' in runner.invoke(app, ["user", "list", "-o", "json", *c]).output
