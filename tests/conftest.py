@@ -11,9 +11,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from piman.store import Store
 from tests.support import REQUIRE_ALL
+
+# Hypothesis fails an example slower than 200 ms (its default deadline) and a strategy that draws
+# slowly (a health check): on a busy 2-core machine both measure the load, not the code. Every
+# other setting stays as hypothesis chose it (under CI, its own "ci" profile); the fuzz suite
+# brings its own settings (tests/fuzz/conftest.py).
+settings.register_profile(
+    "piman", settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+)
+settings.load_profile("piman")
 
 
 @pytest.fixture
