@@ -36,6 +36,7 @@ from piman.errors import (
     RateLimited,
 )
 from piman.web.api import accounts, alerts, boot, deploy, monitoring, nodes, power, reservations
+from piman.web.openapi import install as install_openapi
 from piman.web.security import HostPolicy, Reader, RequestGuard, optional_principal
 from piman.web.ui import live, node_page, pages
 
@@ -68,6 +69,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     app.state.ctx = ctx
     app.add_middleware(RequestGuard, policy=HostPolicy.of(ctx.config))
     _errors(app)
+    install_openapi(app)  # the guard's and the checks' answers documented; Allow on a 405
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -85,6 +87,7 @@ def create_installer_app(ctx: AppContext) -> FastAPI:
     app.state.ctx = ctx
     app.add_middleware(RequestGuard, policy=HostPolicy.of(ctx.config))
     _errors(app)
+    install_openapi(app)
     app.include_router(boot.router)
     return app
 

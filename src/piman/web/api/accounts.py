@@ -229,7 +229,12 @@ async def _create_token(ctx: AppContext, principal: Principal, body: TokenIn) ->
     return NewTokenOut(**TokenOut.of(record).model_dump(), token=token)
 
 
-@router.get("/tokens", response_model=list[TokenOut], summary="Your API tokens (admin: all)")
+@router.get(
+    "/tokens",
+    response_model=list[TokenOut],
+    summary="Your API tokens (admin: all)",
+    responses={403: {"description": "all=true from anyone but an admin"}},
+)
 async def list_tokens(
     principal: Anyone,
     ctx: Ctx,
@@ -337,7 +342,11 @@ async def change_user(name: str, body: UserPatch, principal: Admin, ctx: Ctx) ->
     "/users/{name}/password",
     response_model=UserOut,
     summary="Change your own password (with the current one); an admin changes anyone's",
-    responses={401: {"description": "Wrong current password"}},
+    responses={
+        401: {"description": "Wrong current password"},
+        403: {"description": "Another user's password, from anyone but an admin"},
+        429: {"description": "Throttled: too many wrong current passwords"},
+    },
 )
 async def change_password(
     name: str, body: PasswordIn, principal: Anyone, request: Request, ctx: Ctx

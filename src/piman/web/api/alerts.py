@@ -170,7 +170,12 @@ class SilenceOut(BaseModel):
         )
 
 
-@router.get("/alerts", response_model=AlertsOut, summary="Firing and pending alerts, history")
+@router.get(
+    "/alerts",
+    response_model=AlertsOut,
+    summary="Firing and pending alerts, history",
+    responses={503: {"description": "Alerting is starting (catching up with its state)"}},
+)
 async def list_alerts(
     _: Reader, alerting: Alerting, history: Annotated[int, Query(ge=0, le=1000)] = 20
 ) -> AlertsOut:

@@ -212,11 +212,18 @@ async def list_deployments(
     return [DeploymentOut.of(d) for d in records]
 
 
+# What a deployment's own routes answer besides: the principal may not read or act on it.
+_ONE: dict[int | str, dict[str, Any]] = {
+    403: {"description": "Not the role's, and the node of the deployment is not held"},
+    404: {"description": "No such deployment"},
+}
+
+
 @router.get(
     "/deployments/{deployment_id}",
     response_model=DeploymentOut,
     summary="One deployment",
-    responses={404: {"description": "No such deployment"}},
+    responses=_ONE,
 )
 async def get_deployment(
     deployment_id: int, request: Request, principal: Anyone, deploy: Deploy
@@ -230,6 +237,7 @@ async def get_deployment(
     "/deployments/{deployment_id}/history",
     response_model=list[EventOut],
     summary="A deployment's history (transitions, power, installer lines)",
+    responses=_ONE,
 )
 async def history(
     deployment_id: int, request: Request, principal: Anyone, deploy: Deploy
@@ -242,7 +250,7 @@ async def history(
     "/deployments/{deployment_id}/cancel",
     response_model=DeploymentOut,
     summary="Cancel a deployment (the node is left failed_deployment)",
-    responses={404: {"description": "No such deployment"}},
+    responses=_ONE,
 )
 async def cancel(
     deployment_id: int, request: Request, principal: Anyone, deploy: Deploy
@@ -260,7 +268,7 @@ def _sse(event: str, data: dict[str, Any], ident: int | None = None) -> bytes:
     "/deployments/{deployment_id}/events",
     summary="Server-sent events: the deployment's state as it changes, and its log",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={200: {"content": {"text/event-stream": {}}}, **_ONE},
 )
 async def events(
     deployment_id: int,

@@ -9,19 +9,25 @@ one metric name and optionally a node, not PromQL. ``/events`` fields are metric
 A query is bounded by the store (``QueryLimits``: series, points per series with or without a
 step, points in the answer, rows read); one over a bound gets HTTP 422 with
 ``errorType: execution``, as Prometheus answers a query that would load too many samples.
-The answer's JSON is encoded on a worker thread, not on the event loop.
+A parameter that is missing or not what the API document says (``metric`` empty, a time or
+step that is not a finite number) is HTTP 400 with ``errorType: bad_data``, in Prometheus'
+shape too, never FastAPI's 422. The answer's JSON is encoded on a worker thread, not on the
+event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
 
 from piman.fleet.metrics import Series
 from piman.monitor.collector.expfmt import format_value
@@ -55,24 +61,61 @@ def _matrix(series: list[Series]) -> bytes:
     return json.dumps(answer, separators=(",", ":")).encode()
 
 
-def _time(value: str | None, default: float) -> float:
-    if value is None or value == "":
-        return default
-    result = float(value)  # UNIX seconds, as Prometheus accepts
-    if not math.isfinite(result):
-        raise ValueError(value)
-    return result
+class PrometheusError(BaseModel):
+    """An error as Prometheus' HTTP API answers it."""
+
+    status: Literal["error"]
+    errorType: str  # Prometheus' spelling
+    error: str
 
 
-@router.get("/query_range", response_model=None)
+class _PrometheusRoute(APIRoute):
+    """A route whose parameters FastAPI refuses is answered as Prometheus would: 400
+    ``bad_data`` naming the parameter."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as err:
+                problems = [f'invalid parameter "{e["loc"][-1]}": {e["msg"]}' for e in err.errors()]
+                return _bad("; ".join(problems))
+
+        return route
+
+
+_prometheus = APIRouter(route_class=_PrometheusRoute)
+Seconds = Annotated[float | None, Query(allow_inf_nan=False, description="UNIX seconds")]
+
+
+@_prometheus.get(
+    "/query_range",
+    response_model=None,
+    responses={
+        200: {"description": "A matrix, as Prometheus answers it"},
+        400: {
+            "model": PrometheusError,
+            "description": "A parameter Prometheus would refuse too (bad_data): missing, not a "
+            "number, end before start, more than 11,000 points per series",
+        },
+        422: {
+            "model": PrometheusError,
+            "description": "The query would read or return too much (execution)",
+        },
+    },
+)
 async def query_range(
     _: Reader,
     monitor: Monitor,
-    metric: str | None = None,
+    metric: Annotated[str, Query(min_length=1, description="A metric name, e.g. up")],
     node: str | None = None,
-    start: str | None = None,
-    end: str | None = None,
-    step: str | None = None,
+    start: Seconds = None,
+    end: Seconds = None,
+    step: Annotated[
+        float | None, Query(gt=0, allow_inf_nan=False, description="Seconds between points")
+    ] = None,
 ) -> Response:
     """Series of one metric (optionally of one node) over [start, end] (UNIX seconds).
 
@@ -80,21 +123,13 @@ async def query_range(
     samples are returned; with it, one point per step (the newest sample at or before each step
     time, within 5 minutes), as Prometheus' ``query_range`` does.
     """
-    if not metric:
-        return _bad("missing parameter `metric` (a metric name such as up or cpu_percent)")
-    try:
-        t_end = _time(end, time.time())
-        t_start = _time(start, t_end - 3600.0)
-        t_step = None if not step else float(step)
-    except ValueError:
-        return _bad("start, end and step must be numbers of seconds")
+    t_end = time.time() if end is None else end
+    t_start = t_end - 3600.0 if start is None else start
+    t_step = step
     if t_end < t_start:
         return _bad("end is before start")
-    if t_step is not None:
-        if not (t_step > 0 and math.isfinite(t_step)):
-            return _bad("step must be a positive number of seconds")
-        if (t_end - t_start) / t_step > MAX_POINTS:
-            return _bad(f"more than {MAX_POINTS} points per series; use a larger step")
+    if t_step is not None and (t_end - t_start) / t_step > MAX_POINTS:
+        return _bad(f"more than {MAX_POINTS} points per series; use a larger step")
     matchers = {"node": node} if node else None
     try:
         series = await monitor.query_range(metric, matchers, t_start, t_end, t_step)
@@ -103,6 +138,9 @@ async def query_range(
             {"status": "error", "errorType": "execution", "error": str(err)}, status_code=422
         )
     return Response(await asyncio.to_thread(_matrix, series), media_type="application/json")
+
+
+router.include_router(_prometheus)
 
 
 @router.get("/nodes/{name}/events")
