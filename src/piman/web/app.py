@@ -36,6 +36,7 @@ from piman.errors import (
     RateLimited,
 )
 from piman.web.api import accounts, alerts, boot, deploy, monitoring, nodes, power, reservations
+from piman.web.api.fleetcache import FleetCache, InvalidateOnWrite
 from piman.web.openapi import install as install_openapi
 from piman.web.security import HostPolicy, Reader, RequestGuard, optional_principal
 from piman.web.ui import live, node_page, pages
@@ -67,6 +68,8 @@ def create_app(ctx: AppContext) -> FastAPI:
         redoc_url=None,
     )
     app.state.ctx = ctx
+    app.state.fleet_cache = FleetCache(ctx)  # the node list pages and /api/v1/nodes share
+    app.add_middleware(InvalidateOnWrite, cache=app.state.fleet_cache)
     app.add_middleware(RequestGuard, policy=HostPolicy.of(ctx.config))
     _errors(app)
     install_openapi(app)  # the guard's and the checks' answers documented; Allow on a 405

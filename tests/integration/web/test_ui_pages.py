@@ -28,6 +28,7 @@ from piman.fleet.lifecycle import PowerState
 from piman.fleet.metrics import NodeSnapshot, Series
 from piman.fleet.records import AlertRecord
 from piman.store import Store, reconcile
+from piman.web.api.nodes import NodeOut
 from piman.web.app import create_app
 from tests.integration.web.test_access_table import FakeAlerting, FakePower
 from tests.support import grant
@@ -332,3 +333,50 @@ async def test_the_change_stream_names_what_changed_within_two_seconds(rig: Rig)
     assert not watch.listeners
     assert watch._task is not None
     assert watch._task.done()
+
+
+async def test_pages_share_one_store_read_per_second_and_never_older(rig: Rig) -> None:
+    """The fast path (the shared node list) shows what the store held at most CACHE_AGE ago."""
+    client, headers, ctx = rig
+    app = client._transport.app  # type: ignore[attr-defined]
+    now = [1000.0]
+    first = (await client.get("/?q=rack1-n000", headers=headers["viewer"])).text
+    cache = app.state.fleet_cache
+    cache.clock = lambda: now[0]
+    cache._at = now[0]  # the read above happened "now" on the fake clock
+    await asyncio.gather(*(client.get("/", headers=headers["viewer"]) for _ in range(5)))
+    assert cache.reads == 1
+    await ctx.store.nodes.set_power_state("rack1-n000", PowerState.OFF)
+    now[0] += 0.5
+    cached = (await client.get("/?q=rack1-n000", headers=headers["viewer"])).text
+    assert cached == first  # within CACHE_AGE: the same list, the same page
+    now[0] += 0.6
+    fresh = (await client.get("/?q=rack1-n000", headers=headers["viewer"])).text
+    assert cache.reads == 2
+    assert '<span class="power power-off">off</span>' in fresh
+    assert '<span class="power power-off">off</span>' not in first
+
+
+async def test_the_node_list_api_answers_from_one_read_and_reads_your_writes(rig: Rig) -> None:
+    client, headers, ctx = rig
+    app = client._transport.app  # type: ignore[attr-defined]
+    cache = app.state.fleet_cache
+    cache.clock = lambda: 1000.0  # the list never ages in this test: only writes drop it
+    answers = await asyncio.gather(
+        *(client.get("/api/v1/nodes", headers=headers["viewer"]) for _ in range(20))
+    )
+    assert cache.reads == 1
+    assert {a.content for a in answers} == {answers[0].content}
+    slow = [NodeOut.of(n).model_dump(mode="json") for n in await ctx.store.nodes.list()]
+    assert answers[0].json() == slow  # the encoded fast path says what the models say
+    before = {n["name"]: n["state"] for n in answers[0].json()}
+    assert before["rack1-n000"] == "ready"
+    booked = await client.post(
+        "/api/v1/reservations",
+        json={"nodes": ["rack1-n000"], "duration": "1h"},
+        headers=headers["user"],
+    )
+    assert booked.status_code == 201, booked.text
+    after = (await client.get("/api/v1/nodes", headers=headers["viewer"])).json()
+    assert {n["name"]: n["state"] for n in after}["rack1-n000"] == "allocated"
+    assert cache.reads == 2

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter
-from pydantic import BaseModel
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, TypeAdapter
 
 from piman.fleet.records import NodeRecord
+from piman.web.api.fleetcache import cache_of
 from piman.web.deps import Ctx
 from piman.web.security import NodeReader, Reader
 
@@ -62,9 +64,18 @@ class SwitchOut(BaseModel):
     nodes: int
 
 
+_NODE_LIST = TypeAdapter(list[NodeOut])
+
+
+def encode_nodes(nodes: list[NodeRecord]) -> bytes:
+    """The JSON of ``GET /nodes`` (made once per node list read, on a worker thread)."""
+    return _NODE_LIST.dump_json([NodeOut.of(n) for n in nodes])
+
+
 @router.get("/nodes", response_model=list[NodeOut], summary="List every node")
-async def list_nodes(_: Reader, ctx: Ctx) -> list[NodeOut]:
-    return [NodeOut.of(n) for n in await ctx.store.nodes.list()]
+async def list_nodes(_: Reader, request: Request, ctx: Ctx) -> Response:
+    body = await cache_of(request, ctx).derived("api.nodes", encode_nodes)
+    return Response(body, media_type="application/json")
 
 
 @router.get(

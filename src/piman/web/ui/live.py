@@ -19,6 +19,11 @@ The stream starts with ``retry: 1000`` and an ``event: hello``; a comment line e
 browser's EventSource reconnects by itself; the page re-fetches everything it shows on each
 reconnect (it may have missed events), so nothing stale stays on screen.
 
+The pages and the watch read the node list through one
+:class:`~piman.web.api.fleetcache.FleetCache` (at most a second old): reading thousands of
+nodes from the store is what a fleet page costs, and many open pages re-fetching after one
+change share a single read.
+
 A client that does not accept ``text/event-stream`` gets 406: the stream never ends by itself.
 """
 
@@ -36,6 +41,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
 from piman.context import AppContext
+from piman.web.api.fleetcache import FleetCache, cache_of
 from piman.web.deps import Ctx
 from piman.web.security import Anyone
 
@@ -71,7 +77,7 @@ def diff(old: Look, new: Look) -> dict[str, Any] | None:
     return {"fleet": fleet, "alerts": alerts, "nodes": sorted(nodes)}
 
 
-async def look(ctx: AppContext) -> Look:
+async def look(ctx: AppContext, cache: FleetCache | None = None) -> Look:
     """One look at the fleet (the store, the collector's snapshots, deployments, alerts)."""
     placing: dict[str, tuple[Any, ...]] = {}
     showing: dict[str, tuple[Any, ...]] = {}
@@ -82,7 +88,8 @@ async def look(ctx: AppContext) -> Look:
                 for name in r.nodes:
                     holders[name] = f"{r.owner}@{r.end_at.timestamp()}"
     monitor = ctx.monitor
-    for n in await ctx.store.nodes.list():
+    fleet = await cache.nodes(fresh=True) if cache is not None else await ctx.store.nodes.list()
+    for n in fleet:
         placing[n.name] = (n.state, n.power_state, n.switch, n.port, n.model, holders.get(n.name))
         snap = monitor.snapshot(n.name) if monitor is not None else None
         showing[n.name] = (n.ip, n.mac, n.last_seen, snap.time if snap is not None else None)
@@ -102,8 +109,9 @@ async def look(ctx: AppContext) -> Look:
 class FleetWatch:
     """Looks at the fleet while someone listens; hands each change to every listener."""
 
-    def __init__(self, ctx: AppContext, interval: float = INTERVAL) -> None:
+    def __init__(self, ctx: AppContext, cache: FleetCache, interval: float = INTERVAL) -> None:
         self.ctx = ctx
+        self.cache = cache
         self.interval = interval
         self.listeners: set[asyncio.Queue[dict[str, Any]]] = set()
         self.seq = 0
@@ -124,7 +132,7 @@ class FleetWatch:
         previous: Look | None = None
         while self.listeners:
             try:
-                current = await look(self.ctx)
+                current = await look(self.ctx, self.cache)
             except Exception:  # a store hiccup must not end the live pages
                 logger.exception("ui: looking at the fleet failed")
                 await asyncio.sleep(self.interval)
@@ -148,7 +156,7 @@ def watch_of(request: Request, ctx: AppContext) -> FleetWatch:
     state = request.app.state
     watch = getattr(state, "fleet_watch", None)
     if not isinstance(watch, FleetWatch):
-        watch = FleetWatch(ctx)
+        watch = FleetWatch(ctx, cache_of(request, ctx))
         state.fleet_watch = watch
     return watch
 

@@ -15,6 +15,7 @@ from fastapi.templating import Jinja2Templates
 from piman import __version__
 from piman.access.roles import Action, allows, may_act_on
 from piman.context import AlertingHandle, AppContext, Principal
+from piman.web.api.fleetcache import cache_of
 from piman.web.deps import Ctx
 from piman.web.security import Reader, optional_principal
 from piman.web.ui.fleet import PER_PAGE, FleetQuery, Holder, select
@@ -124,7 +125,7 @@ async def _fleet_context(
     query = FleetQuery.parse(request.query_params)
     monitor = ctx.monitor
     page = select(
-        await ctx.store.nodes.list(),
+        await cache_of(request, ctx).nodes(),
         query,
         holders=await _holders(ctx),
         snapshot=monitor.snapshot if monitor is not None else None,
