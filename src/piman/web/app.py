@@ -39,7 +39,7 @@ from piman.web.api import accounts, alerts, boot, deploy, monitoring, nodes, pow
 from piman.web.api.fleetcache import FleetCache, InvalidateOnWrite
 from piman.web.openapi import install as install_openapi
 from piman.web.security import HostPolicy, Reader, RequestGuard, optional_principal
-from piman.web.ui import live, node_page, pages
+from piman.web.ui import live, node_page, pages, reservations_page
 
 __all__ = ["create_app", "create_installer_app"]
 
@@ -186,6 +186,7 @@ def _rest(app: FastAPI, ctx: AppContext) -> FastAPI:
             app.include_router(alerts.router, prefix="/api/v1")
     app.include_router(pages.router)
     app.include_router(node_page.router)
+    app.include_router(reservations_page.router)
     app.include_router(live.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -58,6 +58,9 @@ TABLE: Mapping[tuple[str, str], tuple[str, Any]] = {
     ("GET", "/ui/nodes/{name}"): ("read", None),
     # The live pages' change stream (node names only); 406 unless Accept: text/event-stream.
     ("GET", "/ui/events"): ("anyone", None),
+    # The reservations page: every signed-in principal sees availability (users too).
+    ("GET", "/reservations"): ("anypage", None),
+    ("GET", "/ui/reservations"): ("anyone", None),
     ("GET", "/api/v1/openapi.json"): ("read", None),
     ("GET", "/api/v1/docs"): ("read", None),
     ("POST", "/api/v1/auth/login"): ("open", {"username": "login", "password": "login-pass"}),
@@ -289,6 +292,8 @@ async def test_every_route_is_in_the_table_and_answers_each_principal_as_decided
                 if who in ("expired", "revoked"):
                     wanted = 303  # a bad token on a page: log in again
                 ok = got == wanted
+            elif rule == "anypage":  # a page for every signed-in principal
+                ok = got == (303 if who in ("anonymous", "expired", "revoked") else 200)
             elif rule == "installer":  # no principal is an installer: always 403
                 ok = got == 403
             elif who in SIGNED_IN_OK[rule]:
