@@ -14,6 +14,8 @@ running ``true``; see tests/e2e/bigfleet.py). Measured:
 - ``GET /api/v1/nodes`` under ``--clients`` concurrent clients, ``--requests`` each, with a
   bearer token: p50/p99 latency;
 - the manager's CPU time (user+system from /proc) per request of each kind;
+- the manager's CPU per ``GET /api/v1/auth/me`` (a bearer token checked, nothing else: the
+  floor under every API request);
 - the store's own read of every node (what one cache miss costs, see
   piman.web.api.fleetcache), timed in this process on a copy of the fleet's database.
 
@@ -107,6 +109,16 @@ async def api_load(fleet: Fleet, token: str, clients: int, requests: int) -> dic
     }
 
 
+def token_check(fleet: Fleet, token: str, count: int = 100) -> dict[str, float]:
+    """Manager CPU per request of ``GET /api/v1/auth/me``: what checking a token costs alone."""
+    with httpx.Client(base_url=fleet.url, headers=bearer(token), timeout=60) as client:
+        client.get("/api/v1/auth/me")
+        before = cpu_seconds(fleet.proc.pid)
+        for _ in range(count):
+            assert client.get("/api/v1/auth/me").status_code == 200
+        return {"auth_cpu": (cpu_seconds(fleet.proc.pid) - before) / count * 1000}
+
+
 def browser(fleet: Fleet, loads: int) -> dict[str, float]:
     from playwright.sync_api import sync_playwright
 
@@ -169,6 +181,7 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, float]:
             out |= page_server(fleet, args.page_requests)
             out |= asyncio.run(api_load(fleet, token, args.clients, args.requests))
             out |= asyncio.run(store_read(fleet))
+            out |= token_check(fleet, token)
             return out
 
 
@@ -194,6 +207,7 @@ def main() -> None:
         (f"GET /api/v1/nodes p99 ({args.clients} clients)", "api_p99", "ms", "{:.0f}"),
         ("GET /api/v1/nodes requests/s", "api_rps", "", "{:.0f}"),
         ("GET /api/v1/nodes manager CPU per request", "api_cpu", "ms", "{:.1f}"),
+        ("GET /api/v1/auth/me manager CPU (the token check)", "auth_cpu", "ms", "{:.1f}"),
         ("store: read every node once (a cache miss), CPU", "store_list", "ms", "{:.1f}"),
     ]
     head = f"{'':50}" + "".join(f"{int(r['nodes']):>10} nodes" for r in results)
