@@ -115,6 +115,8 @@ class DeploySettings(BaseModel):
     # The seed's root filesystem tarball (install/boot/rootfs.tgz): what `piman reinstall`
     # deploys when no environment is named or configured (set for the seed's YAML format).
     seed_rootfs: Path | None = None
+    # The largest image the web UI's upload (POST /api/v1/environments) accepts, in bytes.
+    max_upload: int = Field(default=16 << 30, ge=1)
     # Installers per architecture and model family are looked up under data_dir/installer.
 
     @field_validator("timeouts")

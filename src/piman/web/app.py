@@ -35,11 +35,21 @@ from piman.errors import (
     PimanError,
     RateLimited,
 )
-from piman.web.api import accounts, alerts, boot, deploy, monitoring, nodes, power, reservations
+from piman.web.api import (
+    accounts,
+    alerts,
+    boot,
+    deploy,
+    env_upload,
+    monitoring,
+    nodes,
+    power,
+    reservations,
+)
 from piman.web.api.fleetcache import FleetCache, InvalidateOnWrite
 from piman.web.openapi import install as install_openapi
 from piman.web.security import HostPolicy, Reader, RequestGuard, optional_principal
-from piman.web.ui import live, node_page, pages, reservations_page
+from piman.web.ui import envs_page, live, node_page, pages, reservations_page
 
 __all__ = ["create_app", "create_installer_app"]
 
@@ -177,6 +187,7 @@ def _rest(app: FastAPI, ctx: AppContext) -> FastAPI:
         app.include_router(power.router, prefix="/api/v1")
     if ctx.deploy is not None:
         app.include_router(deploy.router, prefix="/api/v1")
+        app.include_router(env_upload.router, prefix="/api/v1")
         app.include_router(boot.router)
     if ctx.reservations is not None:
         app.include_router(reservations.router, prefix="/api/v1")
@@ -187,6 +198,7 @@ def _rest(app: FastAPI, ctx: AppContext) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(node_page.router)
     app.include_router(reservations_page.router)
+    app.include_router(envs_page.router)
     app.include_router(live.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

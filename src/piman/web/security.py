@@ -70,6 +70,9 @@ logger = logging.getLogger(__name__)
 SESSION_COOKIE = "piman_session"
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_BODY = 1 << 20  # bytes: the largest request body the API reads
+# Routes whose body is a file (application/octet-stream), bounded by the route itself
+# (deploy.max_upload) instead of MAX_BODY; Origin and Host are checked as for any other.
+UPLOADS = frozenset({("POST", "/api/v1/environments")})
 
 
 def _host_only(value: str) -> str:
@@ -188,6 +191,11 @@ class RequestGuard:
         length = headers.get(b"content-length", b"0").strip() or b"0"
         if not length.isdigit():
             return _reject(400, "bad_length", "Content-Length is not a number")
+        if (scope["method"], scope["path"]) in UPLOADS:
+            kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if int(length) > 0 and kind != b"application/octet-stream":
+                return _reject(415, "content_type", "send the file as application/octet-stream")
+            return None
         if int(length) > MAX_BODY:
             return _reject(413, "too_large", f"a request body has at most {MAX_BODY} bytes")
         if int(length) > 0:

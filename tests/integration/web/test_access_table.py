@@ -61,6 +61,8 @@ TABLE: Mapping[tuple[str, str], tuple[str, Any]] = {
     # The reservations page: every signed-in principal sees availability (users too).
     ("GET", "/reservations"): ("anypage", None),
     ("GET", "/ui/reservations"): ("anyone", None),
+    ("GET", "/environments"): ("page", None),
+    ("GET", "/ui/environments"): ("read", None),
     ("GET", "/api/v1/openapi.json"): ("read", None),
     ("GET", "/api/v1/docs"): ("read", None),
     ("POST", "/api/v1/auth/login"): ("open", {"username": "login", "password": "login-pass"}),
@@ -92,6 +94,8 @@ TABLE: Mapping[tuple[str, str], tuple[str, Any]] = {
     ("POST", "/api/v1/alerts/outbox/retry"): ("operate", {"ids": []}),
     ("GET", "/api/v1/environments"): ("read", None),
     ("GET", "/api/v1/environments/{name}"): ("read", None),
+    # An image upload (the body is the file; an empty one is a 422 past the role check).
+    ("POST", "/api/v1/environments"): ("operate", None),
     ("GET", "/api/v1/deployments"): ("read", None),
     ("POST", "/api/v1/deployments"): ("operate", {"nodes": ["pi1"], "environment": "nope"}),
     ("GET", "/api/v1/deployments/{deployment_id}"): ("read", None),
