@@ -63,6 +63,8 @@ TABLE: Mapping[tuple[str, str], tuple[str, Any]] = {
     ("GET", "/ui/reservations"): ("anyone", None),
     ("GET", "/environments"): ("page", None),
     ("GET", "/ui/environments"): ("read", None),
+    ("GET", "/alerts"): ("page", None),
+    ("GET", "/ui/alert-list"): ("read", None),
     ("GET", "/api/v1/openapi.json"): ("read", None),
     ("GET", "/api/v1/docs"): ("read", None),
     ("POST", "/api/v1/auth/login"): ("open", {"username": "login", "password": "login-pass"}),
