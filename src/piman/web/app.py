@@ -49,7 +49,15 @@ from piman.web.api import (
 from piman.web.api.fleetcache import FleetCache, InvalidateOnWrite
 from piman.web.openapi import install as install_openapi
 from piman.web.security import HostPolicy, Reader, RequestGuard, optional_principal
-from piman.web.ui import alerts_page, envs_page, live, node_page, pages, reservations_page
+from piman.web.ui import (
+    admin_page,
+    alerts_page,
+    envs_page,
+    live,
+    node_page,
+    pages,
+    reservations_page,
+)
 
 __all__ = ["create_app", "create_installer_app"]
 
@@ -200,6 +208,7 @@ def _rest(app: FastAPI, ctx: AppContext) -> FastAPI:
     app.include_router(reservations_page.router)
     app.include_router(envs_page.router)
     app.include_router(alerts_page.router)
+    app.include_router(admin_page.router)
     app.include_router(live.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

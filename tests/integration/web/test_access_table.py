@@ -65,6 +65,8 @@ TABLE: Mapping[tuple[str, str], tuple[str, Any]] = {
     ("GET", "/ui/environments"): ("read", None),
     ("GET", "/alerts"): ("page", None),
     ("GET", "/ui/alert-list"): ("read", None),
+    ("GET", "/admin/users"): ("adminpage", None),
+    ("GET", "/ui/users"): ("admin", None),
     ("GET", "/api/v1/openapi.json"): ("read", None),
     ("GET", "/api/v1/docs"): ("read", None),
     ("POST", "/api/v1/auth/login"): ("open", {"username": "login", "password": "login-pass"}),
@@ -300,6 +302,9 @@ async def test_every_route_is_in_the_table_and_answers_each_principal_as_decided
                 ok = got == wanted
             elif rule == "anypage":  # a page for every signed-in principal
                 ok = got == (303 if who in ("anonymous", "expired", "revoked") else 200)
+            elif rule == "adminpage":  # an admin's page: others signed in see "no access"
+                wanted = 200 if who == "admin" else 403
+                ok = got == (303 if who in ("anonymous", "expired", "revoked") else wanted)
             elif rule == "installer":  # no principal is an installer: always 403
                 ok = got == 403
             elif who in SIGNED_IN_OK[rule]:
