@@ -4,9 +4,9 @@
 // swapped by name). The page listens to /ui/events (server-sent events) and re-fetches an
 // element when a change concerns it: data-watch="fleet" on a fleet change or a change of a
 // node it shows (a [data-node] row inside), data-watch="node" on a change of its
-// data-node-name, data-watch="alerts" on an alerts change. The browser's EventSource
-// reconnects by itself after a manager restart; each reconnect re-fetches everything (events
-// may have been missed), so nothing stale stays on screen. A fetch answered 401 (the session
+// data-node-name, data-watch="alerts" on an alerts change, data-watch="none" only on a
+// reconnect. The browser's EventSource reconnects by itself after a manager restart; each
+// reconnect re-fetches everything (events may have been missed), so nothing stale stays. A fetch answered 401 (the session
 // ended) sends the browser to the login page.
 "use strict";
 (function () {
@@ -61,6 +61,7 @@
   }
   function concerns(el, change) {
     const watch = el.dataset.watch || "fleet";
+    if (watch === "none") return false; // refreshed by its own script (and on reconnect)
     if (watch === "alerts") return change.alerts;
     if (watch === "node") return change.nodes.includes(el.dataset.nodeName);
     if (change.fleet) return true;
