@@ -10,6 +10,11 @@ Theory of operation
   after login, whichever comes first; its last use is written at most once a minute.
 - An **API token** is looked up by its SHA-256; a revoked or expired token, or one whose user was
   removed, is no token. It acts with its user's role *now* (demote the user, the token follows).
+  What a token resolved to is remembered for :data:`TOKEN_CACHE_SECONDS` (never past its expiry;
+  at most :data:`TOKEN_CACHE_SIZE` tokens), so a script's burst of requests costs one lookup, not
+  two store queries each; a revocation, a removed user or a new role made through this manager
+  forgets them all at once, and one made through another manager sharing the store counts after
+  at most that second.
 - **Bootstrap**: when the store has no user at start, ``admin`` is created with the password in
   ``$PIMAN_ADMIN_PASSWORD`` or a random one written once to ``data_dir/initial-admin-password``
   (mode 0600); the log names the file, never the password.
@@ -25,6 +30,7 @@ import os
 import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -71,6 +77,8 @@ LOCAL_KEY_FILE = "local.key"  # root on the manager machine: the CLI without a t
 LOCAL_PREFIX = "local."
 TOUCH_EVERY = timedelta(seconds=60)  # how often a session's or token's last use is written
 PRUNE_EVERY = 3600.0
+TOKEN_CACHE_SECONDS = 1.0  # how long what a token resolved to is remembered
+TOKEN_CACHE_SIZE = 1024  # tokens remembered at most (least recently used forgotten first)
 HASHING_AT_ONCE = 2
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-@")
 
@@ -145,6 +153,7 @@ class AccessService:
         self.by_name = LoginThrottle(settings.login_attempts, settings.login_window)
         self.by_address = LoginThrottle(4 * settings.login_attempts, settings.login_window)
         self._hashing = asyncio.Semaphore(HASHING_AT_ONCE)
+        self._tokens: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
         self._logins = (
             Counter(
                 "piman_logins",
@@ -258,7 +267,14 @@ class AccessService:
         prefix = token_prefix(token)
         if prefix is None:
             return None
-        record = await self.store.tokens.by_digest(digest(token))
+        key = digest(token)
+        cached = self._tokens.get(key)
+        if cached is not None:
+            if cached[0] > self.monotonic():
+                self._tokens.move_to_end(key)
+                return cached[1]
+            del self._tokens[key]
+        record = await self.store.tokens.by_digest(key)
         now = self.clock()
         if record is None or not record.usable(now):
             return None
@@ -267,7 +283,14 @@ class AccessService:
             return None
         if record.last_used_at is None or now - record.last_used_at >= TOUCH_EVERY:
             await self.store.tokens.touch(record.id, now)
-        return Principal(user.name, user.role, "token", record.prefix)
+        principal = Principal(user.name, user.role, "token", record.prefix)
+        keep = TOKEN_CACHE_SECONDS
+        if record.expires_at is not None:
+            keep = min(keep, (record.expires_at - now).total_seconds())
+        self._tokens[key] = (self.monotonic() + keep, principal)
+        if len(self._tokens) > TOKEN_CACHE_SIZE:
+            self._tokens.popitem(last=False)
+        return principal
 
     async def tokens(self, user: str | None) -> list[TokenRecord]:
         return await self.store.tokens.list(user)
@@ -284,7 +307,9 @@ class AccessService:
         return record, made.token
 
     async def revoke_token(self, token_id: int, *, user: str | None) -> TokenRecord:
-        return await self.store.tokens.revoke(token_id, self.clock(), user=user)
+        revoked = await self.store.tokens.revoke(token_id, self.clock(), user=user)
+        self._tokens.clear()
+        return revoked
 
     # -- users ---------------------------------------------------------------------------------
 
@@ -298,9 +323,12 @@ class AccessService:
 
     async def remove_user(self, name: str) -> None:
         await self.store.users.remove(name)
+        self._tokens.clear()
 
     async def set_role(self, name: str, role: str) -> UserRecord:
-        return await self.store.users.set_role(name, parse_role(role).value)
+        changed = await self.store.users.set_role(name, parse_role(role).value)
+        self._tokens.clear()
+        return changed
 
     async def set_email(self, name: str, email: str | None) -> UserRecord:
         """Set (or with None, clear) a user's e-mail address; ValueError for a malformed one."""
