@@ -130,7 +130,7 @@ def _view(r: ReservationRecord, principal: Principal) -> dict[str, object]:
         "id": r.id,
         "owner": r.owner,
         "mine": mine,
-        "nodes": ", ".join(r.nodes),
+        "nodes": list(r.nodes),
         "state": r.state,
         "start": _local(r.start_at),
         "end": _local(r.end_at),

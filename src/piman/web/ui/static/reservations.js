@@ -95,10 +95,11 @@
     try {
       const got = await post(`/api/v1/reservations/${encodeURIComponent(id)}/${verb}`, body);
       if (!got) return;
-      if (out) {
-        out.textContent = got.ok ? (verb === "extend" ? `until ${when(got.data.end_at)}` : got.data.state)
-          : (got.data.detail || got.data.error || "refused");
-      }
+      const text = got.ok ? (verb === "extend" ? `until ${when(got.data.end_at)}` : got.data.state)
+        : (got.data.detail || got.data.error || "refused");
+      if (out) out.textContent = text;
+      // The row of a released reservation goes with the next refresh: say it above as well.
+      if (verb === "release") say(`#${id}: ${text}`, got.ok ? "ok" : "bad");
     } catch (err) {
       if (out) out.textContent = "cannot reach the manager";
     } finally {
