@@ -65,7 +65,7 @@ settings.register_profile(
 
 _BUDGETS = {
     "dev": Budget("dev", 500, 4000, 1500, 8, 12.0, 1),
-    "ci": Budget("ci", 4000, 20000, 6000, 30, 25.0, 1),
+    "ci": Budget("ci", 4000, 20000, 6000, 30, 16.0, 1),
 }
 
 

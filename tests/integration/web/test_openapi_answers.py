@@ -6,6 +6,7 @@
 - each refusal a principal meets (no credentials, a role, a node not held, another origin, a
   body that is not JSON, a path naming nothing, a bad parameter, a bad ``Host``) has its status
   in the document for that operation, and a documented body schema describes the body sent;
+  a value the document does not allow (``false`` for an integer id) is refused;
 - ``query_range`` refuses a bad parameter as Prometheus does (400 ``bad_data``), and the
   document says which parameters it takes (``metric`` required).
 
@@ -170,6 +171,8 @@ REFUSALS: list[tuple[str, str, str, dict[str, Any], int]] = [
     ("admin", "POST", "/api/v1/users", {"json": {"name": "new"}}, 422),
     ("admin", "POST", "/api/v1/silences", {"json": {"matchers": ["a=~("]}}, 422),
     ("admin", "POST", "/api/v1/reservations", {"json": {"nodes": ["pi1"]}}, 422),
+    # An id is an integer, not a boolean (pydantic took false for notification 0).
+    ("admin", "POST", "/api/v1/alerts/outbox/retry", {"json": {"ids": [False]}}, 422),
 ]
 
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from piman.config.types import parse_duration
 from piman.context import AlertingHandle
@@ -128,7 +128,7 @@ class RequeueIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[int] = Field(default_factory=list, max_length=1000)
+    ids: list[StrictInt] = Field(default_factory=list, max_length=1000)  # not false: 0
 
 
 class RequeueOut(BaseModel):
