@@ -81,7 +81,7 @@ def test_a_user_reserves_deploys_extends_and_releases_and_another_cannot_touch_i
                 alice.fill("#reserve-form input[name=count]", "2")
                 alice.select_option("#reserve-form select[name=duration]", "30m")
                 alice.select_option("#reserve-form select[name=environment]", "demo-os")
-                alice.click("#reserve-go")
+                alice.press("#reserve-form input[name=count]", "Enter")  # the keyboard submits
                 alice.wait_for_function(
                     "() => document.getElementById('reserve-msg')"
                     ".textContent.startsWith('Reserved')",
@@ -110,6 +110,19 @@ def test_a_user_reserves_deploys_extends_and_releases_and_another_cannot_touch_i
                     assert "held by alice" in alice.locator(".node-head").inner_text()
                     history = alice.locator("section[data-part=deployments]").inner_text()
                     assert "demo-os" in history
+                # An operator powers alice's node: her open page shows it by itself.
+                same = {"Origin": demo.rstrip("/")}
+                for action in ("off", "on"):
+                    done = admin.post(
+                        f"/api/v1/nodes/{nodes[-1]}/power", json={"action": action}, headers=same
+                    )
+                    assert done.status_code == 200, done.text
+                    alice.wait_for_function(
+                        "(want) => document.getElementById('node-power').textContent"
+                        " === 'power ' + want",
+                        arg=action,
+                        timeout=10_000,
+                    )
                 # Extend by 1 h from the reservations page.
                 alice.goto(f"{demo}reservations")
                 mine = alice.locator(f'#reservation-list tr[data-reservation="{ident}"]')
@@ -124,6 +137,22 @@ def test_a_user_reserves_deploys_extends_and_releases_and_another_cannot_touch_i
                 later = datetime.fromisoformat(extended["end_at"])
                 assert (later - ends).total_seconds() == 3600
 
+                # An operator books a node for bob: alice's open calendar shows it by itself.
+                for_bob = admin.post(
+                    "/api/v1/reservations",
+                    json={"count": 1, "duration": "1h", "owner": "bob"},
+                    headers=same,
+                )
+                assert for_bob.status_code == 201, for_bob.text
+                (bobs,) = for_bob.json()["nodes"]
+                alice.wait_for_selector(
+                    f'#calendar tr[data-node="{bobs}"] .cal-bar:not(.mine)', timeout=10_000
+                )
+                assert (
+                    alice.locator(f'#calendar tr[data-node="{bobs}"] .cal-bar').inner_text()
+                    == "bob"
+                )
+
                 # bob sees the bookings in the calendar, no button on them, and is refused.
                 bob = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
                 log_in(bob, demo, *BOB)
@@ -131,14 +160,18 @@ def test_a_user_reserves_deploys_extends_and_releases_and_another_cannot_touch_i
                     bar = bob.locator(f'#calendar tr[data-node="{node}"] .cal-bar')
                     assert bar.first.inner_text() == "alice"
                     assert "mine" not in (bar.first.get_attribute("class") or "")
-                assert bob.locator("button.res-extend, button.res-release").count() == 0
+                # bob's buttons are on his own reservation only.
+                theirs = bob.locator("#reservation-list tr[data-reservation]")
+                assert theirs.count() == 1
+                assert theirs.first.get_attribute("data-reservation") == str(for_bob.json()["id"])
+                assert bob.locator(f'tr[data-reservation="{ident}"]').count() == 0
+                assert bob.locator("button.res-release").count() == 1
                 bob.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
                 refused = bob.goto(f"{demo}nodes/{nodes[0]}")
                 assert refused is not None
                 assert refused.status == 403
                 bob.close()
                 with session_client(demo, *BOB) as api:
-                    same = {"Origin": demo.rstrip("/")}
                     for url, body in [
                         (f"/api/v1/reservations/{ident}/release", {}),
                         (f"/api/v1/reservations/{ident}/extend", {"by": "1h"}),
