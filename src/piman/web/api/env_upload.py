@@ -44,6 +44,15 @@ def _file_name(given: str) -> str:
     response_model=EnvironmentOut,
     status_code=201,
     summary="Upload an OS image (the request body) and import it as an environment",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "The image file: raw, or compressed with xz, gzip or zstd",
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
     responses={
         409: {"description": "An environment of that name exists"},
         413: {"description": "Larger than deploy.max_upload"},
