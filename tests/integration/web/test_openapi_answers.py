@@ -166,6 +166,13 @@ REFUSALS: list[tuple[str, str, str, dict[str, Any], int]] = [
     ("admin", "GET", "/api/v1/deployments/{deployment_id}/events", {}, 404),
     ("admin", "POST", "/api/v1/users/{name}/password", {"json": {"password": "x" * 12}}, 404),
     ("admin", "GET", "/api/v1/query_range", {}, 400),
+    (
+        "viewer",
+        "GET",
+        "/api/v1/availability/next",
+        {"params": {"duration": "1h", "nodes": "x"}},
+        404,
+    ),
     ("admin", "POST", "/api/v1/tokens", {"json": {"name": ""}}, 422),
     ("admin", "POST", "/api/v1/tokens", {"json": {"name": 5}}, 422),
     ("admin", "POST", "/api/v1/users", {"json": {"name": "new"}}, 422),

@@ -351,7 +351,7 @@ async def availability(_: Anyone, reservations: Reservations) -> list[Availabili
     "/availability/next",
     response_model=FreeSlotOut | None,
     summary="When a request would fit first (null: never, too few nodes match)",
-    responses={422: _REFUSALS[422]},
+    responses={404: _REFUSALS[404], 422: _REFUSALS[422]},
 )
 async def next_free_slot(
     _: Anyone,
