@@ -166,6 +166,21 @@ def test_a_user_reserves_deploys_extends_and_releases_and_another_cannot_touch_i
                 assert theirs.first.get_attribute("data-reservation") == str(for_bob.json()["id"])
                 assert bob.locator(f'tr[data-reservation="{ident}"]').count() == 0
                 assert bob.locator("button.res-release").count() == 1
+                assert bob.locator("#reserve-next").count() == 0
+                # Two more nodes now: one is free, so the page offers the next free slot.
+                bob.fill("#reserve-form input[name=count]", "2")
+                bob.select_option("#reserve-form select[name=duration]", "1h")
+                bob.click("#reserve-go")
+                bob.wait_for_selector("#reserve-next", timeout=15_000)
+                assert "reserved" in bob.locator("#reserve-msg").inner_text()
+                bob.click("#reserve-next")
+                bob.wait_for_function(
+                    "() => document.getElementById('reserve-msg').textContent"
+                    ".startsWith('Reserved')",
+                    timeout=15_000,
+                )
+                bob.wait_for_selector("#reservation-list .res-scheduled", timeout=10_000)
+                assert theirs.count() == 2
                 bob.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
                 refused = bob.goto(f"{demo}nodes/{nodes[0]}")
                 assert refused is not None

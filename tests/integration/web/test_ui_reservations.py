@@ -206,3 +206,16 @@ def test_calendar_bars_are_clipped_to_the_window() -> None:
         (1, "0.00", "25.00", False),
         (2, "75.00", "25.00", True),
     ]
+
+
+async def test_odd_query_strings_fall_back_to_the_defaults(rig: Rig) -> None:
+    client, h, _ = rig
+    for query in ("days=abc&page=-1", "days=5&page=99999999999", "page=0&switch=" + "x" * 500):
+        got = await client.get(f"/reservations?{query}", headers=h["vic"])
+        assert got.status_code == 200, query
+        assert "<option selected>3</option>" in got.text  # three days unless 1, 3 or 7
+    last = (await client.get("/reservations?page=99", headers=h["vic"])).text
+    assert "page 3 of 3" in last  # clamped to the last page
+    one_day = (await client.get("/reservations?days=1", headers=h["vic"])).text
+    assert "<option selected>1</option>" in one_day
+    assert one_day.count('class="tick"') == 4  # every 6 h
