@@ -178,8 +178,9 @@ class ReservationService:
 
     async def _candidates(self) -> list[Candidate]:
         out = []
+        nodes = {n.name: n for n in self.config.nodes}  # one look-up each, not a scan
         for node in await self.store.nodes.list():
-            declared = self.config.node(node.name)
+            declared = nodes.get(node.name)
             tags = frozenset(declared.tags) if declared is not None else frozenset()
             out.append(Candidate(node.name, node.state, node.model, node.switch, tags))
         return out
@@ -319,6 +320,7 @@ class ReservationService:
 
     async def availability(self) -> list[NodeAvailability]:
         live = await self.repo.live()
+        nodes = {n.name: n for n in self.config.nodes}
         out = []
         for c in await self._candidates():
             bookings = tuple(
@@ -326,7 +328,7 @@ class ReservationService:
                 for r in live
                 if c.name in r.nodes
             )
-            declared = self.config.node(c.name)
+            declared = nodes.get(c.name)
             out.append(
                 NodeAvailability(
                     name=c.name,
