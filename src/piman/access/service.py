@@ -77,7 +77,7 @@ LOCAL_KEY_FILE = "local.key"  # root on the manager machine: the CLI without a t
 LOCAL_PREFIX = "local."
 TOUCH_EVERY = timedelta(seconds=60)  # how often a session's or token's last use is written
 PRUNE_EVERY = 3600.0
-TOKEN_CACHE_SECONDS = 1.0  # how long what a token resolved to is remembered
+TOKEN_CACHE_SECONDS = 1.0  # how long what a token resolved to is remembered (by self.clock)
 TOKEN_CACHE_SIZE = 1024  # tokens remembered at most (least recently used forgotten first)
 HASHING_AT_ONCE = 2
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-@")
@@ -153,7 +153,7 @@ class AccessService:
         self.by_name = LoginThrottle(settings.login_attempts, settings.login_window)
         self.by_address = LoginThrottle(4 * settings.login_attempts, settings.login_window)
         self._hashing = asyncio.Semaphore(HASHING_AT_ONCE)
-        self._tokens: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
+        self._tokens: OrderedDict[str, tuple[datetime, Principal]] = OrderedDict()
         self._logins = (
             Counter(
                 "piman_logins",
@@ -268,14 +268,14 @@ class AccessService:
         if prefix is None:
             return None
         key = digest(token)
+        now = self.clock()  # the clock of expiries and of the last-use writes, not monotonic
         cached = self._tokens.get(key)
         if cached is not None:
-            if cached[0] > self.monotonic():
+            if cached[0] > now:
                 self._tokens.move_to_end(key)
                 return cached[1]
             del self._tokens[key]
         record = await self.store.tokens.by_digest(key)
-        now = self.clock()
         if record is None or not record.usable(now):
             return None
         user = await self.store.users.get(record.user)
@@ -284,10 +284,10 @@ class AccessService:
         if record.last_used_at is None or now - record.last_used_at >= TOUCH_EVERY:
             await self.store.tokens.touch(record.id, now)
         principal = Principal(user.name, user.role, "token", record.prefix)
-        keep = TOKEN_CACHE_SECONDS
+        until = now + timedelta(seconds=TOKEN_CACHE_SECONDS)
         if record.expires_at is not None:
-            keep = min(keep, (record.expires_at - now).total_seconds())
-        self._tokens[key] = (self.monotonic() + keep, principal)
+            until = min(until, record.expires_at)
+        self._tokens[key] = (until, principal)
         if len(self._tokens) > TOKEN_CACHE_SIZE:
             self._tokens.popitem(last=False)
         return principal
