@@ -1,7 +1,12 @@
-"""The demo's web page in a real headless Chromium: the node table shows the demo's nodes."""
+"""The demo's web page in a real headless Chromium: the node table shows the demo's nodes.
+
+With ``PIMAN_SCREENSHOTS=DIR`` the reinstall test also saves the README's screenshots there
+(``fleet.png``, ``node.png``, at 1280×800): ``PIMAN_SCREENSHOTS=docs/screenshots pytest
+tests/e2e/test_demo_page.py`` remakes them from the demo."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,8 +47,10 @@ def test_node_table_shows_the_demo_nodes_and_refreshes(demo: str, tmp_path: Path
             assert names[0] == "rack1-pi01"
             assert "rack2-pi06" in names
             first = rows.first.inner_text()
-            assert "b8:27:eb" in first
             assert "pi3b+" in first
+            # The MAC column shows on a wide screen (narrower ones leave it to the node page).
+            page.set_viewport_size({"width": 1600, "height": 900})
+            assert "b8:27:eb" in rows.first.inner_text()
             # The table refreshes itself: wait for one refresh and check it still holds the nodes.
             page.wait_for_function(
                 "() => new Promise(r => document.getElementById('nodes')"
@@ -92,7 +99,31 @@ def test_an_operator_reinstalls_a_virtual_pi_from_the_page(demo: str, tmp_path: 
             )
             assert "demo-os: ok" in row.locator("td.deployment").inner_text()
             assert "deployed" in row.locator("td").nth(1).inner_text()
-            page.screenshot(path=str(tmp_path / "deployed.png"), full_page=True)
+            shots = Path(os.environ.get("PIMAN_SCREENSHOTS") or tmp_path)
+            shots.mkdir(parents=True, exist_ok=True)
+            page.set_viewport_size({"width": 1280, "height": 800})
+            # The agents' figures reach the open page by themselves (every node answers).
+            page.wait_for_function(
+                """() => [...document.querySelectorAll('#nodes tbody tr[data-node]')]
+                   .every(r => /%/.test(r.querySelector('td.metric').textContent))""",
+                timeout=60_000,
+            )
+            # At 1280 pixels the fleet table fits: nothing to scroll sideways to.
+            widths = page.evaluate(
+                "() => { const w = document.querySelector('.table-wrap');"
+                " return [w.scrollWidth, w.clientWidth]; }"
+            )
+            assert widths[0] <= widths[1], f"the table is {widths[0]} px wide in {widths[1]} px"
+            page.screenshot(path=str(shots / "fleet.png"))
+            # The node's own page: its charts fill from the demo agents' samples.
+            page.goto(f"{demo.rstrip('/')}/nodes/rack1-pi02")
+            assert "deployed" in page.locator("#node-state").inner_text()
+            page.wait_for_function(
+                """() => [...document.querySelectorAll('svg.chart')]
+                   .filter(c => Number(c.dataset.points) >= 2).length >= 3""",
+                timeout=60_000,
+            )
+            page.screenshot(path=str(shots / "node.png"), full_page=True)
         finally:
             browser.close()
     # The virtual SD card holds the image's partition table and boot partition now.
