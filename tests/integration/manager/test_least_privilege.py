@@ -85,6 +85,29 @@ def test_the_unit_grants_only_the_network_capabilities_and_sandboxes() -> None:
 # --- the manager as the unit runs it, in network namespaces ---------------------------------------
 
 
+@pytest.fixture(scope="module", autouse=True)
+def python_reachable_by_others() -> Iterator[None]:
+    """The unprivileged user must reach this Python, its packages and piman: a checkout in a
+    0700 directory (``mktemp -d``, as a CI's clean clone may be) hides them. Each directory on
+    the way that others cannot enter gets ``o+x`` (enter, not list) for this module's tests,
+    and its mode back afterwards."""
+    import piman
+
+    changed: list[tuple[Path, int]] = []
+    if os.geteuid() == 0:
+        for target in (Path(sys.prefix), Path(piman.__file__).resolve().parent):
+            for directory in [target, *target.parents]:
+                mode = directory.stat().st_mode
+                if directory.is_dir() and not mode & stat.S_IXOTH:
+                    changed.append((directory, stat.S_IMODE(mode)))
+                    directory.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+    try:
+        yield
+    finally:
+        for directory, mode in reversed(changed):
+            directory.chmod(mode)
+
+
 @pytest.fixture
 def lab() -> Iterator[NetLab]:
     needs_root()
