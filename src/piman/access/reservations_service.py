@@ -41,10 +41,10 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
+from piman.access.reservation_steps import FINISH_POLL, Done, TimerSteps
 from piman.access.reservations import (
     Candidate,
     Verdict,
@@ -53,22 +53,18 @@ from piman.access.reservations import (
     choose,
     extended_end,
     extension_timers,
-    is_unused,
     next_free,
-    path_to,
     timers_for,
     verdict,
-    warning_text,
     when,
 )
 from piman.access.roles import Action, allows
 from piman.config.models import Config
-from piman.config.reservations import OWNER_MAIL_RECEIVER, ReservationSettings, owner_mail_url
+from piman.config.reservations import ReservationSettings, owner_mail_url
 from piman.context import (
     AppContext,
     Built,
     DeployHandle,
-    DeployOptions,
     PowerHandle,
     Principal,
     ReservationsHandle,
@@ -82,7 +78,6 @@ from piman.errors import (
     PimanError,
     StoreError,
 )
-from piman.fleet.lifecycle import IllegalTransition, NodeState
 from piman.fleet.ports import Repositories
 from piman.fleet.reservations import (
     Booking,
@@ -94,7 +89,6 @@ from piman.fleet.reservations import (
     ReservationRequest,
     ReservationState,
     TimerDraft,
-    TimerKind,
     TimerRecord,
 )
 
@@ -105,7 +99,6 @@ logger = logging.getLogger(__name__)
 POLL = 5.0  # seconds between looks at the store when nothing is due sooner
 LEASE = 300.0  # seconds a claimed timer stays this manager's
 RETRY = 30.0  # seconds before a timer whose work failed runs again
-FINISH_POLL = 10.0  # seconds between looks at a redeploying release
 START_SLACK = 60.0  # a start this far in the past is taken as now
 HORIZON = timedelta(days=3660)  # nothing is booked, extended or looked up beyond this
 
@@ -142,6 +135,9 @@ class ReservationService:
         self.poll = poll
         notify = config.monitoring.notify if config.monitoring is not None else []
         self.mail_url = owner_mail_url(self.settings, notify)
+        self.steps = TimerSteps(
+            config, store, power=power, deploy=deploy, clock=clock, mail_url=self.mail_url
+        )
         self._wake = asyncio.Event()
         self._ticking = asyncio.Lock()  # the loop and a request's own timers, one at a time
         self._timers = (
@@ -243,7 +239,7 @@ class ReservationService:
         )
         if record.environment:
             detail += f", with {record.environment}"
-        await self._audit(principal.actor, "reservation.create", record, "ok", detail)
+        await self.steps.audit(principal.actor, "reservation.create", record, "ok", detail)
         logger.info("[reservation=%d] booked by %s: %s", record.id, principal.actor, detail)
         if record.start_at <= self.clock():
             await self._process(record.id)
@@ -287,7 +283,7 @@ class ReservationService:
 
         record = await self.repo.extend(reservation_id, decide, now=now)
         await self.repo.mark_used(reservation_id, now)
-        await self._audit(
+        await self.steps.audit(
             principal.actor, "reservation.extend", record, "ok", f"until {when(record.end_at)}"
         )
         self._wake.set()
@@ -302,7 +298,7 @@ class ReservationService:
                 r.id, r.state, ReservationState.CANCELLED, at=now,
                 reason=f"cancelled by {principal.actor}",
             )  # fmt: skip
-            await self._audit(principal.actor, "reservation.cancel", done, "ok", None)
+            await self.steps.audit(principal.actor, "reservation.cancel", done, "ok", None)
             return done
         if r.state == ReservationState.ACTIVE:
             ending = await self.repo.transition(
@@ -310,7 +306,7 @@ class ReservationService:
                 reason=f"released by {principal.actor}",
             )  # fmt: skip
             await self.repo.end_now(r.id, now)
-            await self._audit(principal.actor, "reservation.release", ending, "ok", None)
+            await self.steps.audit(principal.actor, "reservation.release", ending, "ok", None)
             await self._process(r.id)
             self._wake.set()
             return await self.repo.get(r.id)
@@ -414,18 +410,18 @@ class ReservationService:
         try:
             now = self.clock()
             decided = verdict(timer.kind, r, now)
-            step: Callable[[TimerRecord, ReservationRecord], Awaitable[_Done]]
-            step = getattr(self, f"_{decided.value}")
+            step: Callable[[TimerRecord, ReservationRecord], Awaitable[Done]]
+            step = getattr(self.steps, decided.value)
             done = await step(timer, r)
         except StoreError:
             raise
         except (PimanError, ValueError) as err:
             logger.warning("%s failed, retrying in %.0f s: %s", tag, RETRY, err)
-            done = _Done(f"failed: {err}", again=RETRY)
+            done = Done(f"failed: {err}", again=RETRY)
             decided = Verdict.SKIP
         except Exception as err:
             logger.exception("%s failed, retrying in %.0f s", tag, RETRY)
-            done = _Done(f"failed: {type(err).__name__}: {err}", again=RETRY)
+            done = Done(f"failed: {type(err).__name__}: {err}", again=RETRY)
             decided = Verdict.SKIP
         at = self.clock()
         again = at + timedelta(seconds=done.again) if done.again is not None else None
@@ -439,249 +435,8 @@ class ReservationService:
             self._timers.labels(timer.kind, decided.value).inc()
         if done.audit is not None:
             action, result, detail = done.audit
-            await self._audit(f"reservation#{r.id}", action, r, result, detail)
+            await self.steps.audit(f"reservation#{r.id}", action, r, result, detail)
         logger.info("%s %s", tag, done.outcome)
-
-    # One method per verdict (_run finds them by name).
-
-    async def _skip(self, timer: TimerRecord, r: ReservationRecord) -> _Done:
-        return _Done(f"skipped: the reservation is {r.state}")
-
-    async def _miss(self, timer: TimerRecord, r: ReservationRecord) -> _Done:
-        await self.repo.transition(
-            r.id, r.state, ReservationState.CANCELLED, at=self.clock(),
-            reason="missed: the manager was down until after its end",
-        )  # fmt: skip
-        return _Done("missed", audit=("reservation.miss", "failed", "never started"))
-
-    async def _start(self, timer: TimerRecord, r: ReservationRecord) -> _Done:
-        notes = await self._settle(r.nodes, NodeState.ALLOCATED)
-        deployments: list[int] = []
-        if r.environment:
-            try:
-                deployments = await self._deploy(r, r.environment, r.ssh_keys, _for_owner(r))
-            except (PimanError, ValueError) as err:  # the owner can deploy by hand
-                notes.append(f"deploying {r.environment} failed: {err}")
-        await self.repo.transition(
-            r.id, r.state, ReservationState.ACTIVE, at=self.clock(), deployments=deployments
-        )
-        detail = f"{', '.join(r.nodes)} to {r.owner}"
-        if deployments:
-            detail += (
-                f"; deploying {r.environment} (deployments {', '.join(map(str, deployments))})"
-            )
-        if notes:
-            detail += "; " + "; ".join(notes)
-        return _Done(f"started: {detail}", audit=("reservation.start", "ok", detail))
-
-    async def _warn(self, timer: TimerRecord, r: ReservationRecord) -> _Done:
-        lead = f"{int(timer.lead // 60)} min before the end"
-        user = await self.store.users.get(r.owner)
-        address = user.email if user is not None else None
-        if address is None:
-            why = f"not sent: {r.owner} has no e-mail address"
-            return _Done(why, audit=("reservation.warn", "skipped", f"{lead}: {why}"))
-        if self.mail_url is None:
-            why = "not sent: no mail channel (reservations.notify or monitoring.notify)"
-            return _Done(why, audit=("reservation.warn", "skipped", f"{lead}: {why}"))
-        title, body = warning_text(
-            r, timer.lead, self.clock(), self.settings.release, self.config.manager.external_url
-        )
-        key = f"reservation-{r.id}-warn-{int(timer.lead)}-{int(r.end_at.timestamp())}"
-        payload: dict[str, Any] = {
-            "kind": "reservation",
-            "reservation": r.id,
-            "to": address,
-            "title": title,
-            "body": body,
-        }
-        return _Done(
-            f"warned {address} ({lead})",
-            outbox=(OWNER_MAIL_RECEIVER, key, payload),
-            audit=("reservation.warn", "ok", f"{lead}, to {address}"),
-        )
-
-    async def _check_use(self, timer: TimerRecord, r: ReservationRecord) -> _Done:
-        since = r.started_at or r.start_at
-        activity = await self.repo.owner_activity(r.owner, r.nodes, since)
-        if not is_unused(r, activity):
-            await self.repo.mark_used(r.id, activity or self.clock())
-            return _Done("in use")
-        after = int((self.settings.unused_after or 0) // 60)
-        ending = await self.repo.transition(
-            r.id, r.state, ReservationState.ENDING, at=self.clock(),
-            reason=f"unused: no login, API call or deployment by {r.owner} in {after} min",
-        )  # fmt: skip
-        await self._audit(
-            f"reservation#{r.id}", "reservation.unused", ending, "ok", f"nothing in {after} min"
-        )
-        return await self._end(timer, ending)
-
-    async def _end(self, timer: TimerRecord, r: ReservationRecord) -> _Done:
-        if r.state == ReservationState.ACTIVE:
-            r = await self.repo.transition(
-                r.id, r.state, ReservationState.ENDING, at=self.clock(), reason="ended",
-                expect_end=r.end_at,
-            )  # fmt: skip
-        notes = await self._cancel_deployments(r)
-        mode = self.settings.release
-        if mode == "redeploy":
-            env = self._release_environment()
-            if env is not None and self.deploy is not None:
-                try:
-                    ids = await self._deploy(r, env, (), _for_release(r))
-                except (PimanError, ValueError) as err:
-                    notes.append(f"redeploying {env} failed: {err}; powering off instead")
-                    mode = "power_off"
-                else:
-                    await self.repo.transition(
-                        r.id, r.state, r.state, at=self.clock(), deployments=ids
-                    )
-                    await self.repo.add_timer(
-                        r.id,
-                        TimerDraft(TimerKind.FINISH, self.clock() + timedelta(seconds=FINISH_POLL)),
-                    )
-                    detail = f"redeploying {env} on {', '.join(r.nodes)}"
-                    if notes:
-                        detail += "; " + "; ".join(notes)
-                    return _Done(detail, audit=("reservation.end", "ok", detail))
-            else:
-                notes.append("no environment to redeploy: powering off instead")
-                mode = "power_off"
-        if mode == "power_off":
-            notes.extend(await self._power_off(r))
-        return await self._released(r, notes)
-
-    async def _finish(self, timer: TimerRecord, r: ReservationRecord) -> _Done:
-        assert self.deploy is not None
-        running = []
-        for ident in r.deployments:
-            record = await self.deploy.deployment(ident)
-            if record.active:
-                running.append(ident)
-        if running:
-            return _Done(f"waiting for deployments {running}", again=FINISH_POLL)
-        return await self._released(r, [])
-
-    async def _released(self, r: ReservationRecord, notes: list[str]) -> _Done:
-        notes.extend(await self._settle(r.nodes, NodeState.READY, skip=r.id))
-        await self.repo.transition(r.id, r.state, ReservationState.RELEASED, at=self.clock())
-        detail = f"{', '.join(r.nodes)} back from {r.owner} ({self.settings.release})"
-        if notes:
-            detail += "; " + "; ".join(notes)
-        return _Done(f"released: {detail}", audit=("reservation.end", "ok", detail))
-
-    # -- the nodes ----------------------------------------------------------------------------
-
-    def _release_environment(self) -> str | None:
-        deploy = self.config.deploy
-        return self.settings.default_environment or (
-            deploy.default_environment if deploy is not None else None
-        )
-
-    async def _deploy(
-        self, r: ReservationRecord, env: str, keys: Sequence[str], actor: str
-    ) -> list[int]:
-        """Deploy ``env`` to the reservation's nodes; the deployments already running there
-        (a replay after a crash) are taken as they are."""
-        assert self.deploy is not None
-        try:
-            made = await self.deploy.start(
-                list(r.nodes), env, actor=actor, options=DeployOptions(ssh_keys=tuple(keys))
-            )
-        except ConflictError:
-            running = []
-            for node in r.nodes:
-                running += await self.deploy.deployments(node=node, active=True)
-            return [d.id for d in running]
-        return [d.id for d in made]
-
-    async def _cancel_deployments(self, r: ReservationRecord) -> list[str]:
-        if self.deploy is None:
-            return []
-        notes = []
-        for node in r.nodes:
-            for d in await self.deploy.deployments(node=node, active=True):
-                if d.created_by == _for_release(r):
-                    continue  # the release's own (a replay)
-                await self.deploy.cancel(d.id, actor=f"reservation#{r.id}")
-                notes.append(f"deployment {d.id} on {node} cancelled")
-        return notes
-
-    async def _power_off(self, r: ReservationRecord) -> list[str]:
-        if self.power is None:
-            return ["no power driver: nodes left as they are"]
-        wired = [
-            n
-            for n in r.nodes
-            if (c := self.config.node(n)) is not None and c.switch and c.port is not None
-        ]
-        if not wired:
-            return []
-        targets = self.power.resolve(wired)
-        results = await self.power.run("off", targets, actor=f"reservation#{r.id}")
-        return [f"{o.target.label}: power off failed: {o.error}" for o in results if not o.ok]
-
-    async def _settle(
-        self, nodes: Sequence[str], target: NodeState, *, skip: int | None = None
-    ) -> list[str]:
-        """Walk each node to ``target`` (to ``allocated`` instead when another active
-        reservation holds it); notes on the nodes left where they were."""
-        holders: set[str] = set()
-        if target is NodeState.READY:
-            for other in await self.repo.live():
-                if other.id != skip and other.state == ReservationState.ACTIVE:
-                    holders.update(other.nodes)
-        notes = []
-        for name in nodes:
-            want = NodeState.ALLOCATED if name in holders else target
-            try:
-                node = await self.store.nodes.get(name)
-                path = path_to(node.state, want)
-                if path is None:
-                    notes.append(f"{name} left {node.state}")
-                    continue
-                for state in path:
-                    await self.store.nodes.set_state(name, state)
-            except (NotFoundError, IllegalTransition) as err:
-                notes.append(f"{name}: {err}")
-        return notes
-
-    async def _audit(
-        self, actor: str, action: str, r: ReservationRecord, result: str, detail: str | None
-    ) -> None:
-        try:
-            await self.store.audit.add(actor, action, f"reservation/{r.id}", result, detail)
-        except StoreError as err:
-            logger.warning("[reservation=%d] audit log not written: %s", r.id, err)
-
-
-def _for_owner(r: ReservationRecord) -> str:
-    """How the audit log and the deployments name what the reservation does for its owner."""
-    return f"reservation#{r.id} ({r.owner})"
-
-
-def _for_release(r: ReservationRecord) -> str:
-    return f"reservation#{r.id} (release)"
-
-
-class _Done:
-    """What running a timer came to: its outcome, and what goes with it."""
-
-    __slots__ = ("again", "audit", "outbox", "outcome")
-
-    def __init__(
-        self,
-        outcome: str,
-        *,
-        again: float | None = None,
-        outbox: tuple[str, str, dict[str, Any]] | None = None,
-        audit: tuple[str, str, str | None] | None = None,
-    ) -> None:
-        self.outcome = outcome
-        self.again = again
-        self.outbox = outbox
-        self.audit = audit
 
 
 def build(ctx: AppContext) -> Built[ReservationsHandle] | None:
