@@ -10,23 +10,7 @@
   function refresh() {
     if (window.piman && section) window.piman.refresh(section);
   }
-  async function call(method, url, body) {
-    const response = await fetch(url, {
-      method,
-      headers: { "Content-Type": "application/json", Accept: "application/json" },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    if (response.status === 401 && window.piman) { window.piman.toLogin(); return null; }
-    let data = {};
-    try { data = await response.json(); } catch (err) { /* an empty answer */ }
-    return { ok: response.ok, status: response.status, data };
-  }
-  function detail(got) {
-    const d = got.data.detail;
-    if (typeof d === "string") return d;
-    if (Array.isArray(d) && d.length) return d[0].msg || "refused";
-    return got.data.error || `refused (${got.status})`;
-  }
+  const { call, detail } = window.piman; // JSON calls to the API, and what a refusal says
   if (form) {
     form.addEventListener("submit", async (event) => {
       event.preventDefault();

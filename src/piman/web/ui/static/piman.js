@@ -120,5 +120,25 @@
       }
     });
   }
-  window.piman = { refresh, refreshAll, toLogin };
+  // A JSON call to the API: {ok, status, data}, or null after a 401 (off to the login page).
+  // The API's Origin check is what makes these calls CSRF-safe.
+  async function call(method, url, body) {
+    const response = await fetch(url, {
+      method,
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    if (response.status === 401) { toLogin(); return null; }
+    let data = {};
+    try { data = await response.json(); } catch (err) { /* an empty answer */ }
+    return { ok: response.ok, status: response.status, data };
+  }
+  // What a refused call says, in one line (FastAPI's detail, a validation error's first message).
+  function detail(got) {
+    const d = got.data.detail;
+    if (typeof d === "string") return d;
+    if (Array.isArray(d) && d.length) return d[0].msg || "refused";
+    return got.data.error || `refused (${got.status})`;
+  }
+  window.piman = { refresh, refreshAll, toLogin, call, detail };
 })();
