@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
 APT_PACKAGES := gcc libc6-dev python3-dev busybox-static isc-dhcp-client tftp-hpa atftp curl dnsmasq-base tftpd-hpa kea-admin snmp snmpsim prometheus prometheus-node-exporter victoria-metrics qemu-system-x86 ipxe-qemu openssh-server chromium iproute2 linux-image-amd64 cpio postgresql-15 \
-  bmap-tools nginx-light e2fsprogs dosfstools mtools fdisk qemu-system-arm qemu-utils cloud-init xz-utils zstd debian-archive-keyring strace fakeroot systemd
+  bmap-tools nginx-light e2fsprogs dosfstools mtools fdisk qemu-system-arm qemu-utils cloud-init xz-utils zstd debian-archive-keyring strace fakeroot systemd pssh
 
 .PHONY: demo test lint typecheck pytest apt-deps clean
 

@@ -19,7 +19,7 @@ arrows of the package (held by the import-linter contract in ``.importlinter``):
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -51,6 +51,7 @@ from piman.fleet.reservations import (
     ReservationRequest,
     TimerRecord,
 )
+from piman.fleet.ssh import SshResult, SshTarget
 
 __all__ = [
     "AccessHandle",
@@ -66,6 +67,7 @@ __all__ = [
     "Principal",
     "ReservationsHandle",
     "Service",
+    "SshHandle",
 ]
 
 H = TypeVar("H", covariant=True)
@@ -131,6 +133,39 @@ class InventoryHandle(Protocol):
         NotFoundError when no such device is listed, ConflictError when the name is taken,
         ValueError for a malformed MAC or name.
         """
+
+
+class SshHandle(Protocol):
+    """Commands on nodes over SSH (``piman.inventory.ssh``): the fleet key, the known host keys
+    (learnt at deploy or on first contact, checked every time after), bounded concurrency and a
+    connect and a command deadline per host. The ``ssh-reboot`` power driver, agentless
+    monitoring, self-healing and the ``/api/v1/ssh`` routes all go through it."""
+
+    async def targets(self, nodes: Sequence[str]) -> list[SshTarget]:
+        """Node names → where to log in (the node's address and SSH user); NotFoundError for an
+        unknown name, ValueError for a node with no known address."""
+
+    def stream(
+        self,
+        targets: Sequence[SshTarget],
+        command: str,
+        *,
+        connect_timeout: float | None = None,
+        command_timeout: float | None = None,
+        concurrency: int | None = None,
+    ) -> AsyncIterator[SshResult]:
+        """Run ``command`` on every target; each result as soon as its host is done."""
+
+    async def run(
+        self,
+        targets: Sequence[SshTarget],
+        command: str,
+        *,
+        connect_timeout: float | None = None,
+        command_timeout: float | None = None,
+        concurrency: int | None = None,
+    ) -> list[SshResult]:
+        """Run ``command`` on every target; the results in the targets' order."""
 
 
 # Power -------------------------------------------------------------------------------------------
@@ -443,6 +478,7 @@ class AppContext:
     metrics: CollectorRegistry
     started_at: float = field(default_factory=time.time)
     inventory: InventoryHandle | None = None
+    ssh: SshHandle | None = None
     power: PowerHandle | None = None
     netboot: NetbootHandle | None = None
     monitor: MonitorHandle | None = None

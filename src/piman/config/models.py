@@ -21,6 +21,7 @@ from piman.config.monitoring import MonitoringSettings
 from piman.config.netboot import DhcpSettings, TftpSettings
 from piman.config.power import SwitchSettings
 from piman.config.reservations import ReservationSettings
+from piman.config.ssh import SshSettings
 from piman.config.types import HostPort, MacAddress, Name, parse_host_port
 
 __all__ = [
@@ -113,8 +114,13 @@ class NodeSettings(BaseModel):
     # Reinstalls: the environment this node runs (piman reinstall's default) and its disk.
     environment: str | None = None
     disk: str | None = None
-    # Words a reservation can ask for (`piman reserve --count 2 --tag camera`).
+    # Words a reservation can ask for (`piman reserve --count 2 --tag camera`); also Ansible groups.
     tags: list[str] = Field(default_factory=list)
+    # How the node is watched: its agent (scraped over HTTP), over SSH with no agent
+    # (fleet_health's model: /proc and /sys read by one command), or not at all.
+    monitor: Literal["agent", "ssh", "none"] = "agent"
+    # Who logs in over SSH (piman ssh, agentless monitoring); default: ssh.user.
+    ssh_user: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_.-]*$", max_length=64)
 
     @field_validator("serial", mode="before")
     @classmethod
@@ -158,6 +164,7 @@ class Config(BaseModel):
     deploy: DeploySettings | None = None
     access: AccessSettings = Field(default_factory=AccessSettings)
     reservations: ReservationSettings = Field(default_factory=ReservationSettings)
+    ssh: SshSettings = Field(default_factory=SshSettings)
     # Reservations from hosts.csv (not written in YAML; filled by the loader).
     hosts: list[HostReservation] = Field(default_factory=list, exclude=True)
 
