@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from piman.config.access import AccessSettings, TlsSettings
 from piman.config.deploy import DeploySettings
+from piman.config.healing import HealingSettings
 from piman.config.monitoring import MonitoringSettings
 from piman.config.netboot import DhcpSettings, TftpSettings
 from piman.config.power import SwitchSettings
@@ -165,6 +166,7 @@ class Config(BaseModel):
     access: AccessSettings = Field(default_factory=AccessSettings)
     reservations: ReservationSettings = Field(default_factory=ReservationSettings)
     ssh: SshSettings = Field(default_factory=SshSettings)
+    healing: HealingSettings | None = None  # self-healing policies; absent: off
     # Reservations from hosts.csv (not written in YAML; filled by the loader).
     hosts: list[HostReservation] = Field(default_factory=list, exclude=True)
 
