@@ -32,6 +32,7 @@ from piman.context import AppContext, Built, Service
 from piman.deploy import service as deploy_service
 from piman.errors import PimanError, StoreError
 from piman.inventory import service as inventory_service
+from piman.inventory import ssh_service
 from piman.monitor import service as monitor_service
 from piman.netboot import service as netboot_service
 from piman.power import service as power_service
@@ -44,7 +45,16 @@ logger = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 5.0
 RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
-CAPABILITIES = ("inventory", "access", "power", "deploy", "reservations", "netboot", "monitor")
+CAPABILITIES = (
+    "inventory",
+    "ssh",
+    "access",
+    "power",
+    "deploy",
+    "reservations",
+    "netboot",
+    "monitor",
+)
 
 Frontend = Callable[[AppContext], Service]
 """Builds a front end (the HTTP server) once every capability's handle is on the context."""
@@ -98,6 +108,8 @@ class Manager:
         on = self.capabilities
         if "inventory" in on:
             ctx.inventory = take(inventory_service.build(ctx))
+        if "ssh" in on:
+            ctx.ssh = take(ssh_service.build(ctx))
         if "access" in on:
             ctx.access = take(access_service.build(ctx))
         if "power" in on:

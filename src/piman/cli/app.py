@@ -18,6 +18,7 @@ from piman.cli import (
     power_cmd,
     reserve_cmd,
     server_cmd,
+    ssh_cmd,
 )
 
 __all__ = ["app", "main"]
@@ -58,6 +59,7 @@ access_cmd.register(app)
 deploy_cmd.register(app)
 installer_cmd.register(app)
 reserve_cmd.register(app)
+ssh_cmd.register(app)
 
 
 def main() -> None:

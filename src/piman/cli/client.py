@@ -203,6 +203,27 @@ class ManagerClient:
                 fail(f"lost the manager at {self.url} (tried for two minutes)")
             time.sleep(2.0)
 
+    def ndjson(self, method: str, path: str, body: Any = None) -> Iterator[Any]:
+        """A streamed ``application/x-ndjson`` answer, one decoded line at a time, as the
+        manager sends them (no read deadline: the manager's own deadlines bound the stream);
+        exits with one line on a refusal or a lost connection."""
+        try:
+            with self._http.stream(
+                method, "/api/v1" + path, json=body, timeout=httpx.Timeout(30, read=None)
+            ) as response:
+                if not response.is_success:
+                    response.read()
+                    self._failed(response)
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield json.loads(line)
+        except httpx.ConnectError as err:
+            fail(f"cannot reach the manager at {self.url}: {err}")
+        except httpx.TimeoutException:
+            fail(f"the manager at {self.url} did not answer in time")
+        except httpx.HTTPError as err:
+            fail(f"lost the manager at {self.url}: {err}")
+
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
 

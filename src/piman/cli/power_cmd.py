@@ -95,7 +95,13 @@ async def _run(
     def advance(o: PowerResult) -> None:
         progress.update(task, advance=1, description=o.target.label)
 
-    controller = PowerController(cfg, store=store, actor=local_actor(), on_outcome=advance)
+    from piman.inventory.ssh import FleetSsh
+    from piman.power.registry import default_registry
+
+    registry = default_registry(ssh=FleetSsh(cfg, store))  # for ssh-reboot switches
+    controller = PowerController(
+        cfg, store=store, registry=registry, actor=local_actor(), on_outcome=advance
+    )
     try:
         try:
             targets = resolve(controller)

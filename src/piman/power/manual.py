@@ -1,21 +1,25 @@
 """Drivers for nodes without a switchable power source: ``ssh-reboot`` and ``manual``.
 
-``ssh-reboot`` restarts a node in one step over SSH (``sudo reboot``) as ``ssh_user`` with
-``ssh_key_file``; it can switch a node off (``sudo poweroff``) but never on. ``manual`` does
+``ssh-reboot`` restarts a node in one step over SSH (``reboot``, with ``sudo -n`` unless it logs
+in as root) through the fleet's SSH client (``piman.context.SshHandle``: the fleet key and known
+host keys; the switch's ``ssh_key_file`` is not used); it can switch a node off (``poweroff``)
+but never on. ``manual`` does
 nothing by itself: every request raises :class:`~piman.power.base.ManualActionRequired`, whose
 message tells the operator what to do by hand.
 """
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import logging
 
 from piman.config.models import NodeSettings
 from piman.config.power import SwitchSettings
-from piman.errors import PowerConnError, PowerFatalError
+from piman.context import SshHandle
+from piman.errors import NotFoundError, PowerConnError, PowerFatalError
 from piman.fleet.lifecycle import PowerState
 from piman.fleet.power import PortReading
+from piman.fleet.ssh import SshTarget
 from piman.power.base import ManualActionRequired
 
 __all__ = ["ManualDriver", "SshRebootDriver"]
@@ -55,7 +59,13 @@ class ManualDriver:
 
 
 class SshRebootDriver:
-    """Soft power over SSH: reboot or power off a running node. Cannot switch one on."""
+    """Soft power over SSH: reboot or power off a running node. Cannot switch one on.
+
+    Logs in through the manager's SSH client (``ctx.ssh``: the fleet key, the known host keys,
+    its deadlines) as the node's SSH user (``ssh_user:`` on the switch, when set, wins) and runs
+    ``reboot``/``poweroff``, through ``sudo -n`` unless it logged in as root. A reboot that cuts
+    the connection before the exit status arrives counts as done.
+    """
 
     name = "ssh-reboot"
     has_readback = False
@@ -66,7 +76,7 @@ class SshRebootDriver:
         switch: SwitchSettings,
         nodes: dict[int, NodeSettings] | None = None,
         *,
-        ssh: str = "ssh",
+        ssh: SshHandle | None = None,
         timeout: float = SSH_TIMEOUT,
     ) -> None:
         self.switch = switch.name
@@ -75,44 +85,42 @@ class SshRebootDriver:
         self._ssh = ssh
         self._timeout = timeout
 
-    def argv(self, port: int, command: str) -> list[str]:
+    @staticmethod
+    def script(command: str) -> str:
+        """The remote command line: ``command`` as root, through ``sudo -n`` otherwise."""
+        return f'if [ "$(id -u)" = 0 ]; then {command}; else sudo -n {command}; fi'
+
+    async def _target(self, port: int) -> tuple[SshHandle, SshTarget]:
         node = self._nodes.get(port)
         if node is None or node.ip is None:
             raise PowerFatalError(
                 f"{self.switch}:{port}: ssh-reboot needs a node with an `ip:` on this port"
             )
-        argv = [self._ssh, "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
-        if self._settings.ssh_key_file is not None:
-            argv += ["-i", str(self._settings.ssh_key_file)]
-        return [*argv, f"{self._settings.ssh_user}@{node.ip}", "sudo", "-n", command]
+        who = _who(self.switch, port, self._nodes)
+        if self._ssh is None:
+            raise PowerFatalError(f"{who}: ssh-reboot has no SSH client here")
+        try:
+            [target] = await self._ssh.targets([node.name])
+        except (NotFoundError, ValueError) as err:
+            raise PowerFatalError(f"{who}: {err}") from err
+        if "ssh_user" in self._settings.model_fields_set:
+            target = dataclasses.replace(target, user=self._settings.ssh_user)
+        return self._ssh, target
 
     async def _run(self, port: int, command: str) -> None:
-        argv = self.argv(port, command)
+        ssh, target = await self._target(port)
         who = _who(self.switch, port, self._nodes)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-            )
-        except OSError as err:
-            raise PowerFatalError(f"{who}: cannot run {self._ssh!r}: {err.strerror}") from err
-        try:
-            async with asyncio.timeout(self._timeout):
-                _, stderr = await proc.communicate()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise PowerConnError(f"{who}: ssh did not finish in {self._timeout:g} s") from None
-        text = stderr.decode(errors="replace").strip()
-        # A reboot often cuts the connection before ssh sees an exit status.
-        if proc.returncode == 0 or "closed by remote host" in text:
+        [result] = await ssh.run([target], self.script(command), command_timeout=self._timeout)
+        if result.ok:
             return
-        why = text.splitlines()[-1] if text else "no message"
-        if proc.returncode == 255:
-            raise PowerConnError(f"{who}: ssh failed: {why}")
-        raise PowerFatalError(f"{who}: `sudo {command}` failed ({proc.returncode}): {why}")
+        if result.exit_status is None:
+            # A reboot often cuts the connection before the exit status is sent.
+            if result.error is not None and result.error.startswith("connection lost"):
+                return
+            raise PowerConnError(f"{who}: ssh failed: {result.error}")
+        lines = [ln.strip() for ln in result.stderr.splitlines() if ln.strip()]
+        why = lines[-1] if lines else "no message"
+        raise PowerFatalError(f"{who}: `{command}` failed ({result.exit_status}): {why}")
 
     async def reboot(self, port: int) -> None:
         await self._run(port, "reboot")

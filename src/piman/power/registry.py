@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 from piman.config.models import NodeSettings
 from piman.config.power import SwitchSettings
+from piman.context import SshHandle
 from piman.errors import PowerFatalError
 from piman.power.base import DriverFactory, PowerDriver
 
@@ -41,8 +42,9 @@ class DriverRegistry:
         return factory(switch, nodes)
 
 
-def default_registry() -> DriverRegistry:
-    """The drivers piman ships."""
+def default_registry(ssh: SshHandle | None = None) -> DriverRegistry:
+    """The drivers piman ships; ``ssh`` is the SSH client the ``ssh-reboot`` driver logs in
+    with (the manager's ``ctx.ssh``; without one that driver refuses every request)."""
     from piman.power.command import CommandDriver
     from piman.power.manual import ManualDriver, SshRebootDriver
     from piman.power.poe import SnmpPoeDriver
@@ -53,7 +55,7 @@ def default_registry() -> DriverRegistry:
             ("snmp-poe", SnmpPoeDriver),
             ("command", CommandDriver),
             ("webhook", WebhookDriver),
-            ("ssh-reboot", SshRebootDriver),
+            ("ssh-reboot", lambda switch, nodes: SshRebootDriver(switch, nodes, ssh=ssh)),
             ("manual", ManualDriver),
         ]
     )

@@ -17,6 +17,7 @@ from prometheus_client import Counter
 from piman.context import AppContext, Built, PowerHandle
 from piman.fleet.power import PowerResult
 from piman.power.controller import PowerController
+from piman.power.registry import default_registry
 
 __all__ = ["STATUS_INTERVAL", "PowerService", "build"]
 
@@ -60,5 +61,11 @@ def build(ctx: AppContext) -> Built[PowerHandle] | None:
     def count(outcome: PowerResult) -> None:
         operations.labels(outcome.action, "ok" if outcome.ok else "failed").inc()
 
-    controller = PowerController(ctx.config, store=ctx.store, actor="manager", on_outcome=count)
+    controller = PowerController(
+        ctx.config,
+        store=ctx.store,
+        registry=default_registry(ssh=ctx.ssh),  # ssh-reboot logs in with the manager's client
+        actor="manager",
+        on_outcome=count,
+    )
     return Built(controller, (PowerService(controller),))

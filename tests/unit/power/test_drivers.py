@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,6 +16,7 @@ from piman.config.overlay import apply_overlay
 from piman.config.power import SnmpSettings, SwitchSettings
 from piman.errors import ConfigError, PowerConnError, PowerFatalError
 from piman.fleet.lifecycle import PowerState
+from piman.fleet.ssh import SshResult, SshTarget
 from piman.inventory.bridge import FdbEntry, compare, yaml_fixes
 from piman.power.base import ManualActionRequired
 from piman.power.command import CommandDriver
@@ -180,9 +183,71 @@ async def test_manual_and_ssh_reboot_tell_the_operator() -> None:
             2, PowerState.OFF
         )
     ssh = SshRebootDriver(SwitchSettings(name="bench", driver="ssh-reboot"), nodes)
-    assert ssh.argv(2, "reboot")[-4:] == ["pi@198.18.0.12", "sudo", "-n", "reboot"]
     with pytest.raises(ManualActionRequired, match="cannot switch a node on"):
         await ssh.set_port(2, PowerState.ON)
+
+
+class FakeSsh:
+    """An SshHandle that answers every command with ``result`` and records what it was asked."""
+
+    def __init__(self, **result: Any) -> None:
+        self.result = result
+        self.asked: list[tuple[SshTarget, str]] = []
+
+    async def targets(self, nodes: Sequence[str]) -> list[SshTarget]:
+        return [SshTarget(n, "198.18.0.12", 22, "pimanlab") for n in nodes]
+
+    async def run(self, targets: Sequence[SshTarget], command: str, **kw: Any) -> list[SshResult]:
+        self.asked += [(t, command) for t in targets]
+        return [SshResult(t.name, t.host, **self.result) for t in targets]
+
+    def stream(self, *a: Any, **kw: Any) -> AsyncIterator[SshResult]:
+        raise NotImplementedError
+
+
+NODES = {2: NodeSettings(name="lab-2", switch="bench", port=2, ip="198.18.0.12")}
+
+
+async def test_ssh_reboot_runs_reboot_as_root_or_through_sudo() -> None:
+    fake = FakeSsh(exit_status=0)
+    sw = SwitchSettings(name="bench", driver="ssh-reboot")
+    await default_registry(ssh=fake).build(sw, NODES).set_port(2, PowerState.OFF)
+    await SshRebootDriver(sw, NODES, ssh=fake).reboot(2)
+    (target, off), (_, reboot) = fake.asked
+    assert (target.name, target.user) == ("lab-2", "pimanlab")
+    assert off == 'if [ "$(id -u)" = 0 ]; then poweroff; else sudo -n poweroff; fi'
+    assert reboot == 'if [ "$(id -u)" = 0 ]; then reboot; else sudo -n reboot; fi'
+    # a switch's explicit ssh_user wins over the node's
+    sw_user = SwitchSettings(name="bench", driver="ssh-reboot", ssh_user="admin")
+    await SshRebootDriver(sw_user, NODES, ssh=fake).reboot(2)
+    assert fake.asked[-1][0].user == "admin"
+
+
+async def test_ssh_reboot_counts_a_cut_connection_as_done() -> None:
+    lost = FakeSsh(exit_status=None, error="connection lost while the command ran")
+    sw = SwitchSettings(name="bench", driver="ssh-reboot")
+    await SshRebootDriver(sw, NODES, ssh=lost).reboot(2)  # no error
+
+
+@pytest.mark.parametrize(
+    ("result", "error", "match"),
+    [
+        ({"exit_status": None, "error": "connection refused"}, PowerConnError, "refused"),
+        (
+            {"exit_status": 1, "stderr": "sudo: a password is required\n"},
+            PowerFatalError,
+            r"lab-2.*`reboot` failed \(1\): sudo: a password is required",
+        ),
+    ],
+)
+async def test_ssh_reboot_failures_say_why(
+    result: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    sw = SwitchSettings(name="bench", driver="ssh-reboot")
+    with pytest.raises(error, match=match):
+        await SshRebootDriver(sw, NODES, ssh=FakeSsh(**result)).reboot(2)
+    with pytest.raises(PowerFatalError, match="no SSH client"):
+        await SshRebootDriver(sw, NODES).reboot(2)
 
 
 def _seed_config() -> Config:
