@@ -44,6 +44,7 @@ INSTALLER = SOURCES_DIR / "installer.sh"
 BLOCK = 4096
 HEAD_BLOCKS = 256  # 1 MiB: the partition table, written last
 MAX_RANGE_BLOCKS = 1024
+RUN_BYTES = 16 * (1 << 20)  # installer.sh: one request and one dd per run of adjacent ranges
 MIB = 1 << 20
 FILL = 0xA5  # the target's bytes before the installer runs
 DEPLOYMENT = 42
@@ -439,6 +440,23 @@ def body_ranges(ranges: list[PlanRange]) -> list[PlanRange]:
     return [r for r in ranges if not r.in_head]
 
 
+def runs_of(ranges: list[PlanRange]) -> list[list[PlanRange]]:
+    """The runs the installer fetches with one request and writes with one dd: adjacent
+    ranges (the next starts at the block after the last), at most RUN_BYTES together."""
+    runs: list[list[PlanRange]] = []
+    for r in ranges:
+        if runs and runs[-1][-1].last + 1 == r.first and r.end - runs[-1][0].start <= RUN_BYTES:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    return runs
+
+
+def run_starts(ranges: list[PlanRange]) -> list[int]:
+    """The block each run's dd writes at, in order."""
+    return [run[0].first for run in runs_of(ranges)]
+
+
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     data = make_image(tmp_path_factory.mktemp("image"))
@@ -465,10 +483,15 @@ def test_writes_verifies_and_reports_the_image(image: bytes, tmp_path: Path) -> 
     written = target.read_bytes()
     assert_holds_image(written, fake)
     assert written[len(image) :] == bytes([FILL]) * MIB, "wrote past the image"
-    # every range fetched once, written once with dd (plus the erase and the head)
+    # every range fetched once, written once: one request and one dd per run of adjacent
+    # ranges (plus the erase and the head)
+    body = body_ranges(fake.ranges)
+    assert any(len(run) > 1 for run in runs_of(body)), "no adjacent ranges in the test image"
     assert fake.served == [r.end - r.start for r in fake.ranges]
-    assert run.seeks == [r.first for r in body_ranges(fake.ranges)]
+    assert run.seeks == run_starts(body)
     assert run.write_opens == len(run.seeks) + 2
+    head = [r for r in fake.ranges if r.in_head]
+    assert len(fake.image_requests()) == len(head) + len(runs_of(body))
     reports = fake.progress()
     assert reports[0]["step"] == "hello"
     final = [p for p in reports if p["step"] == "write_image"][-1]
@@ -502,19 +525,21 @@ def test_writes_verifies_and_reports_the_image(image: bytes, tmp_path: Path) -> 
 def test_cut_downloads_resume_where_they_stopped(image: bytes, tmp_path: Path) -> None:
     target = tmp_path / "sd.img"
     blank_target(target, len(image))
-    big = max(body_ranges(plan_ranges(image)), key=lambda r: r.end - r.start)
-    with FakeManager(image, cuts={0: 1000, big.index: 1_000_000}) as fake:
+    body = body_ranges(plan_ranges(image))
+    big = max(runs_of(body), key=lambda run: run[-1].end - run[0].start)
+    assert len(big) > 1 and big[0].end - big[0].start > 1_000_000
+    with FakeManager(image, cuts={0: 1000, big[0].index: 1_000_000}) as fake:
         run = run_installer(fake, target, tmp_path / "work")
     assert run.code == 0, run.console
     asked = [(s.path.partition("?")[2], s.headers.get("Range"), s.status)
              for s in fake.image_requests()]  # fmt: skip
     head_end = f"end={fake.ranges[0].end - 1}"  # the head's first range: the partition table
     assert asked[:2] == [(head_end, None, 200), (head_end, "bytes=1000-", 206)]
-    big_end = f"end={big.end - 1}"
-    assert (big_end, f"bytes={big.start}-", 206) in asked
-    assert (big_end, f"bytes={big.start + 1_000_000}-", 206) in asked
+    big_end = f"end={big[-1].end - 1}"  # one request for the whole run of adjacent ranges
+    assert (big_end, f"bytes={big[0].start}-", 206) in asked
+    assert (big_end, f"bytes={big[0].start + 1_000_000}-", 206) in asked
     assert fake.served == [r.end - r.start for r in fake.ranges], "a byte was fetched twice"
-    assert run.seeks == [r.first for r in body_ranges(fake.ranges)], "a range was written twice"
+    assert run.seeks == run_starts(body), "a range was written twice"
     assert_holds_image(target.read_bytes(), fake)
     result = fake.result()
     assert result is not None
@@ -524,7 +549,8 @@ def test_cut_downloads_resume_where_they_stopped(image: bytes, tmp_path: Path) -
 def test_manager_restarting_is_waited_for(image: bytes, tmp_path: Path) -> None:
     target = tmp_path / "sd.img"
     blank_target(target, len(image))
-    second = body_ranges(plan_ranges(image))[1]
+    body = body_ranges(plan_ranges(image))
+    second = runs_of(body)[1][0]  # the first range of the second request for the body
     with FakeManager(image, busy=(second.index, 3)) as fake:
         run = run_installer(fake, target, tmp_path / "work")
     assert run.code == 0, run.console
@@ -534,7 +560,7 @@ def test_manager_restarting_is_waited_for(image: bytes, tmp_path: Path) -> None:
         if s.headers.get("Range") == f"bytes={second.start}-"
     ]
     assert asked == [503, 503, 503, 206]
-    assert run.seeks == [r.first for r in body_ranges(fake.ranges)]
+    assert run.seeks == run_starts(body)
     assert_holds_image(target.read_bytes(), fake)
 
 
@@ -543,12 +569,15 @@ def test_a_range_corrupted_on_the_way_is_found_by_verify_and_repaired(
 ) -> None:
     target = tmp_path / "sd.img"
     blank_target(target, len(image))
-    bad = body_ranges(plan_ranges(image))[2]
+    body = body_ranges(plan_ranges(image))
+    bad = max(runs_of(body), key=len)[-1]  # not the first range of its run
     with FakeManager(image, corrupt_once={bad.index}) as fake:
         run = run_installer(fake, target, tmp_path / "work")
     assert run.code == 0, run.console
     assert f"range {bad.index} reads back different: fetching it again (1)" in run.console
-    assert run.seeks.count(bad.first) == 2  # written, read back different, written again
+    # written with its run, read back different, fetched alone and written again
+    assert run.seeks == [*run_starts(body), bad.first]
+    assert fake.served[bad.index] == 2 * (bad.end - bad.start)
     assert_holds_image(target.read_bytes(), fake)
     result = fake.result()
     assert result is not None
@@ -560,7 +589,8 @@ def test_a_range_that_stays_corrupt_fails_verify_and_the_card_does_not_boot(
 ) -> None:
     target = tmp_path / "sd.img"
     blank_target(target, len(image))
-    bad = body_ranges(plan_ranges(image))[2]
+    body = body_ranges(plan_ranges(image))
+    bad = max(runs_of(body), key=len)[-1]
     with FakeManager(image, corrupt={bad.index}) as fake:
         run = run_installer(fake, target, tmp_path / "work")
     assert run.code == 1, run.console
@@ -569,7 +599,7 @@ def test_a_range_that_stays_corrupt_fails_verify_and_the_card_does_not_boot(
     assert result["ok"] is False
     assert result["step"] == "verify"
     assert f"range {bad.index} (blocks {bad.first}-{bad.last})" in result["reason"]
-    assert run.seeks.count(bad.first) == 1  # the repair fetch is checked first: never written
+    assert run.seeks == run_starts(body)  # the repair fetch is checked first: never written
     written = target.read_bytes()
     assert written[:BLOCK] == bytes(BLOCK), "the head must not be written after a failure"
 
@@ -609,16 +639,20 @@ def test_image_larger_than_the_disk_is_refused_before_erasing(image: bytes, tmp_
 def test_resume_skips_the_ranges_already_written(image: bytes, tmp_path: Path) -> None:
     target = tmp_path / "sd.img"
     disk = bytearray(blank_target(target, len(image)))
-    done = body_ranges(plan_ranges(image))[:3]
+    body = body_ranges(plan_ranges(image))
+    done, spoilt = body[:3], body[1]
     for r in done:  # what the interrupted run wrote and synced
         disk[r.start : r.end] = image[r.start : r.end]
+    disk[spoilt.end - 1] ^= 0xFF  # what the card kept wrong: this run reads the ranges back
     target.write_bytes(disk)
     with FakeManager(image, resume=3) as fake:
         run = run_installer(fake, target, tmp_path / "work")
     assert run.code == 0, run.console
+    assert f"range {spoilt.index} reads back different: fetching it again (1)" in run.console
     for r in fake.ranges:
-        assert fake.served[r.index] == (0 if r in done else r.end - r.start), r
-    assert run.seeks == [r.first for r in body_ranges(fake.ranges)[3:]]
+        fetched = r.end - r.start if r not in done or r == spoilt else 0
+        assert fake.served[r.index] == fetched, r
+    assert run.seeks == [*run_starts(body[3:]), spoilt.first]
     assert fake.progress()[0]["ranges_done"] == 3
     assert_holds_image(target.read_bytes(), fake)
     result = fake.result()
@@ -636,7 +670,9 @@ def test_cancelled_deployment_stops_at_once(image: bytes, tmp_path: Path) -> Non
     gone = [s for s in fake.requests if s.status == 410]
     assert len(gone) == 1
     assert fake.requests[-1] is gone[0], "asked for more after 410"
-    assert len(run.seeks) == gone[0].json()["ranges_done"], "wrote after the last report"
+    written = [one for one in runs_of(body_ranges(fake.ranges)) if one[0].first in run.seeks]
+    assert len(written) == len(run.seeks)
+    assert sum(map(len, written)) == gone[0].json()["ranges_done"], "wrote after the last report"
     assert fake.result() is None
     assert target.read_bytes()[:BLOCK] == bytes(BLOCK), "the head was written"
 

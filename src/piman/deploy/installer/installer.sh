@@ -5,10 +5,14 @@
 #   1. parameters from the kernel command line; network up; hello with the one-time token,
 #      whose answer is the plan ($TMP/plan)
 #   2. size check; 3. the head fetched and checked: nothing on the disk changes before here
-#   4. each range after `resume`, outside the head: fetched, written once with dd; sync every
-#      few ranges; progress at least every `progress_every` seconds
-#   5. every range outside the head read back and checked (a bad one fetched again, checked,
-#      rewritten); then the head written last, sync, partition table re-read, read back
+#   4. the ranges after `resume`, outside the head: each run of adjacent ranges (at most
+#      RUN_BYTES) fetched with one request and written once with one dd; sync every few ranges;
+#      progress at least every `progress_every` seconds. The ranges synced so far are read back
+#      and checked in the background while the next ones download (one reader at a time)
+#   5. every range outside the head checked: those of this run by the readers in the background,
+#      those of an earlier run (before `resume`) now; a bad one fetched again, checked,
+#      rewritten, read back again; then the head written last, sync, partition table re-read,
+#      read back
 #   7. files.tar extracted onto partition 1; 8. result, then reboot
 # A failure posts {"ok": false, ...} when a session exists, and never writes afterwards.
 #
@@ -31,7 +35,9 @@ set -u
 TMP=${PIMAN_TMP:-/tmp}
 RETRY_SECONDS=${PIMAN_RETRY_SECONDS:-600}  # per request: the manager may be restarting
 RETRY_PAUSE=${PIMAN_RETRY_PAUSE:-5}
-RANGE_SECONDS=120     # deadline of one wget of a range (at most 4 MiB)
+RANGE_SECONDS=120     # deadline of one wget of a run of ranges (then it goes on with -c)
+RUN_BYTES=16777216    # at most this many bytes in one request (a run of adjacent ranges)
+COPY_BYTES=1048576    # dd's block: large reads and writes, offsets in bytes
 CONTROL_SECONDS=30    # deadline of one wget of anything else
 SYNC_EVERY=8          # ranges written between two syncs
 FAIL_WAIT=60          # seconds the console stays readable after a failure
@@ -42,6 +48,7 @@ DEPLOYMENT='' SESSION='' IMAGE='' STATUS=0
 DISK_BYTES=0 IMAGE_BYTES=0 BS=0 HEAD_BLOCKS=0 HEAD_BYTES=0 RESUME=0 PROGRESS_EVERY=5
 RANGES_TOTAL=0 RANGES_DONE=0 BYTES_TOTAL=0 BYTES_DONE=0 PROGRESS_AT=0
 PART='' LOOP='' MOUNTED='' SKIPPED=''
+READER='' R_GROUPS=0  # the background read-back of synced ranges (its pid), groups started
 STEP=hello  # what fetch names in progress and failures: hello (the head), then write_image
 
 log() { echo "piman-installer: $*" >&2; }
@@ -53,6 +60,7 @@ json_string() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'
 # Ends the installer. 0: reboot into the new system; otherwise power off (after a pause on a
 # failure, so the console can be read). With PIMAN_NO_REBOOT=1 it exits with the code instead.
 finish() {
+    if [ -n "$READER" ]; then kill "$READER" 2>/dev/null; wait "$READER" 2>/dev/null; fi
     release_partition
     if [ "${PIMAN_NO_REBOOT:-0}" = 1 ]; then exit "$1"; fi
     if [ "$1" = 0 ]; then sync; reboot -f; fi
@@ -279,18 +287,20 @@ fetch() {
 
 # sha256 FILE SKIP_BLOCKS BYTES: the digest of BYTES bytes of FILE after SKIP_BLOCKS blocks.
 sha256() {
-    s=$(dd if="$1" bs="$BS" skip="$2" count="$3" iflag=count_bytes 2>/dev/null | sha256sum)
+    s=$(dd if="$1" bs="$COPY_BYTES" skip=$(($2 * BS)) count="$3" iflag=skip_bytes,count_bytes \
+        2>/dev/null | sha256sum)
     echo "${s%% *}"
 }
 
-# fetch_body INDEX FIRST LAST: $TMP/range holds the range, its size checked. Its SHA-256 is
-# checked once, when it is read back from the disk (verify): hashing costs more CPU than
-# anything else here, and busybox's SHA-256 runs at a few hundred MB/s.
+# fetch_body NAME FIRST LAST: $TMP/range holds blocks FIRST..LAST (one range or a run of
+# adjacent ones), its size checked. Their SHA-256 is checked once, when they are read back from
+# the disk (verify): hashing costs more CPU than anything else here, and busybox's SHA-256 runs
+# at a few hundred MB/s.
 fetch_body() {
     fb_len=$(range_bytes "$2" "$3")
     fetch "$TMP/range" $(($2 * BS)) $(($2 * BS + fb_len - 1))
     [ "$(stat -c %s "$TMP/range")" = $(($2 * BS + fb_len)) ] ||
-        fail "$STEP" "range $1 (blocks $2-$3) came short"
+        fail "$STEP" "$1 (blocks $2-$3) came short"
 }
 
 # fetch_range INDEX FIRST LAST SHA: $TMP/range holds the range, checked (fetched twice at most).
@@ -327,31 +337,79 @@ check_head() {
     log "head: $HEAD_BYTES bytes with a partition table"
 }
 
+# Fetches and writes the ranges after RESUME, a run of adjacent ranges (up to RUN_BYTES) per
+# request and per dd. After each sync, the ranges written since the last one (a group) are
+# handed to the background reader (read_back), which reads them back while the next download
+# goes on.
 write_ranges() {
-    w_seen=0 w_pending=0 w_bytes=0
+    w_seen=0 w_pending=0 w_bytes=0 w_first=-1 w_last=-1 w_count=0 w_from=''
+    : >"$TMP/bad"
+    : >"$TMP/group"
+    : >"$TMP/run"
     while read -r idx first last sha in_head <&3; do
         [ "$in_head" = 0 ] || continue
         w_seen=$((w_seen + 1))
         [ "$w_seen" -gt "$RESUME" ] || continue  # written and synced by an earlier run
-        w_len=$(range_bytes "$first" "$last")
-        fetch_body "$idx" "$first" "$last"
-        write_range "$idx" "$first" "$last"
-        w_pending=$((w_pending + 1)) w_bytes=$((w_bytes + w_len))
-        if [ "$w_pending" -ge "$SYNC_EVERY" ] || progress_due; then
-            sync
-            RANGES_DONE=$w_seen BYTES_DONE=$((BYTES_DONE + w_bytes)) w_pending=0 w_bytes=0
-            progress write_image
+        if [ "$w_count" -gt 0 ] && { [ "$first" != $((w_last + 1)) ] ||
+            [ $(((last + 1 - w_first) * BS)) -gt "$RUN_BYTES" ]; }; then
+            write_run $((w_seen - 1))
         fi
+        [ "$w_count" -gt 0 ] || w_first=$first w_from=$idx
+        w_last=$last w_to=$idx w_count=$((w_count + 1))
+        echo "$idx $first $last $sha" >>"$TMP/run"
     done 3<"$TMP/ranges"
+    [ "$w_count" = 0 ] || write_run "$w_seen"
     sync
     RANGES_DONE=$RANGES_TOTAL BYTES_DONE=$((BYTES_DONE + w_bytes))
+    read_back
     progress write_image
+    if [ -n "$READER" ]; then wait "$READER"; READER=''; fi
 }
 
-# write_range INDEX FIRST LAST: $TMP/range onto the disk at its own blocks.
+# write_run DONE: the run in $TMP/run (ranges w_from..w_to, blocks w_first..w_last) fetched
+# with one request and written with one dd; DONE ranges are written once it is. Every
+# SYNC_EVERY ranges, or when progress is due: sync, read back in the background, report.
+write_run() {
+    if [ "$w_from" = "$w_to" ]; then wr_name="range $w_from"; else wr_name="ranges $w_from-$w_to"; fi
+    fetch_body "$wr_name" "$w_first" "$w_last"
+    write_range "$wr_name" "$w_first" "$w_last"
+    cat "$TMP/run" >>"$TMP/group"
+    : >"$TMP/run"
+    w_pending=$((w_pending + w_count))
+    w_bytes=$((w_bytes + $(range_bytes "$w_first" "$w_last"))) w_count=0
+    if [ "$w_pending" -ge "$SYNC_EVERY" ] || progress_due; then
+        sync
+        RANGES_DONE=$1 BYTES_DONE=$((BYTES_DONE + w_bytes)) w_pending=0 w_bytes=0
+        read_back
+        progress write_image
+    fi
+}
+
+# read_back: the synced ranges of $TMP/group read back and checked by a background reader
+# (after the previous one ends); each that reads back different goes to $TMP/bad.
+read_back() {
+    [ -s "$TMP/group" ] || return 0
+    if [ -n "$READER" ]; then wait "$READER"; READER=''; fi
+    R_GROUPS=$((R_GROUPS + 1))
+    mv "$TMP/group" "$TMP/group.$R_GROUPS"
+    : >"$TMP/group"
+    (
+        drop_caches
+        while read -r idx first last sha; do
+            [ "$(sha256 "$DISK" "$first" "$(range_bytes "$first" "$last")")" = "$sha" ] ||
+                echo "$idx" >>"$TMP/bad"
+        done <"$TMP/group.$R_GROUPS"
+        rm -f "$TMP/group.$R_GROUPS"
+    ) &
+    READER=$!
+}
+
+# write_range NAME FIRST LAST: $TMP/range onto the disk at its own blocks, FIRST..LAST.
 write_range() {
-    dd if="$TMP/range" of="$DISK" bs="$BS" skip="$2" seek="$2" conv=notrunc 2>"$TMP/dd.err" ||
-        fail "$STEP" "writing range $1 (blocks $2-$3): $(tail -n 1 "$TMP/dd.err")"
+    dd if="$TMP/range" of="$DISK" bs="$COPY_BYTES" skip=$(($2 * BS)) seek=$(($2 * BS)) \
+        count="$(range_bytes "$2" "$3")" iflag=skip_bytes,count_bytes oflag=seek_bytes \
+        conv=notrunc 2>"$TMP/dd.err" ||
+        fail "$STEP" "writing $1 (blocks $2-$3): $(tail -n 1 "$TMP/dd.err")"
 }
 
 write_head() {
@@ -368,16 +426,23 @@ write_head() {
 
 # --- 6. verify ----------------------------------------------------------------------------
 
-# Reads back every range outside the head (the head is not written yet) and checks its SHA-256;
-# a range that reads back different is fetched again, checked before it is written this time,
-# and read back again (twice at most), so a download corrupted on the way is repaired.
+# Every range outside the head (the head is not written yet) read back and its SHA-256 checked:
+# the ranges written by this run were read back in the background (read_back), and those in
+# $TMP/bad read back different; the ranges of an earlier run (before RESUME) are read back
+# here. A range that reads back different is fetched again, checked before it is written this
+# time, and read back again (twice at most), so a download corrupted on the way is repaired.
 verify_body() {
     drop_caches
-    BYTES_DONE=0
+    BYTES_DONE=0 v_seen=0
     progress verify
     while read -r idx first last sha in_head <&3; do
         [ "$in_head" = 0 ] || continue
-        v_len=$(range_bytes "$first" "$last")
+        v_len=$(range_bytes "$first" "$last") v_seen=$((v_seen + 1))
+        if [ "$v_seen" -gt "$RESUME" ] && { [ ! -s "$TMP/bad" ] || ! grep -qx "$idx" "$TMP/bad"; }
+        then
+            BYTES_DONE=$((BYTES_DONE + v_len))  # read back and found right by read_back
+            continue
+        fi
         v_try=0
         while [ "$(sha256 "$DISK" "$first" "$v_len")" != "$sha" ]; do
             v_try=$((v_try + 1))
@@ -385,7 +450,7 @@ verify_body() {
                 fail verify "range $idx (blocks $first-$last) reads back different"
             log "range $idx reads back different: fetching it again ($v_try)"
             fetch_range "$idx" "$first" "$last" "$sha"
-            write_range "$idx" "$first" "$last"
+            write_range "range $idx" "$first" "$last"
             sync
             drop_caches
         done
