@@ -4,6 +4,8 @@
 families; :meth:`LinuxNode.collect` runs them all, and one that fails (a file missing on this
 kernel, a vcgencmd timeout) is reported as ``node_scrape_collector_success{collector=…} 0``
 without failing the scrape. ``proc_root`` and ``sys_root`` let tests point it at fake trees.
+Every read goes through a :class:`~piman.monitor.agent.machine.Machine` (this machine unless
+one is given): the manager runs these same collectors over files copied from a node over SSH.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from piman.monitor.agent import devices, hwmon, netstat, pi, procfs
 from piman.monitor.agent.exposition import MetricFamily
+from piman.monitor.agent.machine import Machine
 from piman.monitor.agent.process import collect_process
 
 __all__ = ["LinuxNode"]
@@ -54,6 +57,7 @@ class LinuxNode:
 
     ``vcgencmd`` is the program's path; None looks it up on $PATH, ``""`` means none.
     ``root_fs`` is the file system whose usage ``/events`` reports as ``disk_percent``.
+    ``machine``, when given, is read instead of this one (``vcgencmd`` is then its own).
     """
 
     def __init__(
@@ -65,18 +69,23 @@ class LinuxNode:
         vcgencmd: str | None = None,
         vcgencmd_timeout: float = 2.0,
         clock: Callable[[], float] = time.time,
+        machine: Machine | None = None,
     ) -> None:
         self.proc_root = proc_root
         self.sys_root = sys_root
         self.root_fs = root_fs
         self.clock = clock
-        program = vcgencmd if vcgencmd is not None else pi.find_program("vcgencmd")
-        self.vcgencmd = pi.Vcgencmd(program, vcgencmd_timeout) if program else None
-        self.board = pi.read_board_info(proc_root, sys_root)
-        self.ticks = float(os.sysconf("SC_CLK_TCK"))
-        self.page_size = os.sysconf("SC_PAGE_SIZE")
+        if machine is None:
+            program = vcgencmd if vcgencmd is not None else pi.find_program("vcgencmd")
+            reader = pi.Vcgencmd(program, vcgencmd_timeout) if program else None
+            machine = Machine(vcgencmd=reader)
+        self.machine = machine
+        self.files = machine.files
+        self.vcgencmd = machine.vcgencmd
+        self.board = pi.read_board_info(proc_root, sys_root, self.files)
+        self.ticks = machine.ticks
+        self.page_size = machine.page_size
         self._lock = threading.Lock()
-        self._statfs = devices.StatFs()
         self._pi_cache: tuple[float, pi.PiReadings] | None = None
         self._cpu_ref: tuple[float, procfs.CpuTimes] | None = None
         self._cpu_percent = 0.0
@@ -95,11 +104,14 @@ class LinuxNode:
             ("vmstat", self._vmstat),
             ("filefd", self._filefd),
             ("entropy", self._entropy),
-            ("hwmon", lambda: hwmon.collect_hwmon(self.sys_root)),
-            ("thermal_zone", lambda: hwmon.collect_thermal_zones(self.sys_root)),
+            ("hwmon", lambda: hwmon.collect_hwmon(self.sys_root, self.files)),
+            ("thermal_zone", lambda: hwmon.collect_thermal_zones(self.sys_root, self.files)),
         ]
-        if os.path.isdir(os.path.join(proc_root, "pressure")):
+        try:
+            self.files.listdir(os.path.join(proc_root, "pressure"))
             self._collectors.append(("pressure", self._pressure))
+        except OSError:
+            pass
         try:
             self._cpu_ref = (time.monotonic(), self._read_stat().total)
         except OSError:
@@ -108,8 +120,7 @@ class LinuxNode:
     # -- helpers -------------------------------------------------------------------------------
 
     def _proc(self, *parts: str) -> str:
-        with open(os.path.join(self.proc_root, *parts), encoding="utf-8", errors="replace") as f:
-            return f.read()
+        return self.files.read(os.path.join(self.proc_root, *parts))
 
     def _read_stat(self) -> procfs.Stat:
         return procfs.parse_stat(self._proc("stat"))
@@ -160,10 +171,10 @@ class LinuxNode:
             mounts = self._proc("1", "mounts")
         except OSError:
             mounts = self._proc("self", "mounts")
-        return devices.filesystems(mounts, self._statfs)
+        return devices.filesystems(mounts, self.machine.statfs)
 
     def _netdev(self) -> list[MetricFamily]:
-        return devices.network(self._proc("net", "dev"), self.sys_root)
+        return devices.network(self._proc("net", "dev"), self.sys_root, self.files)
 
     def _diskstats(self) -> list[MetricFamily]:
         return devices.disks(self._proc("diskstats"))
@@ -211,7 +222,7 @@ class LinuxNode:
         ]
 
     def _uname(self) -> list[MetricFamily]:
-        u = os.uname()
+        u = self.machine.uname()
         try:
             domain = self._proc("sys", "kernel", "domainname").strip()
         except OSError:
@@ -326,7 +337,8 @@ class LinuxNode:
             families.extend(pi.pi_families(readings, self.board))
             success.add(1 if readings is not None and readings.ok else 0, {"collector": "vcgencmd"})
             duration.add(time.perf_counter() - start, {"collector": "vcgencmd"})
-        families.extend(collect_process())
+        if self.machine.process:
+            families.extend(collect_process())
         families += [success, duration]
         return families
 
@@ -337,9 +349,7 @@ class LinuxNode:
         with self._lock:
             ref = self._cpu_ref
             if ref is not None and now - ref[0] >= 0.5:
-                d_total = total.total - ref[1].total
-                d_busy = d_total - (total.idle - ref[1].idle)
-                self._cpu_percent = round(100.0 * d_busy / d_total, 1) if d_total > 0 else 0.0
+                self._cpu_percent = procfs.busy_percent(ref[1], total)
                 self._cpu_ref = (now, total)
             elif ref is None:
                 self._cpu_ref = (now, total)
@@ -347,10 +357,10 @@ class LinuxNode:
         mem = self._meminfo_values()
         mem_total = mem.get("MemTotal", (0, True))[0]
         mem_avail = mem.get("MemAvailable", (0, True))[0]
-        st = os.statvfs(self.root_fs)
+        st = self.machine.statvfs(self.root_fs)
         used = (st.f_blocks - st.f_bfree) * st.f_frsize
         avail = st.f_bavail * st.f_frsize
-        pids = sum(1 for n in os.listdir(self.proc_root) if _PIDS.match(n))
+        pids = sum(1 for n in self.files.listdir(self.proc_root) if _PIDS.match(n))
         out: dict[str, Any] = {
             "time": self.clock(),
             "cpu_percent": max(0.0, min(100.0, cpu_percent)),
@@ -372,7 +382,7 @@ class LinuxNode:
 
     def _board_temperature(self) -> float | None:
         """The CPU's thermal zone (a zone whose type mentions cpu, else the first), in °C."""
-        zones = hwmon.collect_thermal_zones(self.sys_root)[0].samples
+        zones = hwmon.collect_thermal_zones(self.sys_root, self.files)[0].samples
         if not zones:
             return None
         for labels, value in zones:

@@ -15,14 +15,15 @@ from collections.abc import Callable
 
 from piman.monitor.agent import procfs
 from piman.monitor.agent.exposition import MetricFamily, MetricType
+from piman.monitor.agent.files import FsStat, LocalFiles, NodeFiles
 
-__all__ = ["StatFs", "disks", "filesystems", "network"]
+__all__ = ["FS_TYPES_EXCLUDED", "LOCAL_FS", "StatFs", "disks", "filesystems", "network"]
 
 logger = logging.getLogger(__name__)
 
 # node_exporter's defaults for the filesystem, diskstats and netdev collectors, as Debian's
 # prometheus-node-exporter 1.5 (and so Raspberry Pi OS) ships them.
-_FS_TYPES_EXCLUDED = re.compile(
+FS_TYPES_EXCLUDED = re.compile(
     r"^(autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs|"
     r"iso9660|mqueue|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs|squashfs|"
     r"erofs|sysfs|tracefs)$"
@@ -112,7 +113,7 @@ _NET_TRANSMIT = ("bytes", "packets", "errs", "drop", "fifo", "colls", "carrier",
 
 
 # File systems whose statvfs answers from memory; any other (NFS, CIFS, FUSE …) may hang.
-_LOCAL_FS = frozenset(
+LOCAL_FS = frozenset(
     "ext2 ext3 ext4 vfat msdos exfat xfs btrfs f2fs jfs reiserfs ntfs ntfs3 zfs tmpfs ramfs".split()
 )
 
@@ -136,7 +137,7 @@ class StatFs:
 
     def __call__(self, path: str, fstype: str) -> os.statvfs_result | None:
         """The statvfs of ``path``, or None if it is stuck; OSError as statvfs raises it."""
-        if fstype in _LOCAL_FS:
+        if fstype in LOCAL_FS:
             return self._stat(path)
         with self._lock:
             if path in self._stuck:
@@ -165,8 +166,11 @@ class StatFs:
         return result
 
 
-def filesystems(mounts: str, statfs: StatFs | None = None) -> list[MetricFamily]:
-    """``node_filesystem_*`` for the mounts in ``mounts`` (/proc/1/mounts)."""
+def filesystems(
+    mounts: str, statfs: Callable[[str, str], FsStat | None] | None = None
+) -> list[MetricFamily]:
+    """``node_filesystem_*`` for the mounts in ``mounts`` (/proc/1/mounts); ``statfs(path,
+    fstype)`` (default: a :class:`StatFs`) gives a mount's statvfs, None when it is stuck."""
     text = mounts
     statfs = statfs if statfs is not None else StatFs()
     names = {
@@ -187,7 +191,7 @@ def filesystems(mounts: str, statfs: StatFs | None = None) -> list[MetricFamily]
     fams = {k: MetricFamily(n, "gauge", h) for k, (n, h) in names.items()}
     seen: set[str] = set()
     for m in procfs.parse_mounts(text):
-        if _FS_TYPES_EXCLUDED.match(m.fstype) or _MOUNTS_EXCLUDED.match(m.mountpoint):
+        if FS_TYPES_EXCLUDED.match(m.fstype) or _MOUNTS_EXCLUDED.match(m.mountpoint):
             continue
         if m.mountpoint in seen:
             continue
@@ -210,8 +214,10 @@ def filesystems(mounts: str, statfs: StatFs | None = None) -> list[MetricFamily]
     return list(fams.values())
 
 
-def network(netdev: str, sys_root: str) -> list[MetricFamily]:
-    """``node_network_*`` from /proc/net/dev's text and ``<sys_root>/class/net``."""
+def network(netdev: str, sys_root: str, files: NodeFiles | None = None) -> list[MetricFamily]:
+    """``node_network_*`` from /proc/net/dev's text and ``<sys_root>/class/net`` (read through
+    ``files``, default this machine's)."""
+    files = files if files is not None else LocalFiles()
     devices = {
         name: values
         for name, values in procfs.parse_netdev(netdev).items()
@@ -233,11 +239,13 @@ def network(netdev: str, sys_root: str) -> list[MetricFamily]:
             fams.append(fam)
     up = MetricFamily("node_network_up", "gauge", "Value is 1 if operstate is 'up', 0 otherwise.")
     net_class = os.path.join(sys_root, "class", "net")
-    for device in sorted(os.listdir(net_class)) if os.path.isdir(net_class) else []:
-        path = os.path.join(net_class, device, "operstate")
+    try:
+        entries = files.listdir(net_class)
+    except OSError:
+        entries = []
+    for device in entries:
         try:
-            with open(path, encoding="utf-8") as f:
-                state = f.read().strip()
+            state = files.read(os.path.join(net_class, device, "operstate")).strip()
         except OSError:
             continue
         up.add(1 if state == "up" else 0, {"device": device})

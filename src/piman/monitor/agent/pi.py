@@ -16,9 +16,11 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from piman.monitor.agent.exposition import MetricFamily
+from piman.monitor.agent.files import LocalFiles, NodeFiles
 
 __all__ = [
     "CLOCKS",
@@ -27,11 +29,13 @@ __all__ = [
     "BoardInfo",
     "PiReadings",
     "Vcgencmd",
+    "commands",
     "decode_throttled",
     "find_program",
     "parse_reply",
     "pi_families",
     "read_board_info",
+    "readings_from",
 ]
 
 logger = logging.getLogger(__name__)
@@ -108,12 +112,7 @@ class Vcgencmd:
         self.timeout = timeout
 
     def commands(self) -> list[tuple[str, ...]]:
-        return [
-            ("get_throttled",),
-            ("measure_temp",),
-            *(("measure_clock", c) for c in CLOCKS),
-            *(("measure_volts", v) for v in VOLTAGES),
-        ]
+        return commands()
 
     def read(self) -> PiReadings:
         import subprocess  # only machines that have vcgencmd pay for the import
@@ -137,7 +136,7 @@ class Vcgencmd:
                 proc.wait()
             return out
         deadline = time.monotonic() + self.timeout
-        ok = True
+        replies: list[tuple[tuple[str, ...], str | None]] = []
         for cmd, proc in procs:
             try:
                 stdout, _ = proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
@@ -145,46 +144,69 @@ class Vcgencmd:
                 proc.kill()
                 proc.communicate()
                 logger.warning("[vcgencmd] %s timed out after %.1fs", " ".join(cmd), self.timeout)
-                ok = False
+                replies.append((cmd, None))
                 continue
-            if proc.returncode != 0:
-                ok = False
-                continue
-            try:
-                value = parse_reply(stdout)
-            except ValueError as err:
-                logger.warning("[vcgencmd] %s", err)
-                ok = False
-                continue
-            if cmd[0] == "get_throttled":
-                out.throttled = int(value)
-            elif cmd[0] == "measure_temp":
-                out.soc_temperature = value
-            elif cmd[0] == "measure_clock":
-                out.clocks[cmd[1]] = value
-            else:
-                out.voltages[cmd[1]] = value
-        out.ok = ok
-        return out
+            replies.append((cmd, stdout if proc.returncode == 0 else None))
+        return readings_from(replies)
 
 
-def _read_text(path: str) -> str | None:
+def commands() -> list[tuple[str, ...]]:
+    """The vcgencmd queries of one round, as argument lists."""
+    return [
+        ("get_throttled",),
+        ("measure_temp",),
+        *(("measure_clock", c) for c in CLOCKS),
+        *(("measure_volts", v) for v in VOLTAGES),
+    ]
+
+
+def readings_from(replies: Iterable[tuple[tuple[str, ...], str | None]]) -> PiReadings:
+    """One round's ``(command, reply)`` pairs as readings; a reply of None is a command that
+    failed (non-zero exit, timeout) and, like a reply that does not parse, makes ``ok`` False."""
+    out = PiReadings()
+    ok = True
+    for cmd, reply in replies:
+        if reply is None:
+            ok = False
+            continue
+        try:
+            value = parse_reply(reply)
+        except ValueError as err:
+            logger.warning("[vcgencmd] %s", err)
+            ok = False
+            continue
+        if cmd[0] == "get_throttled":
+            out.throttled = int(value)
+        elif cmd[0] == "measure_temp":
+            out.soc_temperature = value
+        elif cmd[0] == "measure_clock":
+            out.clocks[cmd[1]] = value
+        else:
+            out.voltages[cmd[1]] = value
+    out.ok = ok
+    return out
+
+
+def _read_text(files: NodeFiles, path: str) -> str | None:
     try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace").strip("\x00\n ")
+        return files.read(path).strip("\x00\n ")
     except OSError:
         return None
 
 
-def read_board_info(proc_root: str = "/proc", sys_root: str = "/sys") -> BoardInfo | None:
-    """The device-tree model and /proc/cpuinfo revision; None when this is not a Pi."""
-    model = _read_text(os.path.join(sys_root, "firmware", "devicetree", "base", "model"))
+def read_board_info(
+    proc_root: str = "/proc", sys_root: str = "/sys", files: NodeFiles | None = None
+) -> BoardInfo | None:
+    """The device-tree model and /proc/cpuinfo revision; None when this is not a Pi.
+    Read through ``files`` (default: this machine's)."""
+    files = files if files is not None else LocalFiles()
+    model = _read_text(files, os.path.join(sys_root, "firmware", "devicetree", "base", "model"))
     if model is None:
-        model = _read_text(os.path.join(proc_root, "device-tree", "model"))
+        model = _read_text(files, os.path.join(proc_root, "device-tree", "model"))
     if not model or "Raspberry Pi" not in model:
         return None
     revision = ""
-    cpuinfo = _read_text(os.path.join(proc_root, "cpuinfo")) or ""
+    cpuinfo = _read_text(files, os.path.join(proc_root, "cpuinfo")) or ""
     for line in cpuinfo.splitlines():
         key, sep, value = line.partition(":")
         if sep and key.strip() == "Revision":

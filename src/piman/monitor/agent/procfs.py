@@ -16,6 +16,7 @@ __all__ = [
     "DiskStats",
     "Mount",
     "Stat",
+    "busy_percent",
     "meminfo_metric_name",
     "parse_diskstats",
     "parse_loadavg",
@@ -60,6 +61,14 @@ class Stat:
     interrupts: int = 0
     procs_running: int = 0
     procs_blocked: int = 0
+
+
+def busy_percent(before: CpuTimes, after: CpuTimes) -> float:
+    """Percent of CPU time spent busy (not idle or waiting for I/O) between two readings of
+    the aggregate line, rounded to 0.1; 0 when no time passed."""
+    d_total = after.total - before.total
+    d_busy = d_total - (after.idle - before.idle)
+    return round(100.0 * d_busy / d_total, 1) if d_total > 0 else 0.0
 
 
 def _cpu_times(fields: list[str]) -> CpuTimes:
