@@ -21,9 +21,10 @@ each tag        ``<tag>``               ``camera``; ``tag_5g`` (leading digit)
 
 Values are lower-cased, ``+`` becomes ``plus`` and every other run of characters outside
 ``[a-z0-9_]`` one ``_``; two values that sanitise alike share a group. A tag that would start
-with a digit, or take a reserved name (``all``, ``ungrouped`` or a parent in :data:`PARENTS`),
-is prefixed ``tag_``. :func:`parents` gives the parent groups (``switches`` → every
-``switch_*``…) that make ``ansible-inventory --graph`` a tree.
+with a digit, or take a reserved name (``all``, ``ungrouped``, ``no_ip`` or a parent in
+:data:`PARENTS`) or a generated group's prefix, is prefixed ``tag_``. :func:`parents` gives
+the parent groups (``switches`` → every ``switch_*``…) that make ``ansible-inventory --graph``
+a tree.
 
 :func:`select` turns what users type (node names, ``switch:port``, ``all``, group names) into
 hosts, as ``piman ssh run`` and the other fleet commands take targets.
@@ -84,7 +85,8 @@ PARENTS: dict[str, str] = {
     "owners": "owner_",
     "environments": "env_",
 }
-RESERVED = frozenset({"all", "ungrouped", "tags", *PARENTS})
+# ``no_ip``: the Ansible inventory's group of the hosts it has no address for.
+RESERVED = frozenset({"all", "ungrouped", "no_ip", "tags", *PARENTS})
 
 _OUTSIDE = re.compile(r"[^a-z0-9_]+")
 

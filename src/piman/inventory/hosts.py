@@ -1,8 +1,10 @@
 """The inventory hosts of a fleet: the store's nodes merged with the config (what the fleet
 operations act on: Ansible, ``piman ssh``, self-healing).
 
-For each node, :func:`collect` takes what the store knows (the config's nodes are reconciled
-into it; a declared node missing there is still listed, ``ready`` as reconciling makes it) and adds:
+For each node, :func:`collect` takes what the store knows, with the config's word on what it
+declares (MAC, IP, switch port, serial, model) as :func:`piman.store.reconcile` would write it,
+so the answer is right without writing to the store: a declared node the store lacks is listed
+(``ready``), a discovered row whose MAC a declared node claims is that node. Then it adds:
 
 - ``owner``: the owner of the node's *active* reservation (scheduled or ending ones do not count);
 - ``environment``: the environment of the node's latest successful deployment among the recent
@@ -18,6 +20,7 @@ into it; a declared node missing there is still listed, ``ready`` as reconciling
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from piman.config.models import Config, NodeSettings
@@ -69,7 +72,12 @@ def merge(
         if d.result == "ok":
             good.setdefault(d.node, d)
     declared = {n.name: n for n in config.nodes}
-    hosts = [_host(config, n, declared.get(n.name), owners, good) for n in nodes]
+    claimed = {n.mac for n in config.nodes if n.mac}
+    hosts = [
+        _host(config, n, declared.get(n.name), owners, good)
+        for n in nodes
+        if n.name in declared or n.mac not in claimed
+    ]
     seen = {h.name for h in hosts}
     hosts += [
         _host(config, _record(n), n, owners, good) for n in config.nodes if n.name not in seen
@@ -116,12 +124,19 @@ def _host(
         user = created if isinstance(created, str) and created else None
     if user is None and environment is not None and config.deploy is not None:
         user = config.deploy.customise.user
-    ip = node.ip
-    if ip is None and declared is not None and declared.ip is not None:
-        ip = str(declared.ip)
+    if declared is not None:  # the config wins for what it says, as reconcile writes it
+        node = replace(
+            node,
+            mac=declared.mac or node.mac,
+            ip=str(declared.ip) if declared.ip is not None else node.ip,
+            switch=declared.switch,
+            port=declared.port,
+            serial=declared.serial or node.serial,
+            model=declared.model or node.model,
+        )
     return InventoryHost(
         name=node.name,
-        ip=ip,
+        ip=node.ip,
         mac=node.mac,
         serial=node.serial,
         model=node.model,

@@ -123,6 +123,8 @@ async def test_a_declared_node_the_store_lacks_is_listed_ready_and_a_discovered_
 ) -> None:
     cfg = config(tmp_path)
     await store.nodes.record_sighting("dc:a6:32:00:00:99", ip="198.18.0.99", now=NOW)
+    # pi1 seen on the wire before the config declared it: one host, with the config's address.
+    await store.nodes.record_sighting("dc:a6:32:00:00:01", ip="198.18.0.150", now=NOW)
     hosts = await collect(cfg, store)
     assert [(h.name, h.state, h.tags, h.monitor) for h in hosts] == [
         ("pi-dca632000099", "new", (), "agent"),
