@@ -234,8 +234,18 @@ class SshLab:
             except subprocess.TimeoutExpired:
                 node.proc.kill()
                 node.proc.wait()
-        # sshd's children (sessions) are in the namespace too.
-        self.net.run(node.ns, "sh", "-c", "pkill -f 'sshd' || true", check=False)
+        # sshd's children (sessions) are in the namespace too; only this namespace's (a network
+        # namespace shares the PID space: `pkill sshd` would reach every lab's and the host's).
+        listed = subprocess.run(
+            ["ip", "netns", "pids", node.ns], capture_output=True, text=True, check=False
+        ).stdout.split()
+        for pid in listed:
+            try:
+                comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                continue
+            if comm.startswith("sshd"):
+                subprocess.run(["kill", pid], capture_output=True, check=False)
 
     def reload(self, node: SshNode) -> None:
         """SIGHUP the node's sshd (what `systemctl reload ssh` does on a Pi)."""
