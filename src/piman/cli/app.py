@@ -12,6 +12,7 @@ from piman.cli import (
     common,
     config_cmd,
     deploy_cmd,
+    discover_cmd,
     export_cmd,
     installer_cmd,
     nodes_cmd,
@@ -59,6 +60,7 @@ access_cmd.register(app)
 deploy_cmd.register(app)
 installer_cmd.register(app)
 reserve_cmd.register(app)
+discover_cmd.register(app)
 ssh_cmd.register(app)
 
 

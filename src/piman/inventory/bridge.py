@@ -3,8 +3,12 @@
 ``dot1dTpFdbPort`` (``1.3.6.1.2.1.17.4.3.1.2.<mac as 6 decimals>``) gives the bridge port each
 learnt MAC sits on; ``dot1dBasePortIfIndex`` (``1.3.6.1.2.1.17.1.4.1.2.<bridge port>``) maps a
 bridge port to its interface index. On the switches piman knows, bridge port N is front port N.
-:func:`compare` is pure: it says, for every MAC the configuration knows, where the config puts
-it and where the switch saw it.
+LLDP-MIB's remote table (``lldpRemTable``, ``1.0.8802.1.1.2.1.4.1.1``, indexed by time mark,
+local port and index) names the neighbour heard on each port (a Pi running ``lldpd``): its
+chassis and port ids (a MAC when their subtype says so) and its system name; :func:`read_lldp`
+reads it, and a switch without the table simply has no rows. :func:`compare` is pure: it
+says, for every MAC the configuration knows, where the config puts it and where the switch
+saw it.
 """
 
 from __future__ import annotations
@@ -19,15 +23,20 @@ from piman.power.snmp import SnmpClient
 __all__ = [
     "DOT1D_BASE_PORT_IFINDEX",
     "DOT1D_TP_FDB_PORT",
+    "LLDP_REM",
     "FdbEntry",
+    "LldpNeighbour",
     "MapRow",
     "compare",
     "read_fdb",
+    "read_lldp",
     "yaml_fixes",
 ]
 
 DOT1D_TP_FDB_PORT = "1.3.6.1.2.1.17.4.3.1.2"
 DOT1D_BASE_PORT_IFINDEX = "1.3.6.1.2.1.17.1.4.1.2"
+LLDP_REM = "1.0.8802.1.1.2.1.4.1.1"  # lldpRemEntry: .4 chassis id subtype, .5 chassis id,
+# .6 port id subtype, .7 port id, .9 system name; index timeMark.localPortNum.index
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +44,15 @@ class FdbEntry:
     mac: str
     port: int
     if_index: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class LldpNeighbour:
+    """The neighbour an LLDP switch heard on one of its ports."""
+
+    port: int  # lldpRemLocalPortNum
+    mac: str | None  # the port id if it is a MAC, else the chassis id if it is one
+    name: str | None  # lldpRemSysName
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +80,33 @@ async def read_fdb(client: SnmpClient) -> list[FdbEntry]:
         mac = ":".join(f"{int(p):02x}" for p in parts)
         entries.append(FdbEntry(mac, value, if_index.get(value)))
     return sorted(entries, key=lambda e: (e.port, e.mac))
+
+
+def _mac_of(value: object) -> str | None:
+    if isinstance(value, bytes) and len(value) == 6:
+        return ":".join(f"{b:02x}" for b in value)
+    return None
+
+
+async def read_lldp(client: SnmpClient, *, max_rows: int = 4096) -> list[LldpNeighbour]:
+    """The switch's LLDP neighbours (none when the switch has no LLDP-MIB)."""
+    rows: dict[tuple[str, str, str], dict[int, object]] = {}
+    for oid, value in await client.walk(LLDP_REM, max_rows=max_rows):
+        parts = oid[len(LLDP_REM) + 1 :].split(".")
+        if len(parts) != 4 or not all(p.isdigit() for p in parts):
+            continue
+        column, key = int(parts[0]), (parts[1], parts[2], parts[3])
+        if column in (4, 5, 6, 7, 9):
+            rows.setdefault(key, {})[column] = value
+    found = []
+    for (_time_mark, port, _index), cols in sorted(rows.items(), key=lambda r: int(r[0][1])):
+        mac = _mac_of(cols.get(7)) if cols.get(6) == 3 else None
+        if mac is None and cols.get(4) == 4:
+            mac = _mac_of(cols.get(5))
+        name = cols.get(9)
+        text = name.decode("utf-8", "replace").strip() if isinstance(name, bytes) else None
+        found.append(LldpNeighbour(int(port), mac, text or None))
+    return found
 
 
 def compare(config: Config, switch: SwitchSettings, entries: Sequence[FdbEntry]) -> list[MapRow]:

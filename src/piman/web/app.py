@@ -40,6 +40,7 @@ from piman.web.api import (
     alerts,
     boot,
     deploy,
+    discovery,
     env_upload,
     monitoring,
     nodes,
@@ -191,6 +192,8 @@ def _rest(app: FastAPI, ctx: AppContext) -> FastAPI:
 
     app.include_router(accounts.router, prefix="/api/v1")
     app.include_router(nodes.router, prefix="/api/v1")
+    if ctx.inventory is not None:
+        app.include_router(discovery.router, prefix="/api/v1")
     if ctx.power is not None:
         app.include_router(power.router, prefix="/api/v1")
     if ctx.deploy is not None:

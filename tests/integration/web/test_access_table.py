@@ -28,6 +28,7 @@ from piman.fleet.lifecycle import PowerState
 from piman.fleet.metrics import NodeSnapshot, Series
 from piman.fleet.power import PortReading, PowerAction, PowerResult, PowerTarget
 from piman.fleet.records import AlertHistoryRecord, AlertRecord, SilenceRecord
+from piman.inventory.sightings import Sightings
 from piman.monitor.alerting.silences import make_silence
 from piman.power.targets import resolve
 from piman.store import Store, reconcile
@@ -85,6 +86,9 @@ TABLE: Mapping[tuple[str, str], tuple[str, Any]] = {
     ("GET", "/api/v1/nodes"): ("read", None),
     ("GET", "/api/v1/nodes/{name}"): ("read", None),
     ("GET", "/api/v1/switches"): ("read", None),
+    # Devices the netboot servers saw that are not nodes; accepting one makes it a node.
+    ("GET", "/api/v1/discovered"): ("read", None),
+    ("POST", "/api/v1/discovered/{mac}/accept"): ("operate", {"name": "table-pi"}),
     ("POST", "/api/v1/nodes/{name}/power"): ("operate", {"action": "off"}),
     ("GET", "/api/v1/nodes/{name}/power"): ("read", None),
     ("POST", "/api/v1/power"): ("operate", {"action": "on", "targets": ["pi1"]}),
@@ -132,6 +136,7 @@ PATH_VALUES = {
     "silence_id": "nope",
     "deployment_id": "999999",
     "reservation_id": "999999",
+    "mac": "dc:a6:32:00:00:99",
 }
 
 
@@ -219,6 +224,7 @@ async def rig(
     ctx = AppContext(config=config, store=store, metrics=CollectorRegistry())
     ctx.power = FakePower(config)
     ctx.monitor = FakeMonitor()
+    ctx.inventory = Sightings(store.nodes)
     access = build_access(ctx).handle
     ctx.access = access
     deploy = build_deploy(ctx)  # the real service; its engine and image stream are not started
