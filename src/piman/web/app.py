@@ -46,6 +46,7 @@ from piman.web.api import (
     nodes,
     power,
     reservations,
+    ssh,
 )
 from piman.web.api.fleetcache import FleetCache, InvalidateOnWrite
 from piman.web.openapi import install as install_openapi
@@ -194,6 +195,7 @@ def _rest(app: FastAPI, ctx: AppContext) -> FastAPI:
     app.include_router(nodes.router, prefix="/api/v1")
     if ctx.inventory is not None:
         app.include_router(discovery.router, prefix="/api/v1")
+    app.include_router(ssh.router, prefix="/api/v1")  # 503 while ctx.ssh is None
     if ctx.power is not None:
         app.include_router(power.router, prefix="/api/v1")
     if ctx.deploy is not None:

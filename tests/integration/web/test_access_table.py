@@ -92,6 +92,10 @@ TABLE: Mapping[tuple[str, str], tuple[str, Any]] = {
     ("POST", "/api/v1/nodes/{name}/power"): ("operate", {"action": "off"}),
     ("GET", "/api/v1/nodes/{name}/power"): ("read", None),
     ("POST", "/api/v1/power"): ("operate", {"action": "on", "targets": ["pi1"]}),
+    # Commands over SSH: operators and admins on any node, a user on the nodes they hold,
+    # viewers never (tests/integration/web/test_ssh_api.py). Rows run in sorted order: by this
+    # one the user holds pi1 (the POST /api/v1/reservations row booked it), so "reserve".
+    ("POST", "/api/v1/ssh/run"): ("reserve", {"command": "uptime", "targets": ["pi1"]}),
     ("GET", "/api/v1/query_range"): ("read", None),
     ("GET", "/api/v1/nodes/{name}/events"): ("read", None),
     ("GET", "/api/v1/alerts"): ("read", None),
