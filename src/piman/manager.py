@@ -31,8 +31,8 @@ from piman.config.models import Config
 from piman.context import AppContext, Built, Service
 from piman.deploy import service as deploy_service
 from piman.errors import PimanError, StoreError
+from piman.inventory import healing_service, ssh_service
 from piman.inventory import service as inventory_service
-from piman.inventory import ssh_service
 from piman.monitor import service as monitor_service
 from piman.netboot import service as netboot_service
 from piman.power import service as power_service
@@ -54,6 +54,7 @@ CAPABILITIES = (
     "reservations",
     "netboot",
     "monitor",
+    "healing",
 )
 
 Frontend = Callable[[AppContext], Service]
@@ -122,6 +123,8 @@ class Manager:
             ctx.netboot = take(netboot_service.build(ctx))
         if "monitor" in on:
             ctx.monitor = take(monitor_service.build(ctx))
+        if "healing" in on:  # after power, deploy and monitor, whose handles it uses
+            take(healing_service.build(ctx))
         services.extend(front(ctx) for front in self.frontends)
         return services
 

@@ -23,6 +23,7 @@ from piman.fleet.records import AlertHistoryRecord, AlertRecord, OutboxItem, Sil
 from piman.monitor.alerting.book import GroupSettings
 from piman.monitor.alerting.evaluator import AlertService, MetricsReader, QuerySource
 from piman.monitor.alerting.notify import Notifier, OwnerMailReceiver, Receiver, build_receivers
+from piman.monitor.alerting.own import OwnGauges, healing_rules
 from piman.monitor.alerting.rules import Rule, default_rules
 from piman.monitor.alerting.silences import Silence, make_silence
 
@@ -158,6 +159,9 @@ def build_alerting(
         rules = configured_rules(monitoring)
     except RuleError as err:
         raise ConfigError([ConfigProblem("config", "", str(err))]) from None
+    if config.healing is not None and config.healing.enabled:  # its alerts, unless redefined
+        names = {r.name for r in rules}
+        rules += [r for r in healing_rules() if r.name not in names]
     receivers = build_receivers(
         monitoring.notify, monitoring.webhooks, external_url=external_url(config)
     )
@@ -181,7 +185,11 @@ def build_alerting(
     service = AlertService(
         rules,
         repo,
-        QuerySource(query, max(3 * monitoring.scrape_interval, 60.0)),
+        OwnGauges(  # the manager's own piman_* gauges too (healing's quarantine …)
+            QuerySource(query, max(3 * monitoring.scrape_interval, 60.0)),
+            registry,
+            lookback=max(3 * monitoring.scrape_interval, 60.0),
+        ),
         GroupSettings(
             tuple(monitoring.group_by),
             monitoring.group_wait,
