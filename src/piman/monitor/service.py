@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from piman.config.models import Config
 from piman.config.monitoring import MonitoringSettings
 from piman.context import AppContext, Built, MonitorHandle, Service
+from piman.fleet.lifecycle import NodeState
 from piman.fleet.metrics import NodeSnapshot, Series
 from piman.fleet.ports import NodeRepository
 from piman.monitor.alerting.service import Alerting, build_alerting
@@ -180,7 +181,9 @@ def build_collector(
                 tokens[(declared.node, declared.metrics_url)] = secret.get_secret_value()
 
     async def targets() -> list[ScrapeTarget]:
-        return with_tokens(targets_for(await nodes.list(), settings.agent_port), tokens)
+        # A broken node is quarantined (by an operator or self-healing): not scraped.
+        watched = [n for n in await nodes.list() if n.state != NodeState.BROKEN]
+        return with_tokens(targets_for(watched, settings.agent_port), tokens)
 
     context = None
     if settings.agent_ca_file is not None:
