@@ -1,7 +1,9 @@
 """The monitoring capability, built for the manager: the collector, and alerting over its store.
 
 Monitoring runs when ``monitoring:`` is present and ``enabled``. It needs neither root nor a
-provisioning network: agents are plain HTTP targets. :func:`build` returns the
+provisioning network: agents are plain HTTP targets. Nodes marked ``monitor: ssh`` run no agent
+and are sampled through ``ctx.ssh`` instead (:mod:`.collector.sshscrape`); ``monitor: none``
+nodes are not watched. :func:`build` returns the
 :class:`~piman.context.MonitorHandle` (:class:`Monitoring`) and three services: the collector
 (it opens the time-series store, scrapes, and closes the store), the alert evaluator and the
 notifier.
@@ -9,6 +11,7 @@ notifier.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Mapping
 from typing import Any
@@ -17,16 +20,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from piman.config.models import Config
 from piman.config.monitoring import MonitoringSettings
-from piman.context import AppContext, Built, MonitorHandle, Service
-from piman.fleet.lifecycle import NodeState
+from piman.context import AppContext, Built, MonitorHandle, Service, SshHandle
 from piman.fleet.metrics import NodeSnapshot, Series
 from piman.fleet.ports import NodeRepository
+from piman.fleet.ssh import SshTarget
 from piman.monitor.alerting.service import Alerting, build_alerting
 from piman.monitor.collector.fetch import StreamFetcher
 from piman.monitor.collector.ingest import ScrapeLimits
 from piman.monitor.collector.query import QueryLimits
 from piman.monitor.collector.scrape import Scraper, ScrapeTarget, targets_for, with_tokens
 from piman.monitor.collector.snapshot import NodeSnapshots
+from piman.monitor.collector.sshscrape import SshSampler, ssh_targets
 from piman.monitor.collector.tsdb import TargetBatch, Tsdb
 from piman.monitor.export import VictoriaForwarder
 
@@ -40,6 +44,8 @@ __all__ = [
 ]
 
 METRICS_FILE = "metrics.db"
+
+logger = logging.getLogger(__name__)
 
 
 class CollectorService:
@@ -162,8 +168,10 @@ def build_collector(
     settings: MonitoringSettings,
     nodes: NodeRepository,
     registry: CollectorRegistry,
+    ssh: SshHandle | None = None,
 ) -> Monitoring:
-    """The metrics store, scraper and snapshots for a configuration (tests and benchmarks too)."""
+    """The metrics store, scraper and snapshots for a configuration (tests and benchmarks too);
+    ``ssh`` samples the ``monitor: ssh`` nodes (without it they are down)."""
     interval = settings.scrape_interval
     tsdb = Tsdb(
         config.manager.data_dir / METRICS_FILE,
@@ -180,10 +188,22 @@ def build_collector(
             for declared in targets_for([node], settings.agent_port):
                 tokens[(declared.node, declared.metrics_url)] = secret.get_secret_value()
 
+    # How each declared node is watched (a node known only to the store: by its agent).
+    modes = {n.name: n.monitor for n in config.nodes}
+    users = {n.name: n.ssh_user or config.ssh.user for n in config.nodes if n.monitor == "ssh"}
+
     async def targets() -> list[ScrapeTarget]:
-        # A broken node is quarantined (by an operator or self-healing): not scraped.
-        watched = [n for n in await nodes.list() if n.state != NodeState.BROKEN]
-        return with_tokens(targets_for(watched, settings.agent_port), tokens)
+        watched = await nodes.list()
+        agents = [n for n in watched if modes.get(n.name, "agent") == "agent"]
+        agentless = [n.name for n in watched if modes.get(n.name) == "ssh"]
+        out = with_tokens(targets_for(agents, settings.agent_port), tokens)
+        fallback = {  # where they would be reached, for when there is no SSH client
+            n.name: SshTarget(n.name, str(n.ip), config.ssh.port, users[n.name])
+            for n in watched
+            if n.name in users and n.ip
+        }
+        logins = await ssh_targets(ssh, agentless, fallback)
+        return out + [ScrapeTarget.over_ssh(login) for login in logins]
 
     context = None
     if settings.agent_ca_file is not None:
@@ -204,6 +224,7 @@ def build_collector(
         fetcher=StreamFetcher(ssl_context=context, max_body=limits.body_size),
         forward=settings.forward_url is not None,
         limits=limits,
+        agentless=SshSampler(ssh, connect_timeout=config.ssh.connect_timeout),
     )
     snapshots = NodeSnapshots()
     monitor = Monitoring(settings, tsdb, scraper, snapshots)
@@ -219,7 +240,15 @@ def build(ctx: AppContext) -> Built[MonitorHandle] | None:
     settings = ctx.config.monitoring
     if settings is None or not settings.enabled:
         return None
-    monitor = build_collector(ctx.config, settings, ctx.store.nodes, ctx.metrics)
+    agentless = [n.name for n in ctx.config.nodes if n.monitor == "ssh"]
+    if agentless and ctx.ssh is None:
+        logger.warning(
+            "%d node(s) have `monitor: ssh` (%s) but the manager has no SSH client: "
+            "they are not sampled and show as down",
+            len(agentless),
+            ", ".join(agentless[:5]) + (" …" if len(agentless) > 5 else ""),
+        )
+    monitor = build_collector(ctx.config, settings, ctx.store.nodes, ctx.metrics, ctx.ssh)
     tsdb = monitor.tsdb
     monitor.attach(
         build_alerting(

@@ -14,7 +14,9 @@ Per target the collector writes ``up`` (1/0), ``scrape_duration_seconds`` and
 ``scrape_samples_scraped``, and adds ``job``/``instance``/``node`` to every series; scraped
 labels with those names are kept as ``exported_job`` … (Prometheus' ``honor_labels: false``).
 A body that does not parse counts as a failed scrape (``up`` 0, no samples), as in Prometheus.
-The set of targets is re-read from the inventory every interval.
+The set of targets is re-read from the inventory every interval. A node marked
+``monitor: ssh`` is a target with an ``ssh`` login instead of an agent: the same loop samples it
+over SSH (:mod:`.sshscrape`) and its body takes the same path from there.
 
 A target is not trusted. Its body is bounded by the fetcher (``body_size_limit``) and parsed
 on one worker thread, never on the event loop, within :class:`~.ingest.ScrapeLimits`
@@ -45,6 +47,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from piman.fleet.metrics import EVENT_FIELDS
+from piman.fleet.ssh import SshTarget
 from piman.monitor.collector.expfmt import MalformedText, format_sample, format_value
 from piman.monitor.collector.fetch import BadResponse, BodyTooLarge, StreamFetcher
 from piman.monitor.collector.ingest import (
@@ -54,9 +57,19 @@ from piman.monitor.collector.ingest import (
     parse_body,
 )
 from piman.monitor.collector.query import EVENTS_JOB, SCRAPE_JOB
+from piman.monitor.collector.sshsample import MalformedSample
+from piman.monitor.collector.sshscrape import SshSampleFailed
 from piman.monitor.collector.tsdb import TargetBatch, Tsdb
 
-__all__ = ["EVENTS_LIMIT", "Fetcher", "ScrapeTarget", "Scraper", "targets_for", "with_tokens"]
+__all__ = [
+    "EVENTS_LIMIT",
+    "Agentless",
+    "Fetcher",
+    "ScrapeTarget",
+    "Scraper",
+    "targets_for",
+    "with_tokens",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,16 +79,26 @@ EVENTS_LIMIT = 64 * 1024  # bytes of /events JSON (the agent sends about 200)
 
 @dataclass(frozen=True, slots=True)
 class ScrapeTarget:
-    """One agent to scrape; ``token``, when set, goes with its requests only."""
+    """One agent to scrape; ``token``, when set, goes with its requests only. With ``ssh``
+    the node has no agent: it is sampled over SSH (``metrics_url`` is then ``ssh://…``)."""
 
     node: str
     metrics_url: str
     events_url: str | None
     token: str | None = field(default=None, repr=False)
+    ssh: SshTarget | None = None
 
     @property
     def instance(self) -> str:
+        if self.ssh is not None:
+            return f"{self.ssh.host}:{self.ssh.port}"
         return urlsplit(self.metrics_url).netloc
+
+    @classmethod
+    def over_ssh(cls, login: SshTarget) -> ScrapeTarget:
+        """The target of a ``monitor: ssh`` node."""
+        url = f"ssh://{login.user}@{login.host}:{login.port}"
+        return cls(login.name, url, None, ssh=login)
 
 
 class _Node(Protocol):
@@ -114,6 +137,17 @@ def with_tokens(
     node that was merely discovered, or whose address changed under it, never gets a token.
     """
     return [replace(t, token=tokens.get((t.node, t.metrics_url))) for t in targets]
+
+
+class Agentless(Protocol):
+    """Samples agentless nodes (:class:`~.sshscrape.SshSampler`): ``output`` raises
+    SshSampleFailed; ``render`` (called on the parser thread) raises MalformedSample."""
+
+    async def output(self, target: SshTarget, command_timeout: float) -> str: ...
+
+    def render(self, node: str, output: str) -> tuple[str, dict[str, Any] | None]: ...
+
+    def forget(self, nodes: Sequence[str]) -> None: ...
 
 
 class Fetcher(Protocol):
@@ -164,8 +198,10 @@ class Scraper:
         forward: bool = False,
         on_flush: Sequence[Callable[[list[TargetBatch]], Awaitable[None]]] = (),
         limits: ScrapeLimits | None = None,
+        agentless: Agentless | None = None,
     ) -> None:
         self.tsdb = tsdb
+        self.agentless = agentless
         self.limits = limits or ScrapeLimits()
         self.targets = targets
         self.interval = interval
@@ -217,11 +253,28 @@ class Scraper:
         else:  # the usual case: the body's arrays become the batch's, no copy
             batch.ids, batch.values = ids, parsed.values
 
-    async def _parse(self, state: _TargetState, body: str) -> ParsedBody:
+    def _parser_thread(self) -> ThreadPoolExecutor:
         if self._parser is None:
             self._parser = ThreadPoolExecutor(1, thread_name_prefix="scrape-parse")
+        return self._parser
+
+    async def _parse(self, state: _TargetState, body: str) -> ParsedBody:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._parser, parse_body, body, state.ids, self.limits)
+        return await loop.run_in_executor(
+            self._parser_thread(), parse_body, body, state.ids, self.limits
+        )
+
+    async def _sample(self, login: SshTarget) -> str:
+        if self.agentless is None:
+            raise SshSampleFailed("no_ssh", "agentless monitoring is not set up")
+        return await self.agentless.output(login, self.timeout)
+
+    async def _render(self, node: str, output: str) -> tuple[str, dict[str, Any] | None]:
+        assert self.agentless is not None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._parser_thread(), self.agentless.render, node, output
+        )
 
     def _events(self, state: _TargetState, body: dict[str, Any]) -> list[tuple[int, float]]:
         out = []
@@ -283,26 +336,34 @@ class Scraper:
         reason: str | None = None
         detail = ""
         try:
-            body = None
+            body = output = None
             async with asyncio.timeout(self.timeout):
-                status, text = await self.fetcher.get(
-                    t.metrics_url, token=t.token, limit=self.limits.body_size
-                )
-                duration = time.perf_counter() - started
-                if status != 200:
-                    reason, detail = "http_status", f"HTTP {status}"
-                elif len(text) > self.limits.body_size:
-                    reason, detail = "body_size_limit", f"over {self.limits.body_size} bytes"
+                if t.ssh is not None:  # agentless: the node's files, over SSH
+                    output = await self._sample(t.ssh)
+                    duration = time.perf_counter() - started
                 else:
-                    body = text
-                    if t.events_url:
-                        batch.events = await self._fetch_events(t)
+                    status, text = await self.fetcher.get(
+                        t.metrics_url, token=t.token, limit=self.limits.body_size
+                    )
+                    duration = time.perf_counter() - started
+                    if status != 200:
+                        reason, detail = "http_status", f"HTTP {status}"
+                    elif len(text) > self.limits.body_size:
+                        reason, detail = "body_size_limit", f"over {self.limits.body_size} bytes"
+                    else:
+                        body = text
+                        if t.events_url:
+                            batch.events = await self._fetch_events(t)
+            if output is not None:
+                body, batch.events = await self._render(t.node, output)
             if body is not None:
                 self._apply(state, await self._parse(state, body), batch)
                 up = 1.0
         except ScrapeLimitExceeded as err:
             reason, detail = err.reason, str(err)
-        except MalformedText as err:
+        except SshSampleFailed as err:
+            reason, detail = err.reason, str(err)
+        except (MalformedText, MalformedSample) as err:
             reason, detail = "malformed", str(err)
         except (OSError, EOFError, ValueError) as err:
             reason, detail = _network_reason(err), str(err) or repr(err)
@@ -370,6 +431,8 @@ class Scraper:
                 state = self._states.pop(target)
                 if state.task is not None:
                     state.task.cancel()
+                if target.ssh is not None and self.agentless is not None:
+                    self.agentless.forget([target.node])
         for target in wanted - set(self._states):
             state = self._states[target] = _TargetState(target)
             state.task = asyncio.create_task(self._target_loop(state, epoch), name=target.node)
@@ -428,7 +491,7 @@ class Scraper:
                     self.fetcher = None
 
 
-_QUIET = frozenset(("timeout", "unreachable"))
+_QUIET = frozenset(("timeout", "unreachable", "no_ssh"))
 
 
 def _network_reason(err: BaseException) -> str:
