@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 
 from piman.access.reservations_service import ReservationService
@@ -31,8 +32,9 @@ from piman.inventory.hosts import collect
 from piman.store import Store, reconcile
 from piman.web.api.ssh import MAX_COMMAND_TIMEOUT, MAX_CONCURRENCY, MAX_CONNECT_TIMEOUT
 from piman.web.app import create_app
+from tests.integration.sshlab import SSHD, SshLab
 from tests.integration.web.test_access_table import FakePower
-from tests.support import bearer
+from tests.support import bearer, free_port, needs_root, needs_tool
 
 BASE = "http://127.0.0.1:8000"
 
@@ -273,3 +275,77 @@ async def test_without_ssh_the_route_says_so(rig: Rig) -> None:
     assert "SSH to the nodes is not available" in response.json()["detail"]
     # Who may not is still told so first.
     assert (await rig.run("ann", command="id", targets=["pi3"])).status_code == 403
+
+
+# A real manager and real sshd nodes ----------------------------------------------------------
+
+# Run in the manager's namespace: a token for the first admin, then the run, streamed.
+CLIENT = """\
+import json, sys, time
+from pathlib import Path
+import httpx
+from tests.support import api_token, bearer, initial_admin_password
+
+url, data_dir, body = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
+deadline = time.monotonic() + 30
+while True:
+    try:
+        if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+            break
+    except httpx.HTTPError:
+        pass
+    assert time.monotonic() < deadline, "no /healthz in 30 s"
+    time.sleep(0.2)
+token = api_token(url, "admin", initial_admin_password(data_dir))
+with httpx.stream("POST", url + "/api/v1/ssh/run", json=body, headers=bearer(token),
+                  timeout=60) as response:
+    print(json.dumps({"status": response.status_code, "type": response.headers["content-type"]}))
+    for line in response.iter_lines():
+        print(line, flush=True)
+"""
+
+# Node-specific output (the address the session came in on), a failure on n1, and n2 is down.
+COMMAND = 'set -- $SSH_CONNECTION; echo "$3"; [ "$3" != 198.18.0.11 ] || { echo bad >&2; exit 3; }'
+
+
+@pytest.fixture
+def lab() -> Iterator[SshLab]:
+    needs_root()
+    needs_tool("ip", "ss", "unshare", "ssh-keygen", SSHD)
+    with SshLab(nodes=3) as lab:
+        yield lab
+
+
+def test_a_manager_runs_a_command_on_sshd_nodes_and_streams_each_host(lab: SshLab) -> None:
+    lab.stop(lab.nodes[2])
+    config = lab.net.write_config({**lab.config(), "manager": {"http": f"127.0.0.1:{free_port()}"}})
+    settings = yaml.safe_load(config.read_text())
+    url = f"http://{settings['manager']['http']}"
+    lab.net.start_manager(config=config)
+    body = {"command": COMMAND, "targets": ["all"], "command_timeout": "20s"}
+    out = lab.net.python(
+        lab.server, CLIENT, url, settings["manager"]["data_dir"], json.dumps(body), timeout=120
+    )
+    head, *rest = [json.loads(line) for line in out.splitlines()]
+    assert head == {"status": 200, "type": "application/x-ndjson"}, lab.net.manager_log()
+    *hosts, summary = rest
+    assert summary == {"summary": {"total": 3, "ok": 1, "failed": 2}}
+    by_node = {h["node"]: h for h in hosts}
+    assert sorted(by_node) == ["n0", "n1", "n2"]
+    n0, n1, n2 = by_node["n0"], by_node["n1"], by_node["n2"]
+    assert (n0["host"], n0["exit_status"], n0["stdout"], n0["stderr"], n0["error"]) == (
+        "198.18.0.10",
+        0,
+        "198.18.0.10\n",
+        "",
+        None,
+    )
+    assert (n1["exit_status"], n1["stdout"], n1["stderr"], n1["error"]) == (
+        3,
+        "198.18.0.11\n",
+        "bad\n",
+        None,
+    )
+    assert n2["exit_status"] is None
+    assert n2["error"] == "connection refused"
+    assert all(h["truncated"] is False and h["elapsed"] >= 0 for h in hosts)
