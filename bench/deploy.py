@@ -2,9 +2,19 @@
 ``bmaptool copy``, 1 / 8 / 16 nodes at once on loopback; and image serving against nginx.
 
 Usage: ``.venv/bin/python bench/deploy.py [--size-gib 1] [--counts 1 8 16] [--repeat 1]
-[--quick] [--keep] [--targets DIR] [--json FILE]`` as root, with Debian's busybox, curl, nginx
-(nginx-light), bmaptool (bmap-tools), sfdisk, mkfs.vfat, mcopy and mke2fs. ``--quick``: a
-256 MiB image, 1 and 4 at once. About 5 minutes per ``--repeat`` on a 2-CPU machine.
+[--links lo 1gbit] [--quick] [--keep] [--targets DIR] [--json FILE]`` as root, with Debian's
+busybox, curl, nginx (nginx-light), bmaptool (bmap-tools), sfdisk, mkfs.vfat, mcopy, mke2fs, and
+for a shaped link iproute2's ip and tc. ``--quick``: a 256 MiB image, 1 and 4 at once. About 5
+minutes per ``--repeat`` and link on a 2-CPU machine.
+
+Links (``--links``, default ``lo``): ``lo`` is loopback. A rate (``1gbit``, ``300mbit``, any
+``tc`` rate) puts each writer in a network namespace of its own, joined to the servers'
+namespace by a veth pair whose server end sends through ``tc qdisc tbf rate RATE burst 256kb
+latency 50ms``: each node has a link of that rate (a Pi 4's NIC is 1 Gbit/s, a Pi 3B+'s about
+300 Mbit/s), the servers' side is not limited (a 10 GbE uplink). With any rate, the whole bench
+(servers, loopback rows included) runs in a namespace it creates (``<p>-srv``, the servers at
+198.18.255.1; node ``i`` at 198.18.i.2 behind 198.18.i.1), torn down at the end; the host's
+network is not touched. curl | dd and bmaptool run over the same links.
 
 The image: a raw disk image (``--size-gib``) with an MBR, a FAT boot partition and an ext4 root
 filled with random files (nothing compresses) until 25 % of the image is mapped, imported with
@@ -19,11 +29,12 @@ line over TFTP (``<serial>/cmdline.txt``, the Pi 4 prefix; placeholders for the 
 does not answer prefixed requests and deployments do not start) and runs the real
 ``installer.sh`` under busybox sh (a PATH of busybox applets only, ``PIMAN_NO_NET=1``,
 ``PIMAN_NO_REBOOT=1``) with a file as its disk. Exit 0 means: every mapped range fetched
-(``wget -c`` of one range at a time), written with ``dd``, synced, read back and checked
-(SHA-256, once per range), the head (checked before anything was erased) written last and read
-back, the result reported. Then each node
-fetches ``<serial>/config.txt`` from its own tree, as a freshly installed Pi does, and the
-deployment ends ``deployed``. All installers speak from 127.0.0.1, so ``deploy.check_address``
+(``wget -c`` of one run of adjacent ranges at a time), written with ``dd``, synced, read back
+and checked (SHA-256, once per range, in the background while the next run downloads), the
+head (checked before anything was erased) written last and read back, the result reported.
+Then each node fetches ``<serial>/config.txt`` from its own tree, as a freshly installed Pi
+does, and the deployment ends ``deployed``. All installers speak from one address (127.0.0.1,
+or with shaped links 198.18.i.2 through the servers' namespace), so ``deploy.check_address``
 is off.
 
 Anchors, run in the same process tree, against Debian's nginx serving the same file (a hard link
@@ -40,17 +51,19 @@ to the image size afresh before every run (then ``sync``, so no run flushes anot
 installers' scratch (``PIMAN_TMP``) is on tmpfs (/dev/shm) when there is one, as ``/tmp`` in
 the installer's initramfs is RAM. The table header says where both are.
 
-Columns: ``wall`` from the start of the first writer to the exit of the last; ``MB/s/writer``
-= image bytes / wall, ``agg`` = writers × image bytes / wall; ``wire/writer`` = bytes the
-server sent per writer (piman: ``piman_deploy_streamed_bytes_total`` from /metrics, bodies
-only; nginx: ``$bytes_sent`` from its access log, headers included) and ``wire/mapped`` its
-ratio to the mapped bytes; ``server CPU s/GB`` = user + system time of the manager process (or
-of nginx's master and workers) per GB sent; ``writers CPU s`` = user + system time of the
+Columns: ``link``; ``wall`` from the start of the first writer to the exit of the last;
+``MB/s/writer`` = image bytes / wall, ``agg`` = writers × image bytes / wall; ``wire/writer`` =
+bytes the server sent per writer (piman: ``piman_deploy_streamed_bytes_total`` from /metrics,
+bodies only; nginx: ``$bytes_sent`` from its access log, headers included) and ``wire/mapped``
+its ratio to the mapped bytes; ``server CPU s/GB`` = user + system time of the manager process
+(or of nginx's master and workers) per GB sent; ``writers CPU s`` = user + system time of the
 writers and everything they ran (busybox sh, wget, dd, sha256sum; curl and dd; bmaptool).
-Every target is checked against the bmap after its run (untimed). Serving: 16 ``curl -o
-/dev/null`` of the whole image at once from nginx and from piman's image stream (with sessions
-from a hello), and piman's served bytes per second with 16 installers. Each cell is the median
-of ``--repeat`` runs; within a row of the same ``n`` the methods take turns.
+``runs s (load)``: every run's wall time and the 1-minute load average at its start (other
+work on the machine shows there). Every target is checked against the bmap after its run
+(untimed). Serving: 16 ``curl -o /dev/null`` of the whole image at once from nginx and from
+piman's image stream (with sessions from a hello), and piman's served bytes per second with 16
+installers. Each cell is the median of ``--repeat`` runs; within a row of the same ``n`` the
+methods take turns.
 
 Reading it: on loopback a byte on the wire costs next to nothing, and every writer runs on the
 same CPUs as the servers. The goals against the dd pipe come from piman moving a quarter of
@@ -64,12 +77,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import json
 import os
 import random
 import re
 import resource
+import secrets
 import shutil
 import signal
 import statistics
@@ -104,6 +119,8 @@ TOOLS = ("busybox", "curl", "nginx", "bmaptool", "sfdisk", "mkfs.vfat", "mcopy",
 MAPPED_SHARE = 0.25
 GOAL_DD, GOAL_BMAPTOOL, GOAL_WIRE, GOAL_NGINX, GOAL_UPLINK = 3.0, 1.0, 1.05, 0.8, 1.25e9
 METHODS = ("piman", "curl | dd", "bmaptool")
+SERVERS_IP = "198.18.255.1"  # with shaped links: the servers' address, on their namespace's lo
+CLONE_NEWNET = 0x40000000
 
 
 def cpu_seconds(pid: int) -> float:
@@ -227,6 +244,7 @@ class Run:
     server_cpu: float
     writers_cpu: float
     retries: int = 0  # installer lines saying it asked again
+    load: float = 0.0  # the 1-minute load average at the start
 
 
 def run_at_once(
@@ -275,6 +293,75 @@ def run_at_once(
     return max(ends) - t0
 
 
+# -- shaped links ----------------------------------------------------------------------------
+
+
+class Links:
+    """Namespaces for shaped links: the servers' ``<p>-srv`` (SERVERS_IP on its lo) and one per
+    node, ``<p>-nII`` (198.18.i.2 on eth0, a veth whose peer ``<p>vII`` in ``<p>-srv`` is
+    198.18.i.1 and carries the shaping). Made by ``up``, removed by ``down``."""
+
+    def __init__(self, count: int) -> None:
+        self.prefix = "pb" + secrets.token_hex(2)
+        self.srv = f"{self.prefix}-srv"
+        self.nodes = [f"{self.prefix}-n{i:02d}" for i in range(1, count + 1)]
+        self.ip = shutil.which("ip", path="/usr/sbin:/sbin:/usr/bin:/bin") or "ip"
+        self.tc = shutil.which("tc", path="/usr/sbin:/sbin:/usr/bin:/bin") or "tc"
+        self.made: list[str] = []
+
+    def _run(self, *cmd: str) -> None:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=30)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)}: {done.stderr.strip()}")
+
+    def dev(self, number: int) -> str:
+        return f"{self.prefix}v{number:02d}"
+
+    def up(self) -> None:
+        ip = self.ip
+        self._run(ip, "netns", "add", self.srv)
+        self.made.append(self.srv)
+        self._run(ip, "-n", self.srv, "link", "set", "lo", "up")
+        self._run(ip, "-n", self.srv, "addr", "add", f"{SERVERS_IP}/32", "dev", "lo")
+        for number, ns in enumerate(self.nodes, 1):
+            self._run(ip, "netns", "add", ns)
+            self.made.append(ns)
+            dev = self.dev(number)
+            self._run(ip, "link", "add", dev, "netns", self.srv, "type", "veth",
+                      "peer", "name", "eth0", "netns", ns)  # fmt: skip
+            self._run(ip, "-n", self.srv, "addr", "add", f"198.18.{number}.1/24", "dev", dev)
+            self._run(ip, "-n", self.srv, "link", "set", dev, "up")
+            self._run(ip, "-n", ns, "link", "set", "lo", "up")
+            self._run(ip, "-n", ns, "addr", "add", f"198.18.{number}.2/24", "dev", "eth0")
+            self._run(ip, "-n", ns, "link", "set", "eth0", "up")
+            self._run(ip, "-n", ns, "route", "add", "default", "via", f"198.18.{number}.1")
+
+    def enter(self) -> None:
+        """This process (and all it starts from now on) joins the servers' namespace."""
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/run/netns/{self.srv}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"setns into {self.srv}")
+        finally:
+            os.close(fd)
+
+    def shape(self, rate: str) -> None:
+        """Every node's link: ``rate`` towards the node (what it downloads)."""
+        for number in range(1, len(self.nodes) + 1):
+            self._run(self.tc, "-n", self.srv, "qdisc", "replace", "dev", self.dev(number),
+                      "root", "tbf", "rate", rate, "burst", "256kb", "latency", "50ms")  # fmt: skip
+
+    def wrap(self, number: int, cmd: list[str]) -> list[str]:
+        """``cmd`` run in node ``number``'s namespace."""
+        return [self.ip, "netns", "exec", self.nodes[number - 1], *cmd]
+
+    def down(self) -> None:
+        for ns in reversed(self.made):
+            subprocess.run([self.ip, "netns", "del", ns], capture_output=True, check=False)
+        self.made.clear()
+
+
 # -- nginx -----------------------------------------------------------------------------------
 
 NGINX_CONF = """\
@@ -294,7 +381,7 @@ http {{
     keepalive_timeout 30;
     default_type application/octet-stream;
     server {{
-        listen 127.0.0.1:{port};
+        listen {listen};
         root {root};
     }}
 }}
@@ -304,17 +391,19 @@ http {{
 class Nginx:
     """Debian's nginx serving ``root`` on loopback, in the foreground (workers as nobody)."""
 
-    def __init__(self, procs: Processes, work: Path, root: Path) -> None:
+    def __init__(self, procs: Processes, work: Path, root: Path, host: str) -> None:
         self.dir = work / "nginx"
         self.dir.mkdir()
         self.port = free_port()
+        listen = f"127.0.0.1:{self.port}" if host == "127.0.0.1" else str(self.port)
         conf = self.dir / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(dir=self.dir, port=self.port, root=root))
+        conf.write_text(NGINX_CONF.format(dir=self.dir, listen=listen, root=root))
         self.proc = procs.start(
             ["nginx", "-c", str(conf), "-p", str(self.dir), "-e", str(self.dir / "error.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         self.url = f"http://127.0.0.1:{self.port}"
+        self.writers_url = f"http://{host}:{self.port}"  # what the writers fetch from
         wait_for(lambda: httpx.get(self.url + "/image.img", headers={"Range": "bytes=0-0"}), 206)
         self.log_at = 0
 
@@ -360,13 +449,21 @@ class Node:
     serial: str
     disk: Path
     home: Path  # the installer's files: its command line, bin/, tmp/
+    number: int  # from 1: its namespace with shaped links
 
 
 class Manager:
     """``piman server`` with ``nodes`` Pi 4s on a manual switch and the ``bench`` environment."""
 
     def __init__(
-        self, procs: Processes, work: Path, targets: Path, scratch: Path, image: Path, count: int
+        self,
+        procs: Processes,
+        work: Path,
+        targets: Path,
+        scratch: Path,
+        image: Path,
+        count: int,
+        host: str,
     ) -> None:
         self.procs = procs
         self.data = work / "data"
@@ -375,19 +472,22 @@ class Manager:
         self.log = work / "manager.log"
         self.nodes = [
             Node(f"n{i:02d}", f"5e{i:06x}", targets / f"sd{i:02d}.img",
-                 scratch / f"n{i:02d}")
+                 scratch / f"n{i:02d}", i)
             for i in range(1, count + 1)
         ]  # fmt: skip
+        # loopback: as in the tests (the installers are 127.0.0.1); shaped links: the servers'
+        # address, listening on every address of their namespace (its lo included)
+        lab = host != "127.0.0.1"
         config = {
             "manager": {
-                "address": "127.0.0.2",  # as in the tests: the installers are 127.0.0.1
-                "network": "127.0.0.0/8",
+                "address": host if lab else "127.0.0.2",
+                "network": "198.18.0.0/15" if lab else "127.0.0.0/8",
                 "data_dir": str(self.data),
-                "http": f"127.0.0.1:{self.http}",
+                "http": f"{'0.0.0.0' if lab else '127.0.0.1'}:{self.http}",
             },
             "tftp": {"listen": f"127.0.0.1:{self.tftp}"},
             "deploy": {
-                "image_listen": f"127.0.0.1:{self.images}",
+                "image_listen": f"{'0.0.0.0' if lab else '127.0.0.1'}:{self.images}",
                 "check_address": False,  # every installer here speaks from 127.0.0.1
                 "max_parallel": max(16, count),
                 "customise": {"install_agent": False},
@@ -398,7 +498,7 @@ class Manager:
                     "name": n.name,
                     "switch": "rack1",
                     "port": i + 1,
-                    "ip": f"127.0.1.{i + 1}",
+                    "ip": f"198.18.{i + 1}.2" if lab else f"127.0.1.{i + 1}",
                     "mac": f"dc:a6:32:00:01:{i + 1:02x}",
                     "serial": n.serial,
                     "model": "pi4",
@@ -540,6 +640,14 @@ class Bench:
     nginx: Nginx
     bin: Path
     size: int
+    links: Links | None = None
+    link: str = "lo"  # what the writers' link is now: lo, or a tc rate
+
+    def wrap(self, node: Node, cmd: list[str]) -> list[str]:
+        """``cmd`` as node ``node`` runs it: behind its shaped link, or on loopback."""
+        if self.link == "lo" or self.links is None:
+            return cmd
+        return self.links.wrap(node.number, cmd)
 
     def fresh_targets(self, nodes: list[Node]) -> None:
         """Each target a new file, preallocated to the image size; nothing dirty left."""
@@ -558,11 +666,12 @@ class Bench:
             shutil.rmtree(node.home, ignore_errors=True)
             (node.home / "tmp").mkdir(parents=True)
             (node.home / "cmdline").write_bytes(lines[node.name])
-            cmds.append([str(self.bin / "sh"), str(SOURCES_DIR / "installer.sh")])
+            cmds.append(self.wrap(node, [str(self.bin / "sh"), str(SOURCES_DIR / "installer.sh")]))
             envs.append({"PATH": str(self.bin), "PIMAN_CMDLINE": str(node.home / "cmdline"),
                          "PIMAN_NO_NET": "1", "PIMAN_NO_REBOOT": "1",
                          "PIMAN_TMP": str(node.home / "tmp")})  # fmt: skip
             logs.append(self.work / "logs" / f"piman-{node.name}.log")
+        load = os.getloadavg()[0]
         wire0, cpu0, kids0 = self.manager.streamed(), self.manager.cpu(), children_cpu()
         wall = run_at_once(self.procs, cmds, envs, logs)
         cpu, kids = self.manager.cpu() - cpu0, children_cpu() - kids0
@@ -572,22 +681,24 @@ class Bench:
         self.manager.boot_local(nodes, ids)
         for node in nodes:
             check_target(node.disk, self.manager.bmap)
-        return Run(wall, wire, cpu, kids, retries)
+        return Run(wall, wire, cpu, kids, retries, load)
 
     def anchor(self, nodes: list[Node], command: Callable[[Node], list[str]], label: str) -> Run:
         self.fresh_targets(nodes)
         self.nginx.sent_since_mark()
         logs = [self.work / "logs" / f"{label}-{n.name}.log" for n in nodes]
+        load = os.getloadavg()[0]
         cpu0, kids0 = self.nginx.cpu(), children_cpu()
-        wall = run_at_once(self.procs, [command(n) for n in nodes], [None] * len(nodes), logs)
+        cmds = [self.wrap(n, command(n)) for n in nodes]
+        wall = run_at_once(self.procs, cmds, [None] * len(nodes), logs)
         cpu, kids = self.nginx.cpu() - cpu0, children_cpu() - kids0
         wire = self.nginx.sent_since_mark()
         for node in nodes:
             check_target(node.disk, self.manager.bmap)
-        return Run(wall, wire, cpu, kids)
+        return Run(wall, wire, cpu, kids, load=load)
 
     def dd_pipe(self, nodes: list[Node]) -> Run:
-        url = self.nginx.url + "/image.img"
+        url = self.nginx.writers_url + "/image.img"
 
         def command(node: Node) -> list[str]:
             pipe = f"curl -sSf {url} | dd of={node.disk} bs=4M conv=fsync status=none"
@@ -596,7 +707,7 @@ class Bench:
         return self.anchor(nodes, command, "dd")
 
     def bmaptool(self, nodes: list[Node]) -> Run:
-        url = self.nginx.url + "/image.img"
+        url = self.nginx.writers_url + "/image.img"
 
         def command(node: Node) -> list[str]:
             return ["bmaptool", "-q", "copy", "--bmap", str(self.manager.bmap_file), url,
@@ -639,6 +750,7 @@ class Bench:
 
 @dataclass
 class Cell:
+    link: str
     method: str
     n: int
     runs: list[Run] = field(default_factory=list)
@@ -651,6 +763,7 @@ def row(cell: Cell, size: int, mapped: int) -> dict[str, Any]:
     wall, wire = cell.median("wall"), cell.median("wire")
     cpu = cell.median("server_cpu")
     return {
+        "link": cell.link,
         "method": cell.method,
         "n": cell.n,
         "wall_s": round(wall, 3),
@@ -683,26 +796,27 @@ def print_table(report: dict[str, Any]) -> None:
         + ("  (other work on this machine: the figures are noisy)" if start > 0.5 else "")
     )
     print()
-    head = (f"{'method':12s} {'n':>3s} {'wall s':>7s} {'(best)':>7s} {'MB/s/writer':>11s} "
-            f"{'MB/s agg':>9s} {'wire MB/writer':>14s} {'wire/mapped':>11s} "
-            f"{'server CPU s/GB':>15s} {'writers CPU s':>13s}")  # fmt: skip
+    head = (f"{'link':7s} {'method':10s} {'n':>3s} {'wall s':>7s} {'MB/s/writer':>11s} "
+            f"{'MB/s agg':>9s} {'wire MB/wr':>10s} {'wire/mapped':>11s} "
+            f"{'srv CPU s/GB':>12s} {'writers CPU s':>13s}  runs s (load)")  # fmt: skip
     print(head)
     for r in report["rows"]:
         per_gb = "-" if r["server_cpu_s_per_gb"] is None else f"{r['server_cpu_s_per_gb']:.3f}"
         retried = f"  ({r['installer_retries']} retries)" if r["installer_retries"] else ""
-        print(f"{r['method']:12s} {r['n']:3d} {r['wall_s']:7.2f} ({r['best_wall_s']:5.2f}) "
+        runs = " ".join(f"{x['wall']:.2f}({x['load']:.0f})" for x in r["runs"])
+        print(f"{r['link']:7s} {r['method']:10s} {r['n']:3d} {r['wall_s']:7.2f} "
               f"{r['mb_s_per_writer']:11.1f} {r['mb_s_aggregate']:9.1f} "
-              f"{r['wire_bytes_per_writer'] / 1e6:14.1f} {r['wire_per_mapped']:11.3f} "
-              f"{per_gb:>15s} {r['writers_cpu_s']:13.1f}{retried}")  # fmt: skip
+              f"{r['wire_bytes_per_writer'] / 1e6:10.1f} {r['wire_per_mapped']:11.3f} "
+              f"{per_gb:>12s} {r['writers_cpu_s']:13.1f}  {runs}{retried}")  # fmt: skip
     print()
     print("piman against the anchors (ratio = anchor wall / piman wall; > 1: piman faster)")
     goals = (f"≥{GOAL_DD}", f"≥{GOAL_BMAPTOOL}", f"≤{GOAL_WIRE}")
-    print(f"{'n':>3s} {'×curl|dd':>9s} {goals[0]:>7s} {'×bmaptool':>10s} {goals[1]:>7s} "
-          f"{'wire/mapped':>11s} {goals[2]:>7s}")  # fmt: skip
+    print(f"{'link':7s} {'n':>3s} {'×curl|dd':>9s} {goals[0]:>7s} {'×bmaptool':>10s} "
+          f"{goals[1]:>7s} {'wire/mapped':>11s} {goals[2]:>7s}")  # fmt: skip
     for g in report["goals"]["per_n"]:
-        print(f"{g['n']:3d} {g['x_dd']:9.2f} {verdict(g['met_dd']):>7s} {g['x_bmaptool']:10.2f} "
-              f"{verdict(g['met_bmaptool']):>7s} {g['wire_per_mapped']:11.3f} "
-              f"{verdict(g['met_wire']):>7s}")  # fmt: skip
+        print(f"{g['link']:7s} {g['n']:3d} {g['x_dd']:9.2f} {verdict(g['met_dd']):>7s} "
+              f"{g['x_bmaptool']:10.2f} {verdict(g['met_bmaptool']):>7s} "
+              f"{g['wire_per_mapped']:11.3f} {verdict(g['met_wire']):>7s}")  # fmt: skip
     s = report["goals"]["serving"]
     print()
     print(f"image serving, {s['n']} at once (GB/s = bytes sent / wall; CPU of the server)")
@@ -743,6 +857,9 @@ def main() -> None:
         "--targets", type=Path, help="where the target files go (default: the work directory)"
     )
     parser.add_argument("--json", type=Path, help="write the table here as JSON")
+    parser.add_argument(
+        "--links", nargs="*", default=["lo"], help="lo and/or tc rates (1gbit): see above"
+    )
     args = parser.parse_args()
     path = os.environ["PATH"] + ":/usr/sbin:/sbin"
     missing = [t for t in TOOLS if shutil.which(t, path=path) is None]
@@ -759,15 +876,21 @@ def main() -> None:
     )
     targets = Path(tempfile.mkdtemp(prefix="piman-bench-targets-", dir=args.targets or work))
     procs = Processes()
+    links = Links(max(counts)) if any(link != "lo" for link in args.links) else None
     for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: asyncio.run would take it over
         signal.signal(sig, interrupted)
     try:
-        report = run(procs, work, targets, scratch, size, counts, args.repeat)
+        if links is not None:
+            links.up()
+            links.enter()  # before anything starts: every server runs in <p>-srv
+        report = run(procs, work, targets, scratch, size, counts, args.repeat, args.links, links)
         print_table(report)
         if args.json:
             args.json.write_text(json.dumps(report, indent=2) + "\n")
     finally:
         procs.stop_all()
+        if links is not None:
+            links.down()
         shutil.rmtree(scratch, ignore_errors=True)
         if args.targets:
             shutil.rmtree(targets, ignore_errors=True)
@@ -785,25 +908,28 @@ def run(
     size: int,
     counts: list[int],
     repeat: int,
+    link_names: list[str],
+    links: Links | None,
 ) -> dict[str, Any]:
     """Set up the image, the manager and nginx; measure; the report."""
     (work / "logs").mkdir()
     load_at_start = os.getloadavg()[0]
     print(f"building a {size / GIB:.2f} GiB image in {work} …", flush=True)
     image, _ = make_image(work / "bench.img", size)
-    manager = Manager(procs, work, targets, scratch, image, max(counts))
+    host = "127.0.0.1" if links is None else SERVERS_IP
+    manager = Manager(procs, work, targets, scratch, image, max(counts), host)
     image.unlink()  # the manager holds its own copy
     www = work / "www"
     www.mkdir()
     os.link(manager.image, www / "image.img")  # the same file (inode) nginx serves
     for readable in (work, www):  # nginx's workers run as nobody
         readable.chmod(0o755)
-    nginx = Nginx(procs, work, www)
-    bench = Bench(procs, work, manager, nginx, busybox_bin(work / "bin"), size)
+    nginx = Nginx(procs, work, www, host)
+    bench = Bench(procs, work, manager, nginx, busybox_bin(work / "bin"), size, links)
     with (www / "image.img").open("rb") as f:  # warm the page cache for every server alike
         while f.read(16 * MIB):
             pass
-    cells, serve = measure(bench, counts, repeat)
+    cells, serve = measure(bench, counts, repeat, link_names)
     nginx_version = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr
     setup = {
         "image_bytes": size,
@@ -817,24 +943,33 @@ def run(
         "nginx": nginx_version.strip().rsplit("/", 1)[-1],
         "nginx_workers": len(nginx.pids()) - 1,
         "load_average_1min": [load_at_start, os.getloadavg()[0]],
+        "links": link_names,
     }
-    return report(setup, cells, serve, counts)
+    return report(setup, cells, serve, counts, link_names)
 
 
 def measure(
-    bench: Bench, counts: list[int], repeat: int
-) -> tuple[dict[tuple[str, int], Cell], dict[str, list[Run]]]:
-    """Every method at every count, taking turns; then serving at the largest count."""
-    cells: dict[tuple[str, int], Cell] = {}
+    bench: Bench, counts: list[int], repeat: int, link_names: list[str]
+) -> tuple[dict[tuple[str, str, int], Cell], dict[str, list[Run]]]:
+    """Every method at every count on every link, taking turns; then serving (loopback) at the
+    largest count."""
+    cells: dict[tuple[str, str, int], Cell] = {}
     runners = {"piman": bench.piman, "curl | dd": bench.dd_pipe, "bmaptool": bench.bmaptool}
-    for n in counts:
-        nodes = bench.manager.nodes[:n]
-        for r in range(repeat):
-            for method in METHODS[r % 3 :] + METHODS[: r % 3]:
-                result = runners[method](nodes)
-                cells.setdefault((method, n), Cell(method, n)).runs.append(result)
-                print(f"  {method} x{n}: {result.wall:.2f} s, {result.wire / 1e6:.0f} MB sent",
-                      flush=True)  # fmt: skip
+    for link in link_names:
+        bench.link = link
+        if link != "lo" and bench.links is not None:
+            bench.links.shape(link)
+        for n in counts:
+            nodes = bench.manager.nodes[:n]
+            for r in range(repeat):
+                for method in METHODS[r % 3 :] + METHODS[: r % 3]:
+                    result = runners[method](nodes)
+                    cell = cells.setdefault((link, method, n), Cell(link, method, n))
+                    cell.runs.append(result)
+                    print(f"  {link} {method} x{n}: {result.wall:.2f} s, "
+                          f"{result.wire / 1e6:.0f} MB sent, load {result.load:.1f}",
+                          flush=True)  # fmt: skip
+    bench.link = "lo"
     top = max(counts)
     serve: dict[str, list[Run]] = {"nginx_curl": [], "piman_curl": []}
     for r in range(repeat):
@@ -851,17 +986,19 @@ def measure(
 
 def report(
     setup: dict[str, Any],
-    cells: dict[tuple[str, int], Cell],
+    cells: dict[tuple[str, str, int], Cell],
     serve: dict[str, list[Run]],
     counts: list[int],
+    link_names: list[str],
 ) -> dict[str, Any]:
     """The table as data, with the ratios and the goals."""
     size, mapped = setup["image_bytes"], setup["mapped_bytes"]
     per_n = []
-    for n in counts:
-        p, d, b = (cells[(m, n)].median("wall") for m in METHODS)
-        wire = cells[("piman", n)].median("wire") / n / mapped
+    for link, n in ((link, n) for link in link_names for n in counts):
+        p, d, b = (cells[(link, m, n)].median("wall") for m in METHODS)
+        wire = cells[(link, "piman", n)].median("wire") / n / mapped
         per_n.append({
+            "link": link,
             "n": n,
             "x_dd": round(d / p, 3),
             "x_bmaptool": round(b / p, 3),
@@ -877,11 +1014,16 @@ def report(
 
     nginx_rate = serving(median_run(serve["nginx_curl"]))
     piman_rate = serving(median_run(serve["piman_curl"]))
-    installers_rate = serving(median_run(cells[("piman", top)].runs))
+    installers_rate = serving(median_run(cells[(link_names[0], "piman", top)].runs))
     goal = min(GOAL_NGINX * nginx_rate["gb_s"], GOAL_UPLINK / 1e9)
     return {
         "setup": setup,
-        "rows": [row(cells[(m, n)], size, mapped) for n in counts for m in METHODS],
+        "rows": [
+            row(cells[(link, m, n)], size, mapped)
+            for link in link_names
+            for n in counts
+            for m in METHODS
+        ],
         "goals": {
             "per_n": per_n,
             "serving": {
