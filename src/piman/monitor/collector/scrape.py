@@ -327,7 +327,6 @@ class Scraper:
         the same deadline, only when ``/metrics`` answered; its failure does not change ``up``.
         The body is parsed on the parser thread, after the deadline (which bounds the fetch).
         """
-        assert self.fetcher is not None
         t = state.target
         batch = TargetBatch(t.node, now)
         started = time.perf_counter()
@@ -342,6 +341,7 @@ class Scraper:
                     output = await self._sample(t.ssh)
                     duration = time.perf_counter() - started
                 else:
+                    assert self.fetcher is not None
                     status, text = await self.fetcher.get(
                         t.metrics_url, token=t.token, limit=self.limits.body_size
                     )
