@@ -35,6 +35,10 @@ uplink failure, not a set of sick Pis: the ladder of every node of that scope st
 is over.
 
 Every move of a node's step is in :data:`TRANSITIONS`; :meth:`Healer.tick` never makes another.
+
+**Restarts.** The service writes every step to the audit log; :func:`replay` reads those lines
+back into ladders (:meth:`Healer.resume`), so a manager restarted mid-heal goes on where it was
+instead of starting each ladder over.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ __all__ = [
     "Released",
     "Step",
     "Unhold",
+    "replay",
 ]
 
 MASS_MINIMUM = 2  # a single node down is never a mass failure
@@ -177,6 +182,11 @@ class Healer:
         self.entries: dict[str, Entry] = {}
         self.held: dict[tuple[str, str], Hold] = {}
 
+    def resume(self, entries: dict[str, Entry]) -> None:
+        """Ladders read back from the audit log (:func:`replay`), before the first tick."""
+        for node, entry in entries.items():
+            self.entries.setdefault(node, entry)
+
     def healing(self) -> list[str]:
         """The nodes that hold a slot now (cycling or reinstalling)."""
         return [n for n, e in self.entries.items() if e.step in HEALING]
@@ -209,6 +219,8 @@ class Healer:
 
     def _observe(self, view: NodeView, now: float) -> list[Action]:
         entry = self.entries.get(view.name)
+        if entry is not None:
+            entry.policy = view.policy  # a resumed ladder, or a policy renamed
         if view.broken:
             if entry is None:
                 self.entries[view.name] = Entry(view.policy, Step.BROKEN, now, now)
@@ -328,3 +340,24 @@ class Healer:
             return []
         self._move(entry, Step.BROKEN, now)
         return [Quarantine(node, f"the reinstall could not start: {why}")]
+
+
+def replay(events: Iterable[tuple[str, str, float]]) -> dict[str, Entry]:
+    """Ladders from the audit log's healing lines ``(node, action, at)``, oldest first: where
+    each node that was being healed stood (``healing.down``, ``.cycle``, ``.reinstall``
+    climb; ``.recovered``, ``.released``, ``.quarantine`` end a ladder). Policies are left
+    empty: the next :meth:`Healer.tick` sets them from the views."""
+    out: dict[str, Entry] = {}
+    for node, action, at in events:
+        entry = out.get(node)
+        if action == "healing.down":
+            out[node] = Entry("", Step.DOWN, at, at)
+        elif entry is None:
+            continue
+        elif action == "healing.cycle":
+            entry.step, entry.since, entry.cycles = Step.CYCLING, at, entry.cycles + 1
+        elif action == "healing.reinstall":
+            entry.step, entry.since = Step.REINSTALLING, at
+        elif action in ("healing.recovered", "healing.released", "healing.quarantine"):
+            del out[node]
+    return out

@@ -29,9 +29,12 @@ Every ``healing.interval`` (:meth:`HealingService.tick`, on an injectable clock)
    broken node under a policy) and ``piman_healing_held{policy,scope}`` (the mass-failure
    guard), which the alert rules ``NodeQuarantined`` and ``HealingHeld`` watch.
 
-The ladders are kept in memory: a manager restarted mid-heal starts the ladders of the nodes
-still down from the bottom (``down_for`` again, then cycle 1). What matters survives in the
-store: ``broken`` stays broken, and healing's deployments are the deploy engine's and resume.
+The ladders live in memory and in the audit log: on its first tick the service reads its own
+audit lines back (:func:`~piman.inventory.healing.replay`, the last :data:`RESUME_LINES` of each
+kind), so a manager restarted mid-heal goes on where it was (a node that was cycled once and is
+still down gets its second cycle when that cycle's wait is over, not a first one after
+``down_for``). The audit lines carry the service's clock. ``broken`` is the store's, and
+healing's deployments are the deploy engine's (they resume by themselves).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -64,14 +68,24 @@ from piman.inventory.healing import (
     Released,
     Step,
     Unhold,
+    replay,
 )
 from piman.inventory.hosts import merge
 
-__all__ = ["ACTOR", "HealingService", "build"]
+__all__ = ["ACTOR", "RESUME_LINES", "HealingService", "build"]
 
 logger = logging.getLogger(__name__)
 
 ACTOR = "healing"
+RESUME_LINES = 5000  # audit lines of each ladder action read back at start
+LADDER = (
+    "healing.down",
+    "healing.cycle",
+    "healing.reinstall",
+    "healing.recovered",
+    "healing.released",
+    "healing.quarantine",
+)
 
 
 def _minutes(seconds: float) -> str:
@@ -128,6 +142,7 @@ class HealingService:
         )  # fmt: skip
         self._quarantined: set[str] = set()
         self._failed_deploys: set[str] = set()
+        self._resumed = False
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -141,6 +156,8 @@ class HealingService:
 
     async def tick(self) -> list[Action]:
         """One look at the fleet: the views, the ladder's decisions, carried out; returns them."""
+        if not self._resumed:
+            await self.resume()
         now = self.clock()
         views = await self.views()
         before = [n for n in self.healer.healing() if self.healer.step(n) is Step.REINSTALLING]
@@ -156,6 +173,24 @@ class HealingService:
             pending = more
         self._gauges(views)
         return done
+
+    async def resume(self) -> None:
+        """Read the ladders back from the audit log (module doc); once, before the first tick."""
+        lines = []
+        for action in LADDER:
+            for a in await self.store.audit.list(action=action, limit=RESUME_LINES):
+                if a.actor == ACTOR:
+                    lines.append((a.at.timestamp(), a.target, a.action))
+        lines.sort()
+        resumed = replay((target, action, at) for at, target, action in lines)
+        self.healer.resume(resumed)
+        self._resumed = True
+        if resumed:
+            logger.info(
+                "healing: resumed %d ladder(s): %s",
+                len(resumed),
+                ", ".join(f"{n} {e.step}" for n, e in sorted(resumed.items())[:10]),
+            )
 
     # -- what the service sees ------------------------------------------------------------
 
@@ -348,7 +383,8 @@ class HealingService:
 
     async def _audit(self, target: str, action: str, result: str, detail: str) -> None:
         try:
-            await self.store.audit.add(ACTOR, action, target, result, detail)
+            at = datetime.fromtimestamp(self.clock(), UTC)
+            await self.store.audit.add(ACTOR, action, target, result, detail, at=at)
         except StoreError as err:
             logger.warning("[node=%s] healing: audit log not written: %s", target, err)
 

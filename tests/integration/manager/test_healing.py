@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,7 +47,7 @@ POLICY = {
 
 class FakeClock:
     def __init__(self) -> None:
-        self.now = 1_000_000.0
+        self.now = float(int(time.time()))
 
     def __call__(self) -> float:
         return self.now

@@ -22,6 +22,7 @@ from piman.inventory.healing import (
     Released,
     Step,
     Unhold,
+    replay,
 )
 
 MIN = 60.0
@@ -286,3 +287,32 @@ def test_nodes_of_no_policy_are_ignored() -> None:
     h = healer()
     assert h.tick([NodeView("z", "other", down=True)], 0) == []
     assert h.step("z") is Step.OK
+
+
+def test_replayed_audit_lines_resume_each_ladder_where_it_was() -> None:
+    lines = [
+        ("a", "healing.down", 0.0),
+        ("b", "healing.down", 0.0),
+        ("c", "healing.down", 0.0),
+        ("a", "healing.cycle", 5 * MIN),
+        ("b", "healing.cycle", 5 * MIN),
+        ("b", "healing.recovered", 6 * MIN),  # b's ladder is over
+        ("c", "healing.cycle", 5 * MIN),
+        ("c", "healing.cycle", 8 * MIN),
+        ("c", "healing.reinstall", 11 * MIN),
+        ("d", "healing.cycle", 5 * MIN),  # no down line before: ignored
+    ]
+    entries = replay(lines)
+    assert {n: (e.step, e.cycles, e.since) for n, e in entries.items()} == {
+        "a": (Step.CYCLING, 1, 5 * MIN),
+        "c": (Step.REINSTALLING, 2, 11 * MIN),
+    }
+    h = healer()
+    h.resume(entries)
+    nodes = ("a", "b", "c", "d", "e", "f", "g", "h")
+    # Still down after the restart: a gets its second cycle when the first one's wait is over,
+    # c is quarantined when its reinstall's is; b starts over.
+    assert h.tick(views(["a", "b", "c"], nodes=nodes), 7 * MIN) == [Noticed("b", "racks")]
+    assert h.tick(views(["a", "b", "c"], nodes=nodes), 8 * MIN) == [Cycle("a", 2, 2)]
+    actions = h.tick(views(["a", "b", "c"], nodes=nodes), 41 * MIN)
+    assert Quarantine("c", "still down 30 min after its reinstall") in actions
