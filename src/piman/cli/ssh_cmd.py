@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 from collections.abc import Mapping
 from typing import Annotated, Any
@@ -82,6 +83,8 @@ class _Printer:
         _write(sys.stderr, "".join(f"{name}: {line}\n" for line in r["stderr"].splitlines()))
 
     def finish(self) -> int:
+        """Blocks (``--group``) and the summary, hosts in natural name order; the exit code."""
+        self.results.sort(key=lambda r: _natural(r["node"]))
         if self.group:
             blocks: dict[tuple[str, str], list[str]] = {}
             for r in self.results:
@@ -101,7 +104,15 @@ class _Printer:
             SUMMARY_COLUMNS,
             title=f"{ok} of {len(self.results)} hosts ok",
         )
+        for r in self.results:  # whole, whatever the width of the table
+            if r.get("error"):
+                err_console.print(f"error: {r['node']}: {r['error']}", markup=False, soft_wrap=True)
         return 0 if ok == len(self.results) else EXIT_FAILED
+
+
+def _natural(name: str) -> list[tuple[int, int | str]]:
+    """rack1-pi2 before rack1-pi10."""
+    return [(0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", name) if p]
 
 
 def _write(stream: Any, text: str) -> None:

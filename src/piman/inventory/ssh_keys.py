@@ -11,7 +11,8 @@ under the usual concurrency limit:
    0700, the file 0600);
 3. with ``disable_password`` on, write ``/etc/ssh/sshd_config.d/piman.conf``
    (``PasswordAuthentication no``, directly as root, else through ``sudo -n``) and reload sshd
-   (``systemctl reload ssh``, else SIGHUP to the pid in ``/run/sshd.pid``);
+   (``systemctl reload ssh`` where systemd runs, else SIGHUP to the pid in ``/run/sshd.pid``:
+   outside systemd, in a chroot or container, ``systemctl`` ignores the request and says 0);
 4. check: the key now logs in, and a password login is refused.
 
 Each host ends with one line saying what was done or why not.
@@ -46,7 +47,7 @@ __all__ = [
 ]
 
 DROPIN = "/etc/ssh/sshd_config.d/piman.conf"
-RELOAD_CHECKS = (0.5, 1.0, 2.0)  # waits before re-checking that a password login is refused
+RELOAD_CHECKS = (0.5, 1.0, 2.0)  # waits before looking again at an sshd that reloads
 
 _INSTALL = """umask 077
 d="$HOME/.ssh"; f="$d/authorized_keys"
@@ -61,7 +62,9 @@ printf '# written by piman ssh push-key (the fleet key is installed)\\n\
 PasswordAuthentication no\\nKbdInteractiveAuthentication no\\n' | $s tee {DROPIN} > /dev/null \
 || exit 1
 $s chmod 644 {DROPIN}
-$s systemctl reload ssh 2> /dev/null || $s kill -HUP "$(cat /run/sshd.pid)" || exit 1
+if [ -d /run/systemd/system ] && $s systemctl reload ssh 2> /dev/null; then :
+else $s kill -HUP "$(cat /run/sshd.pid)" || exit 1
+fi
 """
 
 
@@ -188,11 +191,9 @@ async def _push_one(
             disabled = await fleet.execute(conn, target, _DISABLE, timeout)
     finally:
         conn.close()
-    try:
-        check = await fleet.connect(target)
-    except SshFailure as err:
-        return f"failed: key installed but still refused: {err}", False
-    check.close()
+    refused = await _key_refused(fleet, target, reloading=disabled is not None)
+    if refused is not None:
+        return f"failed: key installed but still refused: {refused}", False
     done = "key installed" if "added" in installed.stdout else "key was in authorized_keys"
     if disabled is None:
         return done, True
@@ -208,19 +209,37 @@ async def _push_one(
     return f"{done}, password login disabled", True
 
 
+async def _key_refused(fleet: FleetSsh, target: SshTarget, *, reloading: bool) -> str | None:
+    """Why the fleet key does not log in (None: it does). While sshd reloads (it re-executes
+    itself) its port refuses for a moment: that is looked at again."""
+    waits = (0.0, *RELOAD_CHECKS) if reloading else (0.0,)
+    why = ""
+    for wait in waits:
+        await asyncio.sleep(wait)
+        try:
+            conn = await fleet.connect(target)
+        except SshFailure as err:
+            why = str(err)
+            if why.startswith("login refused"):
+                return why
+            continue
+        conn.close()
+        return None
+    return why
+
+
 async def _password_still_works(fleet: FleetSsh, target: SshTarget, password: str | None) -> bool:
-    """Whether sshd still takes the password, allowing it the moment a reload takes."""
+    """Whether sshd still takes the password, allowing the reload a moment to take."""
     assert password is not None
     accepted = False
-    for wait in RELOAD_CHECKS:
+    for wait in (0.0, *RELOAD_CHECKS):
         await asyncio.sleep(wait)
         try:
             conn = await fleet.connect(target, password=password)
         except SshFailure as err:
             if str(err).startswith("login refused"):
                 return False
-            accepted = False  # sshd restarting: look again
-            continue
+            continue  # sshd re-executing itself: look again
         conn.close()
         accepted = True
     return accepted
