@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +27,7 @@ from piman.monitor.collector.sshsample import (
     parse_output,
     script,
 )
+from tests.support import needs_tool
 
 PI4 = """\
 @@piman values
@@ -298,3 +301,25 @@ def test_the_command_on_this_machine_gives_what_the_agent_gives_in_process() -> 
     assert success == samples(agent)["node_scrape_collector_success"]
     assert events is not None
     assert set(events) >= {"time", "cpu_percent", "memory_percent", "disk_percent", "num_pids"}
+
+
+BUSYBOX_TOOLS = ("sh", "grep", "stat", "date", "uname", "readlink", "timeout", "printf")
+
+
+def test_the_command_under_busybox_alone_gives_the_same_series(tmp_path: Path) -> None:
+    # A minimal image: busybox's sh and tools, no getconf, a date(1) without %N.
+    needs_tool("busybox")
+    busybox = shutil.which("busybox")
+    assert busybox is not None
+    for tool in BUSYBOX_TOOLS:
+        (tmp_path / tool).symlink_to(busybox)
+    out = subprocess.run(
+        [str(tmp_path / "sh"), "-c", script()],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": str(tmp_path)},
+    )
+    assert out.stderr == ""
+    fams, _, _ = collect(parse_output(out.stdout))
+    assert keys(fams) == keys(LinuxNode(vcgencmd="").collect())

@@ -107,6 +107,7 @@ async def test_an_agentless_node_is_stored_under_the_agents_names_with_its_label
         ({"exit_status": None, "error": "login refused (publickey)"}, "ssh_auth"),
         ({"exit_status": 127, "stdout": "", "stderr": "sh: not found"}, "ssh_exit"),
         ({"exit_status": 0, "stdout": PI4[:2000]}, "malformed"),
+        ({"exit_status": 0, "stdout": PI4[:2000], "truncated": True}, "body_size_limit"),
     ],
 )
 async def test_a_failed_sample_is_up_0_with_its_reason(

@@ -15,8 +15,9 @@ path as an agent's: the same limits, the same store, the same names; ``instance`
 A failed sample raises :class:`SshSampleFailed` with a one-word ``reason`` for the
 ``piman_collector_scrape_failures`` counter: ``timeout`` and ``unreachable`` (a node that is
 off; quiet, ``up`` 0 and NodeDown say it), ``ssh_auth``, ``ssh_host_key``, ``ssh_key``,
-``ssh_error``, ``ssh_exit`` (the command failed on the node) and ``no_ssh`` (the manager has no
-SSH client). Nothing is written on the node and nothing is installed: the channel is SSH's.
+``ssh_error``, ``ssh_exit`` (the command failed on the node), ``body_size_limit`` (more output
+than ``ssh.max_output``) and ``no_ssh`` (the manager has no SSH client). Nothing is written on
+the node and nothing is installed: the channel is SSH's.
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ class SshSampler:
         if not results:
             raise SshSampleFailed("ssh_error", "no result")
         result = results[0]
+        if result.truncated:
+            raise SshSampleFailed("body_size_limit", "the output is over ssh.max_output")
         reason = reason_of(result)
         if reason is not None:
             if result.error is not None:
