@@ -317,6 +317,10 @@ fetch_range() {
 
 # --- 3. the head, 4. the ranges, 5. the head written last ------------------------------
 
+# flush: what was written to the disk is on it (fsync of the disk, not of every file system:
+# a global sync would also wait for writes that are none of the installer's business).
+flush() { sync "$DISK" 2>/dev/null || sync; }
+
 # The head: only its mapped ranges are fetched (each checked), into a sparse file of HEAD_BYTES
 # whose other bytes read as zeros; it must hold a partition table before anything is erased.
 check_head() {
@@ -359,7 +363,7 @@ write_ranges() {
         echo "$idx $first $last $sha" >>"$TMP/run"
     done 3<"$TMP/ranges"
     [ "$w_count" = 0 ] || write_run "$w_seen"
-    sync
+    flush
     RANGES_DONE=$RANGES_TOTAL BYTES_DONE=$((BYTES_DONE + w_bytes))
     read_back
     progress write_image
@@ -378,7 +382,7 @@ write_run() {
     w_pending=$((w_pending + w_count))
     w_bytes=$((w_bytes + $(range_bytes "$w_first" "$w_last"))) w_count=0
     if [ "$w_pending" -ge "$SYNC_EVERY" ] || progress_due; then
-        sync
+        flush
         RANGES_DONE=$1 BYTES_DONE=$((BYTES_DONE + w_bytes)) w_pending=0 w_bytes=0
         read_back
         progress write_image
@@ -413,10 +417,10 @@ write_range() {
 }
 
 write_head() {
-    sync
+    flush
     dd if="$TMP/head" of="$DISK" bs="$BS" conv=notrunc 2>"$TMP/dd.err" ||
         fail write_image "writing the head: $(tail -n 1 "$TMP/dd.err")"
-    sync
+    flush
     BYTES_DONE=$BYTES_TOTAL
     if [ -b "$DISK" ]; then
         blockdev --rereadpt "$DISK" || log "warning: the partition table was not re-read"
@@ -451,7 +455,7 @@ verify_body() {
             log "range $idx reads back different: fetching it again ($v_try)"
             fetch_range "$idx" "$first" "$last" "$sha"
             write_range "range $idx" "$first" "$last"
-            sync
+            flush
             drop_caches
         done
         BYTES_DONE=$((BYTES_DONE + v_len))
