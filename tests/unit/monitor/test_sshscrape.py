@@ -7,6 +7,7 @@ real sshd nodes is tests/integration/monitor/test_agentless.py).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -17,12 +18,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from piman.config.models import Config
+from piman.context import AppContext
 from piman.fleet.ssh import SshResult, SshTarget
 from piman.monitor.collector.scrape import Scraper, ScrapeTarget, _TargetState
 from piman.monitor.collector.sshsample import COMMAND
 from piman.monitor.collector.sshscrape import SshSampler, reason_of
 from piman.monitor.collector.tsdb import Tsdb
-from piman.monitor.service import build_collector
+from piman.monitor.service import Monitoring, build_collector
+from piman.monitor.service import build as build_monitor
+from piman.store import Store, reconcile
 from tests.unit.monitor.test_sshsample import PI4
 
 NOW = time.time() // 60 * 60
@@ -202,3 +206,49 @@ async def test_targets_follow_each_nodes_monitor_setting(tmp_path: Path) -> None
     targets = {t.node: t for t in await monitor.scraper.targets()}
     assert targets["s"].ssh == SshTarget("s", "198.18.0.10", 22, "pi")
     assert targets["s"].instance == "198.18.0.10:22"
+
+
+async def test_without_ssh_client_the_manager_warns_once_and_the_nodes_are_down(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = Config.model_validate(
+        {
+            "manager": {"address": "198.18.0.1", "data_dir": str(tmp_path)},
+            "monitoring": {},
+            "nodes": [
+                {"name": "s1", "ip": "198.18.0.11", "monitor": "ssh"},
+                {"name": "s2", "ip": "198.18.0.12", "monitor": "ssh"},
+                {"name": "a", "ip": "198.18.0.13"},
+            ],
+        }
+    )
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'piman.db'}")
+    await store.open()
+    try:
+        await reconcile(store, config)
+        ctx = AppContext(config=config, store=store, metrics=CollectorRegistry())
+        with caplog.at_level(logging.WARNING):
+            built = build_monitor(ctx)
+        assert built is not None
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert warnings == [
+            "2 node(s) have `monitor: ssh` (s1, s2) but the manager has no SSH client: "
+            "they are not sampled and show as down"
+        ]
+        monitor = built.handle
+        assert isinstance(monitor, Monitoring)
+        targets = {t.node: t for t in await monitor.scraper.targets()}
+        assert targets["s1"].ssh is not None
+        assert targets["a"].ssh is None
+        await monitor.tsdb.open()
+        try:
+            caplog.clear()
+            with caplog.at_level(logging.INFO):
+                batch = await monitor.scraper.scrape(_TargetState(targets["s1"]), NOW)
+            assert batch.error == "no_ssh"
+            assert batch.values[-3] == 0.0  # up, as the scraper adds it
+            assert not [r for r in caplog.records if r.levelno >= logging.INFO]  # said once
+        finally:
+            await monitor.tsdb.close()
+    finally:
+        await store.close()
