@@ -29,7 +29,10 @@ clear line and an exit code (2 for bad input, 1 for a failed operation); service
     │                               piman.monitor.collector.query)
     ├── ImageError                  a disk image or block map is corrupt or truncated (exit 2;
     │                               piman.deploy.errors)
-    └── InstallerBuildError         the installer could not be built (piman.deploy.installer)
+    ├── InstallerBuildError         the installer could not be built (piman.deploy.installer)
+    └── SshFailure                  one host over SSH: unreachable, login or host key refused,
+                                    out of time; the message is the line users see
+                                    (piman.inventory.ssh)
 
 Codecs define their own ``MalformedPacket`` subclasses next to the packet types.
 """

@@ -231,6 +231,8 @@ class FleetSsh:
             raise SshFailure(f"timed out connecting after {_secs(timeout)}") from None
         except (OSError, asyncssh.Error) as err:
             raise SshFailure(_describe(err)) from None
+        except ValueError as err:  # asyncssh's word for arguments it cannot use
+            raise SshFailure(str(err)) from None
         if check.verdict is not None and check.verdict.action == "learn":
             async with self._learning:
                 await asyncio.to_thread(self.known.learn, (pattern, target.name), check.offered)
@@ -353,9 +355,8 @@ class FleetSsh:
             self._ceiling = asyncio.Semaphore(self.settings.concurrency)
         ceiling = self._ceiling
         mine = asyncio.Semaphore(max(1, concurrency or self.settings.concurrency))
-        done: asyncio.Queue[tuple[int, SshResult]] = asyncio.Queue()
 
-        async def work(i: int, target: SshTarget) -> None:
+        async def work(i: int, target: SshTarget) -> tuple[int, SshResult]:
             async with mine, ceiling:
                 result = await self.one(
                     target,
@@ -363,16 +364,18 @@ class FleetSsh:
                     connect_timeout=connect_timeout,
                     command_timeout=command_timeout,
                 )
-            done.put_nowait((i, result))
+            return i, result
 
-        tasks = [asyncio.create_task(work(i, t)) for i, t in enumerate(targets)]
+        pending = {asyncio.create_task(work(i, t)) for i, t in enumerate(targets)}
         try:
-            for _ in tasks:
-                yield await done.get()
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    yield task.result()  # a bug in one host's work is raised, never a hang
         finally:
-            for task in tasks:
+            for task in pending:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
 
 
 def _plain_key_algs() -> list[bytes]:
