@@ -15,6 +15,7 @@ from piman.cli import (
     discover_cmd,
     export_cmd,
     installer_cmd,
+    inventory_cmd,
     nodes_cmd,
     power_cmd,
     reserve_cmd,
@@ -60,6 +61,7 @@ access_cmd.register(app)
 deploy_cmd.register(app)
 installer_cmd.register(app)
 reserve_cmd.register(app)
+inventory_cmd.register(app)
 discover_cmd.register(app)
 ssh_cmd.register(app)
 

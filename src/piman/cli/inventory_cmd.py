@@ -21,7 +21,7 @@ from urllib.parse import quote
 import typer
 
 from piman.cli.client import CaFileOption, TokenOption, UrlOption, connect
-from piman.cli.common import EXIT_BAD_INPUT, ConfigOption, err_console, fail, with_store
+from piman.cli.common import EXIT_BAD_INPUT, ConfigOption, err_console, fail, load, with_store
 
 if TYPE_CHECKING:
     from piman.config import Config
@@ -124,7 +124,9 @@ def _fetch(
     """The --list answer, or one host's variables, from the manager or the store."""
     if url:
         path = "/inventory" if host is None else f"/inventory?host={quote(host, safe='')}"
-        with connect(url, token, ca_file) as client:
+        # Root on the manager's machine with its config needs no token (data_dir/local.key).
+        local_key = load(config).manager.data_dir / "local.key" if config is not None else None
+        with connect(url, token, ca_file, local_key=local_key) as client:
             answer: dict[str, Any] = client.get(path)
         return answer
 
@@ -163,6 +165,8 @@ def _write_script(
         argv += ["--url", url]
         if ca_file is not None:
             argv += ["--ca-file", str(ca_file.resolve())]
+        if config is not None:
+            argv += ["--config", str(config.resolve())]
     else:
         chosen = (config or default_config_path()).resolve()
         if not chosen.is_file():
@@ -176,7 +180,9 @@ def _write_script(
         partial.replace(target)
     except OSError as err:
         fail(f"cannot write {path}: {err.strerror or err}")
-    err_console.print(f"wrote {target}: use `ansible-playbook -i {target} …`", markup=False)
+    err_console.print(
+        f"wrote {target}: use `ansible-playbook -i {target} …`", soft_wrap=True, markup=False
+    )
     if token_given:
         err_console.print(
             "note: --token is not written into the script; set $PIMAN_TOKEN or run "

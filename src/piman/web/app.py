@@ -42,6 +42,7 @@ from piman.web.api import (
     deploy,
     discovery,
     env_upload,
+    inventory,
     monitoring,
     nodes,
     power,
@@ -193,6 +194,7 @@ def _rest(app: FastAPI, ctx: AppContext) -> FastAPI:
 
     app.include_router(accounts.router, prefix="/api/v1")
     app.include_router(nodes.router, prefix="/api/v1")
+    app.include_router(inventory.router, prefix="/api/v1")
     if ctx.inventory is not None:
         app.include_router(discovery.router, prefix="/api/v1")
     app.include_router(ssh.router, prefix="/api/v1")  # 503 while ctx.ssh is None
