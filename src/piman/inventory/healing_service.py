@@ -176,13 +176,15 @@ class HealingService:
 
     async def resume(self) -> None:
         """Read the ladders back from the audit log (module doc); once, before the first tick."""
+        # Lines of the same time in ladder order (a reinstall, then the quarantine of a
+        # reinstall that could not start).
         lines = []
-        for action in LADDER:
+        for rank, action in enumerate(LADDER):
             for a in await self.store.audit.list(action=action, limit=RESUME_LINES):
                 if a.actor == ACTOR:
-                    lines.append((a.at.timestamp(), a.target, a.action))
+                    lines.append((a.at.timestamp(), rank, a.target, a.action))
         lines.sort()
-        resumed = replay((target, action, at) for at, target, action in lines)
+        resumed = replay((target, action, at) for at, _, target, action in lines)
         self.healer.resume(resumed)
         self._resumed = True
         if resumed:
