@@ -375,13 +375,15 @@ def _outcome(
 
 
 async def _store_accept(cfg: Config, chosen_: list[tuple[Candidate, str]]) -> list[str | None]:
-    """Each candidate as a ``new`` node in the store (what ``Sightings.accept`` records)."""
-    from piman.store import Store
+    """Each candidate as a ``new`` node in the store (what ``Sightings.accept`` records), after
+    the config's nodes (so that a name the config declares is taken)."""
+    from piman.store import Store, reconcile
 
     store = Store(cfg.database_url)
     await store.open()
     errors: list[str | None] = []
     try:
+        await reconcile(store, cfg)
         for c, name in chosen_:
             assert c.mac is not None
             try:
