@@ -205,6 +205,8 @@ async def sweep(
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setblocking(False)
     step = max(1, int(rate // 10))  # a pause every tenth of a second's worth
+    if progress is not None:
+        progress(0, total)
     try:
         for i, ip in enumerate(targets):
             try:

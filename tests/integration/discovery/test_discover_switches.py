@@ -104,14 +104,20 @@ def test_accepting_a_switch_candidate_gives_its_port_in_the_yaml(
     sim: Snmpsim, tmp_path: Path
 ) -> None:
     cfg = str(config(tmp_path, sim))
-    done = piman("discover", "-c", cfg, "--accept", f"{NEW_PI}=rack1-05")
+    done = piman("discover", "-c", cfg, "--accept", f"{NEW_PI}=rack1-05", "--json")
     assert done.returncode == 0, done.stderr
-    assert f"{NEW_PI}: added as rack1-05 (added to the store)" in done.stdout
-    line = (
-        f'  - {{name: rack1-05, mac: "{NEW_PI}", model: pi4, switch: rack1, port: 5, '
-        "hostname: pi-05}"
-    )
-    assert line in done.stdout.splitlines(), done.stdout
+    document = json.loads(done.stdout)  # the candidates, and what became of each accepted one
+    assert NEW_PI in {c["mac"] for c in document["candidates"]}
+    assert document["accepted"] == [
+        {
+            "mac": NEW_PI,
+            "node": "rack1-05",
+            "added": True,
+            "detail": "added to the store",
+            "yaml": f'  - {{name: rack1-05, mac: "{NEW_PI}", model: pi4, switch: rack1, port: 5, '
+            "hostname: pi-05}",
+        }
+    ]
     with sqlite3.connect(tmp_path / "piman.db") as db:
         nodes = db.execute("select name, mac, state, declared from nodes order by name").fetchall()
     assert nodes == [("pi1", NODE, "ready", 1), ("rack1-05", NEW_PI, "new", 0)]
