@@ -26,15 +26,17 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import asyncssh
+from asyncssh.public_key import get_default_public_key_algs
 
 from piman.config.models import Config
 from piman.errors import PimanError
 from piman.fleet.ports import Repositories
 from piman.fleet.ssh import SshResult, SshTarget
+from piman.inventory import groups, hosts
 from piman.inventory.ssh_hostkeys import KnownHosts, Verdict, host_pattern, verdict
 
 __all__ = ["CONNECTION_LOST", "FleetSsh", "SshFailure", "key_text"]
@@ -150,8 +152,6 @@ class FleetSsh:
 
         NotFoundError names an unknown spec; ValueError names the nodes with no known address.
         """
-        from piman.inventory import groups, hosts
-
         if self.store is None:  # the configuration's nodes alone
             inventory = hosts.merge(self.config, [], [], [])
         else:
@@ -380,14 +380,10 @@ class FleetSsh:
 
 def _plain_key_algs() -> list[bytes]:
     """Host key algorithms without certificates (a node's certificate could not be checked)."""
-    from asyncssh.public_key import get_default_public_key_algs
-
     return list(get_default_public_key_algs())
 
 
 def _with_elapsed(result: SshResult, elapsed: float) -> SshResult:
-    from dataclasses import replace
-
     return replace(result, elapsed=elapsed)
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from piman.private_files import make_private_dir
+
 __all__ = ["HostKey", "KnownHosts", "Verdict", "host_pattern", "verdict"]
 
 logger = logging.getLogger(__name__)
@@ -147,7 +149,7 @@ class KnownHosts:
         return len(entries) - len(kept)
 
     def _write(self, entries: list[HostKey]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(self.path.parent)
         text = "".join(e.line() + "\n" for e in entries)
         fd, tmp = tempfile.mkstemp(prefix=".known_hosts.", dir=self.path.parent)
         try:
