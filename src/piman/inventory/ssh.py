@@ -242,6 +242,10 @@ class FleetSsh:
                 target.host,
                 asyncssh.import_public_key(check.offered).get_fingerprint("sha256"),
             )
+        elif check.offered and check.offered not in self.known.lookup(pattern):
+            # known by the node's name at another address (it moved): write the new one too
+            async with self._learning:
+                await asyncio.to_thread(self.known.learn, (pattern, target.name), check.offered)
         return conn
 
     async def execute(

@@ -14,7 +14,7 @@ import pytest
 
 from piman.config.models import Config
 from piman.fleet.ssh import SshTarget
-from piman.inventory.ssh import FleetSsh
+from piman.inventory.ssh import FleetSsh, key_text
 
 HOLD = 0.5
 
@@ -26,6 +26,7 @@ class Sessions:
     in than it should shows as a higher ``most``; a correct one only costs the wait."""
 
     expected: int = 6
+    total: int = 0
     active: int = 0
     most: int = 0
     crowd: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -33,6 +34,7 @@ class Sessions:
     async def handle(self, process: asyncssh.SSHServerProcess[str]) -> None:
         command = process.command or ""
         async with self.crowd:
+            self.total += 1
             self.active += 1
             self.most = max(self.most, self.active)
             self.crowd.notify_all()
@@ -53,6 +55,7 @@ class Rig:
     fleet: FleetSsh
     port: int
     sessions: Sessions
+    host_key: str  # the server's, as known_hosts writes it
 
     def target(self, name: str, user: str = "pi") -> SshTarget:
         return SshTarget(name, "127.0.0.1", self.port, user)
@@ -75,11 +78,12 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
             return username == "pi" and key.export_public_key() == allowed
 
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
     server = await asyncssh.create_server(
         Server,
         "127.0.0.1",
         0,
-        server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+        server_host_keys=[host_key],
         process_factory=sessions.handle,
     )
     port = server.sockets[0].getsockname()[1]
@@ -90,7 +94,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         }
     )
     try:
-        yield Rig(FleetSsh(config), port, sessions)
+        yield Rig(FleetSsh(config), port, sessions, key_text(host_key))
     finally:
         server.close()
         await server.wait_closed()
@@ -124,3 +128,21 @@ async def test_exit_statuses_and_refused_logins_are_per_host(rig: Rig) -> None:
         "three": (3, None),
         "stranger": (None, "login refused (publickey)"),
     }
+
+
+async def test_a_node_known_by_name_at_a_new_address_gets_that_address_written(rig: Rig) -> None:
+    known = rig.fleet.known
+    known.learn(("198.18.0.99", "n0"), rig.host_key)  # where n0 was before
+    other = key_text(asyncssh.generate_private_key("ssh-ed25519"))
+    [moved] = await rig.fleet.run([rig.target("n0")], "exit 0")
+    assert moved.ok, moved.error
+    here = f"[127.0.0.1]:{rig.port}"
+    assert known.lookup(here) == [rig.host_key]
+
+    known.forget(here)
+    known.learn((here, "n1"), other)  # the address answers with another key now
+    [changed] = await rig.fleet.run([rig.target("n1")], "exit 0")
+    assert changed.exit_status is None
+    assert changed.error is not None
+    assert changed.error.startswith("host key changed for n1 (127.0.0.1): known SHA256:")
+    assert rig.sessions.total == 1  # the first run's: nothing ran on the impostor
