@@ -111,8 +111,10 @@ def test_a_sweep_finds_the_addressed_clients_and_accepts_one_into_the_store(
     for i, ns in enumerate(netlab.clients[:2]):
         netlab.run(ns, "ip", "addr", "add", f"198.18.0.{10 + i}/24", "dev", "eth0")
     config = lab_config(netlab)
+    # One run: the sweep, then the first client accepted into the store (no manager runs).
     swept = piman(netlab, "discover", "-c", config, "--subnet", "198.18.0.0/24", "--sweep",
-                  "--rate", "2000", "--json")  # fmt: skip
+                  "--rate", "2000", "--json",
+                  "--accept", f"{netlab.client_mac(0)}=c0-node")  # fmt: skip
     found = candidates(swept)
     for i in range(2):
         row = found[netlab.client_mac(i)]
@@ -122,12 +124,13 @@ def test_a_sweep_finds_the_addressed_clients_and_accepts_one_into_the_store(
         assert row["sources"][0]["where"] == "eth0"
     assert netlab.client_mac(2) not in found  # no address: nothing to answer ARP for
     assert "sweep: " in swept.stderr  # progress on stderr, the JSON alone on stdout
-
-    accepted = piman(netlab, "discover", "-c", config, "--accept",
-                     f"{netlab.client_mac(0)}=c0-node")  # fmt: skip
-    assert f"{netlab.client_mac(0)}: added as c0-node (added to the store)" in accepted.stdout
-    line = f'  - {{name: c0-node, mac: "{netlab.client_mac(0)}", ip: 198.18.0.10}}'
-    assert line in accepted.stdout.splitlines(), accepted.stdout
+    (accepted,) = json.loads(swept.stdout)["accepted"]
+    assert (accepted["node"], accepted["added"], accepted["detail"]) == (
+        "c0-node", True, "added to the store",
+    )  # fmt: skip
+    assert (
+        accepted["yaml"] == f'  - {{name: c0-node, mac: "{netlab.client_mac(0)}", ip: 198.18.0.10}}'
+    )
     nodes = sql(netlab, netlab.tmp / "local", "select name, mac, ip, state, declared from nodes")
     assert nodes == f"c0-node|{netlab.client_mac(0)}|198.18.0.10|new|0"
 
@@ -175,7 +178,7 @@ def test_mdns_announcements_from_other_namespaces_are_found(netlab: NetLab) -> N
     respond(netlab, ssh_only, "_ssh._tcp.local.", "lab-box", "lab-box", "198.18.0.22")
     config = lab_config(netlab)
 
-    done = piman(netlab, "discover", "-c", config, "--mdns", "2", "--json")
+    done = piman(netlab, "discover", "-c", config, "--mdns", "2", "--accept-all-pis", "--json")
     found = candidates(done)
     pi = found[announced_mac]
     assert (pi["ip"], pi["hostname"], pi["vendor"]) == ("198.18.0.21", "rack-pi", "Raspberry Pi")
@@ -187,12 +190,14 @@ def test_mdns_announcements_from_other_namespaces_are_found(netlab: NetLab) -> N
         "198.18.0.22", "lab-box", ["arp", "mdns"],
     )  # fmt: skip
     assert "mdns: " in done.stderr
-    assert json.loads(done.stdout)[0]["mac"] == announced_mac  # the Pi first
-
-    accepted = piman(netlab, "discover", "-c", config, "--mdns", "2", "--accept-all-pis")
-    line = (
-        f'  - {{name: pi-dca632000200, mac: "{announced_mac}", ip: 198.18.0.21, model: pi4, '
-        "hostname: rack-pi}"
-    )
-    assert line in accepted.stdout.splitlines(), accepted.stdout
-    assert "lab-box" not in accepted.stdout.split("Declare them")[1]  # not a Pi: not accepted
+    document = json.loads(done.stdout)
+    assert document["candidates"][0]["mac"] == announced_mac  # the Pi first
+    # Every Pi accepted, and only the Pi.
+    assert [(a["mac"], a["node"], a["yaml"]) for a in document["accepted"]] == [
+        (
+            announced_mac,
+            "pi-dca632000200",
+            f'  - {{name: pi-dca632000200, mac: "{announced_mac}", ip: 198.18.0.21, model: pi4, '
+            "hostname: rack-pi}",
+        )
+    ]
