@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,6 +298,7 @@ while True:
     assert time.monotonic() < deadline, "no /healthz in 30 s"
     time.sleep(0.2)
 token = api_token(url, "admin", initial_admin_password(data_dir))
+print(json.dumps({"token": token}))
 with httpx.stream("POST", url + "/api/v1/ssh/run", json=body, headers=bearer(token),
                   timeout=60) as response:
     print(json.dumps({"status": response.status_code, "type": response.headers["content-type"]}))
@@ -326,7 +328,7 @@ def test_a_manager_runs_a_command_on_sshd_nodes_and_streams_each_host(lab: SshLa
     out = lab.net.python(
         lab.server, CLIENT, url, settings["manager"]["data_dir"], json.dumps(body), timeout=120
     )
-    head, *rest = [json.loads(line) for line in out.splitlines()]
+    token, head, *rest = [json.loads(line) for line in out.splitlines()]
     assert head == {"status": 200, "type": "application/x-ndjson"}, lab.net.manager_log()
     *hosts, summary = rest
     assert summary == {"summary": {"total": 3, "ok": 1, "failed": 2}}
@@ -349,3 +351,26 @@ def test_a_manager_runs_a_command_on_sshd_nodes_and_streams_each_host(lab: SshLa
     assert n2["exit_status"] is None
     assert n2["error"] == "connection refused"
     assert all(h["truncated"] is False and h["elapsed"] >= 0 for h in hosts)
+
+    # The CLI through the same route (piman ssh run --url): each host's lines, exit 1.
+    cli = lab.net.run(
+        lab.server,
+        "env",
+        f"PIMAN_TOKEN={token['token']}",
+        sys.executable,
+        "-m",
+        "piman",
+        "ssh",
+        "run",
+        COMMAND,
+        "n0",
+        "n1",
+        "--url",
+        url,
+        check=False,
+        timeout=90,
+    )
+    assert cli.returncode == 1, cli.stderr
+    assert "n0: 198.18.0.10" in cli.stdout.splitlines()
+    assert "n1: 198.18.0.11" in cli.stdout.splitlines()
+    assert "n1: bad" in cli.stderr.splitlines()
