@@ -195,7 +195,8 @@ def build_collector(
     async def targets() -> list[ScrapeTarget]:
         watched = await nodes.list()
         agents = [n for n in watched if modes.get(n.name, "agent") == "agent"]
-        agentless = [n.name for n in watched if modes.get(n.name) == "ssh"]
+        # Agentless nodes with an address (as agents: none without one), asked in one call.
+        agentless = [n.name for n in watched if modes.get(n.name) == "ssh" and n.ip]
         out = with_tokens(targets_for(agents, settings.agent_port), tokens)
         fallback = {  # where they would be reached, for when there is no SSH client
             n.name: SshTarget(n.name, str(n.ip), config.ssh.port, users[n.name])

@@ -185,10 +185,11 @@ async def test_targets_follow_each_nodes_monitor_setting(tmp_path: Path) -> None
                 {"name": "s", "ip": "198.18.0.11", "monitor": "ssh", "ssh_user": "pimanlab"},
                 {"name": "t", "ip": "198.18.0.12", "monitor": "ssh"},
                 {"name": "x", "ip": "198.18.0.13", "monitor": "none"},
+                {"name": "u", "monitor": "ssh"},  # no address yet: not sampled, as agents
             ],
         }
     )
-    stored = [StoredNode(n.name, str(n.ip)) for n in config.nodes]
+    stored = [StoredNode(n.name, str(n.ip) if n.ip else None) for n in config.nodes]
     stored.append(StoredNode("found", "198.18.0.14"))  # only in the store: an agent
     assert config.monitoring is not None
     # Without an SSH client: the configured login, so the scrapes fail (down), not vanish.
