@@ -18,6 +18,12 @@ off; quiet, ``up`` 0 and NodeDown say it), ``ssh_auth``, ``ssh_host_key``, ``ssh
 ``ssh_error``, ``ssh_exit`` (the command failed on the node), ``body_size_limit`` (more output
 than ``ssh.max_output``) and ``no_ssh`` (the manager has no SSH client). Nothing is written on
 the node and nothing is installed: the channel is SSH's.
+
+Cost, measured on this 2-core machine (heavily loaded by other work at the time): on the node
+about 11 ms of CPU and 35 KB of output per sample; on the manager 12-14 ms of CPU per sample
+(asyncssh's key exchange and login, the parse and the render; the store's ingest adds ~1 ms),
+so one core samples on the order of a thousand agentless nodes every 15 s. An agent scrape
+costs the manager well under a millisecond: agents stay the default.
 """
 
 from __future__ import annotations
