@@ -35,7 +35,8 @@ def _write(path: Path, text: str) -> None:
 def prometheus(config: ConfigOption = None, out: OutDir = Path(".")) -> None:
     """Write piman_targets.json (file_sd) and piman_rules.yml (alert rules) for Prometheus.
 
-    The targets are the configured nodes' agents; the rules are piman's (built-in defaults plus
+    The targets are the agents of the configured nodes watched by one (``monitor: agent``, the
+    default; ``monitor: ssh`` and ``monitor: none`` nodes have no agent to scrape); the rules are piman's (built-in defaults plus
     monitoring.rules), with /events fields turned into PromQL over the agents' metrics.
 
     Example: piman export prometheus -c piman.yaml -o /etc/prometheus/piman
@@ -46,7 +47,11 @@ def prometheus(config: ConfigOption = None, out: OutDir = Path(".")) -> None:
 
     cfg = load(config)
     port = cfg.monitoring.agent_port if cfg.monitoring is not None else 9110
-    nodes = [_Node(n.name, str(n.ip) if n.ip else None, n.agent_url) for n in cfg.nodes]
+    nodes = [
+        _Node(n.name, str(n.ip) if n.ip else None, n.agent_url)
+        for n in cfg.nodes
+        if n.monitor == "agent"
+    ]
     try:
         rules = prometheus_rules(rules_of(cfg.monitoring))
     except RuleError as err:

@@ -21,6 +21,8 @@ nodes:
   - {name: rack1-02, ip: 198.18.0.12}
   - {name: lab-pi, agent_url: "https://10.0.0.7:9443/agent/metrics"}
   - {name: no-address}
+  - {name: agentless, ip: 198.18.0.13, monitor: ssh}    # sampled over SSH: no agent to scrape
+  - {name: unwatched, ip: 198.18.0.14, monitor: none}
 monitoring:
   agent_port: 9110
   config: {temperature: 75}
