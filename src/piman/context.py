@@ -167,6 +167,12 @@ class SshHandle(Protocol):
     ) -> list[SshResult]:
         """Run ``command`` on every target; the results in the targets' order."""
 
+    async def learn_host_key(self, target: SshTarget) -> str:
+        """Replace what is known of ``target``'s host key by the key it offers now, whatever
+        ``ssh.host_keys`` says: for a node the manager itself has just reinstalled (the deploy
+        engine calls it when a deployment ends well). The key's ``SHA256:…`` fingerprint;
+        SshFailure when the node does not answer."""
+
 
 # Power -------------------------------------------------------------------------------------------
 

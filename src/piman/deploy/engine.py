@@ -42,7 +42,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from piman.config.models import Config
-from piman.context import PowerHandle
+from piman.context import PowerHandle, SshHandle
 from piman.deploy import machine as m
 from piman.deploy.customise import FIRSTRUN_WORDS
 from piman.deploy.environments import EnvironmentLibrary
@@ -58,6 +58,9 @@ __all__ = ["LEASE", "POWER_BATCH", "Engine"]
 logger = logging.getLogger(__name__)
 
 LEASE = 30.0  # seconds a claim lasts without renewal
+# After a deployment ends well: when to try to learn the node's new SSH host key (its sshd may
+# still be starting when the agent answers, or the node has no agent to wait for).
+HOST_KEY_DELAYS = (0.0, 5.0, 15.0, 30.0, 60.0)
 POWER_BATCH = 0.3
 TICK = 1.0
 AGENT_EVERY = 5.0
@@ -83,8 +86,12 @@ class Engine:
         registry: CollectorRegistry | None = None,
         owner: str | None = None,
         clock: Callable[[], datetime] = utcnow,
+        ssh: SshHandle | None = None,
+        learn_delays: tuple[float, ...] = HOST_KEY_DELAYS,
     ) -> None:
         assert config.deploy is not None
+        self.ssh = ssh
+        self.learn_delays = learn_delays
         self.config = config
         self.settings = config.deploy
         self.store = store
@@ -226,8 +233,34 @@ class Engine:
                     f"deploy#{record.id}", "deploy.finish", record.node, action.result,
                     action.reason or record.environment,
                 )  # fmt: skip
+                if action.result == "ok" and self.ssh is not None:
+                    self.spawn(self._learn_host_key(record))
             elif isinstance(action, m.NewToken):
                 pass  # issued with the write above (only its hash is stored)
+
+    async def _learn_host_key(self, record: DeploymentRecord) -> None:
+        """The freshly installed node's SSH host key, learnt now (``ssh.host_keys: strict`` too):
+        the manager put this system there, so its new key replaces the old one, and ``piman ssh``
+        finds it known instead of refusing a changed key. Written to the deployment's log."""
+        assert self.ssh is not None
+        why = "no attempt"
+        for delay in self.learn_delays:
+            await asyncio.sleep(delay)
+            try:
+                [target] = await self.ssh.targets([record.node])
+                fingerprint = await self.ssh.learn_host_key(target)
+            except (PimanError, ValueError) as err:
+                why = str(err)
+                continue
+            text = f"SSH host key learnt: {fingerprint}"
+            await self.store.deployments.add_event(record.id, record.state, "log", text)
+            return
+        logger.warning(
+            "[deploy=%d node=%s] SSH host key not learnt: %s", record.id, record.node, why
+        )
+        await self.store.deployments.add_event(
+            record.id, record.state, "log", f"SSH host key not learnt: {why}"
+        )
 
     async def _node_state(self, record: DeploymentRecord, state: NodeState) -> None:
         try:

@@ -469,7 +469,7 @@ def build(ctx: AppContext) -> Built[DeployHandle] | None:
     if settings is None or not settings.enabled:
         return None
     library = EnvironmentLibrary(ctx.config.manager.data_dir, ctx.store.environments)
-    engine = Engine(ctx.config, ctx.store, library, ctx.power, registry=ctx.metrics)
+    engine = Engine(ctx.config, ctx.store, library, ctx.power, registry=ctx.metrics, ssh=ctx.ssh)
     service = DeployService(ctx.config, ctx.store, engine, library, ctx.power)
     images = ImageServer(
         parse_host_port(settings.image_listen),

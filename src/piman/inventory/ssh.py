@@ -178,6 +178,37 @@ class FleetSsh:
                 raise SshFailure(f"cannot read the fleet key {self.key_path}: {err}") from err
         return self._key
 
+    async def learn_host_key(self, target: SshTarget) -> str:
+        """The host key ``target`` offers now replaces the known one (see SshHandle); its
+        fingerprint. Only the key exchange runs: no login, nothing sent to the node."""
+        timeout = self.settings.connect_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                key = await asyncssh.get_server_host_key(
+                    target.host,
+                    target.port,
+                    config=[],
+                    server_host_key_algs=[a.decode() for a in _plain_key_algs()],
+                )
+        except TimeoutError:
+            raise SshFailure(f"timed out connecting after {_secs(timeout)}") from None
+        except (OSError, asyncssh.Error) as err:
+            raise SshFailure(_describe(err)) from None
+        if key is None:
+            raise SshFailure("the node offered no host key")
+        pattern = host_pattern(target.host, target.port)
+        async with self._learning:
+            await asyncio.to_thread(self.known.forget, pattern, target.name)
+            await asyncio.to_thread(self.known.learn, (pattern, target.name), key_text(key))
+        fingerprint = key.get_fingerprint("sha256")
+        logger.info(
+            "[node=%s host=%s] learnt its host key after a deployment: %s",
+            target.name,
+            target.host,
+            fingerprint,
+        )
+        return fingerprint
+
     # ------------------------------------------------------------------ connections
 
     async def connect(

@@ -14,7 +14,7 @@ import pytest
 
 from piman.config.models import Config
 from piman.fleet.ssh import SshTarget
-from piman.inventory.ssh import FleetSsh, key_text
+from piman.inventory.ssh import FleetSsh, SshFailure, key_text
 
 HOLD = 0.5
 
@@ -146,3 +146,37 @@ async def test_a_node_known_by_name_at_a_new_address_gets_that_address_written(r
     assert changed.error is not None
     assert changed.error.startswith("host key changed for n1 (127.0.0.1): known SHA256:")
     assert rig.sessions.total == 1  # the first run's: nothing ran on the impostor
+
+
+async def test_learn_host_key_replaces_a_known_key_even_in_strict_mode(rig: Rig) -> None:
+    """After a reinstall the deploy engine learns the node's new key: later runs find it known,
+    with ``host_keys: strict`` too, where a changed key would be refused."""
+    here = f"[127.0.0.1]:{rig.port}"
+    old = key_text(asyncssh.generate_private_key("ssh-ed25519"))
+    rig.fleet.known.learn((here, "n0"), old)  # the key of the system before the reinstall
+    strict = FleetSsh(
+        rig.fleet.config.model_copy(
+            update={"ssh": rig.fleet.settings.model_copy(update={"host_keys": "strict"})}
+        )
+    )
+    [before] = await strict.run([rig.target("n0")], "exit 0")
+    assert before.error is not None
+    assert before.error.startswith("host key changed for n0")
+
+    fingerprint = await strict.learn_host_key(rig.target("n0"))
+    assert fingerprint == asyncssh.import_public_key(rig.host_key).get_fingerprint("sha256")
+    assert rig.fleet.known.lookup(here) == [rig.host_key]
+    assert rig.fleet.known.lookup("n0") == [rig.host_key]  # the old key is gone
+    [after] = await strict.run([rig.target("n0")], "exit 0")
+    assert after.ok, after.error
+    assert rig.sessions.total == 1  # learning ran nothing on the node
+
+
+async def test_learn_host_key_of_a_node_that_does_not_answer_says_why(rig: Rig) -> None:
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    with pytest.raises(SshFailure, match="refused"):
+        await rig.fleet.learn_host_key(SshTarget("gone", "127.0.0.1", port))
+    assert rig.fleet.known.lookup("gone") == []
