@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from piman.config.models import Config
 from piman.config.monitoring import MonitoringSettings
 from piman.context import AppContext, Built, MonitorHandle, Service, SshHandle
+from piman.fleet.lifecycle import NodeState
 from piman.fleet.metrics import NodeSnapshot, Series
 from piman.fleet.ports import NodeRepository
 from piman.fleet.ssh import SshTarget
@@ -193,7 +194,8 @@ def build_collector(
     users = {n.name: n.ssh_user or config.ssh.user for n in config.nodes if n.monitor == "ssh"}
 
     async def targets() -> list[ScrapeTarget]:
-        watched = await nodes.list()
+        # A broken node is quarantined (by an operator or self-healing): not scraped.
+        watched = [n for n in await nodes.list() if n.state != NodeState.BROKEN]
         agents = [n for n in watched if modes.get(n.name, "agent") == "agent"]
         # Agentless nodes with an address (as agents: none without one), asked in one call.
         agentless = [n.name for n in watched if modes.get(n.name) == "ssh" and n.ip]
