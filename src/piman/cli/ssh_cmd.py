@@ -227,18 +227,7 @@ async def _run_local(
             command_timeout=command_timeout,
             concurrency=concurrency,
         ):
-            printer.add(
-                {
-                    "node": r.name,
-                    "host": r.host,
-                    "exit_status": r.exit_status,
-                    "stdout": r.stdout,
-                    "stderr": r.stderr,
-                    "error": r.error,
-                    "elapsed": r.elapsed,
-                    "truncated": r.truncated,
-                }
-            )
+            printer.add(r.as_line())
     finally:
         await store.close()
 

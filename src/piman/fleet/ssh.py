@@ -8,6 +8,7 @@ domain, below every capability.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["SshResult", "SshTarget"]
 
@@ -43,3 +44,17 @@ class SshResult:
     @property
     def ok(self) -> bool:
         return self.error is None and self.exit_status == 0
+
+    def as_line(self) -> dict[str, Any]:
+        """The result as one JSON line of ``POST /api/v1/ssh/run`` (and ``piman ssh run -o
+        json``): the node's name under ``node``."""
+        return {
+            "node": self.name,
+            "host": self.host,
+            "exit_status": self.exit_status,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "error": self.error,
+            "elapsed": round(self.elapsed, 3),
+            "truncated": self.truncated,
+        }
