@@ -54,17 +54,37 @@ def check(
 
 def _warnings(config: Config) -> list[str]:
     """What is valid but will not work as the user probably hopes (printed, exit stays 0)."""
+    found = _fleet_warnings(config)
     if config.tftp is None or not config.tftp.enabled:
-        return []
+        return found
     from piman.netboot.boottree import check_boot_trees
 
     quiet = logging.getLogger("piman.netboot")
     quiet.addHandler(logging.NullHandler())  # the lines are printed below, not logged twice
     quiet.propagate = False
     try:
-        return check_boot_trees(config)
+        return found + check_boot_trees(config)
     finally:
         quiet.propagate = True
+
+
+def _fleet_warnings(config: Config) -> list[str]:
+    """Agentless nodes and self-healing that cannot work as configured."""
+    found = []
+    healing = config.healing
+    monitoring = config.monitoring is not None and config.monitoring.enabled
+    if healing is not None and healing.enabled and healing.policies and not monitoring:
+        found.append(
+            "healing: is on but monitoring is off: no node is ever seen down (add `monitoring:`)"
+        )
+    if healing is not None and any(p.reinstall for p in healing.policies) and not config.deploy:
+        found.append("healing: a policy reinstalls but there is no `deploy:` section")
+    lost = [n.name for n in config.nodes if n.monitor == "ssh" and n.ip is None]
+    if lost:
+        found.append(
+            f"nodes {', '.join(lost)}: monitor: ssh needs an `ip:` (until DHCP gives one, down)"
+        )
+    return found
 
 
 def as_yaml(config: Config) -> dict[str, object]:
@@ -109,6 +129,23 @@ def _reservations(config: Config) -> str:
     return f"on ({'; '.join(parts)})"
 
 
+def _ssh(config: Config) -> str:
+    ssh = config.ssh
+    agentless = sum(1 for n in config.nodes if n.monitor == "ssh")
+    text = (
+        f"(user {ssh.user}, key {ssh.key_path(config.manager.data_dir)}, host keys {ssh.host_keys}"
+    )
+    return text + (f", {agentless} nodes watched over SSH)" if agentless else ")")
+
+
+def _healing(config: Config) -> str:
+    healing = config.healing
+    if healing is None or not healing.enabled or not healing.policies:
+        return "off"
+    names = ", ".join(p.name for p in healing.policies)
+    return f"on (policies {names}; {healing.max_concurrent} nodes at once)"
+
+
 def show(config: Config) -> None:
     m = config.manager
     console.print(
@@ -140,6 +177,8 @@ def show(config: Config) -> None:
     ]
     console.print("  ".join(sections), markup=False)
     console.print(f"reservations {_reservations(config)}", markup=False, soft_wrap=True)
+    console.print(f"ssh {_ssh(config)}", markup=False, soft_wrap=True)
+    console.print(f"healing {_healing(config)}", markup=False, soft_wrap=True)
 
     switches = [
         {

@@ -119,3 +119,28 @@ def test_boot_files_too_big_for_pi_tftp_give_a_warning(tmp_path: Path) -> None:
     assert len(warnings) == 1, result.stderr
     assert "initramfs8" in warnings[0]
     assert "65535 blocks" in warnings[0]
+
+
+def test_ssh_and_healing_are_summarised_and_what_cannot_work_is_warned(tmp_path: Path) -> None:
+    path = tmp_path / "piman.yaml"
+    path.write_text(
+        f"manager: {{address: 198.18.0.1, data_dir: {tmp_path / 'data'}}}\n"
+        "ssh: {user: ops, host_keys: strict}\n"
+        "nodes:\n"
+        "  - {name: lab-pi, ip: 198.18.0.7, monitor: ssh}\n"
+        "  - {name: far-pi, monitor: ssh}\n"
+        "healing:\n"
+        "  policies: [{name: racks, nodes: [all]}]\n"
+    )
+    result = piman("config", "check", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "host keys strict" in result.stdout
+    assert "user ops" in result.stdout
+    assert "2 nodes watched over SSH" in result.stdout
+    assert "healing on (policies racks; 2 nodes at once)" in result.stdout
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 3, result.stderr
+    assert "monitoring is off" in warnings[0]
+    assert "no `deploy:` section" in warnings[1]
+    assert "far-pi" in warnings[2]
+    assert "lab-pi" not in warnings[2]
