@@ -324,7 +324,8 @@ def test_a_manager_runs_a_command_on_sshd_nodes_and_streams_each_host(lab: SshLa
     settings = yaml.safe_load(config.read_text())
     url = f"http://{settings['manager']['http']}"
     lab.net.start_manager(config=config)
-    body = {"command": COMMAND, "targets": ["all"], "command_timeout": "20s"}
+    # Deadlines generous for a loaded test machine (the lab's connect_timeout is 5 s).
+    body = {"command": COMMAND, "targets": ["all"], "connect_timeout": "30s"}
     out = lab.net.python(
         lab.server, CLIENT, url, settings["manager"]["data_dir"], json.dumps(body), timeout=120
     )
@@ -367,6 +368,8 @@ def test_a_manager_runs_a_command_on_sshd_nodes_and_streams_each_host(lab: SshLa
         "n1",
         "--url",
         url,
+        "--connect-timeout",
+        "30",
         check=False,
         timeout=90,
     )

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import StreamingResponse
@@ -52,7 +52,6 @@ __all__ = [
     "MAX_NODES",
     "MAX_TARGETS",
     "SshRunIn",
-    "result_line",
     "router",
 ]
 
@@ -90,20 +89,6 @@ class SshRunIn(BaseModel):
         None, description=f"Seconds or a duration (5m); at most {MAX_COMMAND_TIMEOUT:g} s"
     )
     concurrency: int | None = Field(None, ge=1, description=f"At most {MAX_CONCURRENCY}")
-
-
-def result_line(r: SshResult) -> dict[str, Any]:
-    """One host's line of the stream."""
-    return {
-        "node": r.name,
-        "host": r.host,
-        "exit_status": r.exit_status,
-        "stdout": r.stdout,
-        "stderr": r.stderr,
-        "error": r.error,
-        "elapsed": round(r.elapsed, 3),
-        "truncated": r.truncated,
-    }
 
 
 def _clamp(value: float | None, limit: float) -> float | None:
@@ -169,7 +154,7 @@ async def _lines(results: AsyncIterator[SshResult], total: int, actor: str) -> A
                 ok += 1
             else:
                 failed += 1
-            yield (json.dumps(result_line(r)) + "\n").encode()
+            yield (json.dumps(r.as_line()) + "\n").encode()
         summary = {"summary": {"total": total, "ok": ok, "failed": failed}}
         yield (json.dumps(summary) + "\n").encode()
         logger.info("[ssh actor=%s] done on %d nodes: %d ok, %d failed", actor, total, ok, failed)
