@@ -36,8 +36,9 @@ def prometheus(config: ConfigOption = None, out: OutDir = Path(".")) -> None:
     """Write piman_targets.json (file_sd) and piman_rules.yml (alert rules) for Prometheus.
 
     The targets are the agents of the configured nodes watched by one (``monitor: agent``, the
-    default; ``monitor: ssh`` and ``monitor: none`` nodes have no agent to scrape); the rules are piman's (built-in defaults plus
-    monitoring.rules), with /events fields turned into PromQL over the agents' metrics.
+    default; ``monitor: ssh`` and ``monitor: none`` nodes have no agent to scrape); the rules
+    are piman's (built-in defaults plus monitoring.rules), with /events fields turned into
+    PromQL over the agents' metrics.
 
     Example: piman export prometheus -c piman.yaml -o /etc/prometheus/piman
     """
