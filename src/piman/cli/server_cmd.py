@@ -6,13 +6,15 @@ import asyncio
 import signal
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from piman.cli.common import ConfigOption, console, load
 from piman.logs import setup_logging
-from piman.manager import Manager
+
+if TYPE_CHECKING:  # the manager (every capability, the web) is imported when one runs
+    from piman.manager import Manager
 
 __all__ = ["register"]
 
@@ -39,6 +41,7 @@ def server(config: ConfigOption = None) -> None:
     log_file = setup_logging(cfg.manager.log_level, cfg.manager.data_dir / "logs")
     if log_file:
         console.print(f"logging to {log_file}", style="dim")
+    from piman.manager import Manager
     from piman.web.server import HttpService
 
     asyncio.run(_run(Manager(cfg, frontends=[HttpService])))

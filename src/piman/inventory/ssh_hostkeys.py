@@ -99,20 +99,32 @@ class KnownHosts:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._entries: list[HostKey] = []
+        self._index: dict[str, list[int]] = {}  # pattern → positions in _entries
         self._stamp: tuple[int, int] | None = None
 
     def entries(self) -> list[HostKey]:
         """Every known key, in file order (reloaded when the file changed on disk)."""
+        return list(self._current())
+
+    def _current(self) -> list[HostKey]:
         try:
             st = self.path.stat()
         except FileNotFoundError:
-            self._entries, self._stamp = [], None
-            return []
+            self._keep([], None)
+            return self._entries
         stamp = (st.st_mtime_ns, st.st_size)
         if stamp != self._stamp:
-            self._entries = self._parse(self.path.read_text(errors="replace"))
-            self._stamp = stamp
-        return list(self._entries)
+            self._keep(self._parse(self.path.read_text(errors="replace")), stamp)
+        return self._entries
+
+    def _keep(self, entries: list[HostKey], stamp: tuple[int, int] | None) -> None:
+        """Hold ``entries`` and index them by pattern (a lookup per host of a run of 1,000
+        hosts stays a dictionary read, not a scan of 1,000 lines)."""
+        self._entries, self._stamp = entries, stamp
+        self._index = {}
+        for i, entry in enumerate(entries):
+            for pattern in entry.patterns:
+                self._index.setdefault(pattern, []).append(i)
 
     @staticmethod
     def _parse(text: str) -> list[HostKey]:
@@ -129,8 +141,9 @@ class KnownHosts:
 
     def lookup(self, *names: str) -> list[str]:
         """The keys of lines that name any of ``names`` (address pattern, node name)."""
-        wanted = {n for n in names if n}
-        return [e.key for e in self.entries() if wanted & set(e.patterns)]
+        entries = self._current()
+        found = sorted({i for n in names if n for i in self._index.get(n, ())})
+        return [entries[i].key for i in found]
 
     def learn(self, names: tuple[str, ...], key: str) -> None:
         """Add a line for ``names`` (address pattern first, then the node's name)."""
@@ -161,6 +174,5 @@ class KnownHosts:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        self._entries = entries
         st = self.path.stat()
-        self._stamp = (st.st_mtime_ns, st.st_size)
+        self._keep(entries, (st.st_mtime_ns, st.st_size))
