@@ -100,6 +100,11 @@ class AuditRepository(Protocol):
         at: datetime | None = None,
     ) -> None: ...
 
+    async def add_many(
+        self, actor: str, action: str, targets: Sequence[str], result: str, detail: str | None
+    ) -> None:
+        """One entry per target, written together (one transaction)."""
+
     async def list(
         self, *, target: str | None = None, action: str | None = None, limit: int = 100
     ) -> list[AuditRecord]:

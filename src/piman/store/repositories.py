@@ -6,7 +6,7 @@ returns plain frozen records (``piman.fleet.records``), never ORM objects.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 
@@ -195,6 +195,18 @@ class AuditRepository:
                     result=result,
                     detail=detail,
                 )
+            )
+
+    async def add_many(
+        self, actor: str, action: str, targets: Sequence[str], result: str, detail: str | None
+    ) -> None:
+        at = utcnow()
+        async with self._session() as s:
+            s.add_all(
+                AuditEntry(
+                    at=at, actor=actor, action=action, target=t, result=result, detail=detail
+                )
+                for t in targets
             )
 
     async def list(

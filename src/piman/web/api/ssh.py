@@ -142,8 +142,7 @@ async def _targets(ssh: SshHandle, names: Sequence[str]) -> list[SshTarget]:
 
 
 async def _audit(ctx: AppContext, actor: str, names: Sequence[str], command: str) -> None:
-    for name in names:
-        await ctx.store.audit.add(actor, "ssh.run", name, "started", command)
+    await ctx.store.audit.add_many(actor, "ssh.run", names, "started", command)
 
 
 async def _lines(results: AsyncIterator[SshResult], total: int, actor: str) -> AsyncIterator[bytes]:
