@@ -443,7 +443,12 @@ def main() -> None:
             raise SystemExit(f"bench/ssh.py needs {tool}")
     if max(args.targets) > 254 * 256:
         raise SystemExit("at most 65,000 targets")
-    ensure_lab_user()
+    ensure_lab_user()  # password login locked: keys only
+    bench(args)
+
+
+def bench(args: argparse.Namespace) -> None:
+    """Every run of every tool at every target count, and the tables."""
     enter_own_netns()
     cpus = sorted(os.sched_getaffinity(0))
     where = f"sshd and the tools on CPUs {cpus}"

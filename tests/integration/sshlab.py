@@ -15,7 +15,8 @@ host key. Each sshd runs in a private mount namespace as well, where:
   ``<node dir>/power.log`` instead of acting (the ``ssh-reboot`` driver's tests read it).
 
 Login: user ``pimanlab`` (made by :func:`ensure_lab_user`: uid 0 so that a node's "sudo"
-work runs in its own mount namespace without sudo installed; password :data:`LAB_PASSWORD`)
+work runs in its own mount namespace without sudo installed; password :data:`LAB_PASSWORD` in
+labs made with ``password_login=True`` (locked again when the lab closes), else locked)
 with the lab's client key (:attr:`SshLab.client_key`) authorised unless ``authorize=False``.
 Nothing of the host's own SSH configuration is touched. Needs root (the fixture checks).
 """
@@ -42,6 +43,7 @@ __all__ = [
     "SshNode",
     "ensure_lab_user",
     "keygen",
+    "lock_lab_user",
     "sshlab",
 ]
 
@@ -53,16 +55,32 @@ SSHD = "/usr/sbin/sshd"
 _POWER_SCRIPT = '#!/bin/sh\necho "$(basename "$0") $*" >> {log}\n'
 
 
-def ensure_lab_user(password: str = LAB_PASSWORD) -> None:
-    """Create (once) the login user of the lab nodes, and set its password."""
+def ensure_lab_user(password: str | None = None) -> None:
+    """Create (once) the login user of the lab nodes (uid 0: see the module docstring), with
+    ``password`` or with password login locked. :func:`lock_lab_user` locks it again: a uid-0
+    account with a known password must not outlive the test that needs it. (The account
+    itself stays, locked and with an empty home: deleting it could pull it from under another
+    test run on the same machine.)"""
     if subprocess.run(["id", LAB_USER], capture_output=True, check=False).returncode != 0:
         home = str(LAB_HOME)
         argv = ["useradd", "-o", "-u", "0", "-g", "0", "-M", "-d", home, "-s", "/bin/sh", LAB_USER]
         subprocess.run(argv, check=True, capture_output=True)
     LAB_HOME.mkdir(mode=0o700, exist_ok=True)
-    subprocess.run(
-        ["chpasswd"], input=f"{LAB_USER}:{password}\n", text=True, check=True, capture_output=True
-    )
+    if password is None:
+        lock_lab_user()
+    else:
+        subprocess.run(
+            ["chpasswd"],
+            input=f"{LAB_USER}:{password}\n",
+            text=True,
+            check=True,
+            capture_output=True,
+        )
+
+
+def lock_lab_user() -> None:
+    """No password login for the lab user (keys only, in the labs' own homes)."""
+    subprocess.run(["usermod", "-p", "*", LAB_USER], capture_output=True, check=False)
 
 
 def keygen(path: Path, comment: str = "piman-lab") -> str:
@@ -133,15 +151,17 @@ class SshLab:
         try:
             self._up()
         except BaseException:
-            self.net.close()
+            self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.net.close()
+        if self.password_login:
+            lock_lab_user()
 
     def _up(self) -> None:
-        ensure_lab_user()
+        ensure_lab_user(LAB_PASSWORD if self.password_login else None)
         self.client_pub = keygen(self.client_key, "piman-lab-client")
         for i, ns in enumerate(self.net.clients):
             ip = f"198.18.0.{10 + i}"
