@@ -303,8 +303,15 @@ async def test_unknown_apprise_url_is_a_config_error() -> None:
     ]
 
 
-def alerting_for(tmp_path: Path, store: Store, notify: list[str], webhooks: list[str]) -> Any:
-    """The manager's alerting (evaluator, notifier, metrics) for one NodeDown rule."""
+def alerting_for(
+    tmp_path: Path,
+    store: Store,
+    notify: list[str],
+    webhooks: list[str],
+    query: MemoryQuery | None = None,
+) -> Any:
+    """The manager's alerting (evaluator, notifier, metrics) for one NodeDown rule, reading
+    ``query`` (a fresh one by default)."""
     from piman.config import parse_config
     from piman.monitor.alerting.service import build_alerting
 
@@ -319,7 +326,7 @@ def alerting_for(tmp_path: Path, store: Store, notify: list[str], webhooks: list
     text = json.dumps({"manager": {"address": "127.0.0.1"}, "monitoring": monitoring})
     config = parse_config(text, str(tmp_path / "piman.yaml"))
     registry = CollectorRegistry()
-    return build_alerting(config, store.alerts, registry, MemoryQuery()), registry
+    return build_alerting(config, store.alerts, registry, query or MemoryQuery()), registry
 
 
 async def test_a_refused_notification_is_dead_and_the_next_ones_are_delivered(
@@ -369,12 +376,12 @@ async def test_receiver_secrets_are_neither_stored_nor_logged(
     await store.open()
     caplog.set_level(logging.DEBUG, logger="piman")
     try:
-        alerting, _registry = alerting_for(tmp_path, store, [apprise_url], [webhook])
+        query = MemoryQuery()
+        alerting, _registry = alerting_for(tmp_path, store, [apprise_url], [webhook], query)
         notifier = alerting.notifier
         notifier.backoff = (0.05,)
         service = alerting.service
         await service.start()
-        query = service.source.query
         now = time.time()  # the notifier's clock: rows are due at once
         query.add("up", {"job": "agent", "instance": "n1", "node": "n1"}, now, 0)
         assert len(await service.tick(now)) == 1
