@@ -19,7 +19,7 @@ so the answer is right without writing to the store: a declared node the store l
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from piman.fleet.lifecycle import NodeState
 from piman.fleet.ports import Repositories
 from piman.fleet.records import DeploymentRecord, NodeRecord
 from piman.fleet.reservations import ReservationRecord, ReservationState
+from piman.fleet.ssh import SshTarget
 from piman.inventory.groups import InventoryHost
 
 __all__ = ["DEPLOYMENTS_PER_NODE", "collect", "fleet_key", "merge"]
@@ -149,3 +150,11 @@ def _host(
         ssh_user=user or config.ssh.user,
         monitor=declared.monitor if declared is not None else "agent",
     )
+
+
+def ssh_targets(chosen: Sequence[InventoryHost], port: int) -> list[SshTarget]:
+    """Where to log in to each of ``chosen``; ValueError names the hosts with no address."""
+    missing = [h.name for h in chosen if not h.ip]
+    if missing:
+        raise ValueError(f"no known address for {', '.join(missing)} (give it an `ip:`)")
+    return [SshTarget(h.name, str(h.ip), port, h.ssh_user) for h in chosen]

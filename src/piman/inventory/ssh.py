@@ -156,12 +156,7 @@ class FleetSsh:
             inventory = hosts.merge(self.config, [], [], [])
         else:
             inventory = await hosts.collect(self.config, self.store)
-        chosen = groups.select(inventory, nodes)
-        missing = [h.name for h in chosen if not h.ip]
-        if missing:
-            raise ValueError(f"no known address for {', '.join(missing)} (give it an `ip:`)")
-        port = self.settings.port
-        return [SshTarget(h.name, str(h.ip), port, h.ssh_user) for h in chosen]
+        return hosts.ssh_targets(groups.select(inventory, nodes), self.settings.port)
 
     # ------------------------------------------------------------------ keys
 

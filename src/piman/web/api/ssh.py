@@ -39,8 +39,8 @@ from piman.config.types import Duration
 from piman.context import AppContext, Principal, SshHandle
 from piman.errors import ConflictError
 from piman.fleet.ssh import SshResult, SshTarget
-from piman.inventory.groups import select
-from piman.inventory.hosts import collect
+from piman.inventory.groups import InventoryHost, select
+from piman.inventory.hosts import collect, ssh_targets
 from piman.web.deps import Ctx
 from piman.web.security import Anyone, held_nodes
 
@@ -95,33 +95,35 @@ def _clamp(value: float | None, limit: float) -> float | None:
     return None if value is None else min(value, limit)
 
 
-async def _node_names(
+async def _chosen(
     ctx: AppContext, request: Request, principal: Principal, body: SshRunIn
-) -> list[str]:
+) -> list[InventoryHost]:
     """The nodes to run on, in inventory order for specs, then the caller's held ones; every
     refusal of the role and the targets (module doc, steps 1 and 2)."""
     may_any = allows(principal.role, Action.DEPLOY)
     if not may_any and principal.role != Role.USER:
         raise HTTPException(403, f"role {principal.role} may not run commands on nodes")
     hosts = await collect(ctx.config, ctx.store)  # NotFoundError (404) names an unknown spec
-    names = [h.name for h in select(hosts, body.targets)] if body.targets else []
+    chosen = select(hosts, body.targets) if body.targets else []
     if body.reserved:  # a host's owner: the owner of its active reservation
-        seen = set(names)
-        names += [h.name for h in hosts if h.owner == principal.user and h.name not in seen]
-        if not names:
+        seen = {h.name for h in chosen}
+        chosen += [h for h in hosts if h.owner == principal.user and h.name not in seen]
+        if not chosen:
             raise ConflictError("you hold no nodes now: reserve some first (piman reserve)")
-    if not names:
+    if not chosen:
         raise HTTPException(422, "name targets (nodes, switch:port, all, groups) or reserved")
-    if len(names) > MAX_NODES:
-        raise HTTPException(422, f"{len(names)} nodes: at most {MAX_NODES} in one run")
+    if len(chosen) > MAX_NODES:
+        raise HTTPException(422, f"{len(chosen)} nodes: at most {MAX_NODES} in one run")
     if not may_any:
         held = await held_nodes(request, principal)
-        for name in names:
-            if name not in held:
+        for host in chosen:
+            if host.name not in held:
                 raise HTTPException(
-                    403, f"role {principal.role} may not run commands on {name}: you do not hold it"
+                    403,
+                    f"role {principal.role} may not run commands on {host.name}: "
+                    "you do not hold it",
                 )
-    return names
+    return chosen
 
 
 def _ssh(ctx: AppContext) -> SshHandle:
@@ -134,9 +136,10 @@ def _ssh(ctx: AppContext) -> SshHandle:
     return ctx.ssh
 
 
-async def _targets(ssh: SshHandle, names: Sequence[str]) -> list[SshTarget]:
+def _targets(ctx: AppContext, chosen: Sequence[InventoryHost]) -> list[SshTarget]:
+    """Where to log in, from the hosts read once for the whole request."""
     try:
-        return await ssh.targets(names)
+        return ssh_targets(chosen, ctx.config.ssh.port)
     except ValueError as err:  # a node with no known address
         raise HTTPException(422, str(err)) from None
 
@@ -180,9 +183,10 @@ async def _lines(results: AsyncIterator[SshResult], total: int, actor: str) -> A
     },
 )
 async def run(body: SshRunIn, request: Request, principal: Anyone, ctx: Ctx) -> StreamingResponse:
-    names = await _node_names(ctx, request, principal, body)
+    chosen = await _chosen(ctx, request, principal, body)
+    names = [h.name for h in chosen]
     ssh = _ssh(ctx)
-    targets = await _targets(ssh, names)
+    targets = _targets(ctx, chosen)
     await _audit(ctx, principal.actor, names, body.command)
     logger.info(
         "[ssh actor=%s] running on %d nodes: %.200s", principal.actor, len(names), body.command
