@@ -73,6 +73,7 @@ MAX_BODY = 1 << 20  # bytes: the largest request body the API reads
 # Routes whose body is a file (application/octet-stream), bounded by the route itself
 # (deploy.max_upload) instead of MAX_BODY; Origin and Host are checked as for any other.
 UPLOADS = frozenset({("POST", "/api/v1/environments")})
+UPLOAD_PATHS = frozenset(path for _, path in UPLOADS)
 
 
 def _host_only(value: str) -> str:
@@ -191,6 +192,8 @@ class RequestGuard:
         length = headers.get(b"content-length", b"0").strip() or b"0"
         if not length.isdigit():
             return _reject(400, "bad_length", "Content-Length is not a number")
+        if scope["path"] in UPLOAD_PATHS and (scope["method"], scope["path"]) not in UPLOADS:
+            return None  # a method the upload path does not have: the router answers 405
         if (scope["method"], scope["path"]) in UPLOADS:
             kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
             if int(length) > 0 and kind != b"application/octet-stream":
