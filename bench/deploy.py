@@ -27,11 +27,12 @@ deployment is made with ``POST /api/v1/deployments``; each node fetches its inst
 line over TFTP (``<serial>/cmdline.txt``, the Pi 4 prefix; placeholders for the installer's
 ``start4.elf`` and kernel stand in for ``piman installer build``: without them the boot tree
 does not answer prefixed requests and deployments do not start) and runs the real
-``installer.sh`` under busybox sh (a PATH of busybox applets only, ``PIMAN_NO_NET=1``,
-``PIMAN_NO_REBOOT=1``) with a file as its disk. Exit 0 means: every mapped range fetched
-(``wget -c`` of one run of adjacent ranges at a time), written with ``dd``, synced, read back
-and checked (SHA-256, once per range, in the background while the next run downloads), the
-head (checked before anything was erased) written last and read back, the result reported.
+``installer.sh`` under busybox sh (a PATH of busybox applets and openssl, what the initramfs
+has; ``PIMAN_NO_NET=1``, ``PIMAN_NO_REBOOT=1``) with a file as its disk. Exit 0 means: every
+mapped range streamed onto the disk (``wget -O - | dd``, one request per run of adjacent
+ranges), synced, read back and checked (SHA-256, once per range, one openssl per group of
+ranges, in the background while the next runs stream), the head (checked before anything was
+erased) written last and read back, the result reported.
 Then each node fetches ``<serial>/config.txt`` from its own tree, as a freshly installed Pi
 does, and the deployment ends ``deployed``. All installers speak from one address (127.0.0.1,
 or with shaped links 198.18.i.2 through the servers' namespace), so ``deploy.check_address``
@@ -115,7 +116,7 @@ from piman.sim.netboot import tftp_fetch
 MIB = 1 << 20
 GIB = 1 << 30
 PIMAN = [sys.executable, "-m", "piman"]
-TOOLS = ("busybox", "curl", "nginx", "bmaptool", "sfdisk", "mkfs.vfat", "mcopy", "mke2fs")
+TOOLS = ("busybox", "openssl", "curl", "nginx", "bmaptool", "sfdisk", "mkfs.vfat", "mcopy", "mke2fs")
 MAPPED_SHARE = 0.25
 GOAL_DD, GOAL_BMAPTOOL, GOAL_WIRE, GOAL_NGINX, GOAL_UPLINK = 3.0, 1.0, 1.05, 0.8, 1.25e9
 METHODS = ("piman", "curl | dd", "bmaptool")
@@ -620,12 +621,14 @@ def token_of(cmdline: bytes) -> str:
 
 
 def busybox_bin(where_to: Path) -> Path:
-    """A directory of busybox applets: the installer's whole PATH."""
+    """A directory of busybox applets and openssl: the installer's whole PATH, what its
+    initramfs has (``piman installer build`` puts Debian's openssl and its libraries there)."""
     busybox = Path(shutil.which("busybox") or "busybox").resolve()
     where_to.mkdir(parents=True, exist_ok=True)
     names = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True)
     for name in names.stdout.split():
         (where_to / name).symlink_to(busybox)
+    (where_to / "openssl").symlink_to(Path(shutil.which("openssl") or "openssl").resolve())
     return where_to
 
 
@@ -864,7 +867,7 @@ def main() -> None:
     path = os.environ["PATH"] + ":/usr/sbin:/sbin"
     missing = [t for t in TOOLS if shutil.which(t, path=path) is None]
     if missing:
-        raise SystemExit(f"needs {', '.join(missing)} (Debian: busybox curl nginx-light bmap-tools "
+        raise SystemExit(f"needs {', '.join(missing)} (Debian: busybox openssl curl nginx-light bmap-tools "
                          "fdisk dosfstools mtools e2fsprogs)")  # fmt: skip
     os.environ["PATH"] = path
     size = 256 * MIB if args.quick else int(args.size_gib * GIB) // MIB * MIB

@@ -39,7 +39,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MAX_HEAD = 8192
-_PATH = re.compile(r"^/deploy/(\d{1,12})/image(?:\?end=(\d{1,19}))?$")
+_PATH = re.compile(
+    r"^/deploy/(\d{1,12})/image"
+    r"(?:\?(?:start=(\d{1,19})(?:&end=(\d{1,19}))?|end=(\d{1,19})))?$"
+)
 
 Resolve = Callable[[int, str, str], Awaitable[Path | None]]
 """(deployment id, bearer token, client address) → the image file, or None (refused)."""
@@ -208,8 +211,8 @@ class ImageServer:
         if path is None:
             await self._reply(writer, "403 Forbidden", "not this deployment's session")
             return False
-        end = int(match.group(2)) if match.group(2) is not None else None
-        return await self._send_file(writer, request, path, int(match.group(1)), end)
+        start, end = (int(g) if g else None for g in (match[2], match[3] or match[4]))
+        return await self._send_file(writer, request, path, int(match.group(1)), start, end)
 
     async def _send_file(
         self,
@@ -217,6 +220,7 @@ class ImageServer:
         request: Request,
         path: Path,
         deployment: int,
+        start: int | None,
         end: int | None,
     ) -> bool:
         try:
@@ -229,6 +233,8 @@ class ImageServer:
             limit = size if end is None else min(size, end + 1)  # the answer stops at ``end``
             try:
                 wanted = parse_range(request.headers.get("range"), limit)
+                if wanted is None and start is not None and start >= limit:
+                    raise RangeNotSatisfiable(f"start={start}")
             except RangeNotSatisfiable:
                 await self._reply(
                     writer, "416 Range Not Satisfiable", "outside the image",
@@ -238,7 +244,7 @@ class ImageServer:
             except BadRequest as err:
                 await self._reply(writer, "400 Bad Request", str(err))
                 return False
-            first, last = wanted if wanted is not None else (0, limit - 1)
+            first, last = wanted if wanted is not None else (start or 0, limit - 1)
             count = last - first + 1 if limit else 0
             headers = [
                 ("Content-Type", "application/octet-stream"),
