@@ -64,7 +64,10 @@ work on the machine shows there). Every target is checked against the bmap after
 (untimed). Serving: 16 ``curl -o /dev/null`` of the whole image at once from nginx and from
 piman's image stream (with sessions from a hello), and piman's served bytes per second with 16
 installers. Each cell is the median of ``--repeat`` runs; within a row of the same ``n`` the
-methods take turns.
+methods take turns. Before the runs of each ``n``, ``--warmup`` rounds (default 1) run every
+method once, untimed: on a virtual machine, memory the guest has not touched for a while costs
+the host a fault per page when it is written again (free page reporting), so the first method
+to write a new amount of page cache pays for all the others; the warm-up makes them equal.
 
 Reading it: on loopback a byte on the wire costs next to nothing, and every writer runs on the
 same CPUs as the servers. The goals against the dd pipe come from piman moving a quarter of
@@ -116,7 +119,9 @@ from piman.sim.netboot import tftp_fetch
 MIB = 1 << 20
 GIB = 1 << 30
 PIMAN = [sys.executable, "-m", "piman"]
-TOOLS = ("busybox", "openssl", "curl", "nginx", "bmaptool", "sfdisk", "mkfs.vfat", "mcopy", "mke2fs")
+TOOLS = (
+    "busybox", "openssl", "curl", "nginx", "bmaptool", "sfdisk", "mkfs.vfat", "mcopy", "mke2fs"
+)  # fmt: skip
 MAPPED_SHARE = 0.25
 GOAL_DD, GOAL_BMAPTOOL, GOAL_WIRE, GOAL_NGINX, GOAL_UPLINK = 3.0, 1.0, 1.05, 0.8, 1.25e9
 METHODS = ("piman", "curl | dd", "bmaptool")
@@ -788,7 +793,8 @@ def print_table(report: dict[str, Any]) -> None:
     print()
     print(f"image {meta['image_bytes'] / GIB:.2f} GiB, mapped {meta['mapped_bytes'] / MIB:.1f} "
           f"MiB ({meta['mapped_share'] * 100:.1f} %), {meta['ranges']} ranges; "
-          f"median of {meta['repeat']} run(s); {meta['cpus']} CPUs")  # fmt: skip
+          f"median of {meta['repeat']} run(s) after {meta.get('warmup', 0)} warm-up round(s); "
+          f"{meta['cpus']} CPUs")  # fmt: skip
     print(f"targets: {meta['targets']}; installer scratch: {meta['scratch']}")
     print("servers: piman's image stream (server CPU: the whole manager process, API and TFTP "
           f"included) / Debian nginx {meta['nginx']} (sendfile on, {meta['nginx_workers']} "
@@ -854,6 +860,9 @@ def main() -> None:
     parser.add_argument("--size-gib", type=float, default=1.0, help="image size (GiB)")
     parser.add_argument("--counts", type=int, nargs="*", default=[1, 8, 16])
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell (median)")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed rounds of every method before each n"
+    )
     parser.add_argument("--quick", action="store_true", help="256 MiB image, 1 and 4 at once")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
@@ -867,8 +876,8 @@ def main() -> None:
     path = os.environ["PATH"] + ":/usr/sbin:/sbin"
     missing = [t for t in TOOLS if shutil.which(t, path=path) is None]
     if missing:
-        raise SystemExit(f"needs {', '.join(missing)} (Debian: busybox openssl curl nginx-light bmap-tools "
-                         "fdisk dosfstools mtools e2fsprogs)")  # fmt: skip
+        raise SystemExit(f"needs {', '.join(missing)} (Debian: busybox openssl curl nginx-light "
+                         "bmap-tools fdisk dosfstools mtools e2fsprogs)")  # fmt: skip
     os.environ["PATH"] = path
     size = 256 * MIB if args.quick else int(args.size_gib * GIB) // MIB * MIB
     counts = [1, 4] if args.quick else sorted(set(args.counts))
@@ -886,7 +895,9 @@ def main() -> None:
         if links is not None:
             links.up()
             links.enter()  # before anything starts: every server runs in <p>-srv
-        report = run(procs, work, targets, scratch, size, counts, args.repeat, args.links, links)
+        report = run(
+            procs, work, targets, scratch, size, counts, args.repeat, args.warmup, args.links, links
+        )
         print_table(report)
         if args.json:
             args.json.write_text(json.dumps(report, indent=2) + "\n")
@@ -911,6 +922,7 @@ def run(
     size: int,
     counts: list[int],
     repeat: int,
+    warmup: int,
     link_names: list[str],
     links: Links | None,
 ) -> dict[str, Any]:
@@ -932,7 +944,7 @@ def run(
     with (www / "image.img").open("rb") as f:  # warm the page cache for every server alike
         while f.read(16 * MIB):
             pass
-    cells, serve = measure(bench, counts, repeat, link_names)
+    cells, serve = measure(bench, counts, repeat, warmup, link_names)
     nginx_version = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr
     setup = {
         "image_bytes": size,
@@ -940,6 +952,7 @@ def run(
         "mapped_share": round(bmaps.mapped_bytes(manager.bmap) / size, 4),
         "ranges": len(manager.bmap.ranges),
         "repeat": repeat,
+        "warmup": warmup,
         "cpus": len(os.sched_getaffinity(0)),
         "targets": where(targets),
         "scratch": where(scratch),
@@ -952,7 +965,7 @@ def run(
 
 
 def measure(
-    bench: Bench, counts: list[int], repeat: int, link_names: list[str]
+    bench: Bench, counts: list[int], repeat: int, warmup: int, link_names: list[str]
 ) -> tuple[dict[tuple[str, str, int], Cell], dict[str, list[Run]]]:
     """Every method at every count on every link, taking turns; then serving (loopback) at the
     largest count."""
@@ -964,6 +977,11 @@ def measure(
             bench.links.shape(link)
         for n in counts:
             nodes = bench.manager.nodes[:n]
+            for _ in range(warmup):  # untimed: every method once, so none runs first cold
+                for method in METHODS:
+                    result = runners[method](nodes)
+                    print(f"  {link} {method} x{n}: {result.wall:.2f} s (warm-up, not counted)",
+                          flush=True)  # fmt: skip
             for r in range(repeat):
                 for method in METHODS[r % 3 :] + METHODS[: r % 3]:
                     result = runners[method](nodes)

@@ -50,11 +50,16 @@ def test_arm64_installer_builds_and_reinstalls_a_qemu_guest(tmp_path: Path) -> N
     assert kernel[0x38:0x3C] == b"ARM\x64", "kernel8.img is not an arm64 Image"
     initrd = build.paths.initrd.read_bytes()
     assert len(initrd) < 8 * MIB, f"initrd.img is {len(initrd)} bytes"
-    assert b"usr/lib/piman/installer.sh" in gzip.decompress(initrd)
+    unpacked = gzip.decompress(initrd)
+    assert b"usr/lib/piman/installer.sh" in unpacked
+    assert b"bin/openssl" in unpacked
+    assert b"lib/aarch64-linux-gnu/libcrypto.so.3" in unpacked
     assert {"virtio_blk", "virtio_net", "sdhci_iproc", "genet", "vfat"} <= set(build.modules)
     record = json.loads(build.paths.build_json.read_text())
     assert record["files"] == dict(build.files)
-    assert set(record["packages"]) == set(build.packages) >= {"busybox-static", "raspi-firmware"}
+    assert set(record["packages"]) == set(build.packages) >= {
+        "busybox-static", "raspi-firmware", "openssl", "libc6"
+    }  # fmt: skip
 
     started = time.monotonic()
     again = build_installer(data, "arm64", cache_dir=cache)
@@ -84,6 +89,9 @@ def _reinstall(tmp_path: Path, kernel: Path, initrd: Path, arch: str) -> None:
         result = fake.result()
     assert "piman-installer: done: rebooting" in console, console[-4000:]
     assert "piman-init: no driver" not in console, console[-4000:]
+    # openssl, its libraries and its ELF interpreter run in the initramfs: the ranges read back
+    # are hashed with it
+    assert "piman-installer: hashing: openssl and sha256sum" in console, console[-4000:]
     assert result == {"ok": True, "bytes_written": sum(r.end - r.start for r in fake.ranges)}
 
     written = disk.read_bytes()

@@ -6,9 +6,11 @@ as fast as nginx does (bench/deploy.py). So the plan's ``image`` URL points here
 (``deploy.image_listen``), not at the API.
 
 The protocol is the part of HTTP/1.1 installers and curl speak: ``GET`` or ``HEAD`` of
-``/deploy/<id>/image[?end=<b>]`` with ``Authorization: Bearer <session>`` and an optional single
-``Range: bytes=a-b`` (``a-``, ``-n``), keep-alive, nothing else. The ``end`` query caps the
-answer at byte ``b``: busybox ``wget -c`` can only say where to start (docs/boot-protocol.md).
+``/deploy/<id>/image[?start=<a>&end=<b>]`` with ``Authorization: Bearer <session>`` and an
+optional single ``Range: bytes=a-b`` (``a-``, ``-n``), keep-alive, nothing else. The ``end``
+query caps the answer at byte ``b``: busybox ``wget -c`` can only say where to start; the
+``start`` query starts a ``200`` answer at byte ``a``, for ``wget -O -`` which cannot send a
+Range at all (docs/boot-protocol.md §3).
 A request head is at most 8 KiB; a connection idle for ``idle_timeout`` is closed; at most
 ``max_connections`` at once.
 Who may read which image is the deploy service's decision (``resolve``): this module never
@@ -231,10 +233,11 @@ class ImageServer:
         with file:
             size = os.fstat(file.fileno()).st_size
             limit = size if end is None else min(size, end + 1)  # the answer stops at ``end``
+            partial = "range" in request.headers  # 206; ``start`` alone answers 200
             try:
                 wanted = parse_range(request.headers.get("range"), limit)
-                if wanted is None and start is not None and start >= limit:
-                    raise RangeNotSatisfiable(f"start={start}")
+                if wanted is None and start is not None:
+                    wanted = parse_range(f"bytes={start}-", limit)  # 416 past the end
             except RangeNotSatisfiable:
                 await self._reply(
                     writer, "416 Range Not Satisfiable", "outside the image",
@@ -244,18 +247,18 @@ class ImageServer:
             except BadRequest as err:
                 await self._reply(writer, "400 Bad Request", str(err))
                 return False
-            first, last = wanted if wanted is not None else (start or 0, limit - 1)
+            first, last = wanted if wanted is not None else (0, limit - 1)
             count = last - first + 1 if limit else 0
             headers = [
                 ("Content-Type", "application/octet-stream"),
                 ("Content-Length", str(count)),
                 ("Accept-Ranges", "bytes"),
             ]
-            if wanted is not None:
+            if partial:
                 headers.append(("Content-Range", f"bytes {first}-{last}/{size}"))
             if not request.keep_alive:
                 headers.append(("Connection", "close"))
-            status = "206 Partial Content" if wanted is not None else "200 OK"
+            status = "206 Partial Content" if partial else "200 OK"
             writer.write(_head(status, headers))
             if request.method == "HEAD" or count == 0:
                 await writer.drain()

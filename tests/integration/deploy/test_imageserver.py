@@ -165,6 +165,47 @@ async def test_busybox_wget_continues_into_a_sparse_file_as_the_installer_does(
     assert whole.read_bytes() == data[:4096]
 
 
+async def test_busybox_wget_streams_a_window_as_the_installer_does(
+    served: tuple[str, Path, list[tuple[int, int]]], tmp_path: Path
+) -> None:
+    """``?start=a&end=b`` answers 200 with bytes a..b: what ``wget -O - | dd`` streams onto the
+    disk (and asks again from where dd stopped after a cut)."""
+    needs_tool("busybox")
+    url, image, sent = served
+    data = image.read_bytes()
+    disk = tmp_path / "disk"
+    disk.write_bytes(b"\0" * SIZE)
+    auth = "Authorization: Bearer s3ssion"
+    first, last = 1048576, 2097151
+    for start in (first, first + 65536 * 3):  # the whole window, then the rest after a cut
+        code, _, err = await run(
+            "sh", "-c", 'busybox wget -q --header "$1" -O - "$2" | '
+            'busybox dd of="$3" bs=65536 seek="$4" iflag=fullblock oflag=seek_bytes conv=notrunc',
+            "sh", auth, f"{url}/deploy/7/image?start={start}&end={last}", str(disk), str(start),
+        )  # fmt: skip
+        assert code == 0, err
+        assert b"records out" in err
+    assert disk.read_bytes() == b"\0" * first + data[first : last + 1] + b"\0" * (SIZE - last - 1)
+    assert sent == [(7, last + 1 - first), (7, last + 1 - first - 65536 * 3)]
+    # start alone: to the end of the image; a start past the end (or past end=): 416
+    code, out, err = await run(
+        "curl", "-sf", "-H", auth, f"{url}/deploy/7/image?start={SIZE - 10}"
+    )  # fmt: skip
+    assert (code, out) == (0, data[-10:]), err
+    for query in (f"start={SIZE}", "start=20&end=19"):
+        _, out, _ = await run(
+            "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", auth,
+            f"{url}/deploy/7/image?{query}",
+        )  # fmt: skip
+        assert out == b"416", query
+    for query in ("start=1&start=2", "end=5&start=1", "start=", "start=x"):
+        _, out, _ = await run(
+            "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", auth,
+            f"{url}/deploy/7/image?{query}",
+        )  # fmt: skip
+        assert out == b"404", query
+
+
 @pytest.mark.parametrize(
     ("header", "path", "status"),
     [

@@ -301,7 +301,9 @@ class FakeManager:
         """``?end=<b>`` caps the answer; ``Range: bytes=<a>-`` starts it (206), else
         ``?start=<a>`` (200), else byte 0."""
         size = len(self.image)
-        query = re.fullmatch(rf"/deploy/{DEPLOYMENT}/image(?:\?(?:start=(\d+)&)?end=(\d+))?", h.path)
+        query = re.fullmatch(
+            rf"/deploy/{DEPLOYMENT}/image(?:\?(?:start=(\d+)&)?end=(\d+))?", h.path
+        )
         asked = re.fullmatch(r"bytes=(\d+)-", h.headers.get("Range", "bytes=0-"))
         if query is None or asked is None or (query[1] is not None and "Range" in h.headers):
             self._reply(h, seen, 400, b"bad image request\n")

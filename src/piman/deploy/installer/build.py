@@ -15,7 +15,10 @@ Theory of operation
 4. Otherwise each .deb missing from ``cache_dir/debs`` is fetched (``apt-get download``) and all
    are unpacked (``dpkg-deb -x``) into a scratch directory, removed afterwards. The initramfs
    (see ``initramfs``) takes the drivers of :data:`MODULES` that this kernel has as modules,
-   with their dependencies; equal inputs give equal bytes.
+   with their dependencies; equal inputs give equal bytes. It also holds Debian's ``openssl``
+   with the libraries it loads (libssl, libcrypto, libc) and its ELF interpreter: the
+   installer hashes the ranges it reads back with it (the CPU's SHA instructions where it has
+   some; several times busybox's ``sha256sum`` everywhere).
 5. Each output is written beside its final name and renamed into place, files the previous
    ``build.json`` lists that are no longer made are removed, and ``build.json`` is written last.
 """
@@ -36,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, get_args
 
-from piman.deploy.installer.initramfs import installer_initramfs
+from piman.deploy.installer.initramfs import elf_interpreter, installer_initramfs
 from piman.errors import PimanError
 
 __all__ = [
@@ -202,8 +205,10 @@ def build_installer(
     inputs = _inputs_digest(arch)
     apt.refresh(force, say)
     kernel = _kernel_package(apt, arch)
-    names = [kernel, "busybox-static"] + (["raspi-firmware"] if arch == "arm64" else [])
+    names = [kernel, "busybox-static", "openssl"] + (["raspi-firmware"] if arch == "arm64" else [])
     packages = apt.show(*names)
+    libssl = _openssl_library(packages["openssl"])
+    packages |= apt.show(libssl, "libc6")
     recorded = {n: {"version": p.version, "sha256": p.sha256} for n, p in packages.items()}
     release = kernel.removeprefix("linux-image-")
     previous = _up_to_date(paths, recorded, inputs) if not force else None
@@ -219,7 +224,10 @@ def build_installer(
             trees[name] = Path(scratch) / name
             _run(["dpkg-deb", "-x", str(deb), str(trees[name])], f"unpacking {deb.name}")
         say("building initrd.img")
-        outputs, modules = _assemble(arch, release, trees[kernel], trees["busybox-static"], trees)
+        programs = _openssl_files(trees["openssl"], trees[libssl], trees["libc6"])
+        outputs, modules = _assemble(
+            arch, release, trees[kernel], trees["busybox-static"], trees, programs
+        )
         files = _install(paths, outputs, say)
     _write_build_json(paths, arch, apt, release, recorded, inputs, files, modules)
     say(f"installer {arch} built in {paths.root}")
@@ -331,7 +339,12 @@ def _kernel_package(apt: _Apt, arch: Arch) -> str:
 
 
 def _assemble(
-    arch: Arch, release: str, kernel: Path, busybox: Path, trees: Mapping[str, Path]
+    arch: Arch,
+    release: str,
+    kernel: Path,
+    busybox: Path,
+    trees: Mapping[str, Path],
+    programs: Mapping[str, bytes | str],
 ) -> tuple[dict[str, Path | bytes], list[str]]:
     """Every output file of the build (name → a file to copy, or the bytes to write), and the
     drivers the initramfs loads."""
@@ -342,7 +355,7 @@ def _assemble(
     busybox_bin = _first(busybox, "bin/busybox", "usr/bin/busybox")
     try:
         out["initrd.img"], loaded = installer_initramfs(
-            release, modules_dir, busybox_bin.read_bytes(), MODULES[arch], SOURCES_DIR
+            release, modules_dir, busybox_bin.read_bytes(), MODULES[arch], SOURCES_DIR, programs
         )
     except ValueError as err:
         raise InstallerBuildError(f"building initrd.img: {err}") from err
@@ -362,6 +375,44 @@ def _assemble(
         if missing:
             raise InstallerBuildError(f"kernel {release} lacks {', '.join(missing)}")
     return out, loaded
+
+
+def _openssl_library(openssl: _Package) -> str:
+    """The libssl package ``openssl`` depends on (``libssl3``; ``libssl3t64`` since trixie)."""
+    for alternative in re.split(r"[,|]", openssl.depends):
+        name = alternative.split("(")[0].split(":")[0].strip()
+        if name.startswith("libssl"):
+            return name
+    raise InstallerBuildError(f"openssl {openssl.version} depends on no libssl package")
+
+
+def _openssl_files(openssl: Path, libssl: Path, libc: Path) -> dict[str, bytes | str]:
+    """``bin/openssl``, the libraries it loads in ``lib/<triplet>/`` (a directory its ELF
+    interpreter searches without an ld.so.cache), and the interpreter where the binary names
+    it (a link when that is elsewhere): initramfs path → bytes, or → a link's target."""
+    binary = _first(openssl, "usr/bin/openssl").read_bytes()
+    try:
+        interpreter = elf_interpreter(binary).lstrip("/")
+    except ValueError as err:
+        raise InstallerBuildError(f"openssl: {err}") from err
+    libc_so = _regular(libc, "libc.so.6")
+    lib = f"lib/{libc_so.parent.name}"  # lib/aarch64-linux-gnu
+    loader = _regular(libc, Path(interpreter).name)
+    files: dict[str, bytes | str] = {"bin/openssl": binary}
+    libraries = (_regular(libssl, "libssl.so.3"), _regular(libssl, "libcrypto.so.3"))
+    for found in (libc_so, loader, *libraries):
+        files[f"{lib}/{found.name}"] = found.read_bytes()
+    if interpreter != f"{lib}/{loader.name}":
+        files[interpreter] = f"/{lib}/{loader.name}"
+    return files
+
+
+def _regular(root: Path, name: str) -> Path:
+    """The regular file called ``name`` in an unpacked package (not one of its links)."""
+    for path in sorted(root.rglob(name)):
+        if path.is_file() and not path.is_symlink():
+            return path
+    raise InstallerBuildError(f"{name} is missing from the unpacked package {root.name}")
 
 
 # --- writing the build ------------------------------------------------------------------

@@ -10,6 +10,7 @@ Layout::
 
     /init                         SOURCES/init
     /bin/busybox, /bin/<applet>   busybox and a link per applet; /sbin, /usr/bin, /usr/sbin → bin
+    /bin/openssl, /lib/<triplet>  openssl, its libraries and ELF interpreter (``programs``)
     /usr/lib/piman/installer.sh   SOURCES/installer.sh (and udhcpc.script beside it)
     /etc/piman/modules            the drivers /init loads, one name a line
     /lib/modules/<release>/       the modules and modules.dep
@@ -32,6 +33,7 @@ __all__ = [
     "Cpio",
     "KernelModule",
     "busybox_applets",
+    "elf_interpreter",
     "installer_initramfs",
     "modinfo",
     "module_name",
@@ -44,15 +46,21 @@ APPLETS = (
     "sh", "ash", "mount", "umount", "modprobe", "insmod", "wget", "dd", "sha256sum", "timeout",
     "blockdev", "tar", "udhcpc", "ip", "sync", "reboot", "poweroff", "losetup", "od", "stat",
     "sed", "tr", "head", "tail", "grep", "cat", "date", "sleep", "mkdir", "id", "uname",
-    "setsid", "cttyhack", "echo", "printf", "ls", "dmesg", "rm", "truncate",
+    "setsid", "cttyhack", "echo", "printf", "ls", "dmesg", "rm", "truncate", "mkfifo", "kill",
 )  # fmt: skip
 
 
 def installer_initramfs(
-    release: str, modules_dir: Path, busybox: bytes, drivers: Iterable[str], sources: Path
+    release: str,
+    modules_dir: Path,
+    busybox: bytes,
+    drivers: Iterable[str],
+    sources: Path,
+    programs: Mapping[str, bytes | str] | None = None,
 ) -> tuple[bytes, list[str]]:
     """The gzip'd initramfs, and the drivers of ``drivers`` it loads (those this kernel has as
-    modules; the others are built in or absent)."""
+    modules; the others are built in or absent). ``programs``: more files (path → bytes,
+    executable) and links (path → target)."""
     cpio = Cpio()
     for name in ("dev", "proc", "sys", "tmp", "mnt", "run", "root", "etc/piman", "usr/lib/piman"):
         cpio.directory(name)
@@ -64,6 +72,11 @@ def installer_initramfs(
     cpio.symlink("usr/bin", "../bin")
     cpio.symlink("usr/sbin", "../bin")
     cpio.file("init", (sources / "init").read_bytes(), 0o755)
+    for name, content in sorted((programs or {}).items()):
+        if isinstance(content, str):
+            cpio.symlink(name, content)
+        else:
+            cpio.file(name, content, 0o755)
     for name in ("installer.sh", "udhcpc.script"):
         cpio.file(f"usr/lib/piman/{name}", (sources / name).read_bytes(), 0o755)
     modules, loaded = select_modules(modules_dir, drivers)
@@ -190,6 +203,27 @@ def _load_order(
             _load_order(modules, dep, order)
             order.append(dep)
     return order
+
+
+def elf_interpreter(elf: bytes) -> str:
+    """The program interpreter (``PT_INTERP``) a dynamically linked ELF executable names:
+    ``/lib/ld-linux-aarch64.so.1``. ValueError when it is not an ELF file or names none."""
+    if elf[:4] != b"\x7fELF":
+        raise ValueError("not an ELF file")
+    wide, order = elf[4] == 2, "<" if elf[5] == 1 else ">"
+    if wide:  # e_phoff; e_phentsize, e_phnum
+        (phoff,) = struct.unpack_from(order + "Q", elf, 0x20)
+        phentsize, phnum = struct.unpack_from(order + "HH", elf, 0x36)
+        header = order + "I4xQ16xQ"  # p_type, (p_flags), p_offset, (p_vaddr, p_paddr), p_filesz
+    else:
+        (phoff,) = struct.unpack_from(order + "I", elf, 0x1C)
+        phentsize, phnum = struct.unpack_from(order + "HH", elf, 0x2A)
+        header = order + "II8xI"  # p_type, p_offset, (p_vaddr, p_paddr), p_filesz
+    for i in range(phnum):
+        kind, offset, size = struct.unpack_from(header, elf, phoff + i * phentsize)
+        if kind == 3:  # PT_INTERP: a NUL-terminated path
+            return elf[offset : offset + size].split(b"\0", 1)[0].decode()
+    raise ValueError("no program interpreter: not a dynamically linked executable")
 
 
 def modinfo(elf: bytes) -> dict[str, str]:

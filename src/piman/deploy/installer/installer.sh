@@ -6,9 +6,10 @@
 #      whose answer is the plan ($TMP/plan)
 #   2. size check; 3. the head fetched and checked: nothing on the disk changes before here
 #   4. the ranges after `resume`, outside the head: each run of adjacent ranges (at most
-#      RUN_BYTES) fetched with one request and written once with one dd; sync every few ranges;
+#      RUN_BYTES) streamed onto the disk, one request piped into one dd; sync every few ranges;
 #      progress at least every `progress_every` seconds. The ranges synced so far are read back
-#      and checked in the background while the next ones download (one reader at a time)
+#      and checked in the background while the next ones stream (one reader at a time, one
+#      hashing process per group of ranges)
 #   5. every range outside the head checked: those of this run by the readers in the background,
 #      those of an earlier run (before `resume`) now; a bad one fetched again, checked,
 #      rewritten, read back again; then the head written last, sync, partition table re-read,
@@ -16,11 +17,13 @@
 #   7. files.tar extracted onto partition 1; 8. result, then reboot
 # A failure posts {"ok": false, ...} when a session exists, and never writes afterwards.
 #
-# busybox wget accepts a 206 answer only when it continues a file (-c), from the file's size,
-# and cannot say where to stop. So bytes a..b of the image are fetched into a sparse file made
-# a bytes long first, from {image}?end=b (docs/boot-protocol.md §3): the bytes land at their
-# own offsets, dd reads them with skip= equal to seek=, and a cut download goes on by asking
-# again.
+# busybox wget cannot send a Range of its own: it accepts a 206 answer only when it continues a
+# file (-c), from the file's size. So the body is asked for as {image}?start=a&end=b (200) and
+# streamed into dd, which counts the records it wrote (a cut stream goes on from there); what
+# must be checked before it is written (the head, a range fetched again after it read back
+# different) is fetched into a sparse file made a bytes long first, from {image}?end=b with -c
+# (docs/boot-protocol.md §3): the bytes land at their own offsets, dd reads them with skip=
+# equal to seek=, and a cut download goes on by asking again.
 #
 # ranges_done and resume count the plan's ranges outside the head, in plan order: the head
 # is always fetched and written again.
@@ -35,12 +38,12 @@ set -u
 TMP=${PIMAN_TMP:-/tmp}
 RETRY_SECONDS=${PIMAN_RETRY_SECONDS:-600}  # per request: the manager may be restarting
 RETRY_PAUSE=${PIMAN_RETRY_PAUSE:-5}
-RANGE_SECONDS=120     # deadline of one wget of a run of ranges (then it goes on with -c)
+RANGE_SECONDS=120     # deadline of one wget of a run of ranges (then it goes on from there)
 RUN_BYTES=16777216    # at most this many bytes in one request (a run of adjacent ranges)
 COPY_BYTES=1048576    # dd's block: large reads and writes, offsets in bytes
 STREAM_RECORD=65536   # dd's block for what arrives from the network (the unit of a resume)
 CONTROL_SECONDS=30    # deadline of one wget of anything else
-SYNC_EVERY=8          # ranges written between two syncs
+SYNC_EVERY=16         # ranges written between two syncs
 FAIL_WAIT=60          # seconds the console stays readable after a failure
 UDHCPC_SCRIPT=${0%/*}/udhcpc.script
 FAST_HASH_BYTES=1048576  # ranges of this size or more are hashed by openssl, when it works
@@ -50,7 +53,8 @@ DEPLOYMENT='' SESSION='' IMAGE='' STATUS=0
 DISK_BYTES=0 IMAGE_BYTES=0 BS=0 HEAD_BLOCKS=0 HEAD_BYTES=0 RESUME=0 PROGRESS_EVERY=5
 RANGES_TOTAL=0 RANGES_DONE=0 BYTES_TOTAL=0 BYTES_DONE=0 PROGRESS_AT=0
 PART='' LOOP='' MOUNTED='' SKIPPED=''
-OPENSSL='' READER='' R_GROUPS=0  # the background read-back of synced ranges (its pid), groups started
+OPENSSL=''  # 1 when openssl works (find_openssl)
+READER='' R_GROUPS=0  # the background read-back of synced ranges (its pid), groups started
 STEP=hello  # what fetch names in progress and failures: hello (the head), then write_image
 
 log() { echo "piman-installer: $*" >&2; }
@@ -228,7 +232,8 @@ read_plan() {
                 [ "$BS" -gt 0 ] && [ "$IMAGE_BYTES" -gt 0 ] || fail hello "plan: range before sizes"
                 p_stop=$(((b + 1) * BS))  # the image's last block may be short
                 [ "$p_stop" -le "$IMAGE_BYTES" ] || p_stop=$IMAGE_BYTES
-                p_len=$((p_stop - a * BS)) in_head=1 BYTES_TOTAL=$((BYTES_TOTAL + p_stop - a * BS))
+                p_len=$((p_stop - a * BS)) in_head=1
+                BYTES_TOTAL=$((BYTES_TOTAL + p_len))
                 if [ "$a" -ge "$HEAD_BLOCKS" ]; then  # resume and ranges_done count these
                     in_head=0 RANGES_TOTAL=$((RANGES_TOTAL + 1))
                     [ "$RANGES_TOTAL" -gt "$RESUME" ] || BYTES_DONE=$((BYTES_DONE + p_len))
@@ -326,7 +331,9 @@ stream() {
         read -r STATUS <"$TMP/status"
         s_full=0 s_part=0  # dd's "F+P records out": F whole records, P (0 or 1) the last, short
         while read -r s_line; do
-            case $s_line in *" records out") s_line=${s_line%% *} s_full=${s_line%+*} s_part=${s_line#*+} ;; esac
+            case $s_line in
+                *" records out") s_line=${s_line%% *} s_full=${s_line%+*} s_part=${s_line#*+} ;;
+            esac
         done <"$TMP/dd.err"
         if [ "$STATUS" = 200 ] && [ "$s_full" = $((s_want / STREAM_RECORD)) ] &&
             [ "$s_part" = $((s_want % STREAM_RECORD > 0)) ]; then
