@@ -465,15 +465,16 @@ check_group() {
     mkdir -p "$2"
     c_pipes='' c_n=0
     while read -r idx first last sha len; do
-        if ! mkfifo "$2/$c_n"; then  # then one hashing process per range
-            while read -r idx first last sha len; do
-                [ "$(sha256 "$DISK" "$first" "$len")" = "$sha" ] || echo "$idx" >>"$TMP/bad"
-            done <"$1"
-            rm -rf "$2"
-            return
-        fi
         c_pipes="$c_pipes $2/$c_n" c_n=$((c_n + 1))
     done <"$1"
+    # split into one name per pipe: PIMAN_TMP must have no blanks
+    if ! mkfifo $c_pipes; then  # then one hashing process per range
+        while read -r idx first last sha len; do
+            [ "$(sha256 "$DISK" "$first" "$len")" = "$sha" ] || echo "$idx" >>"$TMP/bad"
+        done <"$1"
+        rm -rf "$2"
+        return
+    fi
     (
         c_n=0
         while read -r idx first last sha len; do
