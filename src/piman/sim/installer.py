@@ -2,11 +2,12 @@
 
 When the ``cmdline.txt`` a virtual Pi fetched over TFTP carries ``piman.token=`` (the boot tree
 of a node being deployed), :func:`run_installer` runs the package's ``installer.sh`` the way the
-installer's initramfs would (docs/boot-protocol.md), under the host's busybox: its applets only
-on ``PATH``, the command line from a file (``PIMAN_CMDLINE``), the network left alone
-(``PIMAN_NO_NET``), and an exit instead of a reboot (``PIMAN_NO_REBOOT``). The node's ``disk``
-in the demo configuration is a sparse file, its virtual SD card. The installer talks to the
-manager over loopback like a real one: hello, the image by HTTP range, progress, files, result.
+installer's initramfs would (docs/boot-protocol.md), under the host's busybox: its applets (and
+the host's openssl, which the initramfs has too) on ``PATH``, the command line from a file
+(``PIMAN_CMDLINE``), the network left alone (``PIMAN_NO_NET``), and an exit instead of a reboot
+(``PIMAN_NO_REBOOT``). The node's ``disk`` in the demo configuration is a sparse file, its
+virtual SD card. The installer talks to the manager over loopback like a real one: hello, the
+image by HTTP, progress, files, result.
 
 Losing power kills it, as it would a real Pi. Without busybox on the machine the Pi says so
 once and its deployment times out (``make demo`` installs busybox when run as root).
@@ -37,7 +38,8 @@ def installing(cmdline: bytes) -> bool:
 
 
 def applets(where: Path) -> Path | None:
-    """A directory of busybox applet links (what the initramfs has on PATH), or None."""
+    """A directory of busybox applet links and openssl (what the initramfs has on PATH), or
+    None without busybox."""
     found = shutil.which("busybox")
     if found is None:
         return None
@@ -50,10 +52,14 @@ def applets(where: Path) -> Path | None:
                  "cat", "date", "head", "tail", "grep", "tr", "cut", "mkdir", "rm", "stat",
                  "sleep", "printf", "echo", "cmp", "od", "hexdump", "wc", "ls", "tar", "mount",
                  "umount", "losetup", "blockdev", "expr", "test", "[", "mv", "cp", "seq",
-                 "basename", "dirname", "xargs", "env", "true", "false", "kill"):  # fmt: skip
+                 "basename", "dirname", "xargs", "env", "true", "false", "kill",
+                 "mkfifo"):  # fmt: skip
         link = where / name
         if not link.exists():
             link.symlink_to(busybox)
+    openssl = shutil.which("openssl")  # without it the installer hashes with sha256sum
+    if openssl is not None and not (where / "openssl").exists():
+        (where / "openssl").symlink_to(Path(openssl).resolve())
     return where
 
 
