@@ -201,6 +201,7 @@ class Rig:
         return subprocess.Popen(
             [str(path / "sh"), str(SOURCES_DIR / "installer.sh")],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,  # its own process group: the tests may freeze it
         )  # fmt: skip
 
     def boot_new_system(self) -> bytes:
@@ -348,10 +349,21 @@ def test_the_manager_killed_while_the_image_is_written_resumes(tmp_path: Path) -
         )
         assert busy.status_code == 409, busy.text
         installer = rig.installer(rig.wait_for_installer(), tmp_path / "node")
-        at = rig.wait_state(headers, d["id"], {"write_image"}, written=1)  # synced ranges
-        rig.kill()
-        before = rig.log.read_text()
-        time.sleep(1.0)  # the installer's requests fail meanwhile: it keeps retrying
+        try:
+            # on loopback the image streams in a second: the node is frozen (SIGSTOP) once its
+            # first image bytes came, so that the manager dies before the image is written
+            deadline = time.monotonic() + 60
+            streamed = re.compile(r"^piman_deploy_streamed_bytes_total [1-9]", re.M)
+            while not streamed.search(httpx.get(f"{rig.url}/metrics").text):
+                assert time.monotonic() < deadline, "no image bytes streamed"
+                time.sleep(0.01)
+            os.killpg(installer.pid, signal.SIGSTOP)
+            at = rig.deployment(headers, d["id"])
+            rig.kill()
+            before = rig.log.read_text()
+        finally:
+            os.killpg(installer.pid, signal.SIGCONT)
+        time.sleep(1.0)  # the installer's requests fail meanwhile: it keeps asking
         rig.start()
         console, _ = installer.communicate(timeout=180)
         assert installer.returncode == 0, console

@@ -54,7 +54,8 @@ DISK_BYTES=0 IMAGE_BYTES=0 BS=0 HEAD_BLOCKS=0 HEAD_BYTES=0 RESUME=0 PROGRESS_EVE
 RANGES_TOTAL=0 RANGES_DONE=0 BYTES_TOTAL=0 BYTES_DONE=0 PROGRESS_AT=0
 PART='' LOOP='' MOUNTED='' SKIPPED=''
 OPENSSL=''  # 1 when openssl works (find_openssl)
-READER='' R_GROUPS=0  # the background read-back of synced ranges (its pid), groups started
+READER='' R_GROUPS=0  # the background read-back of written ranges (its pid), groups started
+R_DONE=0 R_BYTES=0  # ranges_done once the reader ends, bytes it checks
 STEP=hello  # what fetch names in progress and failures: hello (the head), then write_image
 
 log() { echo "piman-installer: $*" >&2; }
@@ -414,17 +415,15 @@ write_ranges() {
         echo "$idx $first $last $sha $len" >>"$TMP/run"
     done 3<"$TMP/ranges"
     [ "$w_count" = 0 ] || write_run "$w_seen"
-    flush
-    RANGES_DONE=$RANGES_TOTAL BYTES_DONE=$((BYTES_DONE + w_bytes))
-    read_back
+    read_back "$RANGES_TOTAL" "$w_bytes"  # the last group
+    reader_done
     progress write_image
-    if [ -n "$READER" ]; then wait "$READER"; READER=''; fi
 }
 
 # write_run DONE: the run in $TMP/run (ranges w_from..w_to, blocks w_first..w_last, w_run
-# bytes) fetched
-# with one request and written with one dd; DONE ranges are written once it is. Every
-# SYNC_EVERY ranges, or when progress is due: sync, read back in the background, report.
+# bytes) streamed onto the disk with one request and one dd; DONE ranges are written once it
+# is. Every SYNC_EVERY ranges, or when progress is due, the ranges written since the last time
+# (a group) go to the background reader, and progress is reported.
 write_run() {
     if [ "$w_from" = "$w_to" ]; then wr_name="range $w_from"; else wr_name="ranges $w_from-$w_to"; fi
     stream "$wr_name" $((w_first * BS)) $((w_first * BS + w_run - 1))
@@ -433,27 +432,37 @@ write_run() {
     w_pending=$((w_pending + w_count))
     w_bytes=$((w_bytes + w_run)) w_count=0 w_run=0
     if [ "$w_pending" -ge "$SYNC_EVERY" ] || progress_due; then
-        flush
-        RANGES_DONE=$1 BYTES_DONE=$((BYTES_DONE + w_bytes)) w_pending=0 w_bytes=0
-        read_back
+        read_back "$1" "$w_bytes"
+        w_pending=0 w_bytes=0
         progress write_image
     fi
 }
 
-# read_back: the synced ranges of $TMP/group read back and checked by a background reader
-# (after the previous one ends); each that reads back different goes to $TMP/bad.
+# read_back DONE BYTES: the ranges of $TMP/group (BYTES bytes; DONE ranges are written once
+# they are) synced and read back by a background reader, while the next runs stream: the
+# stream never waits for a sync. It starts after the previous reader ended (reader_done); each
+# range that reads back different goes to $TMP/bad.
 read_back() {
     [ -s "$TMP/group" ] || return 0
-    if [ -n "$READER" ]; then wait "$READER"; READER=''; fi
-    R_GROUPS=$((R_GROUPS + 1))
+    reader_done
+    R_GROUPS=$((R_GROUPS + 1)) R_DONE=$1 R_BYTES=$2
     mv "$TMP/group" "$TMP/group.$R_GROUPS"
     : >"$TMP/group"
     (
+        flush
         drop_caches
         check_group "$TMP/group.$R_GROUPS" "$TMP/rb.$R_GROUPS"
         rm -f "$TMP/group.$R_GROUPS"
     ) &
     READER=$!
+}
+
+# reader_done: the background reader, if one runs, has ended: its ranges are synced (what
+# ranges_done and bytes_done count from now on) and read back.
+reader_done() {
+    [ -n "$READER" ] || return 0
+    wait "$READER"
+    READER='' RANGES_DONE=$R_DONE BYTES_DONE=$((BYTES_DONE + R_BYTES)) R_BYTES=0
 }
 
 # check_group LIST DIR: the ranges of LIST ("index first last sha256 bytes" lines) read back
@@ -478,7 +487,7 @@ check_group() {
     (
         c_n=0
         while read -r idx first last sha len; do
-            dd if="$DISK" of="$2/$c_n" bs="$COPY_BYTES" skip=$((first * BS)) count="$len" \
+            dd if="$DISK" of="$2/$c_n" bs="$STREAM_RECORD" skip=$((first * BS)) count="$len" \
                 iflag=skip_bytes,count_bytes 2>/dev/null
             c_n=$((c_n + 1))
         done <"$1"
