@@ -44,8 +44,9 @@ def build(
 ) -> None:
     """Build the installer from Debian packages into data_dir/installer/<arch>/.
 
-    The packages (linux-image, busybox-static, and raspi-firmware for arm64) are downloaded once
-    and cached under data_dir/installer/cache: a second build with nothing changed is quick.
+    The packages (linux-image, busybox-static, openssl with its libssl and libc6, and
+    raspi-firmware for arm64) are downloaded once and cached under data_dir/installer/cache: a
+    second build with nothing changed is quick.
 
     Example: piman installer build --arch arm64 -c /etc/piman/piman.yaml
     """
