@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
 APT_PACKAGES := gcc libc6-dev python3-dev busybox-static isc-dhcp-client tftp-hpa atftp curl dnsmasq-base tftpd-hpa kea-admin snmp snmpsim prometheus prometheus-node-exporter victoria-metrics qemu-system-x86 ipxe-qemu openssh-server chromium iproute2 linux-image-amd64 cpio postgresql-15 \
-  bmap-tools nginx-light e2fsprogs dosfstools mtools fdisk qemu-system-arm qemu-utils cloud-init xz-utils zstd debian-archive-keyring strace fakeroot systemd pssh
+  bmap-tools nginx-light e2fsprogs dosfstools mtools fdisk qemu-system-arm qemu-utils cloud-init xz-utils zstd debian-archive-keyring strace fakeroot systemd pssh openssl
 
 .PHONY: demo test lint typecheck pytest apt-deps clean
 
@@ -32,7 +32,7 @@ $(VENV)/.test: pyproject.toml setup.py src/piman/netboot/tftp/_lanes.c | $(BIN)/
 
 # What the demo's virtual Pis need to reinstall (the installer runs under busybox; the demo OS
 # image is made with sfdisk, mkfs.vfat, mcopy, mke2fs). Without them the demo runs, minus that.
-DEMO_APT_PACKAGES := busybox-static fdisk dosfstools mtools e2fsprogs
+DEMO_APT_PACKAGES := busybox-static openssl fdisk dosfstools mtools e2fsprogs
 
 demo: $(VENV)/.manager
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

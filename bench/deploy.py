@@ -107,6 +107,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # piman's tests: the image builder
 
+from tests.integration.deploy.test_installer_script import busybox_bin
 from tests.support import api_token, free_port, free_udp_port
 from tests.unit.deploy.test_images import RASPIOS_BOOT, build_image
 
@@ -623,18 +624,6 @@ def token_of(cmdline: bytes) -> str:
     found = re.search(rb"piman\.token=(\S+)", cmdline)
     assert found is not None
     return found[1].decode()
-
-
-def busybox_bin(where_to: Path) -> Path:
-    """A directory of busybox applets and openssl: the installer's whole PATH, what its
-    initramfs has (``piman installer build`` puts Debian's openssl and its libraries there)."""
-    busybox = Path(shutil.which("busybox") or "busybox").resolve()
-    where_to.mkdir(parents=True, exist_ok=True)
-    names = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True)
-    for name in names.stdout.split():
-        (where_to / name).symlink_to(busybox)
-    (where_to / "openssl").symlink_to(Path(shutil.which("openssl") or "openssl").resolve())
-    return where_to
 
 
 # -- the runs --------------------------------------------------------------------------------

@@ -377,19 +377,24 @@ class Run:
     seeks: list[int] = field(default_factory=list)  # the block each dd wrote at, in order
 
 
-def busybox_bin(where: Path) -> Path:
-    """A PATH of busybox applets only (what the initramfs has)."""
-    needs_tool("busybox")
+def busybox_bin(where: Path, openssl: bool = True) -> Path:
+    """A PATH of busybox applets and openssl (what the initramfs has); without ``openssl``,
+    busybox applets only (the installer then hashes with busybox's sha256sum)."""
+    needs_tool("busybox", *(["openssl"] if openssl else []))
     busybox = Path(shutil.which("busybox") or "busybox").resolve()
     where.mkdir(exist_ok=True)
     applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True)
     for name in applets.stdout.split():
         if not (where / name).exists():
             (where / name).symlink_to(busybox)
+    if openssl and not (where / "openssl").exists():
+        (where / "openssl").symlink_to(Path(shutil.which("openssl") or "openssl").resolve())
     return where
 
 
-def run_installer(fake: FakeManager, target: Path, work: Path, token: str | None = None) -> Run:
+def run_installer(
+    fake: FakeManager, target: Path, work: Path, token: str | None = None, openssl: bool = True
+) -> Run:
     """installer.sh under busybox sh and strace, as the initramfs would run it, in test mode."""
     needs_tool("strace")
     work.mkdir(exist_ok=True)
@@ -398,7 +403,7 @@ def run_installer(fake: FakeManager, target: Path, work: Path, token: str | None
         f"console=ttyAMA0 piman.url={fake.url} piman.token={token or fake.token} "
         f"piman.node=pi-07 piman.disk={target}\n"
     )
-    path = busybox_bin(work / "bin")
+    path = busybox_bin(work / "bin", openssl)
     env = {
         "PATH": str(path),
         "PIMAN_CMDLINE": str(cmdline),
@@ -574,16 +579,18 @@ def test_manager_restarting_is_waited_for(image: bytes, tmp_path: Path) -> None:
     assert_holds_image(target.read_bytes(), fake)
 
 
+@pytest.mark.parametrize("openssl", [True, False], ids=["openssl", "busybox-sha256sum"])
 def test_a_range_corrupted_on_the_way_is_found_by_verify_and_repaired(
-    image: bytes, tmp_path: Path
+    image: bytes, tmp_path: Path, openssl: bool
 ) -> None:
     target = tmp_path / "sd.img"
     blank_target(target, len(image))
     body = body_ranges(plan_ranges(image))
     bad = max(runs_of(body), key=len)[-1]  # not the first range of its run
     with FakeManager(image, corrupt_once={bad.index}) as fake:
-        run = run_installer(fake, target, tmp_path / "work")
+        run = run_installer(fake, target, tmp_path / "work", openssl=openssl)
     assert run.code == 0, run.console
+    assert ("hashing: openssl and sha256sum" in run.console) is openssl
     assert f"range {bad.index} reads back different: fetching it again (1)" in run.console
     # written with its run, read back different, fetched alone and written again
     assert run.seeks == [*run_starts(body), bad.first]

@@ -38,6 +38,7 @@ from piman.deploy.customise import FIRSTRUN_WORDS
 from piman.deploy.installer import SOURCES_DIR
 from piman.sim.image import stand_in_installer_tree
 from piman.sim.netboot import tftp_fetch
+from tests.integration.deploy.test_installer_script import busybox_bin
 from tests.integration.manager.test_access_cli import _self_signed as self_signed
 from tests.support import api_token, bearer, free_port, free_udp_port, needs_tool
 from tests.unit.deploy.test_images import RASPIOS_BOOT, build_image
@@ -45,17 +46,6 @@ from tests.unit.deploy.test_images import RASPIOS_BOOT, build_image
 MIB = 1 << 20
 PIMAN = [sys.executable, "-m", "piman"]
 BOOT = {**RASPIOS_BOOT, "start4.elf": random.Random(3).randbytes(20_000), "fixup4.dat": b"fx"}
-
-
-def busybox_path(where: Path) -> Path:
-    needs_tool("busybox")
-    busybox = Path(shutil.which("busybox") or "busybox").resolve()
-    where.mkdir(exist_ok=True)
-    names = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True)
-    for name in names.stdout.split():
-        if not (where / name).exists():
-            (where / name).symlink_to(busybox)
-    return where
 
 
 class Rig:
@@ -187,7 +177,7 @@ class Rig:
         """The node boots the installer with this command line (test mode: exits, no reboot)."""
         work.mkdir(exist_ok=True)
         (work / "cmdline").write_bytes(cmdline)
-        path = busybox_path(work / "bin")
+        path = busybox_bin(work / "bin")
         env = {
             "PATH": str(path),
             "PIMAN_CMDLINE": str(work / "cmdline"),

@@ -53,7 +53,7 @@ DEPLOYMENT='' SESSION='' IMAGE='' STATUS=0
 DISK_BYTES=0 IMAGE_BYTES=0 BS=0 HEAD_BLOCKS=0 HEAD_BYTES=0 RESUME=0 PROGRESS_EVERY=5
 RANGES_TOTAL=0 RANGES_DONE=0 BYTES_TOTAL=0 BYTES_DONE=0 PROGRESS_AT=0
 PART='' LOOP='' MOUNTED='' SKIPPED=''
-OPENSSL=''  # 1 when openssl works (find_openssl)
+HASHER=sha256sum  # what hashes a group read back: openssl when it works (find_openssl)
 READER='' R_GROUPS=0  # the background read-back of written ranges (its pid), groups started
 R_DONE=0 R_BYTES=0  # ranges_done once the reader ends, bytes it checks
 STEP=hello  # what fetch names in progress and failures: hello (the head), then write_image
@@ -296,21 +296,21 @@ fetch() {
 # SHA instructions where there are some, and is 2 to 6 times faster than busybox's sha256sum);
 # smaller ones to sha256sum, which starts faster (about 1 ms against 4).
 sha256() {
-    if [ -n "$OPENSSL" ] && [ "$3" -ge "$FAST_HASH_BYTES" ]; then
-        s=$(dd if="$1" bs="$COPY_BYTES" skip=$(($2 * BS)) count="$3" iflag=skip_bytes,count_bytes \
-            2>/dev/null | openssl dgst -sha256 -r)
-    else
-        s=$(dd if="$1" bs="$COPY_BYTES" skip=$(($2 * BS)) count="$3" iflag=skip_bytes,count_bytes \
-            2>/dev/null | sha256sum)
-    fi
+    s_hasher=sha256sum
+    [ "$3" -lt "$FAST_HASH_BYTES" ] || s_hasher=$HASHER
+    s=$(dd if="$1" bs="$COPY_BYTES" skip=$(($2 * BS)) count="$3" iflag=skip_bytes,count_bytes \
+        2>/dev/null | $s_hasher)
     echo "${s%% *}"
 }
 
-# OPENSSL is set when openssl runs and computes SHA-256 right (its libraries are all there).
+# HASHER becomes openssl when it runs and computes SHA-256 right (its libraries are all there).
 find_openssl() {
     o_empty=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
     o_sum=$(openssl dgst -sha256 -r </dev/null 2>/dev/null)
-    if [ "${o_sum%% *}" = "$o_empty" ]; then OPENSSL=1; log "hashing: openssl and sha256sum"; fi
+    if [ "${o_sum%% *}" = "$o_empty" ]; then
+        HASHER="openssl dgst -sha256 -r"
+        log "hashing: openssl and sha256sum"
+    fi
 }
 
 # stream NAME FIRST_BYTE LAST_BYTE: those image bytes written onto the disk at their own offsets
@@ -394,9 +394,9 @@ check_head() {
 }
 
 # Fetches and writes the ranges after RESUME, a run of adjacent ranges (up to RUN_BYTES) per
-# request and per dd. After each sync, the ranges written since the last one (a group) are
-# handed to the background reader (read_back), which reads them back while the next download
-# goes on.
+# request and per dd. Every few ranges, those written since the last time (a group) are handed
+# to the background reader (read_back), which syncs and reads them back while the next runs
+# stream.
 write_ranges() {
     w_seen=0 w_pending=0 w_bytes=0 w_first=-1 w_last=-1 w_count=0 w_from='' w_run=0
     : >"$TMP/bad"
@@ -493,15 +493,11 @@ check_group() {
         done <"$1"
     ) &
     c_feeder=$!
-    if [ -n "$OPENSSL" ]; then
-        openssl dgst -sha256 -r $c_pipes >"$2/sums" 2>/dev/null
-    else
-        sha256sum $c_pipes >"$2/sums" 2>/dev/null
-    fi
-    c_rc=$?
-    if [ "$c_rc" != 0 ]; then  # the hashing stopped early: end the feeder, and its dd waiting
-        kill "$c_feeder" 2>/dev/null  # to open a pipe nobody opens any more (opening it
-        for c_pipe in $c_pipes; do : <>"$c_pipe"; done  # read-write lets that open go on)
+    if ! $HASHER $c_pipes >"$2/sums" 2>/dev/null; then
+        # the hashing stopped early: end the feeder, and its dd waiting to open a pipe nobody
+        # opens any more (opening it read-write lets that open go on)
+        kill "$c_feeder" 2>/dev/null
+        for c_pipe in $c_pipes; do : <>"$c_pipe"; done
     fi
     wait "$c_feeder" 2>/dev/null
     exec 4<"$2/sums"
