@@ -48,7 +48,7 @@ from piman.cli.common import load
 from piman.deploy import bmap as bmaps
 from piman.deploy.installer import SOURCES_DIR
 from piman.sim.image import stand_in_installer_tree
-from tests.integration.deploy.test_reinstall import busybox_path
+from tests.integration.deploy.test_installer_script import busybox_bin
 from tests.integration.netlab import SERVER_IP, NetLab
 from tests.integration.power.snmpsim import RFC, Snmpsim, rfc3621_records
 from tests.support import needs_root, needs_tool
@@ -280,7 +280,7 @@ def run_installer(lab: NetLab, cmdline: bytes, work: Path) -> subprocess.Complet
     work.mkdir()
     (work / "cmdline").write_bytes(cmdline)
     (work / "tmp").mkdir()
-    path = busybox_path(work / "bin")
+    path = busybox_bin(work / "bin")
     env = {
         "PATH": str(path),
         "PIMAN_CMDLINE": str(work / "cmdline"),
