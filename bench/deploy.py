@@ -29,10 +29,10 @@ line over TFTP (``<serial>/cmdline.txt``, the Pi 4 prefix; placeholders for the 
 does not answer prefixed requests and deployments do not start) and runs the real
 ``installer.sh`` under busybox sh (a PATH of busybox applets and openssl, what the initramfs
 has; ``PIMAN_NO_NET=1``, ``PIMAN_NO_REBOOT=1``) with a file as its disk. Exit 0 means: every
-mapped range streamed onto the disk (``wget -O - | dd``, one request per run of adjacent
-ranges), synced, read back and checked (SHA-256, once per range, one openssl per group of
-ranges, in the background while the next runs stream), the head (checked before anything was
-erased) written last and read back, the result reported.
+mapped range streamed onto the disk (``wget -O -`` writing into the disk, one request per run
+of adjacent ranges), synced, read back and checked (SHA-256, once per range, one openssl per
+group of ranges, in the background while the next runs stream), the head (checked before
+anything was erased) written last and read back, the result reported.
 Then each node fetches ``<serial>/config.txt`` from its own tree, as a freshly installed Pi
 does, and the deployment ends ``deployed``. All installers speak from one address (127.0.0.1,
 or with shaped links 198.18.i.2 through the servers' namespace), so ``deploy.check_address``
@@ -48,9 +48,16 @@ seek, so it reads the whole image and drops the unmapped bytes; it fsyncs at the
 
 Placement: the targets are files in the work directory (``tempfile``, like the other benches:
 /tmp, the machine's disk; ``--targets DIR`` puts them elsewhere, e.g. on tmpfs), preallocated
-to the image size afresh before every run (then ``sync``, so no run flushes another's); the
-installers' scratch (``PIMAN_TMP``) is on tmpfs (/dev/shm) when there is one, as ``/tmp`` in
-the installer's initramfs is RAM. The table header says where both are.
+to the image size once and kept from run to run. Before every run each mapped range of each
+target is overwritten with a fill byte (untimed; then ``sync``, so no run flushes another's),
+so the check after the run proves that the run wrote it. Kept, not made afresh: on a virtual
+machine with free page reporting (this Firecracker VM), the page cache of a deleted file goes
+back to the host, and writing fresh page cache then costs a host fault per page. With a new
+file every run, that cost was most of every method's time (``perf``: 40-46 % of both CPUs in
+the page-cache copy, for piman and bmaptool alike) and swung runs of the same cell by 40 %; a
+real Pi writes its own card through its own memory. The installers' scratch (``PIMAN_TMP``)
+is on tmpfs (/dev/shm) when there is one, as ``/tmp`` in the installer's initramfs is RAM. The
+table header says where both are.
 
 Columns: ``link``; ``wall`` from the start of the first writer to the exit of the last;
 ``MB/s/writer`` = image bytes / wall, ``agg`` = writers × image bytes / wall; ``wire/writer`` =
@@ -65,9 +72,9 @@ work on the machine shows there). Every target is checked against the bmap after
 piman's image stream (with sessions from a hello), and piman's served bytes per second with 16
 installers. Each cell is the median of ``--repeat`` runs; within a row of the same ``n`` the
 methods take turns. Before the runs of each ``n``, ``--warmup`` rounds (default 1) run every
-method once, untimed: on a virtual machine, memory the guest has not touched for a while costs
-the host a fault per page when it is written again (free page reporting), so the first method
-to write a new amount of page cache pays for all the others; the warm-up makes them equal.
+method once, untimed: the first run on a new target makes its page cache (a host fault per
+page on this VM, see Placement), and the first ``curl | dd`` the cache of its unmapped part;
+the warm-up pays for that before anything is timed.
 
 Reading it: on loopback a byte on the wire costs next to nothing, and every writer runs on the
 same CPUs as the servers. The goals against the dd pipe come from piman moving a quarter of
@@ -124,6 +131,7 @@ TOOLS = (
     "busybox", "openssl", "curl", "nginx", "bmaptool", "sfdisk", "mkfs.vfat", "mcopy", "mke2fs"
 )  # fmt: skip
 MAPPED_SHARE = 0.25
+TARGET_FILL = 0x5A  # what every mapped range of a target holds before a run
 GOAL_DD, GOAL_BMAPTOOL, GOAL_WIRE, GOAL_NGINX, GOAL_UPLINK = 3.0, 1.0, 1.05, 0.8, 1.25e9
 METHODS = ("piman", "curl | dd", "bmaptool")
 SERVERS_IP = "198.18.255.1"  # with shaped links: the servers' address, on their namespace's lo
@@ -647,11 +655,21 @@ class Bench:
         return self.links.wrap(node.number, cmd)
 
     def fresh_targets(self, nodes: list[Node]) -> None:
-        """Each target a new file, preallocated to the image size; nothing dirty left."""
+        """Every mapped range of each target overwritten with ``TARGET_FILL``, in place; nothing
+        dirty left. A target is made once (preallocated to the image size) and kept from run
+        to run, with its page cache: see Placement in the module's text."""
+        fill = bytes([TARGET_FILL]) * (4 * MIB)
+        block = self.manager.bmap.block_size
         for node in nodes:
-            node.disk.unlink(missing_ok=True)
-            with node.disk.open("wb") as f:
-                os.posix_fallocate(f.fileno(), 0, self.size)
+            if not node.disk.exists():
+                with node.disk.open("wb") as f:
+                    os.posix_fallocate(f.fileno(), 0, self.size)
+            with node.disk.open("r+b") as f:
+                for r in self.manager.bmap.ranges:
+                    start, end = r.first * block, min((r.last + 1) * block, self.size)
+                    f.seek(start)
+                    while start < end:
+                        start += f.write(fill[: end - start])
         os.sync()
 
     def piman(self, nodes: list[Node]) -> Run:

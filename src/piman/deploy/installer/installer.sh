@@ -6,7 +6,7 @@
 #      whose answer is the plan ($TMP/plan)
 #   2. size check; 3. the head fetched and checked: nothing on the disk changes before here
 #   4. the ranges after `resume`, outside the head: each run of adjacent ranges (at most
-#      RUN_BYTES) streamed onto the disk, one request piped into one dd; sync every few ranges;
+#      RUN_BYTES) written onto the disk by wget, one request each; sync every few ranges;
 #      progress at least every `progress_every` seconds. The ranges synced so far are read back
 #      and checked in the background while the next ones stream (one reader at a time, one
 #      hashing process per group of ranges)
@@ -19,7 +19,8 @@
 #
 # busybox wget cannot send a Range of its own: it accepts a 206 answer only when it continues a
 # file (-c), from the file's size. So the body is asked for as {image}?start=a&end=b (200) and
-# streamed into dd, which counts the records it wrote (a cut stream goes on from there); what
+# wget writes it onto the disk itself, at the offset of a shared descriptor that tells where a
+# cut stream stopped (stream); what
 # must be checked before it is written (the head, a range fetched again after it read back
 # different) is fetched into a sparse file made a bytes long first, from {image}?end=b with -c
 # (docs/boot-protocol.md §3): the bytes land at their own offsets, dd reads them with skip=
@@ -39,9 +40,9 @@ TMP=${PIMAN_TMP:-/tmp}
 RETRY_SECONDS=${PIMAN_RETRY_SECONDS:-600}  # per request: the manager may be restarting
 RETRY_PAUSE=${PIMAN_RETRY_PAUSE:-5}
 RANGE_SECONDS=120     # deadline of one wget of a run of ranges (then it goes on from there)
-RUN_BYTES=16777216    # at most this many bytes in one request (a run of adjacent ranges)
+RUN_BYTES=67108864    # at most this many bytes in one request (a run of adjacent ranges)
 COPY_BYTES=1048576    # dd's block: large reads and writes, offsets in bytes
-STREAM_RECORD=65536   # dd's block for what arrives from the network (the unit of a resume)
+READ_BLOCK=65536      # the read-back's block (cache-sized: larger ones thrash with many nodes)
 CONTROL_SECONDS=30    # deadline of one wget of anything else
 SYNC_EVERY=16         # ranges written between two syncs
 FAIL_WAIT=60          # seconds the console stays readable after a failure
@@ -314,38 +315,36 @@ find_openssl() {
 }
 
 # stream NAME FIRST_BYTE LAST_BYTE: those image bytes written onto the disk at their own offsets
-# as they arrive: one request (wget -O -, ?start=&end=) piped into one dd, no copy in between.
-# dd counts the whole records (STREAM_RECORD bytes) it wrote: an answer that stops short goes
-# on from the first record not wholly written, so a cut costs at most one record fetched and
-# written twice. No answer or 5xx is retried for RETRY_SECONDS. The bytes are checked when they
-# are read back from the disk (read_back, verify): hashing them on the way in too would double
-# the CPU the installer spends.
+# as they arrive, by wget itself: one request (wget -O -, ?start=&end=) whose output is the disk,
+# opened read-write on descriptor 5 and moved to FIRST_BYTE (dd seek=, count=0). The descriptor's
+# offset, read from /proc/$$/fdinfo/5 afterwards, is where wget's last write ended: an answer
+# that stops short goes on from there, so no byte is fetched or written twice. No answer or 5xx
+# is retried for RETRY_SECONDS. The bytes are checked when they are read back from the disk
+# (read_back, verify): hashing them on the way in too would double the CPU the installer spends.
 stream() {
     s_a=$2 s_b=$3
     now; s_deadline=$((NOW + RETRY_SECONDS))
     while :; do
-        s_want=$((s_b - s_a + 1))
-        { get - "$IMAGE?start=$s_a&end=$s_b" "$RANGE_SECONDS"; echo "$STATUS" >"$TMP/status"; } |
-            dd of="$DISK" bs="$STREAM_RECORD" seek="$s_a" iflag=fullblock oflag=seek_bytes \
-                conv=notrunc 2>"$TMP/dd.err" ||
-            fail "$STEP" "writing $1 (bytes $s_a-$s_b): $(tail -n 1 "$TMP/dd.err")"
-        read -r STATUS <"$TMP/status"
-        s_full=0 s_part=0  # dd's "F+P records out": F whole records, P (0 or 1) the last, short
-        while read -r s_line; do
-            case $s_line in
-                *" records out") s_line=${s_line%% *} s_full=${s_line%+*} s_part=${s_line#*+} ;;
-            esac
-        done <"$TMP/dd.err"
-        if [ "$STATUS" = 200 ] && [ "$s_full" = $((s_want / STREAM_RECORD)) ] &&
-            [ "$s_part" = $((s_want % STREAM_RECORD > 0)) ]; then
-            return 0
-        fi
+        exec 5<>"$DISK" || fail "$STEP" "cannot open $DISK to write $1"
+        # dd moves the shared offset from 0 (busybox dd seeks its output from where it is)
+        dd bs=1 seek="$s_a" count=0 oflag=seek_bytes </dev/null >&5 2>"$TMP/dd.err" ||
+            fail "$STEP" "seeking $DISK to byte $s_a: $(tail -n 1 "$TMP/dd.err")"
+        get - "$IMAGE?start=$s_a&end=$s_b" "$RANGE_SECONDS" >&5
+        s_at=''
+        while read -r s_key s_value; do
+            [ "$s_key" != pos: ] || s_at=$s_value
+        done </proc/$$/fdinfo/5
+        exec 5>&-
+        [ -n "$s_at" ] || fail "$STEP" "no offset for $DISK in /proc/$$/fdinfo (is /proc mounted?)"
+        [ "$s_at" -le $((s_b + 1)) ] ||
+            fail "$STEP" "the image server sent more than bytes $s_a-$s_b"
+        if [ "$STATUS" = 200 ] && [ "$s_at" = $((s_b + 1)) ]; then return 0; fi
         case $STATUS in
             200 | 0 | 5??) ;;
             410) log "the deployment was cancelled (410 Gone): stopping"; finish 3 ;;
             *) fail "$STEP" "the image server answered HTTP $STATUS for bytes $s_a-$s_b" ;;
         esac
-        s_a=$((s_a + s_full * STREAM_RECORD))
+        s_a=$s_at
         now; [ "$NOW" -lt "$s_deadline" ] ||
             fail "$STEP" "no image bytes $s_a-$s_b for ${RETRY_SECONDS}s"
         log "$1: the image stopped at byte $s_a ($(status_text)); going on in ${RETRY_PAUSE}s"
@@ -394,7 +393,7 @@ check_head() {
 }
 
 # Fetches and writes the ranges after RESUME, a run of adjacent ranges (up to RUN_BYTES) per
-# request and per dd. Every few ranges, those written since the last time (a group) are handed
+# request.  Every few ranges, those written since the last time (a group) are handed
 # to the background reader (read_back), which syncs and reads them back while the next runs
 # stream.
 write_ranges() {
@@ -421,7 +420,7 @@ write_ranges() {
 }
 
 # write_run DONE: the run in $TMP/run (ranges w_from..w_to, blocks w_first..w_last, w_run
-# bytes) streamed onto the disk with one request and one dd; DONE ranges are written once it
+# bytes) streamed onto the disk with one request; DONE ranges are written once it
 # is. Every SYNC_EVERY ranges, or when progress is due, the ranges written since the last time
 # (a group) go to the background reader, and progress is reported.
 write_run() {
@@ -487,7 +486,7 @@ check_group() {
     (
         c_n=0
         while read -r idx first last sha len; do
-            dd if="$DISK" of="$2/$c_n" bs="$STREAM_RECORD" skip=$((first * BS)) count="$len" \
+            dd if="$DISK" of="$2/$c_n" bs="$READ_BLOCK" skip=$((first * BS)) count="$len" \
                 iflag=skip_bytes,count_bytes 2>/dev/null
             c_n=$((c_n + 1))
         done <"$1"
