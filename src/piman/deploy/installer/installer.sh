@@ -20,11 +20,10 @@
 # busybox wget cannot send a Range of its own: it accepts a 206 answer only when it continues a
 # file (-c), from the file's size. So the body is asked for as {image}?start=a&end=b (200) and
 # wget writes it onto the disk itself, at the offset of a shared descriptor that tells where a
-# cut stream stopped (stream); what
-# must be checked before it is written (the head, a range fetched again after it read back
-# different) is fetched into a sparse file made a bytes long first, from {image}?end=b with -c
-# (docs/boot-protocol.md §3): the bytes land at their own offsets, dd reads them with skip=
-# equal to seek=, and a cut download goes on by asking again.
+# cut stream stopped (stream); what must be checked before it is written (the head, a range
+# fetched again after it read back different) is fetched into a sparse file made a bytes long
+# first, from {image}?end=b with -c (docs/boot-protocol.md §3): the bytes land at their own
+# offsets, dd reads them with skip= equal to seek=, and a cut download goes on by asking again.
 #
 # ranges_done and resume count the plan's ranges outside the head, in plan order: the head
 # is always fetched and written again.
@@ -325,7 +324,8 @@ stream() {
     s_a=$2 s_b=$3
     now; s_deadline=$((NOW + RETRY_SECONDS))
     while :; do
-        exec 5<>"$DISK" || fail "$STEP" "cannot open $DISK to write $1"
+        # command: a failed exec would end the shell before it could report
+        command exec 5<>"$DISK" 2>/dev/null || fail "$STEP" "cannot open $DISK to write $1"
         # dd moves the shared offset from 0 (busybox dd seeks its output from where it is)
         dd bs=1 seek="$s_a" count=0 oflag=seek_bytes </dev/null >&5 2>"$TMP/dd.err" ||
             fail "$STEP" "seeking $DISK to byte $s_a: $(tail -n 1 "$TMP/dd.err")"
@@ -393,9 +393,8 @@ check_head() {
 }
 
 # Fetches and writes the ranges after RESUME, a run of adjacent ranges (up to RUN_BYTES) per
-# request.  Every few ranges, those written since the last time (a group) are handed
-# to the background reader (read_back), which syncs and reads them back while the next runs
-# stream.
+# request. Every few ranges, those written since the last time (a group) are handed to the
+# background reader (read_back), which syncs and reads them back while the next runs stream.
 write_ranges() {
     w_seen=0 w_pending=0 w_bytes=0 w_first=-1 w_last=-1 w_count=0 w_from='' w_run=0
     : >"$TMP/bad"
@@ -420,11 +419,12 @@ write_ranges() {
 }
 
 # write_run DONE: the run in $TMP/run (ranges w_from..w_to, blocks w_first..w_last, w_run
-# bytes) streamed onto the disk with one request; DONE ranges are written once it
-# is. Every SYNC_EVERY ranges, or when progress is due, the ranges written since the last time
-# (a group) go to the background reader, and progress is reported.
+# bytes) streamed onto the disk with one request; DONE ranges are written once it is. Every
+# SYNC_EVERY ranges, or when progress is due, the ranges written since the last time (a group)
+# go to the background reader, and progress is reported.
 write_run() {
-    if [ "$w_from" = "$w_to" ]; then wr_name="range $w_from"; else wr_name="ranges $w_from-$w_to"; fi
+    wr_name="ranges $w_from-$w_to"
+    [ "$w_from" != "$w_to" ] || wr_name="range $w_from"
     stream "$wr_name" $((w_first * BS)) $((w_first * BS + w_run - 1))
     cat "$TMP/run" >>"$TMP/group"
     : >"$TMP/run"
