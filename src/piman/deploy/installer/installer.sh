@@ -324,8 +324,9 @@ stream() {
     s_a=$2 s_b=$3
     now; s_deadline=$((NOW + RETRY_SECONDS))
     while :; do
-        # command: a failed exec would end the shell before it could report
-        command exec 5<>"$DISK" 2>/dev/null || fail "$STEP" "cannot open $DISK to write $1"
+        # command: a failed exec would end the shell before it could report (and no 2>: exec
+        # would keep that redirection for the whole shell)
+        command exec 5<>"$DISK" || fail "$STEP" "cannot open $DISK to write $1"
         # dd moves the shared offset from 0 (busybox dd seeks its output from where it is)
         dd bs=1 seek="$s_a" count=0 oflag=seek_bytes </dev/null >&5 2>"$TMP/dd.err" ||
             fail "$STEP" "seeking $DISK to byte $s_a: $(tail -n 1 "$TMP/dd.err")"
