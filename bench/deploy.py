@@ -53,11 +53,11 @@ target is overwritten with a fill byte (untimed; then ``sync``, so no run flushe
 so the check after the run proves that the run wrote it. Kept, not made afresh: on a virtual
 machine with free page reporting (this Firecracker VM), the page cache of a deleted file goes
 back to the host, and writing fresh page cache then costs a host fault per page. With a new
-file every run, that cost was most of every method's time (``perf``: 40-46 % of both CPUs in
-the page-cache copy, for piman and bmaptool alike) and swung runs of the same cell by 40 %; a
-real Pi writes its own card through its own memory. The installers' scratch (``PIMAN_TMP``)
-is on tmpfs (/dev/shm) when there is one, as ``/tmp`` in the installer's initramfs is RAM. The
-table header says where both are.
+file every run, that cost was the largest part of every method's time (``perf``, 16 at once: 46
+% of both CPUs in the page-cache copy with piman, 37 % with bmaptool) and runs of the same cell
+differed by up to 46 %; a real Pi writes its own card through its own memory. The installers'
+scratch (``PIMAN_TMP``) is on tmpfs (/dev/shm) when there is one, as ``/tmp`` in the
+installer's initramfs is RAM. The table header says where both are.
 
 Columns: ``link``; ``wall`` from the start of the first writer to the exit of the last;
 ``MB/s/writer`` = image bytes / wall, ``agg`` = writers × image bytes / wall; ``wire/writer`` =
@@ -656,7 +656,7 @@ class Bench:
             return cmd
         return self.links.wrap(node.number, cmd)
 
-    def fresh_targets(self, nodes: list[Node]) -> None:
+    def reset_targets(self, nodes: list[Node]) -> None:
         """Every mapped range of each target overwritten with ``TARGET_FILL``, in place; nothing
         dirty left. A target is made once (preallocated to the image size) and kept from run
         to run, with its page cache: see Placement in the module's text."""
@@ -675,7 +675,7 @@ class Bench:
         os.sync()
 
     def piman(self, nodes: list[Node]) -> Run:
-        self.fresh_targets(nodes)
+        self.reset_targets(nodes)
         ids = self.manager.deploy(nodes)
         lines = self.manager.cmdlines(nodes)
         cmds, envs, logs = [], [], []
@@ -701,7 +701,7 @@ class Bench:
         return Run(wall, wire, cpu, kids, retries, load)
 
     def anchor(self, nodes: list[Node], command: Callable[[Node], list[str]], label: str) -> Run:
-        self.fresh_targets(nodes)
+        self.reset_targets(nodes)
         self.nginx.sent_since_mark()
         logs = [self.work / "logs" / f"{label}-{n.name}.log" for n in nodes]
         load = os.getloadavg()[0]
