@@ -106,7 +106,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,12 +197,17 @@ def make_image(path: Path, size: int) -> tuple[Path, int]:
     return path, mapped
 
 
+def spans(block_map: bmaps.Bmap) -> Iterator[tuple[bmaps.BmapRange, int, int]]:
+    """Each mapped range with its first byte and the byte after its last."""
+    size = block_map.block_size
+    for r in block_map.ranges:
+        yield r, r.first * size, min((r.last + 1) * size, block_map.image_size)
+
+
 def check_target(target: Path, block_map: bmaps.Bmap) -> None:
     """Every mapped range of ``target`` holds the image's bytes (RuntimeError if not)."""
     with target.open("rb") as f:
-        for r in block_map.ranges:
-            start = r.first * block_map.block_size
-            end = min((r.last + 1) * block_map.block_size, block_map.image_size)
+        for r, start, end in spans(block_map):
             f.seek(start)
             if hashlib.sha256(f.read(end - start)).hexdigest() != r.sha256:
                 raise RuntimeError(f"{target}: blocks {r.first}-{r.last} differ from the image")
@@ -661,14 +666,12 @@ class Bench:
         dirty left. A target is made once (preallocated to the image size) and kept from run
         to run, with its page cache: see Placement in the module's text."""
         fill = bytes([TARGET_FILL]) * (4 * MIB)
-        block = self.manager.bmap.block_size
         for node in nodes:
             if not node.disk.exists():
                 with node.disk.open("wb") as f:
                     os.posix_fallocate(f.fileno(), 0, self.size)
             with node.disk.open("r+b") as f:
-                for r in self.manager.bmap.ranges:
-                    start, end = r.first * block, min((r.last + 1) * block, self.size)
+                for _, start, end in spans(self.manager.bmap):
                     f.seek(start)
                     while start < end:
                         start += f.write(fill[: end - start])
