@@ -652,6 +652,32 @@ def test_image_larger_than_the_disk_is_refused_before_erasing(image: bytes, tmp_
     assert "larger than" in result["reason"]
 
 
+def test_a_disk_that_refuses_writes_fails_at_once(image: bytes, tmp_path: Path) -> None:
+    """A write error is the disk's, not the network's: reported at once, never asked again."""
+    needs_root()  # a small tmpfs: the target's holes cannot be filled past its size
+    needs_tool("mount", "umount")
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(full)], check=True)
+    try:
+        target = full / "sd.img"
+        with target.open("wb") as f:
+            f.truncate(len(image))  # sparse: the size check passes, the writes do not fit
+        with FakeManager(image) as fake:
+            run = run_installer(fake, target, tmp_path / "work")
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
+    assert run.code == 1, run.console
+    assert "going on in" not in run.console, "a write error was taken for a network one"
+    result = fake.result()
+    assert result is not None
+    assert result["ok"] is False
+    assert result["step"] == "write_image"
+    assert "No space left on device" in result["reason"], result
+    streams = [s.path for s in fake.image_requests() if "?start=" in s.path]
+    assert len(streams) == len(set(streams)), "the run that could not be written was asked again"
+
+
 def test_resume_skips_the_ranges_already_written(image: bytes, tmp_path: Path) -> None:
     target = tmp_path / "sd.img"
     disk = bytearray(blank_target(target, len(image)))

@@ -91,7 +91,8 @@ fail() {
 # --- HTTP (busybox wget) -----------------------------------------------------------------
 
 # get OUT URL SECONDS [wget arguments]: STATUS becomes 200 for any 2xx, the code of an HTTP
-# error answer, or 0 when no answer came (refused, cut, timed out).
+# error answer, or 0 when no answer came (refused, cut, timed out). What wget could not write
+# (the disk refuses writes, /tmp is full) fails at once: asking again would not help.
 get() {
     g_out=$1 g_url=$2 g_secs=$3
     shift 3
@@ -99,6 +100,11 @@ get() {
         "$@" "$g_url" 2>"$TMP/wget.err"; then
         STATUS=200
     else
+        # busybox wget says "wget: write error: No space left on device" on stderr ("short
+        # write" when some bytes of that write went)
+        g_write=$(sed -n -e 's/^wget: write error: //p' -e 's/^wget: short write: //p' \
+            "$TMP/wget.err" | head -n 1)
+        [ -z "$g_write" ] || fail "$STEP" "cannot write what ${g_url#"$URL"} sent: $g_write"
         # busybox wget says "server returned error: HTTP/1.1 403 Forbidden" on stderr
         STATUS=$(sed -n 's/.*server returned error: HTTP\/[0-9.]* \([0-9][0-9][0-9]\).*/\1/p' \
             "$TMP/wget.err" | head -n 1)
