@@ -406,7 +406,6 @@ write_ranges() {
     w_seen=0 w_pending=0 w_bytes=0 w_first=-1 w_last=-1 w_count=0 w_from='' w_run=0
     : >"$TMP/bad"
     : >"$TMP/group"
-    : >"$TMP/run"
     while read -r idx first last sha in_head len <&3; do
         [ "$in_head" = 0 ] || continue
         w_seen=$((w_seen + 1))
@@ -417,7 +416,8 @@ write_ranges() {
         fi
         [ "$w_count" -gt 0 ] || w_first=$first w_from=$idx
         w_last=$last w_to=$idx w_count=$((w_count + 1)) w_run=$((w_run + len))
-        echo "$idx $first $last $sha $len" >>"$TMP/run"
+        # into the group now: the reader takes it only once its runs are written (write_run)
+        echo "$idx $first $last $sha $len" >>"$TMP/group"
     done 3<"$TMP/ranges"
     [ "$w_count" = 0 ] || write_run "$w_seen"
     read_back "$RANGES_TOTAL" "$w_bytes"  # the last group
@@ -425,7 +425,7 @@ write_ranges() {
     progress write_image
 }
 
-# write_run DONE: the run in $TMP/run (ranges w_from..w_to, blocks w_first..w_last, w_run
+# write_run DONE: the run (ranges w_from..w_to, blocks w_first..w_last, w_run
 # bytes) streamed onto the disk with one request; DONE ranges are written once it is. Every
 # SYNC_EVERY ranges, or when progress is due, the ranges written since the last time (a group)
 # go to the background reader, and progress is reported.
@@ -433,8 +433,6 @@ write_run() {
     wr_name="ranges $w_from-$w_to"
     [ "$w_from" != "$w_to" ] || wr_name="range $w_from"
     stream "$wr_name" $((w_first * BS)) $((w_first * BS + w_run - 1))
-    cat "$TMP/run" >>"$TMP/group"
-    : >"$TMP/run"
     w_pending=$((w_pending + w_count))
     w_bytes=$((w_bytes + w_run)) w_count=0 w_run=0
     if [ "$w_pending" -ge "$SYNC_EVERY" ] || progress_due; then
